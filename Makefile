@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Both create .venv and install the project (building the native core) into it.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.rehydrate-installed
+SOURCES := pyproject.toml setup.py $(shell find src -name '*.py' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.c' -o -name '*.h' 2>/dev/null)
+PYTEST_ARGS ?=
+
+.PHONY: all install demo test test-fast bench clean
+
+all: test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Rebuilt whenever a source changes; the native core is compiled here.
+$(STAMP): $(BIN)/python $(SOURCES)
+	$(BIN)/python -m pip install -q "Cython>=3.0" "setuptools>=68" wheel
+	$(BIN)/python -m pip install -q --no-build-isolation ".[test,bench]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m rehydrate.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/replay.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info src/_core/*.c.cpp src/_core/*.so

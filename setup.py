@@ -1,0 +1,50 @@
+"""Builds the native core ``rehydrate._core`` from ``src/_core``.
+
+Cython is a build requirement (pyproject.toml); a missing compiler or Cython
+stops the build with a clear message instead of installing a package whose
+import then fails.
+"""
+
+import os
+import sys
+
+from setuptools import Extension, setup
+
+try:
+    from Cython.Build import cythonize
+except ImportError:  # pragma: no cover - build environment problem
+    sys.exit(
+        "rehydrate needs Cython >= 3.0 to build its native core: "
+        "pip install Cython (pip does this itself when building from pyproject.toml)"
+    )
+
+CORE = os.path.join("src", "_core")
+C_SOURCES = {
+    "codec": ["crc32c_impl.c", "lz4_decode.c"],
+    "kvtable": [],
+    "frames": [],
+}
+
+extensions = [
+    Extension(
+        f"rehydrate._core.{name}",
+        [os.path.join(CORE, f"{name}.pyx")] + [os.path.join(CORE, c) for c in extra],
+        include_dirs=[CORE, os.path.join(CORE, "includes")],
+        extra_compile_args=["-O3", "-fno-strict-aliasing", "-Wno-unused-function"],
+    )
+    for name, extra in C_SOURCES.items()
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives={
+            "language_level": "3",
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": False,
+        },
+        include_path=[CORE],
+    ),
+)

@@ -1,0 +1,57 @@
+# rehydrate: rebuild a service's in-memory state at startup from its
+# write-ahead log, and keep writing that log while the service runs.
+#
+# Layout: store.py (the public Store), wal.py / manifest.py / lockfile.py
+# (files on disk), recovery.py (reading a log back under a recovery mode),
+# verify.py (standalone checks), tables.py (the table registry), errors.py,
+# cli.py (the `rehydrate` command). The hot code lives in the native core
+# `rehydrate._core` (src/_core, Cython) with its pure-Python twin in
+# `rehydrate._pure`; `_backend.py` picks one. docs/FORMAT.md is the on-disk spec.
+"""rehydrate: fast, safe, observable rebuilds of in-memory state from a WAL."""
+
+from .errors import (
+    BatchTooLargeError,
+    ConfigError,
+    CorruptionError,
+    InvalidOperationError,
+    LockedError,
+    NotAStoreError,
+    RehydrateError,
+    StoreClosedError,
+    StoreFailedError,
+    TornTailError,
+    UnsupportedFormatError,
+    UnsupportedKeyError,
+    ValueEncodingError,
+)
+from .recovery import MODES as RECOVERY_MODES
+from .recovery import Problem, RecoveryReport
+from .store import SYNC_MODES, Batch, Store
+from .verify import inspect, verify
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RECOVERY_MODES",
+    "SYNC_MODES",
+    "Batch",
+    "BatchTooLargeError",
+    "ConfigError",
+    "CorruptionError",
+    "InvalidOperationError",
+    "LockedError",
+    "NotAStoreError",
+    "Problem",
+    "RecoveryReport",
+    "RehydrateError",
+    "Store",
+    "StoreClosedError",
+    "StoreFailedError",
+    "TornTailError",
+    "UnsupportedFormatError",
+    "UnsupportedKeyError",
+    "ValueEncodingError",
+    "__version__",
+    "inspect",
+    "verify",
+]

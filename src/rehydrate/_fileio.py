@@ -1,0 +1,96 @@
+"""Every file operation the storage layer performs, in one replaceable place.
+
+WAL segments, the manifest and quarantine evidence all go through these
+functions, so a test can swap one for a failing or fault-injecting version
+(``monkeypatch.setattr(rehydrate._fileio, "fsync", broken)``) and see how the
+store behaves when the disk says no. Files are created 0600 and directories
+0700: a state directory holds the service's data.
+"""
+
+from __future__ import annotations
+
+import os
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def open_append(path: str) -> int:
+    """An fd positioned at the end of an existing file, for appending."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    os.lseek(fd, 0, os.SEEK_END)
+    return fd
+
+
+def create_exclusive(path: str) -> int:
+    """A new, empty file; FileExistsError if it is already there."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+
+
+def write_all(fd: int, data) -> None:
+    """Write every byte or raise: a short write is retried, never ignored."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError("write returned 0 bytes")
+        view = view[n:]
+
+
+def fsync(fd: int) -> None:
+    os.fsync(fd)
+
+
+def fsync_dir(path: str) -> None:
+    """Make a directory's entries (creates, renames, unlinks) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def close(fd: int) -> None:
+    os.close(fd)
+
+
+def rename(src: str, dst: str) -> None:
+    os.rename(src, dst)
+
+
+def unlink(path: str) -> None:
+    os.unlink(path)
+
+
+def truncate(fd: int, length: int) -> None:
+    os.ftruncate(fd, length)
+
+
+def makedirs(path: str) -> None:
+    os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+
+
+def read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def write_file_atomic(path: str, data: bytes) -> None:
+    """tmp -> write -> fsync -> rename -> fsync directory.
+
+    After a crash the file is either the old version or the new one, whole.
+    """
+    directory = os.path.dirname(path) or "."
+    tmp = f"{path}.tmp"
+    try:
+        unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = create_exclusive(tmp)
+    try:
+        write_all(fd, data)
+        fsync(fd)
+    finally:
+        close(fd)
+    rename(tmp, path)
+    fsync_dir(directory)

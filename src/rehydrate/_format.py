@@ -1,0 +1,81 @@
+"""On-disk format constants (mirror of ``src/_core/_format.pxd``).
+
+docs/FORMAT.md is the spec; this module and the ``.pxd`` are its only two
+spellings in code, and ``tests/test_format_constants.py`` checks they agree.
+"""
+
+FORMAT_VERSION = 1
+
+# Segment header: magic[8] version:u16 flags:u16 header_bytes:u32
+#                 first_lsn:u64 reserved:u32 crc32c:u32   (32 bytes)
+SEGMENT_MAGIC = b"RHWALSEG"
+SEGMENT_HEADER_BYTES = 32
+SEGMENT_SUFFIX = ".wal"
+SEGMENT_NAME_DIGITS = 20
+
+# Frame (physical batch) header: magic:u32 crc32c:u32 first_lsn:u64 count:u32
+#                 stored_len:u32 raw_len:u32 codec:u8 flags:u8 reserved:u16 (32 bytes)
+# The CRC covers header bytes [8, 32) and the stored payload.
+FRAME_MAGIC = 0x31424852  # b"RHB1" little-endian
+FRAME_HEADER_BYTES = 32
+CODEC_NONE = 0
+CODEC_LZ4 = 1
+
+# Caps: every length read from disk is checked against these before use.
+MAX_FRAME_PAYLOAD_BYTES = 64 * 1024 * 1024
+MAX_KEY_BYTES = 1024 * 1024
+MAX_TABLE_NAME_BYTES = 255
+MAX_TABLE_ID = 65535
+MIN_RECORD_BYTES = 4  # op + table id + key length + value length, all empty
+
+# Writer policy (not format): frames are cut near this many raw payload bytes,
+# and compressed only when LZ4 saves at least 1/8 of a payload this large.
+FRAME_TARGET_BYTES = 256 * 1024
+COMPRESS_MIN_BYTES = 512
+
+# Record ops
+OP_PUT = 1
+OP_DELETE = 2
+OP_INCR = 3
+OP_CLEAR = 4
+
+# Table kinds (declared in each segment that uses the table)
+KIND_KV = 1
+
+# Canonical key encoding: one tag byte, then the key's bytes.
+KEY_TAG_BYTES = 0x01
+KEY_TAG_STR = 0x02
+KEY_TAG_INT = 0x03  # 8 bytes, little-endian two's complement
+
+# Manifest: magic[8] payload_len:u32 crc32c:u32, then UTF-8 JSON payload
+MANIFEST_MAGIC = b"RHMANIF1"
+MANIFEST_HEADER_BYTES = 16
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
+
+# Scan status codes returned by the core's segment scanner.
+SCAN_OK = 0  # reached the end of the buffer on a frame boundary
+SCAN_TRUNCATED = 1  # a header or payload runs past the end of the buffer
+SCAN_BAD_MAGIC = 2
+SCAN_BAD_HEADER = 3  # impossible lengths, unknown codec or flags
+SCAN_BAD_CRC = 4
+SCAN_LSN_GAP = 5  # first_lsn above the expected next LSN
+SCAN_LSN_OVERLAP = 6  # first_lsn below the expected next LSN
+SCAN_BAD_PAYLOAD = 7  # checksummed, but does not decode (or decompress)
+SCAN_APPLY_ERROR = 8  # decoded, but an op cannot apply (incr on a non-number)
+SCAN_CANCELLED = 9
+
+SCAN_STATUS_NAMES = {
+    SCAN_OK: "ok",
+    SCAN_TRUNCATED: "truncated",
+    SCAN_BAD_MAGIC: "bad_magic",
+    SCAN_BAD_HEADER: "bad_header",
+    SCAN_BAD_CRC: "bad_crc",
+    SCAN_LSN_GAP: "lsn_gap",
+    SCAN_LSN_OVERLAP: "lsn_overlap",
+    SCAN_BAD_PAYLOAD: "bad_payload",
+    SCAN_APPLY_ERROR: "apply_error",
+    SCAN_CANCELLED: "cancelled",
+}

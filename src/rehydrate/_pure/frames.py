@@ -1,0 +1,446 @@
+"""Records and frames: the writer's buffer and the replay scanner.
+
+A *record* is one logical op with one LSN; a *frame* is the physical unit on
+disk (header + checksummed payload of records) and the unit of atomicity.
+Plain-Python reference for ``src/_core/frames.pyx``: same names, same bytes,
+same ScanResult for the same input.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .. import _format as F
+from ..errors import BatchTooLargeError, InvalidOperationError, RehydrateError
+from .codec import (
+    check_delta,
+    crc32c,
+    decode_number,
+    decode_varint,
+    encode_key,
+    encode_varint,
+    key_is_wellformed,
+    lz4_compress,
+    lz4_decompress,
+    pack_value,
+)
+
+FRAME_HEADER = struct.Struct("<IIQIIIBBH")
+assert FRAME_HEADER.size == F.FRAME_HEADER_BYTES
+
+# A batch's records must fit one frame with room for every table declaration.
+MAX_BATCH_RECORD_BYTES = F.MAX_FRAME_PAYLOAD_BYTES // 2
+
+
+def _record(op: int, tid: int, kb: bytes, vb: bytes) -> bytes:
+    return b"".join(
+        (bytes((op,)), encode_varint(tid), encode_varint(len(kb)), kb,
+         encode_varint(len(vb)), vb)
+    )
+
+
+def check_table_name(name) -> bytes:
+    """UTF-8 bytes of a valid table name (1..255 bytes of str); ConfigError else."""
+    from ..errors import ConfigError
+
+    if type(name) is not str:
+        raise ConfigError(f"table names are str, not {type(name).__name__}")
+    nb = name.encode("utf-8")
+    if not 1 <= len(nb) <= F.MAX_TABLE_NAME_BYTES:
+        raise ConfigError(f"table name must be 1..{F.MAX_TABLE_NAME_BYTES} bytes")
+    return nb
+
+
+class LogBuffer:
+    """Records appended since the last frame was cut, with LSN assignment.
+
+    Each write method validates, applies to the table, appends the record and
+    returns its LSN; on any error nothing is applied or appended. The caller
+    (the store) serializes calls.
+    """
+
+    def __init__(self, next_lsn: int) -> None:
+        self.next_lsn = next_lsn
+        self._first_lsn = next_lsn
+        self._parts = bytearray()
+
+    @property
+    def pending_records(self) -> int:
+        return self.next_lsn - self._first_lsn
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self._parts)
+
+    def _append(self, rec: bytes) -> int:
+        self._parts += rec
+        lsn = self.next_lsn
+        self.next_lsn = lsn + 1
+        return lsn
+
+    def put(self, table, tid: int, key, value) -> int:
+        kb = encode_key(key)
+        vb = pack_value(value)
+        if len(vb) > MAX_BATCH_RECORD_BYTES:
+            raise BatchTooLargeError(f"value of {len(vb)} bytes exceeds one frame")
+        table._put_raw(kb, vb)
+        return self._append(_record(F.OP_PUT, tid, kb, vb))
+
+    def delete(self, table, tid: int, key) -> int:
+        kb = encode_key(key)
+        table._delete_raw(kb)
+        return self._append(_record(F.OP_DELETE, tid, kb, b""))
+
+    def incr(self, table, tid: int, key, delta) -> int:
+        kb = encode_key(key)
+        check_delta(delta)
+        table._incr_raw(kb, delta)
+        return self._append(_record(F.OP_INCR, tid, kb, pack_value(delta)))
+
+    def clear(self, table, tid: int) -> int:
+        table._clear()
+        return self._append(_record(F.OP_CLEAR, tid, b"", b""))
+
+    def commit(self, staging, tables, tids) -> int | None:
+        """Apply and append a staged batch; all of it or, on error, none of it.
+
+        ``tables[i]`` and ``tids[i]`` belong to ``staging.names[i]``. Returns
+        the batch's last LSN, or None for an empty batch.
+        """
+        if not staging._ops:
+            return None
+        if staging.nbytes > MAX_BATCH_RECORD_BYTES:
+            raise BatchTooLargeError(
+                f"batch of {staging.nbytes} bytes exceeds {MAX_BATCH_RECORD_BYTES}"
+            )
+        undo = []
+        try:
+            for op, li, kb, vb, arg in staging._ops:
+                t = tables[li]
+                if op == F.OP_CLEAR:
+                    undo.append((t, None, t._items_raw()))
+                    t._clear()
+                    continue
+                undo.append((t, kb, t._get_raw(kb)))
+                if op == F.OP_PUT:
+                    t._put_raw(kb, vb)
+                elif op == F.OP_DELETE:
+                    t._delete_raw(kb)
+                else:
+                    t._incr_raw(kb, arg)
+        except InvalidOperationError:
+            for t, kb, old in reversed(undo):
+                if kb is None:
+                    for k, v in old:
+                        t._put_raw(k, v)
+                elif old is None:
+                    t._delete_raw(kb)
+                else:
+                    t._put_raw(kb, old)
+            raise
+        for op, li, kb, vb, _ in staging._ops:
+            self._parts += _record(op, tids[li], kb, vb)
+        self.next_lsn += len(staging._ops)
+        return self.next_lsn - 1
+
+    def take(self):
+        """(first_lsn, count, records) of everything pending; then empty."""
+        out = (self._first_lsn, self.next_lsn - self._first_lsn, bytes(self._parts))
+        self._first_lsn = self.next_lsn
+        self._parts = bytearray()
+        return out
+
+
+class Staging:
+    """The records of one ``store.batch()``, encoded and checked as they come.
+
+    Type errors (key, value, delta) raise at the call; whether an ``incr``
+    applies is known only at commit, against the state plus the batch so far.
+    """
+
+    def __init__(self) -> None:
+        self.names: list = []
+        self._index: dict = {}
+        self._ops: list = []
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def _li(self, table_name) -> int:
+        li = self._index.get(table_name)
+        if li is None:
+            check_table_name(table_name)
+            li = self._index[table_name] = len(self.names)
+            self.names.append(table_name)
+        return li
+
+    def _add(self, op, table_name, kb, vb, arg=None) -> None:
+        li = self._li(table_name)
+        self._ops.append((op, li, kb, vb, arg))
+        self.nbytes += len(kb) + len(vb) + 16
+
+    def put(self, table_name, key, value) -> None:
+        kb = encode_key(key)
+        self._add(F.OP_PUT, table_name, kb, pack_value(value))
+
+    def delete(self, table_name, key) -> None:
+        self._add(F.OP_DELETE, table_name, encode_key(key), b"")
+
+    def incr(self, table_name, key, delta=1) -> None:
+        kb = encode_key(key)
+        check_delta(delta)
+        self._add(F.OP_INCR, table_name, kb, pack_value(delta), delta)
+
+    def clear(self, table_name) -> None:
+        self._add(F.OP_CLEAR, table_name, b"", b"")
+
+
+def encode_frame(first_lsn: int, count: int, decls, records: bytes) -> bytes:
+    """One frame: header + payload (decls, then records), LZ4 when it pays.
+
+    ``decls`` is a sequence of (table_id, kind, name_bytes).
+    """
+    parts = [encode_varint(len(decls))]
+    for tid, kind, name in decls:
+        parts += [encode_varint(tid), bytes((kind,)), encode_varint(len(name)), name]
+    parts.append(records)
+    payload = b"".join(parts)
+    raw_len = len(payload)
+    if raw_len > F.MAX_FRAME_PAYLOAD_BYTES:
+        raise BatchTooLargeError(f"frame payload of {raw_len} bytes exceeds the cap")
+    codec = F.CODEC_NONE
+    if raw_len >= F.COMPRESS_MIN_BYTES:
+        packed = lz4_compress(payload)
+        if len(packed) <= raw_len - raw_len // 8:
+            payload, codec = packed, F.CODEC_LZ4
+    tail = FRAME_HEADER.pack(0, 0, first_lsn, count, len(payload), raw_len, codec, 0, 0)[8:]
+    crc = crc32c(payload, crc32c(tail))
+    return struct.pack("<II", F.FRAME_MAGIC, crc) + tail + payload
+
+
+class FrameHeader:
+    __slots__ = ("magic", "crc", "first_lsn", "count", "stored_len", "raw_len",
+                 "codec", "flags", "reserved")
+
+    def __init__(self, fields) -> None:
+        for name, v in zip(self.__slots__, fields):
+            setattr(self, name, v)
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+def parse_frame_header(buf, offset: int):
+    """The FrameHeader at ``offset`` (no checks), or None if fewer than 32 bytes remain."""
+    if len(buf) - offset < F.FRAME_HEADER_BYTES:
+        return None
+    return FrameHeader(FRAME_HEADER.unpack_from(buf, offset))
+
+
+def header_problem(h) -> str | None:
+    """Why a header is impossible (its fields alone), or None."""
+    if h.magic != F.FRAME_MAGIC:
+        return "bad magic"
+    if h.codec not in (F.CODEC_NONE, F.CODEC_LZ4) or h.flags != 0 or h.reserved != 0:
+        return f"unknown codec {h.codec} or flags {h.flags:#x}/{h.reserved:#x}"
+    if h.raw_len > F.MAX_FRAME_PAYLOAD_BYTES or h.stored_len > F.MAX_FRAME_PAYLOAD_BYTES:
+        return f"payload length {max(h.raw_len, h.stored_len)} exceeds the cap"
+    if h.codec == F.CODEC_NONE and h.stored_len != h.raw_len:
+        return "stored and raw lengths differ without a codec"
+    if h.count < 1 or h.count > h.raw_len // F.MIN_RECORD_BYTES:
+        return f"record count {h.count} impossible for {h.raw_len} payload bytes"
+    if h.first_lsn < 1 or h.first_lsn + h.count > (1 << 63):
+        return f"first LSN {h.first_lsn} out of range"
+    return None
+
+
+def decode_payload(payload, count: int, seg_tids):
+    """(decls, records) of a raw payload, or raise ValueError naming the fault.
+
+    ``seg_tids`` is the set of table ids already declared in this segment;
+    a record may use those or any id this payload declares. records are
+    (op, tid, key_bytes, value_bytes).
+    """
+    end = len(payload)
+    n, i = decode_varint(payload, 0, end)
+    if n < 0 or n > F.MAX_TABLE_ID + 1:
+        raise ValueError("bad declaration count")
+    decls = []
+    known = set(seg_tids)
+    for _ in range(n):
+        tid, i = decode_varint(payload, i, end)
+        if tid < 0 or tid > F.MAX_TABLE_ID or i >= end:
+            raise ValueError("bad table declaration")
+        kind = payload[i]
+        i += 1
+        nlen, i = decode_varint(payload, i, end)
+        if nlen < 1 or nlen > F.MAX_TABLE_NAME_BYTES or i + nlen > end:
+            raise ValueError("bad table name length")
+        name = bytes(payload[i:i + nlen])
+        i += nlen
+        decls.append((tid, kind, name))
+        known.add(tid)
+    records = []
+    while i < end:
+        if len(records) == count:
+            raise ValueError("payload holds more records than its header counts")
+        op = payload[i]
+        i += 1
+        tid, i = decode_varint(payload, i, end)
+        if tid < 0 or tid not in known:
+            raise ValueError(f"record uses undeclared table id {tid}")
+        klen, i = decode_varint(payload, i, end)
+        if klen < 0 or klen > F.MAX_KEY_BYTES or i + klen > end:
+            raise ValueError("bad key length")
+        kb = bytes(payload[i:i + klen])
+        i += klen
+        vlen, i = decode_varint(payload, i, end)
+        if vlen < 0 or i + vlen > end:
+            raise ValueError("bad value length")
+        vb = bytes(payload[i:i + vlen])
+        i += vlen
+        if op == F.OP_CLEAR:
+            ok = klen == 0 and vlen == 0
+        elif op == F.OP_PUT:
+            ok = key_is_wellformed(kb) and vlen >= 1
+        elif op == F.OP_DELETE:
+            ok = key_is_wellformed(kb) and vlen == 0
+        elif op == F.OP_INCR:
+            ok = key_is_wellformed(kb) and decode_number(vb) is not None
+        else:
+            raise ValueError(f"unknown op {op}")
+        if not ok:
+            raise ValueError(f"malformed record for op {op}")
+        records.append((op, tid, kb, vb))
+    if len(records) != count:
+        raise ValueError(f"payload holds {len(records)} records, header says {count}")
+    return decls, records
+
+
+class ScanResult:
+    """Where and why a scan stopped. ``offset`` is the start of the frame at
+    fault (or the end of the buffer when ``status`` is SCAN_OK); ``frame_end``
+    is that frame's claimed end (-1 when its header was not read)."""
+
+    __slots__ = ("status", "offset", "next_lsn", "frames", "records",
+                 "applied", "frame_end", "detail")
+
+    def __init__(self, status, offset, next_lsn, frames, records, applied,
+                 frame_end, detail) -> None:
+        self.status = status
+        self.offset = offset
+        self.next_lsn = next_lsn
+        self.frames = frames
+        self.records = records
+        self.applied = applied
+        self.frame_end = frame_end
+        self.detail = detail
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __repr__(self) -> str:
+        return f"ScanResult({self.as_dict()!r})"
+
+
+class SegmentContext:
+    """Per-segment table declarations seen so far, bound to a registry.
+
+    ``registry.declare(tid, kind, name_bytes)`` returns the table to apply to
+    (or None when not applying) and raises RehydrateError on a conflict.
+    """
+
+    def __init__(self, registry) -> None:
+        self.registry = registry
+        self.tables: dict = {}
+
+    def declared(self) -> set:
+        return set(self.tables)
+
+
+def _apply(records, tables, applied_lsn, first_lsn) -> int:
+    applied = 0
+    lsn = first_lsn
+    for op, tid, kb, vb in records:
+        if lsn > applied_lsn:
+            t = tables[tid]
+            if op == F.OP_PUT:
+                t._put_raw(kb, vb)
+            elif op == F.OP_DELETE:
+                t._delete_raw(kb)
+            elif op == F.OP_INCR:
+                t._incr_raw(kb, decode_number(vb))
+            else:
+                t._clear()
+            applied += 1
+        lsn += 1
+    return applied
+
+
+def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
+                cancel=None, progress=None, progress_every=4 << 20):
+    """Check, decode and (if ``apply``) replay frames from ``offset`` to the end.
+
+    Records with LSN <= ``applied_lsn`` are checked but not applied, so a
+    replay over state that already has them changes nothing. Stops at the
+    first frame that fails a check, leaving the state as of the frame before.
+    ``cancel``: a writable buffer; a non-zero first byte stops the scan.
+    ``progress(offset)`` is called about every ``progress_every`` bytes.
+    """
+    end = len(buf)
+    frames = records = applied = 0
+    next_progress = offset + progress_every
+
+    def stop(status, at, frame_end=-1, detail=""):
+        return ScanResult(status, at, next_lsn, frames, records, applied, frame_end, detail)
+
+    while offset < end:
+        if cancel is not None and cancel[0]:
+            return stop(F.SCAN_CANCELLED, offset, detail="cancelled")
+        h = parse_frame_header(buf, offset)
+        if h is None:
+            return stop(F.SCAN_TRUNCATED, offset, detail="partial frame header")
+        why = header_problem(h)
+        if why is not None:
+            status = F.SCAN_BAD_MAGIC if h.magic != F.FRAME_MAGIC else F.SCAN_BAD_HEADER
+            return stop(status, offset, detail=why)
+        body = offset + F.FRAME_HEADER_BYTES
+        frame_end = body + h.stored_len
+        if frame_end > end:
+            return stop(F.SCAN_TRUNCATED, offset, frame_end, "frame runs past the end")
+        payload = buf[body:frame_end]
+        if crc32c(payload, crc32c(buf[offset + 8:body])) != h.crc:
+            return stop(F.SCAN_BAD_CRC, offset, frame_end, "checksum mismatch")
+        if h.first_lsn > next_lsn:
+            return stop(F.SCAN_LSN_GAP, offset, frame_end,
+                        f"frame starts at LSN {h.first_lsn}, expected {next_lsn}")
+        if h.first_lsn < next_lsn:
+            return stop(F.SCAN_LSN_OVERLAP, offset, frame_end,
+                        f"frame starts at LSN {h.first_lsn}, expected {next_lsn}")
+        try:
+            if h.codec == F.CODEC_LZ4:
+                payload = lz4_decompress(payload, h.raw_len)
+            decls, recs = decode_payload(payload, h.count, ctx.tables.keys())
+        except ValueError as e:
+            return stop(F.SCAN_BAD_PAYLOAD, offset, frame_end, str(e))
+        try:
+            for tid, kind, name in decls:
+                if kind != F.KIND_KV:
+                    raise ValueError(f"unknown table kind {kind}")
+                ctx.tables[tid] = ctx.registry.declare(tid, kind, name)
+        except (ValueError, RehydrateError) as e:
+            return stop(F.SCAN_BAD_PAYLOAD, offset, frame_end, str(e))
+        if apply:
+            try:
+                applied += _apply(recs, ctx.tables, applied_lsn, h.first_lsn)
+            except InvalidOperationError as e:
+                return stop(F.SCAN_APPLY_ERROR, offset, frame_end, str(e))
+        frames += 1
+        records += h.count
+        next_lsn = h.first_lsn + h.count
+        offset = frame_end
+        if progress is not None and offset >= next_progress:
+            progress(offset)
+            next_progress = offset + progress_every
+    return stop(F.SCAN_OK, offset)

@@ -1,0 +1,124 @@
+"""KVTable: the key/value table, plain-Python reference.
+
+The native twin (``src/_core/kvtable.pyx``) is an open-addressing hash table
+with keys and msgpack value bytes in an arena. Both expose the same read-only
+``Mapping`` surface to users and the same ``_raw`` methods to the writer and
+the replay loop. Keys are canonical key bytes (see ``encode_key``); values are
+msgpack bytes, decoded when read.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import ItemsView, KeysView, Mapping, ValuesView
+
+from ..errors import UnsupportedKeyError
+from .codec import decode_key, encode_key, incr_value, unpack_value
+
+
+class KVTable:
+    """A live, read-only mapping view over one table's state.
+
+    Reads decode the stored msgpack value each time; a mutation of the table
+    during iteration raises RuntimeError (as ``dict`` does).
+    """
+
+    __slots__ = ("_d", "_version", "__weakref__")
+
+    def __init__(self) -> None:
+        self._d: dict[bytes, bytes] = {}
+        self._version = 0
+
+    # -- Mapping surface -------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __getitem__(self, key):
+        raw = self._d.get(encode_key(key))
+        if raw is None:
+            raise KeyError(key)
+        return unpack_value(raw)
+
+    def get(self, key, default=None):
+        try:
+            kb = encode_key(key)
+        except UnsupportedKeyError:
+            return default
+        raw = self._d.get(kb)
+        return default if raw is None else unpack_value(raw)
+
+    def __contains__(self, key) -> bool:
+        try:
+            return encode_key(key) in self._d
+        except UnsupportedKeyError:
+            return False
+
+    def __iter__(self):
+        version = self._version
+        for kb in self._d:
+            if self._version != version:
+                raise RuntimeError("table changed during iteration")
+            yield decode_key(kb)
+        if self._version != version:
+            raise RuntimeError("table changed during iteration")
+
+    def keys(self):
+        return KeysView(self)
+
+    def values(self):
+        return ValuesView(self)
+
+    def items(self):
+        return ItemsView(self)
+
+    def to_dict(self) -> dict:
+        """A plain dict of decoded keys and values (a copy)."""
+        return {decode_key(k): unpack_value(v) for k, v in self._d.items()}
+
+    def __eq__(self, other):
+        if isinstance(other, Mapping) or isinstance(other, KVTable):
+            return self.to_dict() == dict(other.items())
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<KVTable {len(self._d)} keys>"
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes this table holds: the dict, its keys and its values."""
+        total = sys.getsizeof(self._d)
+        for k, v in self._d.items():
+            total += sys.getsizeof(k) + sys.getsizeof(v)
+        return total
+
+    # -- raw surface for the writer and replay ---------------------------
+    def _get_raw(self, kb):
+        return self._d.get(bytes(kb))
+
+    def _put_raw(self, kb, vb) -> None:
+        self._d[bytes(kb)] = bytes(vb)
+        self._version += 1
+
+    def _delete_raw(self, kb) -> bool:
+        self._version += 1
+        return self._d.pop(bytes(kb), None) is not None
+
+    def _incr_raw(self, kb, delta) -> bytes:
+        """Add ``delta`` in place; InvalidOperationError leaves the table as is."""
+        kb = bytes(kb)
+        new = incr_value(self._d.get(kb), delta)
+        self._d[kb] = new
+        self._version += 1
+        return new
+
+    def _clear(self) -> None:
+        self._d.clear()
+        self._version += 1
+
+    def _items_raw(self) -> list:
+        return list(self._d.items())
+
+
+Mapping.register(KVTable)

@@ -1,0 +1,207 @@
+"""The ``rehydrate`` command: version, verify, inspect, dump.
+
+Exit codes: 0 clean (a tolerated torn tail is a warning), 1 damage or a failed
+check, 2 usage error or unreadable input. Every command takes ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import math
+import os
+import sys
+
+EXIT_OK, EXIT_DAMAGE, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse exits 2 too; keep its message short
+        self.print_usage(sys.stderr)
+        print(f"rehydrate: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _progress_bar(desc: str, enabled: bool):
+    """A tqdm bar over bytes, or None; tqdm is imported only when shown."""
+    if not enabled or not sys.stderr.isatty():
+        return None, None
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="B", unit_scale=True, desc=desc, leave=False, file=sys.stderr)
+
+    def update(done, total):
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, update
+
+
+def _jsonable(v):
+    """Values as JSON: bytes become {"b64": ...}; map keys become strings."""
+    if isinstance(v, (bytes, bytearray)):
+        return {"b64": base64.b64encode(bytes(v)).decode("ascii")}
+    if isinstance(v, dict):
+        return {(k if isinstance(k, str) else json.dumps(_jsonable(k))): _jsonable(x)
+                for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return {"float": repr(v)}
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return {"repr": repr(v)}  # msgpack ext types and the like
+
+
+def _cmd_version(args) -> int:
+    from . import __version__
+    from ._backend import core
+
+    c = core()
+    info = {"version": __version__, "core": c.IMPLEMENTATION,
+            "crc32c": c.crc32c_backend(), "python": sys.version.split()[0]}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"rehydrate {info['version']} (core: {info['core']}, crc32c: {info['crc32c']}, "
+              f"python {info['python']})")
+    return EXIT_OK
+
+
+def _print_problems(problems) -> None:
+    for p in problems:
+        lsn = f" LSN {p['lsn']}" if p.get("lsn") is not None else ""
+        off = f" @{p['offset']}" if p.get("offset") is not None else ""
+        print(f"  {p['kind']}: {p['path']}{off}{lsn}: {p['detail']} "
+              f"({p['bytes']} bytes, {p['action']})")
+
+
+def _cmd_verify(args) -> int:
+    from .verify import verify
+
+    bar, update = _progress_bar("verify", not args.json)
+    try:
+        report = verify(args.dir, recovery=args.recovery, progress=update)
+    finally:
+        if bar is not None:
+            bar.close()
+    d = report.as_dict()
+    if args.json:
+        print(json.dumps({
+            "ok": d["ok"], "last_lsn": d["last_lsn"], "records": d["records"],
+            "mode": d["mode"], "frames": d["frames"], "bytes": d["bytes_read"],
+            "segments": d["segments"],
+            "problems": [{k: p[k] for k in ("kind", "path", "offset", "lsn", "detail",
+                                              "bytes", "lsn_end", "action")}
+                         for p in d["problems"]],
+        }))
+    else:
+        status = "OK" if d["ok"] else "DAMAGED"
+        print(f"{status}: {args.dir}: {len(d['segments'])} segments, {d['frames']} frames, "
+              f"{d['records']} records, last LSN {d['last_lsn']}, {d['bytes_read']} bytes")
+        if d["problems"]:
+            print("problems:")
+            _print_problems(d["problems"])
+    return EXIT_OK if d["ok"] else EXIT_DAMAGE
+
+
+def _cmd_inspect(args) -> int:
+    from .verify import inspect
+
+    bar, update = _progress_bar("inspect", not args.json)
+    try:
+        info = inspect(args.dir, progress=update)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        print(json.dumps(info))
+        return EXIT_OK if info["ok"] else EXIT_DAMAGE
+    print(f"{info['path']}: format {info['format']}, LSN {info['first_lsn']}..{info['last_lsn']}, "
+          f"{info['records']} records, {info['wal_bytes']} WAL bytes")
+    print("segments:")
+    for s in info["segments"]:
+        print(f"  {os.path.basename(s['path'])}  LSN {s['first_lsn']}..{s['last_lsn']}  "
+              f"{s['frames']} frames  {s['records']} records  {s['bytes']} bytes")
+    print("tables:")
+    for t in info["tables"]:
+        print(f"  {t['name']} (id {t['id']}, {t['kind']}): {t['keys']} keys, "
+              f"{t['memory_bytes']} bytes in memory")
+    if info["problems"]:
+        print("problems:")
+        _print_problems(info["problems"])
+    return EXIT_OK if info["ok"] else EXIT_DAMAGE
+
+
+def _cmd_dump(args) -> int:
+    from .dump import dump_records
+
+    ok = True
+    out = sys.stdout
+    for item in dump_records(args.dir, table=args.table, from_lsn=args.from_lsn,
+                             to_lsn=args.to_lsn, recovery=args.recovery):
+        if "problem" in item:
+            p = item["problem"]
+            ok = ok and p["action"] != "error"
+            print(f"rehydrate dump: {p['kind']} in {p['path']} @{p['offset']}: {p['detail']}",
+                  file=sys.stderr)
+            continue
+        item["key"] = _jsonable(item["key"])
+        item["value"] = _jsonable(item["value"])
+        out.write(json.dumps(item) + "\n")
+    return EXIT_OK if ok else EXIT_DAMAGE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .recovery import MODES
+
+    p = _Parser(prog="rehydrate", description="Inspect and check rehydrate state directories.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    v = sub.add_parser("version", help="versions of rehydrate and its core")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=_cmd_version)
+
+    def dir_cmd(name, func, help_text, recovery=True):
+        c = sub.add_parser(name, help=help_text)
+        c.add_argument("dir", metavar="DIR")
+        c.add_argument("--json", action="store_true", help="machine-readable output")
+        if recovery:
+            c.add_argument("--recovery", choices=MODES, default="tolerate-tail",
+                           help="judge problems as this recovery mode would (default %(default)s)")
+        c.set_defaults(func=func)
+        return c
+
+    dir_cmd("verify", _cmd_verify, "check segments, frames, checksums and LSN order")
+    dir_cmd("inspect", _cmd_inspect, "segments, LSN ranges, tables and sizes", recovery=False)
+    d = dir_cmd("dump", _cmd_dump, "records as JSON lines")
+    d.add_argument("--table", help="only this table")
+    d.add_argument("--from-lsn", type=int, default=None, metavar="N")
+    d.add_argument("--to-lsn", type=int, default=None, metavar="N")
+    return p
+
+
+def main(argv=None) -> int:
+    from .errors import ConfigError, NotAStoreError, RehydrateError, UnsupportedFormatError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (NotAStoreError, UnsupportedFormatError, ConfigError) as e:
+        print(f"rehydrate {args.command}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except RehydrateError as e:
+        print(f"rehydrate {args.command}: {e}", file=sys.stderr)
+        return EXIT_DAMAGE
+    except BrokenPipeError:  # `rehydrate dump | head`
+        return EXIT_OK
+    except OSError as e:
+        print(f"rehydrate {args.command}: cannot read: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Every error rehydrate raises, in one place.
+
+Each subclass mixes in the builtin it resembles, so ``except ValueError`` and
+friends keep working, and carries structured data: ``path``, ``offset``,
+``lsn`` and a ``reason`` code (a short snake_case string, stable across
+releases, the same one ``verify --json`` prints as a problem's ``kind``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+
+class RehydrateError(Exception):
+    """Base of all rehydrate errors.
+
+    Attributes: ``reason`` (stable code), ``path`` (file or directory or None),
+    ``offset`` (byte offset in ``path`` or None), ``lsn`` (or None), ``detail``.
+    """
+
+    default_reason = "error"
+
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        path: Optional[os.PathLike | str] = None,
+        offset: Optional[int] = None,
+        lsn: Optional[int] = None,
+        reason: Optional[str] = None,
+    ) -> None:
+        self.detail = detail
+        self.path = os.fspath(path) if path is not None else None
+        self.offset = offset
+        self.lsn = lsn
+        self.reason = reason or self.default_reason
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        where = []
+        if self.path is not None:
+            where.append(str(self.path))
+        if self.offset is not None:
+            where.append(f"offset {self.offset}")
+        if self.lsn is not None:
+            where.append(f"LSN {self.lsn}")
+        prefix = f"{', '.join(where)}: " if where else ""
+        return f"{prefix}{self.detail} [{self.reason}]"
+
+    def __reduce__(self):  # keep the keyword-only data through pickling
+        return (
+            _rebuild,
+            (type(self), self.detail, self.path, self.offset, self.lsn, self.reason),
+        )
+
+
+def _rebuild(cls, detail, path, offset, lsn, reason):
+    return cls(detail, path=path, offset=offset, lsn=lsn, reason=reason)
+
+
+class CorruptionError(RehydrateError, ValueError):
+    """Bytes on disk that fail a check: checksum, structure, LSN order."""
+
+    default_reason = "corruption"
+
+
+class TornTailError(CorruptionError):
+    """A partial batch at the end of the newest segment (what a crash leaves).
+
+    Raised only under ``recovery="strict"``; other modes drop and report it.
+    """
+
+    default_reason = "torn_tail"
+
+
+class UnsupportedFormatError(RehydrateError, ValueError):
+    """A file written by a newer format version than this code reads."""
+
+    default_reason = "unsupported_format"
+
+
+class NotAStoreError(RehydrateError, FileNotFoundError):
+    """The directory is missing, or holds files that are not a rehydrate store."""
+
+    default_reason = "not_a_store"
+
+
+class LockedError(RehydrateError, BlockingIOError):
+    """Another writer holds the directory's LOCK; ``holder_pid`` names it."""
+
+    default_reason = "locked"
+
+    def __init__(self, detail: str = "", *, holder_pid: Optional[int] = None, **kw) -> None:
+        self.holder_pid = holder_pid
+        super().__init__(detail, **kw)
+
+
+class StoreClosedError(RehydrateError, RuntimeError):
+    """A write (or read of live state) on a store that was closed."""
+
+    default_reason = "closed"
+
+
+class StoreFailedError(StoreClosedError):
+    """The store hit a write or fsync error and stopped (fail-stop).
+
+    Writes acknowledged before the failure are durable up to ``durable_lsn``;
+    nothing after the failure is retried or acknowledged.
+    """
+
+    default_reason = "fail_stop"
+
+
+class ConfigError(RehydrateError, ValueError):
+    """A bad argument to ``Store.open`` or ``verify`` (mode name, size, ...)."""
+
+    default_reason = "config"
+
+
+class UnsupportedKeyError(RehydrateError, TypeError):
+    """A key that is not ``bytes``, ``str`` or an ``int`` in the int64 range."""
+
+    default_reason = "unsupported_key"
+
+
+class ValueEncodingError(RehydrateError, TypeError):
+    """A value msgpack cannot encode."""
+
+    default_reason = "unencodable_value"
+
+
+class InvalidOperationError(RehydrateError, TypeError):
+    """An op that cannot apply: ``incr`` on a non-number, int64 overflow."""
+
+    default_reason = "invalid_operation"
+
+
+class BatchTooLargeError(RehydrateError, ValueError):
+    """A batch larger than one frame may hold (``MAX_FRAME_PAYLOAD_BYTES``)."""
+
+    default_reason = "batch_too_large"
+
+
+__all__ = [
+    "RehydrateError",
+    "CorruptionError",
+    "TornTailError",
+    "UnsupportedFormatError",
+    "NotAStoreError",
+    "LockedError",
+    "StoreClosedError",
+    "StoreFailedError",
+    "ConfigError",
+    "UnsupportedKeyError",
+    "ValueEncodingError",
+    "InvalidOperationError",
+    "BatchTooLargeError",
+]

@@ -1,0 +1,69 @@
+"""MANIFEST: the file that marks a directory as a rehydrate store.
+
+Layout (docs/FORMAT.md): magic ``RHMANIF1``, payload length (u32), CRC32C of
+the payload (u32), then a UTF-8 JSON object. Replaced atomically (tmp, fsync,
+rename, fsync directory), so a reader sees the old or the new one, whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+from . import _fileio
+from . import _format as F
+from ._backend import core
+from .errors import CorruptionError, UnsupportedFormatError
+
+MANIFEST_NAME = "MANIFEST"
+_HEADER = struct.Struct("<8sII")
+
+
+def encode(data: dict) -> bytes:
+    payload = json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return _HEADER.pack(F.MANIFEST_MAGIC, len(payload), core().crc32c(payload)) + payload
+
+
+def decode(raw: bytes, path: str) -> dict:
+    """The manifest's fields; CorruptionError or UnsupportedFormatError if not readable."""
+    if len(raw) < F.MANIFEST_HEADER_BYTES:
+        raise CorruptionError("manifest shorter than its header", path=path, offset=0,
+                              reason="bad_manifest")
+    magic, length, crc = _HEADER.unpack_from(raw, 0)
+    if magic != F.MANIFEST_MAGIC:
+        raise CorruptionError("not a rehydrate manifest (bad magic)", path=path, offset=0,
+                              reason="bad_manifest")
+    if length > F.MAX_MANIFEST_BYTES or length != len(raw) - F.MANIFEST_HEADER_BYTES:
+        raise CorruptionError(f"manifest length {length} does not match the file",
+                              path=path, offset=8, reason="bad_manifest")
+    payload = raw[F.MANIFEST_HEADER_BYTES:]
+    if core().crc32c(payload) != crc:
+        raise CorruptionError("manifest checksum mismatch", path=path, offset=12,
+                              reason="bad_manifest")
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CorruptionError(f"manifest payload is not JSON: {e}", path=path,
+                              offset=F.MANIFEST_HEADER_BYTES, reason="bad_manifest") from None
+    if not isinstance(data, dict) or not isinstance(data.get("format"), int):
+        raise CorruptionError("manifest lacks a format version", path=path,
+                              offset=F.MANIFEST_HEADER_BYTES, reason="bad_manifest")
+    if data["format"] > F.FORMAT_VERSION:
+        raise UnsupportedFormatError(
+            f"store format {data['format']} is newer than this rehydrate reads "
+            f"({F.FORMAT_VERSION}); upgrade rehydrate", path=path)
+    return data
+
+
+def read(directory: str) -> dict:
+    path = os.path.join(directory, MANIFEST_NAME)
+    return decode(_fileio.read_file(path), path)
+
+
+def write(directory: str, data: dict) -> None:
+    _fileio.write_file_atomic(os.path.join(directory, MANIFEST_NAME), encode(data))
+
+
+def initial() -> dict:
+    return {"format": F.FORMAT_VERSION, "snapshot": None}

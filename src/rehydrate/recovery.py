@@ -1,0 +1,463 @@
+"""Reading a whole WAL back under a recovery mode, and reporting every problem.
+
+``walk`` reads the segments in LSN order through the core's scanner, decides
+for each problem whether it is a torn tail (what a crash leaves) or damage,
+and applies the recovery mode (docs/recovery.md). It changes nothing on disk:
+what recovery would do there (truncate a torn tail, keep evidence, move
+unapplied segments aside) comes back as a list of actions, which
+``Store.open`` carries out with ``apply_actions`` and ``verify`` only reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from . import _fileio
+from . import _format as F
+from .errors import ConfigError, CorruptionError, RehydrateError, TornTailError
+from .wal import WAL_DIR, list_segments, segment_header_problem
+
+MODES = ("strict", "tolerate-tail", "point-in-time", "skip-corrupted")
+QUARANTINE_DIR = "quarantine"
+SECTOR_BYTES = 512
+_MAGIC_BYTES = struct.pack("<I", F.FRAME_MAGIC)
+
+# Problems that are not damage: reported, but a clean verify still exits 0.
+WARNING_KINDS = frozenset({"torn_tail", "foreign_file"})
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ConfigError(f"unknown recovery mode {mode!r}; expected one of {', '.join(MODES)}")
+    return mode
+
+
+@dataclass
+class Problem:
+    """One thing found wrong, as data (STYLE: damage is reported, not logged).
+
+    ``lsn``..``lsn_end`` is the LSN range affected when known; ``bytes`` how
+    many bytes of the file it covers; ``action`` what recovery did about it:
+    "dropped" (torn tail cut), "skipped" (into quarantine), "stopped"
+    (point-in-time ends here), "not_applied", "ignored", or "error".
+    """
+
+    kind: str
+    path: str
+    offset: Optional[int]
+    lsn: Optional[int]
+    detail: str
+    bytes: int = 0
+    lsn_end: Optional[int] = None
+    action: str = "error"
+
+    @property
+    def is_damage(self) -> bool:
+        return self.kind not in WARNING_KINDS
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SegmentSummary:
+    path: str
+    first_lsn: int
+    last_lsn: Optional[int]
+    frames: int
+    records: int
+    bytes: int
+    good_bytes: int
+    good_ranges: list = field(default_factory=list)  # [start, end) of checked frames
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("good_ranges")
+        return d
+
+
+@dataclass
+class RecoveryReport:
+    mode: str
+    problems: list = field(default_factory=list)
+    segments: list = field(default_factory=list)
+    first_lsn: Optional[int] = None
+    last_lsn: int = 0
+    frames: int = 0
+    records: int = 0
+    applied: int = 0
+    bytes_read: int = 0
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """No damage found. A torn tail is a warning, except under strict."""
+        return not any(p.is_damage or (self.mode == "strict" and p.kind == "torn_tail")
+                       for p in self.problems)
+
+    @property
+    def bytes_dropped(self) -> int:
+        return sum(p.bytes for p in self.problems if p.action != "ignored")
+
+    def as_dict(self) -> dict:
+        return {
+            "ok": self.ok,
+            "mode": self.mode,
+            "first_lsn": self.first_lsn,
+            "last_lsn": self.last_lsn,
+            "frames": self.frames,
+            "records": self.records,
+            "applied": self.applied,
+            "bytes_read": self.bytes_read,
+            "bytes_dropped": self.bytes_dropped,
+            "duration_s": round(self.duration_s, 6),
+            "segments": [s.as_dict() for s in self.segments],
+            "problems": [p.as_dict() for p in self.problems],
+        }
+
+
+@dataclass
+class Action:
+    """A change to the directory that recovery needs before writing resumes."""
+
+    op: str  # "evidence" | "truncate" | "remove" | "move_aside"
+    path: str
+    start: int = 0
+    end: int = 0
+    kind: str = ""
+    detail: str = ""
+
+
+@dataclass
+class WalkResult:
+    report: RecoveryReport
+    actions: list
+    next_lsn: int
+    # The newest segment that stays, and how many of its bytes are good:
+    # the writer appends there (None: start a new segment).
+    resume_path: Optional[str] = None
+    resume_size: int = 0
+
+
+def _all_zero(buf, start: int, end: int) -> bool:
+    return buf[start:end].count(0) == end - start
+
+
+def _has_zero_sector(buf, start: int, end: int) -> bool:
+    s = -(-start // SECTOR_BYTES) * SECTOR_BYTES
+    while s < end:
+        if _all_zero(buf, s, min(s + SECTOR_BYTES, end)):
+            return True
+        s += SECTOR_BYTES
+    return False
+
+
+def is_torn(buf, status: int, offset: int, frame_end: int) -> bool:
+    """Does a problem at ``offset`` of the newest segment look like a crash's tail?
+
+    A partial frame, zeros to the end of file, or a frame that fails its CRC,
+    reaches the end of the file and has a zeroed sector (a write the disk only
+    partly made, as etcd's isTornEntry reasons). Anything else is damage.
+    """
+    end = len(buf)
+    if status == F.SCAN_TRUNCATED:
+        return True
+    if status in (F.SCAN_BAD_MAGIC, F.SCAN_BAD_HEADER, F.SCAN_BAD_CRC):
+        if _all_zero(buf, offset, end):
+            return True
+        if status == F.SCAN_BAD_CRC and frame_end >= end and _has_zero_sector(buf, offset, end):
+            return True
+    return False
+
+
+def find_next_frame(core, buf, start: int, min_lsn: int):
+    """(offset, header) of the next whole, checksummed frame at or after ``start``
+    whose first LSN is >= ``min_lsn``; None when there is none. Used only by
+    skip-corrupted, where a bad frame's length field cannot be trusted."""
+    end = len(buf)
+    pos = buf.find(_MAGIC_BYTES, start)
+    while pos != -1:
+        h = core.parse_frame_header(buf, pos)
+        if h is None:
+            return None
+        body = pos + F.FRAME_HEADER_BYTES
+        if (core.header_problem(h) is None and body + h.stored_len <= end
+                and h.first_lsn >= min_lsn
+                and core.crc32c(buf[body:body + h.stored_len],
+                                core.crc32c(buf[pos + 8:body])) == h.crc):
+            return pos, h
+        pos = buf.find(_MAGIC_BYTES, pos + 1)
+    return None
+
+
+class _Walker:
+    def __init__(self, core, directory, mode, registry, apply, start_lsn, applied_lsn,
+                 cancel, progress) -> None:
+        self.core = core
+        self.directory = directory
+        self.mode = check_mode(mode)
+        self.registry = registry
+        self.apply = apply
+        self.applied_lsn = applied_lsn
+        self.cancel = cancel
+        self.progress = progress
+        self.report = RecoveryReport(mode=mode)
+        self.actions: list = []
+        self.next_lsn = start_lsn
+        self.stopped = False
+        self.resume_path = None
+        self.resume_size = 0
+        self.bytes_before = 0  # bytes of segments already done, for progress
+
+    # -- problem handling ------------------------------------------------
+    def _problem(self, kind, path, offset, detail, nbytes=0, lsn=None, lsn_end=None,
+                 action="error") -> Problem:
+        p = Problem(kind, path, offset, lsn, detail, nbytes, lsn_end, action)
+        self.report.problems.append(p)
+        return p
+
+    def _fatal(self, p: Problem):
+        cls = TornTailError if p.kind == "torn_tail" else CorruptionError
+        raise cls(p.detail, path=p.path, offset=p.offset, lsn=p.lsn, reason=p.kind)
+
+    def _damage(self, p: Problem) -> str:
+        """What the mode does with damage: raise, "stop" or "skip"."""
+        if self.mode in ("strict", "tolerate-tail"):
+            self._fatal(p)
+        return "stop" if self.mode == "point-in-time" else "skip"
+
+    def _not_applied_rest(self, seg_path, offset, size):
+        if size > offset:
+            self._problem("not_applied", seg_path, offset,
+                          "after the point-in-time stop", size - offset, action="not_applied")
+
+    # -- the walk --------------------------------------------------------
+    def run(self) -> WalkResult:
+        t0 = time.perf_counter()
+        waldir = os.path.join(self.directory, WAL_DIR)
+        segments, foreign, _tmp = list_segments(waldir)
+        for name in foreign:
+            self._problem("foreign_file", os.path.join(waldir, name), None,
+                          "not a segment; left alone", action="ignored")
+        self.total_bytes = sum(s.size for s in segments)
+        for i, seg in enumerate(segments):
+            if self.stopped:
+                self._problem("not_applied", seg.path, 0, "after the point-in-time stop",
+                              seg.size, lsn=seg.first_lsn, action="not_applied")
+                self.actions.append(Action("move_aside", seg.path, kind="not_applied"))
+                continue
+            self._segment(seg, newest=(i == len(segments) - 1))
+            self.bytes_before += seg.size
+        r = self.report
+        r.last_lsn = self.next_lsn - 1
+        r.duration_s = time.perf_counter() - t0
+        return WalkResult(r, self.actions, self.next_lsn, self.resume_path, self.resume_size)
+
+    def _segment(self, seg, newest: bool) -> None:
+        core = self.core
+        buf = _fileio.read_file(seg.path)
+        self.report.bytes_read += len(buf)
+        summary = SegmentSummary(seg.path, seg.first_lsn, None, 0, 0, len(buf), 0)
+        self.report.segments.append(summary)
+        if self.report.first_lsn is None:
+            self.report.first_lsn = seg.first_lsn
+        if seg.first_lsn != self.next_lsn:
+            gap = seg.first_lsn > self.next_lsn
+            p = self._problem(
+                "missing_segment" if gap else "segment_overlap", seg.path, 0,
+                f"segment starts at LSN {seg.first_lsn}, expected {self.next_lsn}",
+                lsn=self.next_lsn, lsn_end=seg.first_lsn - 1 if gap else None)
+            if self._damage(p) == "stop":
+                p.action = "stopped"
+                self._stop_in(seg.path, 0, len(buf), newest, whole=True)
+                return
+            p.action = "skipped"
+            if gap:
+                self.next_lsn = seg.first_lsn
+        why = segment_header_problem(buf, seg.path, seg.first_lsn)
+        if why is not None:
+            if newest and (len(buf) < F.SEGMENT_HEADER_BYTES or _all_zero(buf, 0, len(buf))) \
+                    and len(buf) < 4096:
+                p = self._problem("torn_tail", seg.path, 0, f"torn segment: {why}",
+                                  len(buf), lsn=self.next_lsn, action="dropped")
+                if self.mode == "strict":
+                    self._fatal(p)
+                self.actions.append(Action("evidence", seg.path, 0, len(buf), "torn_tail", why))
+                self.actions.append(Action("remove", seg.path))
+                return
+            p = self._problem("bad_segment_header", seg.path, 0, why,
+                              min(len(buf), F.SEGMENT_HEADER_BYTES), lsn=self.next_lsn)
+            if self._damage(p) == "stop":
+                p.action = "stopped"
+                self._stop_in(seg.path, 0, len(buf), newest, whole=True)
+                return
+            p.action = "skipped"
+        ctx = core.SegmentContext(self.registry)
+        offset = F.SEGMENT_HEADER_BYTES
+        range_start = offset
+        progress = None
+        if self.progress is not None:
+            base = self.bytes_before
+            total = self.total_bytes
+            progress = lambda off: self.progress(base + off, total)  # noqa: E731
+        while True:
+            r = core.scan_frames(buf, offset, self.next_lsn, self.applied_lsn, ctx,
+                                 self.apply, self.cancel, progress)
+            summary.frames += r.frames
+            summary.records += r.records
+            self.report.frames += r.frames
+            self.report.records += r.records
+            self.report.applied += r.applied
+            if r.frames:
+                summary.last_lsn = r.next_lsn - 1
+            self.next_lsn = r.next_lsn
+            if r.offset > range_start:
+                summary.good_ranges.append((range_start, r.offset))
+            summary.good_bytes += r.offset - offset
+            if r.status == F.SCAN_OK:
+                break
+            offset = self._frame_problem(seg, buf, r, newest)
+            if offset is None:
+                break
+            range_start = offset
+        if not self.stopped and newest:
+            if self.resume_path is None:
+                self.resume_path, self.resume_size = seg.path, len(buf)
+        if self.progress is not None:
+            self.progress(self.bytes_before + len(buf), self.total_bytes)
+
+    def _frame_problem(self, seg, buf, r, newest: bool):
+        """Handle a scan stop; the offset to resume scanning at, or None."""
+        end = len(buf)
+        status_name = F.SCAN_STATUS_NAMES[r.status]
+        if r.status == F.SCAN_CANCELLED:
+            raise CancelledError("replay cancelled", path=seg.path, offset=r.offset,
+                                 lsn=r.next_lsn)
+        if r.status == F.SCAN_APPLY_ERROR:
+            # A checksummed frame whose op cannot apply was written by a
+            # buggy or hostile writer; the state is mid-frame, so no mode can go on.
+            p = self._problem("apply_error", seg.path, r.offset, r.detail,
+                              r.frame_end - r.offset, lsn=r.next_lsn)
+            self._fatal(p)
+        if newest and is_torn(buf, r.status, r.offset, r.frame_end):
+            p = self._problem("torn_tail", seg.path, r.offset, r.detail, end - r.offset,
+                              lsn=r.next_lsn, action="dropped")
+            if self.mode == "strict":
+                self._fatal(p)
+            self._cut(seg.path, r.offset, end, "torn_tail", r.detail)
+            return None
+        crc_ok = r.status in (F.SCAN_LSN_GAP, F.SCAN_LSN_OVERLAP, F.SCAN_BAD_PAYLOAD)
+        p = self._problem(status_name, seg.path, r.offset, r.detail,
+                          (r.frame_end if crc_ok else end) - r.offset, lsn=r.next_lsn)
+        if self._damage(p) == "stop":
+            p.action = "stopped"
+            self._stop_in(seg.path, r.offset, end, newest)
+            return None
+        p.action = "skipped"
+        if r.status == F.SCAN_LSN_GAP:
+            # The frame itself is whole; the LSNs before it are lost. Accept
+            # the gap and replay the frame.
+            h = self.core.parse_frame_header(buf, r.offset)
+            p.lsn_end = h.first_lsn - 1
+            p.bytes = 0
+            self.next_lsn = h.first_lsn
+            return r.offset
+        if crc_ok:
+            self._quarantine(seg.path, r.offset, r.frame_end, status_name, r.detail)
+            return r.frame_end
+        found = find_next_frame(self.core, buf, r.offset + 1, self.next_lsn)
+        if found is None:
+            p.bytes = end - r.offset
+            if newest:
+                self._cut(seg.path, r.offset, end, status_name, r.detail)
+            else:
+                self._quarantine(seg.path, r.offset, end, status_name, r.detail)
+            return None
+        pos, h = found
+        p.bytes = pos - r.offset
+        if h.first_lsn > self.next_lsn:
+            p.lsn_end = h.first_lsn - 1
+        self._quarantine(seg.path, r.offset, pos, status_name, r.detail)
+        self.next_lsn = h.first_lsn
+        return pos
+
+    def _quarantine(self, path, start, end, kind, detail) -> None:
+        self.actions.append(Action("evidence", path, start, end, kind, detail))
+
+    def _cut(self, path, start, end, kind, detail) -> None:
+        """Drop [start, end) of the newest segment: keep evidence, truncate."""
+        self.actions.append(Action("evidence", path, start, end, kind, detail))
+        self.actions.append(Action("truncate", path, start))
+        self.resume_path, self.resume_size = path, start
+
+    def _stop_in(self, path, offset, size, newest, whole=False) -> None:
+        """Point-in-time: nothing from ``offset`` of this segment on is applied."""
+        self.stopped = True
+        if whole:
+            self._not_applied_rest(path, offset, size)
+            self.actions.append(Action("move_aside", path, kind="not_applied"))
+            return
+        self._not_applied_rest(path, offset, size)
+        self._cut(path, offset, size, "not_applied", "after the point-in-time stop")
+
+
+class CancelledError(RehydrateError):
+    default_reason = "cancelled"
+
+
+def walk(core, directory, *, mode="tolerate-tail", registry, apply=True, start_lsn=1,
+         applied_lsn=0, cancel=None, progress=None) -> WalkResult:
+    """Read every segment of ``directory`` under ``mode``; see the module docstring.
+
+    Raises CorruptionError (TornTailError for a torn tail under strict) where
+    the mode does not allow going on; UnsupportedFormatError for a newer format.
+    """
+    return _Walker(core, directory, mode, registry, apply, start_lsn, applied_lsn,
+                   cancel, progress).run()
+
+
+def evidence_name(path: str, start: int, kind: str) -> str:
+    return f"{os.path.basename(path)}@{start:012d}.{kind}"
+
+
+def apply_actions(directory: str, actions) -> None:
+    """Carry out a walk's actions: evidence first, then truncations and moves.
+
+    Evidence (the dropped bytes and a JSON note) goes to quarantine/ and is
+    fsynced before anything is cut, so no byte is ever lost without a copy.
+    """
+    if not actions:
+        return
+    qdir = os.path.join(directory, QUARANTINE_DIR)
+    _fileio.makedirs(qdir)
+    for a in actions:
+        if a.op == "evidence":
+            with open(a.path, "rb") as f:
+                f.seek(a.start)
+                data = f.read(a.end - a.start)
+            base = os.path.join(qdir, evidence_name(a.path, a.start, a.kind))
+            note = {"source": os.path.relpath(a.path, directory), "offset": a.start,
+                    "bytes": len(data), "kind": a.kind, "detail": a.detail}
+            _fileio.write_file_atomic(base + ".bin", data)
+            _fileio.write_file_atomic(base + ".json", json.dumps(note, indent=1).encode())
+    for a in actions:
+        if a.op == "truncate":
+            fd = os.open(a.path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                _fileio.truncate(fd, a.start)
+                _fileio.fsync(fd)
+            finally:
+                _fileio.close(fd)
+        elif a.op == "remove":
+            _fileio.unlink(a.path)
+            _fileio.fsync_dir(os.path.dirname(a.path))
+        elif a.op == "move_aside":
+            dst = os.path.join(qdir, os.path.basename(a.path) + ".not-applied")
+            _fileio.rename(a.path, dst)
+            _fileio.fsync_dir(os.path.dirname(a.path))
+            _fileio.fsync_dir(qdir)

@@ -1,0 +1,396 @@
+"""Store: open a state directory, get the state back, keep writing the log.
+
+Locking (why two locks): ``_lock`` guards the in-memory state and the record
+buffer and is held only for the few microseconds a write takes; ``_io_lock``
+serializes framing, writing and fsync, and is never taken while ``_lock`` is
+held (order: ``_io_lock`` then ``_lock``). So writers keep appending while
+one thread is in ``fsync``, and the next fsync covers them all (group commit).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Callable, Optional
+
+from . import _fileio
+from . import _format as F
+from . import manifest as _manifest
+from ._backend import core as _core
+from .errors import (
+    ConfigError,
+    NotAStoreError,
+    StoreClosedError,
+    StoreFailedError,
+)
+from .lockfile import DirLock
+from .recovery import QUARANTINE_DIR, RecoveryReport, apply_actions, check_mode, walk
+from .tables import TableRegistry
+from .wal import WAL_DIR, WalWriter, list_segments
+
+SYNC_MODES = ("always", "interval", "none")
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+DEFAULT_SYNC_INTERVAL_MS = 50
+MIN_SEGMENT_BYTES = 4096
+
+
+def _prepare_directory(path: str, create: bool) -> None:
+    """Make sure ``path`` is a store (creating one if allowed), or refuse."""
+    manifest_path = os.path.join(path, _manifest.MANIFEST_NAME)
+    if os.path.isfile(manifest_path):
+        return
+    if not os.path.isdir(path):
+        if os.path.exists(path):
+            raise NotAStoreError("not a directory", path=path)
+        if not create:
+            raise NotAStoreError("no store here (create=False)", path=path)
+        _fileio.makedirs(path)
+    else:
+        leftovers = set(os.listdir(path)) - {"LOCK", "MANIFEST.tmp"}
+        if leftovers:
+            raise NotAStoreError(
+                f"directory is not empty and has no MANIFEST "
+                f"(found {', '.join(sorted(leftovers)[:5])}); refusing to use it",
+                path=path)
+        if not create:
+            raise NotAStoreError("no store here (create=False)", path=path)
+    _fileio.makedirs(os.path.join(path, WAL_DIR))
+    _manifest.write(path, _manifest.initial())
+    _fileio.fsync_dir(path)
+
+
+class Store:
+    """A state directory opened for reading and writing. Use ``Store.open``."""
+
+    def __init__(self) -> None:  # pragma: no cover - use Store.open
+        raise TypeError("use Store.open(path, ...)")
+
+    # ------------------------------------------------------------------ open
+    @classmethod
+    def open(
+        cls,
+        path,
+        *,
+        create: bool = True,
+        sync: str = "interval",
+        recovery: str = "tolerate-tail",
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        sync_interval_ms: float = DEFAULT_SYNC_INTERVAL_MS,
+        progress: Optional[Callable[[int, int], None]] = None,
+    ) -> "Store":
+        """Lock ``path``, replay its log into memory, and return the live store.
+
+        ``progress(bytes_done, bytes_total)`` is called during replay.
+        Raises ConfigError (bad argument, before touching anything),
+        NotAStoreError, LockedError, CorruptionError / TornTailError (as the
+        recovery mode decides), UnsupportedFormatError.
+        """
+        if sync not in SYNC_MODES:
+            raise ConfigError(f"unknown sync mode {sync!r}; expected one of {', '.join(SYNC_MODES)}")
+        check_mode(recovery)
+        if not isinstance(segment_bytes, int) or segment_bytes < MIN_SEGMENT_BYTES:
+            raise ConfigError(f"segment_bytes must be an int >= {MIN_SEGMENT_BYTES}")
+        if not (isinstance(sync_interval_ms, (int, float)) and sync_interval_ms > 0):
+            raise ConfigError("sync_interval_ms must be a positive number")
+        self = object.__new__(cls)
+        self._init(os.fspath(path), create, sync, recovery, segment_bytes, sync_interval_ms, progress)
+        return self
+
+    def _init(self, path, create, sync, recovery, segment_bytes, sync_interval_ms, progress):
+        t0 = time.perf_counter()
+        self.path = path
+        self._core = _core()
+        self._sync_mode = sync
+        self._sync_always = sync == "always"
+        self._interval_s = sync_interval_ms / 1000.0
+        self._lock = threading.Lock()
+        self._io_lock = threading.Lock()
+        self._failed: Optional[BaseException] = None
+        self._closed = False
+        self._dirlock = None
+        self._wal = None
+        self._thread = None
+        _prepare_directory(path, create)
+        self._dirlock = DirLock(path)
+        try:
+            self._manifest = _manifest.read(path)
+            t_plan = time.perf_counter()
+            waldir = os.path.join(path, WAL_DIR)
+            _fileio.makedirs(waldir)
+            for name in list_segments(waldir)[2]:  # tmp files of an interrupted create
+                _fileio.unlink(os.path.join(waldir, name))
+            self._registry = TableRegistry(self._core)
+            result = walk(self._core, path, mode=recovery, registry=self._registry,
+                          apply=True, progress=progress)
+            t_replay = time.perf_counter()
+            apply_actions(path, result.actions)
+            self.recovery_report: RecoveryReport = result.report
+            self._buf = self._core.LogBuffer(result.next_lsn)
+            self._durable_lsn = self._written_lsn = result.next_lsn - 1
+            self._wal = WalWriter(waldir, segment_bytes)
+            if result.resume_path is not None and result.resume_size < segment_bytes:
+                from .wal import SegmentFile, parse_segment_name
+
+                first = parse_segment_name(os.path.basename(result.resume_path))
+                self._wal.open_existing(SegmentFile(first, result.resume_path,
+                                                    result.resume_size), result.resume_size)
+            else:
+                self._wal.create(result.next_lsn)
+            t_end = time.perf_counter()
+            self.open_stats = {
+                "phases": [
+                    {"name": "plan", "duration_s": t_plan - t0},
+                    {"name": "replay", "duration_s": t_replay - t_plan,
+                     "records": result.report.applied, "bytes": result.report.bytes_read},
+                    {"name": "resume", "duration_s": t_end - t_replay},
+                ],
+                "total_s": t_end - t0,
+            }
+        except BaseException:
+            self._release()
+            raise
+        if sync != "always":
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._background_flush,
+                                            name=f"rehydrate-sync:{path}", daemon=True)
+            self._thread.start()
+
+    # ---------------------------------------------------------------- writes
+    def _writable(self) -> None:
+        if self._failed is not None:
+            raise StoreFailedError(f"store failed and refuses writes: {self._failed}",
+                                   path=self.path, lsn=self._durable_lsn) from self._failed
+        if self._closed:
+            raise StoreClosedError("store is closed", path=self.path)
+
+    def _write(self, method, table, *args) -> int:
+        with self._lock:
+            self._writable()
+            info = self._registry.by_name.get(table)
+            new = info is None
+            if new:
+                info = self._registry.create(table)
+            try:
+                lsn = method(info.table, info.tid, *args)
+            except BaseException:
+                if new:
+                    self._registry.drop_if_new(info)
+                raise
+            flush = self._buf.pending_bytes >= F.FRAME_TARGET_BYTES
+        if self._sync_always:
+            self._make_durable(lsn)
+        elif flush:
+            self._flush_out(fsync=False)
+        return lsn
+
+    def put(self, table: str, key, value) -> int:
+        """Set ``key`` to ``value`` in ``table``; returns the write's LSN.
+
+        Raises UnsupportedKeyError / ValueEncodingError before anything is
+        written; StoreClosedError / StoreFailedError on a closed or failed store.
+        """
+        return self._write(self._buf.put, table, key, value)
+
+    def delete(self, table: str, key) -> int:
+        """Remove ``key`` (absent keys are fine: the delete is still logged)."""
+        return self._write(self._buf.delete, table, key)
+
+    def incr(self, table: str, key, delta=1) -> int:
+        """Add ``delta`` to a number (an absent key counts as 0).
+
+        InvalidOperationError, before anything is written, when the value is
+        not a number, the delta is not an int or float, or an int result
+        leaves int64.
+        """
+        return self._write(self._buf.incr, table, key, delta)
+
+    def clear(self, table: str) -> int:
+        """Remove every key of ``table`` (one record)."""
+        return self._write(self._buf.clear, table)
+
+    def batch(self) -> "Batch":
+        """A context manager collecting writes applied all together at exit.
+
+        After a crash, a batch is either wholly there or wholly absent.
+        """
+        return Batch(self)
+
+    def _commit(self, staging) -> Optional[int]:
+        with self._lock:
+            self._writable()
+            created = []
+            infos = []
+            for name in staging.names:
+                info = self._registry.by_name.get(name)
+                if info is None:
+                    info = self._registry.create(name)
+                    created.append(info)
+                infos.append(info)
+            try:
+                lsn = self._buf.commit(staging, [i.table for i in infos], [i.tid for i in infos])
+            except BaseException:
+                for info in reversed(created):
+                    self._registry.drop_if_new(info)
+                raise
+            flush = self._buf.pending_bytes >= F.FRAME_TARGET_BYTES
+        if lsn is None:
+            return None
+        if self._sync_always:
+            self._make_durable(lsn)
+        elif flush:
+            self._flush_out(fsync=False)
+        return lsn
+
+    # ------------------------------------------------------------ durability
+    def _flush_locked_io(self, fsync: bool) -> None:
+        """Frame and write what is pending (caller holds ``_io_lock``)."""
+        if self._failed is not None:
+            raise StoreFailedError(f"store failed: {self._failed}", path=self.path,
+                                   lsn=self._durable_lsn) from self._failed
+        with self._lock:
+            first, count, records = self._buf.take()
+            tables = self._registry.order[:]
+        try:
+            if count:
+                self._wal.write_frame(first, count, records, tables)
+                self._written_lsn = first + count - 1
+            if fsync and self._written_lsn > self._durable_lsn:
+                self._wal.fsync()
+                self._durable_lsn = self._written_lsn
+        except BaseException as e:
+            # Fail-stop: after a failed write or fsync the file's state is
+            # unknown; retrying could report success for lost data.
+            self._failed = e
+            raise StoreFailedError(f"write-ahead log I/O failed: {e!r}", path=self._wal.path,
+                                   lsn=self._durable_lsn) from e
+
+    def _flush_out(self, fsync: bool) -> None:
+        with self._io_lock:
+            self._flush_locked_io(fsync)
+
+    def _make_durable(self, lsn: int) -> None:
+        with self._io_lock:
+            if self._durable_lsn < lsn:
+                self._flush_locked_io(fsync=True)
+
+    def sync(self) -> int:
+        """Make every earlier write durable; returns the durable LSN."""
+        with self._lock:
+            self._writable()
+            lsn = self._buf.next_lsn - 1
+        self._make_durable(lsn)
+        return self._durable_lsn
+
+    def _background_flush(self) -> None:
+        fsync = self._sync_mode == "interval"
+        while not self._stop.wait(self._interval_s):
+            try:
+                self._flush_out(fsync)
+            except StoreFailedError:
+                return  # writers see the failure on their next call
+
+    # ------------------------------------------------------------- reads
+    def table(self, name: str):
+        """The live, read-only mapping of ``name``; KeyError if never written."""
+        info = self._registry.by_name.get(name)
+        if info is None:
+            raise KeyError(f"no table {name!r} in {self.path}")
+        return info.table
+
+    def tables(self) -> list:
+        """Table names, in order of creation."""
+        return self._registry.names()
+
+    @property
+    def lsn(self) -> int:
+        """LSN of the last write applied (0 for an empty store)."""
+        return self._buf.next_lsn - 1
+
+    @property
+    def durable_lsn(self) -> int:
+        """Every write up to this LSN survives power loss."""
+        return self._durable_lsn
+
+    @property
+    def sync_mode(self) -> str:
+        return self._sync_mode
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def failed(self) -> bool:
+        return self._failed is not None
+
+    # ------------------------------------------------------------- close
+    def close(self) -> None:
+        """Write and fsync what is pending (every sync mode), then unlock.
+
+        Closing twice is fine. A failed store closes without writing.
+        """
+        if self._closed:
+            return
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        try:
+            if self._failed is None:
+                self._flush_out(fsync=True)
+        finally:
+            self._closed = True
+            self._release()
+
+    def _release(self) -> None:
+        if self._wal is not None:
+            self._wal.close()
+        if self._dirlock is not None:
+            self._dirlock.release()
+            self._dirlock = None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "failed" if self._failed else "closed" if self._closed else "open"
+        return f"<rehydrate.Store {self.path!r} {state} lsn={self.lsn}>"
+
+
+class Batch:
+    """Writes collected by ``store.batch()``, applied and logged at exit as one frame.
+
+    Key, value and delta type errors raise at the call; an ``incr`` that does
+    not apply raises at exit, and then nothing of the batch is applied.
+    An exception inside the ``with`` block discards the batch.
+    """
+
+    __slots__ = ("_store", "_staging", "lsn", "_done", "put", "delete", "incr", "clear")
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._staging = store._core.Staging()
+        self.lsn: Optional[int] = None
+        self._done = False
+        # Bound straight to the core's staging methods: no Python frame per op.
+        self.put = self._staging.put
+        self.delete = self._staging.delete
+        self.incr = self._staging.incr
+        self.clear = self._staging.clear
+
+    def __len__(self) -> int:
+        return len(self._staging)
+
+    def __enter__(self) -> "Batch":
+        if self._done:
+            raise StoreClosedError("a batch can be used once")
+        self._store._writable()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._done = True
+        if exc_type is None:
+            self.lsn = self._store._commit(self._staging)

@@ -1,0 +1,169 @@
+"""WAL segments on disk: names, headers, listing, and the appending writer.
+
+A segment is ``wal/<first LSN, 20 digits>.wal``: a 32-byte header then frames
+(see docs/FORMAT.md). The writer appends frames to the newest segment and
+rolls to a new one at ``segment_bytes``; every new segment is created as
+tmp -> header -> fsync -> rename -> fsync directory, so a crash never leaves a
+half-made segment under a real name.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+from . import _fileio
+from . import _format as F
+from ._backend import core
+from .errors import UnsupportedFormatError
+
+WAL_DIR = "wal"
+SEGMENT_HEADER = struct.Struct("<8sHHIQII")
+assert SEGMENT_HEADER.size == F.SEGMENT_HEADER_BYTES
+
+
+def segment_name(first_lsn: int) -> str:
+    return f"{first_lsn:0{F.SEGMENT_NAME_DIGITS}d}{F.SEGMENT_SUFFIX}"
+
+
+def parse_segment_name(name: str):
+    """The first LSN a segment file name states, or None if not a segment name."""
+    stem, dot, suffix = name.partition(".")
+    if (dot + suffix != F.SEGMENT_SUFFIX or len(stem) != F.SEGMENT_NAME_DIGITS
+            or not stem.isascii() or not stem.isdigit()):
+        return None
+    return int(stem)
+
+
+def encode_segment_header(first_lsn: int) -> bytes:
+    head = SEGMENT_HEADER.pack(F.SEGMENT_MAGIC, F.FORMAT_VERSION, 0,
+                               F.SEGMENT_HEADER_BYTES, first_lsn, 0, 0)[:28]
+    return head + struct.pack("<I", core().crc32c(head))
+
+
+def segment_header_problem(buf, path: str, expected_first_lsn: int):
+    """Why a segment's header is unusable (a string), or None when it is fine.
+
+    A newer format version is not damage but an upgrade to make: it raises
+    UnsupportedFormatError.
+    """
+    if len(buf) < F.SEGMENT_HEADER_BYTES:
+        return "segment shorter than its header"
+    magic, version, flags, header_bytes, first_lsn, reserved, crc = SEGMENT_HEADER.unpack_from(buf)
+    if magic != F.SEGMENT_MAGIC:
+        return "bad segment magic"
+    if core().crc32c(bytes(buf[:28])) != crc:
+        return "segment header checksum mismatch"
+    if version > F.FORMAT_VERSION:
+        raise UnsupportedFormatError(
+            f"segment format {version} is newer than this rehydrate reads "
+            f"({F.FORMAT_VERSION})", path=path, offset=8)
+    if version < 1 or flags != 0 or reserved != 0 or header_bytes != F.SEGMENT_HEADER_BYTES:
+        return "unknown segment header fields"
+    if first_lsn != expected_first_lsn:
+        return f"header says first LSN {first_lsn}, the file name {expected_first_lsn}"
+    return None
+
+
+@dataclass
+class SegmentFile:
+    first_lsn: int
+    path: str
+    size: int
+
+
+def list_segments(waldir: str):
+    """(segments sorted by first LSN, names of foreign files, names of tmp files)."""
+    segments, foreign, tmp = [], [], []
+    try:
+        names = os.listdir(waldir)
+    except FileNotFoundError:
+        return segments, foreign, tmp
+    for name in names:
+        path = os.path.join(waldir, name)
+        first = parse_segment_name(name)
+        if first is not None and os.path.isfile(path):
+            segments.append(SegmentFile(first, path, os.path.getsize(path)))
+        elif name.endswith(".tmp"):
+            tmp.append(name)
+        else:
+            foreign.append(name)
+    segments.sort(key=lambda s: s.first_lsn)
+    return segments, sorted(foreign), sorted(tmp)
+
+
+class WalWriter:
+    """Appends frames to the newest segment, rolling at ``segment_bytes``.
+
+    Not thread-safe: the store calls it under its I/O lock. Every table is
+    declared in the first frame of each segment that follows, so any segment
+    decodes alone.
+    """
+
+    def __init__(self, waldir: str, segment_bytes: int) -> None:
+        self.waldir = waldir
+        self.segment_bytes = segment_bytes
+        self._fd = -1
+        self.path = None
+        self.size = 0
+        self._declared = 0  # how many of the registry's tables this segment declares
+        self._unsynced_old_fd = -1
+
+    def open_existing(self, seg: SegmentFile, size: int) -> None:
+        self._fd = _fileio.open_append(seg.path)
+        self.path, self.size = seg.path, size
+        self._declared = 0  # a reopened segment may lack tables created since
+
+    def create(self, first_lsn: int) -> None:
+        """A new segment starting at ``first_lsn``; durable before it is used."""
+        path = os.path.join(self.waldir, segment_name(first_lsn))
+        tmp = path + ".tmp"
+        try:
+            _fileio.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        fd = _fileio.create_exclusive(tmp)
+        try:
+            _fileio.write_all(fd, encode_segment_header(first_lsn))
+            _fileio.fsync(fd)
+            _fileio.rename(tmp, path)
+            _fileio.fsync_dir(self.waldir)
+        except BaseException:
+            _fileio.close(fd)
+            raise
+        self._fd, self.path, self.size, self._declared = fd, path, F.SEGMENT_HEADER_BYTES, 0
+
+    def write_frame(self, first_lsn: int, count: int, records: bytes, tables) -> int:
+        """Frame and append ``count`` records; returns the frame's byte size.
+
+        ``tables`` is the registry's declaration list (tid, kind, name bytes) in
+        creation order; the ones this segment has not declared yet go first.
+        """
+        # The raw payload bounds the frame (compression only shrinks), so the
+        # roll decision can be made before encoding with the right declarations.
+        upper = F.FRAME_HEADER_BYTES + len(records) + 16 + sum(len(t[2]) + 8 for t in tables)
+        if self.size > F.SEGMENT_HEADER_BYTES and self.size + upper > self.segment_bytes:
+            self.roll(first_lsn)
+        decls = tables[self._declared:]
+        frame = core().encode_frame(first_lsn, count, decls, records)
+        _fileio.write_all(self._fd, frame)
+        self.size += len(frame)
+        self._declared = len(tables)
+        return len(frame)
+
+    def roll(self, first_lsn: int) -> None:
+        """Finish the current segment (fsync) and start the next at ``first_lsn``."""
+        _fileio.fsync(self._fd)
+        old = self._fd
+        self._fd = -1
+        _fileio.close(old)
+        self.create(first_lsn)
+
+    def fsync(self) -> None:
+        _fileio.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            _fileio.close(fd)
