@@ -1,0 +1,36 @@
+"""Shared helpers for the benchmarks: child processes, medians, machine facts."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+
+
+def run_child(args, env=None) -> dict:
+    """Run ``python <args>`` in a fresh process; it prints one JSON object last."""
+    out = subprocess.run([sys.executable, *args], check=True, capture_output=True, text=True,
+                         env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def machine() -> dict:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "processor": platform.processor()}
+
+
+def fmt_s(x: float) -> str:
+    return f"{x:.3f} s"
