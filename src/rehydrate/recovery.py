@@ -240,6 +240,11 @@ class _Walker:
     def run(self) -> WalkResult:
         t0 = time.perf_counter()
         waldir = os.path.join(self.directory, WAL_DIR)
+        if not os.path.isdir(waldir):
+            # A store always has wal/ (it is made before the MANIFEST); its
+            # absence means the log was lost, not that the state is empty.
+            p = self._problem("missing_wal", waldir, None, "the wal/ directory is missing")
+            self._fatal(p)
         segments, foreign, _tmp = list_segments(waldir)
         for name in foreign:
             self._problem("foreign_file", os.path.join(waldir, name), None,
@@ -297,6 +302,7 @@ class _Walker:
                 self._stop_in(seg.path, 0, len(buf), newest, whole=True)
                 return
             p.action = "skipped"
+        header_ok = why is None
         ctx = core.SegmentContext(self.registry)
         offset = F.SEGMENT_HEADER_BYTES
         range_start = offset
@@ -325,7 +331,9 @@ class _Walker:
             if offset is None:
                 break
             range_start = offset
-        if not self.stopped and newest:
+        if not self.stopped and newest and header_ok:
+            # (a segment with a damaged header is never appended to: the
+            # writer starts a fresh one instead)
             if self.resume_path is None:
                 self.resume_path, self.resume_size = seg.path, len(buf)
         if self.progress is not None:

@@ -117,7 +117,6 @@ class Store:
             self._manifest = _manifest.read(path)
             t_plan = time.perf_counter()
             waldir = os.path.join(path, WAL_DIR)
-            _fileio.makedirs(waldir)
             for name in list_segments(waldir)[2]:  # tmp files of an interrupted create
                 _fileio.unlink(os.path.join(waldir, name))
             self._registry = TableRegistry(self._core)
