@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.rehydrate-installed
 SOURCES := pyproject.toml setup.py $(shell find src -name '*.py' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.c' -o -name '*.h' 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: all install demo test test-fast bench clean
+.PHONY: all install demo test bench fuzz clean
 
 all: test
 
@@ -32,6 +32,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/replay.py
+	$(BIN)/python benchmarks/write_read.py
+
+FUZZ_RUNS ?= 200000
+fuzz: $(STAMP)
+	$(BIN)/python -m pip install -q atheris
+	$(BIN)/python fuzz/make_corpus.py fuzz/corpus/segment
+	$(BIN)/python fuzz/fuzz_segment.py fuzz/corpus/segment -runs=$(FUZZ_RUNS) -max_len=4096
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info src/_core/*.c.cpp src/_core/*.so
+	rm -rf $(VENV) build src/*.egg-info
