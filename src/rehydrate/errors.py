@@ -52,6 +52,7 @@ class RehydrateError(Exception):
         return (
             _rebuild,
             (type(self), self.detail, self.path, self.offset, self.lsn, self.reason),
+            self.__dict__,  # subclass extras such as LockedError.holder_pid
         )
 
 

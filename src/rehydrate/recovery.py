@@ -279,7 +279,7 @@ class _Walker:
                 lsn=self.next_lsn, lsn_end=seg.first_lsn - 1 if gap else None)
             if self._damage(p) == "stop":
                 p.action = "stopped"
-                self._stop_in(seg.path, 0, len(buf), newest, whole=True)
+                self._stop_in(seg.path, 0, len(buf), rest_from=0, whole=True)
                 return
             p.action = "skipped"
             if gap:
@@ -299,9 +299,10 @@ class _Walker:
                               min(len(buf), F.SEGMENT_HEADER_BYTES), lsn=self.next_lsn)
             if self._damage(p) == "stop":
                 p.action = "stopped"
-                self._stop_in(seg.path, 0, len(buf), newest, whole=True)
+                self._stop_in(seg.path, 0, len(buf), rest_from=p.bytes, whole=True)
                 return
             p.action = "skipped"
+            self._quarantine(seg.path, 0, p.bytes, "bad_segment_header", why)
         header_ok = why is None
         ctx = core.SegmentContext(self.registry)
         offset = F.SEGMENT_HEADER_BYTES
@@ -330,6 +331,11 @@ class _Walker:
             offset = self._frame_problem(seg, buf, r, newest)
             if offset is None:
                 break
+            if self.mode == "skip-corrupted":
+                # The skipped bytes may have held this segment's declarations;
+                # tables known from earlier in the log still decode the rest.
+                for tid, info in self.registry.by_id.items():
+                    ctx.adopt(tid, info.table)
             range_start = offset
         if not self.stopped and newest and header_ok:
             # (a segment with a damaged header is never appended to: the
@@ -352,19 +358,26 @@ class _Walker:
             p = self._problem("apply_error", seg.path, r.offset, r.detail,
                               r.frame_end - r.offset, lsn=r.next_lsn)
             self._fatal(p)
-        if newest and is_torn(buf, r.status, r.offset, r.frame_end):
+        if (newest and is_torn(buf, r.status, r.offset, r.frame_end)
+                and find_next_frame(self.core, buf, r.offset + 1, 0) is None):
+            # (a whole, checksummed frame further on means the bad bytes are
+            # not where a crash stopped writing: e.g. a flipped length field)
             p = self._problem("torn_tail", seg.path, r.offset, r.detail, end - r.offset,
                               lsn=r.next_lsn, action="dropped")
             if self.mode == "strict":
                 self._fatal(p)
             self._cut(seg.path, r.offset, end, "torn_tail", r.detail)
             return None
+        if r.status == F.SCAN_TRUNCATED:
+            # Not the end of a crash's write: a length that runs past the end
+            # of the file with good data after it (or in an older segment).
+            status_name = "bad_length"
         crc_ok = r.status in (F.SCAN_LSN_GAP, F.SCAN_LSN_OVERLAP, F.SCAN_BAD_PAYLOAD)
         p = self._problem(status_name, seg.path, r.offset, r.detail,
                           (r.frame_end if crc_ok else end) - r.offset, lsn=r.next_lsn)
         if self._damage(p) == "stop":
             p.action = "stopped"
-            self._stop_in(seg.path, r.offset, end, newest)
+            self._stop_in(seg.path, r.offset, end, rest_from=r.offset + p.bytes)
             return None
         p.action = "skipped"
         if r.status == F.SCAN_LSN_GAP:
@@ -376,6 +389,11 @@ class _Walker:
             self.next_lsn = h.first_lsn
             return r.offset
         if crc_ok:
+            if r.status == F.SCAN_BAD_PAYLOAD:
+                # The checksum vouches for the header: these LSNs are the ones lost.
+                h = self.core.parse_frame_header(buf, r.offset)
+                p.lsn, p.lsn_end = h.first_lsn, h.first_lsn + h.count - 1
+                self.next_lsn = h.first_lsn + h.count
             self._quarantine(seg.path, r.offset, r.frame_end, status_name, r.detail)
             return r.frame_end
         found = find_next_frame(self.core, buf, r.offset + 1, self.next_lsn)
@@ -403,14 +421,17 @@ class _Walker:
         self.actions.append(Action("truncate", path, start))
         self.resume_path, self.resume_size = path, start
 
-    def _stop_in(self, path, offset, size, newest, whole=False) -> None:
-        """Point-in-time: nothing from ``offset`` of this segment on is applied."""
+    def _stop_in(self, path, offset, size, rest_from, whole=False) -> None:
+        """Point-in-time: nothing from ``offset`` of this segment on is applied.
+
+        The problem that stopped the walk already counts its own bytes; what
+        follows it (``rest_from`` on) is reported as not applied.
+        """
         self.stopped = True
+        self._not_applied_rest(path, rest_from, size)
         if whole:
-            self._not_applied_rest(path, offset, size)
             self.actions.append(Action("move_aside", path, kind="not_applied"))
             return
-        self._not_applied_rest(path, offset, size)
         self._cut(path, offset, size, "not_applied", "after the point-in-time stop")
 
 

@@ -48,6 +48,11 @@ def _prepare_directory(path: str, create: bool) -> None:
         _fileio.makedirs(path)
     else:
         leftovers = set(os.listdir(path)) - {"LOCK", "MANIFEST.tmp"}
+        waldir = os.path.join(path, WAL_DIR)
+        if "wal" in leftovers and os.path.isdir(waldir) and not list_segments(waldir)[0]:
+            # A crash while this store was being created: wal/ is made before
+            # the MANIFEST, so an empty wal/ and no MANIFEST is ours, unfinished.
+            leftovers.discard("wal")
         if leftovers:
             raise NotAStoreError(
                 f"directory is not empty and has no MANIFEST "
@@ -91,7 +96,8 @@ class Store:
         check_mode(recovery)
         if not isinstance(segment_bytes, int) or segment_bytes < MIN_SEGMENT_BYTES:
             raise ConfigError(f"segment_bytes must be an int >= {MIN_SEGMENT_BYTES}")
-        if not (isinstance(sync_interval_ms, (int, float)) and sync_interval_ms > 0):
+        if (type(sync_interval_ms) not in (int, float) or not sync_interval_ms > 0
+                or sync_interval_ms == float("inf")):
             raise ConfigError("sync_interval_ms must be a positive number")
         self = object.__new__(cls)
         self._init(os.fspath(path), create, sync, recovery, segment_bytes, sync_interval_ms, progress)
@@ -391,5 +397,11 @@ class Batch:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._done = True
+        # Writes after the block would never be committed: refuse them loudly.
+        self.put = self.delete = self.incr = self.clear = _batch_is_over
         if exc_type is None:
             self.lsn = self._store._commit(self._staging)
+
+
+def _batch_is_over(*args, **kwargs):
+    raise StoreClosedError("this batch has ended; start a new store.batch()")

@@ -358,6 +358,12 @@ class SegmentContext:
     def declared(self) -> set:
         return set(self.tables)
 
+    def adopt(self, tid: int, table) -> None:
+        """Treat ``tid`` as declared in this segment (salvage after a lost frame
+        whose declarations are known from earlier segments)."""
+        if tid not in self.tables:
+            self.tables[tid] = table
+
 
 def _apply(records, tables, applied_lsn, first_lsn) -> int:
     applied = 0

@@ -1,0 +1,1 @@
+"""Shared test helpers: a reference model, byte-level corruptors, crash tools."""

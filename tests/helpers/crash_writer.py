@@ -1,0 +1,44 @@
+"""Crash-test writer: ``crash_writer.py DIR SEED SEGMENT_BYTES [MAX_OPS]``.
+
+Opens DIR with sync="always", continues the deterministic sequence of
+crash_sequence.ops(SEED) from the store's LSN, and after each write returns
+prints its LSN (flushed): a printed LSN is an acknowledged, durable write.
+Prints "ready LSN" after the open. The parent kills it with SIGKILL.
+"""
+
+import sys
+
+import crash_sequence
+
+from rehydrate import Store
+
+
+def main() -> int:
+    path, seed, segment_bytes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    max_ops = int(sys.argv[4]) if len(sys.argv) > 4 else 100_000
+    store = Store.open(path, sync="always", segment_bytes=segment_bytes)
+    start = store.lsn
+    done = crash_sequence.ops_up_to(seed, start)  # raises if start splits an op
+    out = sys.stdout
+    out.write(f"ready {start}\n")
+    out.flush()
+    gen = crash_sequence.ops(seed)
+    for _ in range(len(done)):
+        next(gen)
+    for _ in range(max_ops):
+        op = next(gen)
+        if op[0] == "batch":
+            with store.batch() as b:
+                for sub in op[1]:
+                    getattr(b, sub[0])(*sub[1:])
+            lsn = b.lsn
+        else:
+            lsn = getattr(store, op[0])(*op[1:])
+        out.write(f"{lsn}\n")
+        out.flush()
+    store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
