@@ -21,6 +21,8 @@ from typing import Callable, Optional
 
 import pytest
 
+from rehydrate import _backend
+
 from rehydrate import (
     CorruptionError,
     NotAStoreError,
@@ -539,8 +541,16 @@ def test_a_checksummed_frame_with_an_unknown_op_is_corruption(log, tmp_path):
         p = os.path.join(d, segment)
         buf = C.read(p)
         body = frame.offset + F.FRAME_HEADER_BYTES
-        assert buf[body] == 0  # no table declarations in a middle frame
-        C.overwrite(p, body + 1, b"\x09")
+        assert frame.codec == F.CODEC_NONE
+        # Skip the frame's table declarations to reach the first record's op.
+        dec = _backend.core().decode_varint
+        n, i = dec(buf, body, len(buf))
+        for _ in range(n):
+            _, i = dec(buf, i, len(buf))
+            name_len, i = dec(buf, i + 1, len(buf))
+            i += name_len
+        assert buf[i] in (F.OP_PUT, F.OP_DELETE, F.OP_INCR, F.OP_CLEAR)
+        C.overwrite(p, i, b"\x09")
         C.fix_frame_crc(p, frame.offset)
         return _bad_frame_expect(log, frame, "bad_payload")
 

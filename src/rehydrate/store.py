@@ -254,11 +254,11 @@ class Store:
             raise StoreFailedError(f"store failed: {self._failed}", path=self.path,
                                    lsn=self._durable_lsn) from self._failed
         with self._lock:
+            used = self._buf.used_tids()
             first, count, records = self._buf.take()
-            tables = self._registry.order[:]
         try:
             if count:
-                self._wal.write_frame(first, count, records, tables)
+                self._wal.write_frame(first, count, records, self._registry.decls(used))
                 self._written_lsn = first + count - 1
             if fsync and self._written_lsn > self._durable_lsn:
                 self._wal.fsync()

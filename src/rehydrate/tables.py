@@ -1,7 +1,7 @@
 """The registry of a store's tables: names, ids, kinds and live table objects.
 
 Table ids are what records carry on disk; names are what users see. Every
-segment declares the ids it uses (docs/FORMAT.md), and the registry checks
+frame declares the ids it uses (docs/FORMAT.md), and the registry checks
 those declarations agree across the whole log: one id, one name, one kind.
 """
 
@@ -36,7 +36,7 @@ class TableRegistry:
         self._materialize = materialize
         self.by_name: dict[str, TableInfo] = {}
         self.by_id: dict[int, TableInfo] = {}
-        # (tid, kind, name bytes) in creation order: what segments declare.
+        # (tid, kind, name bytes) of every table, in creation order.
         self.order: list[tuple[int, int, bytes]] = []
 
     def _add(self, name: str, tid: int, kind: int) -> TableInfo:
@@ -84,6 +84,10 @@ class TableRegistry:
             self.order.pop()
             del self.by_name[info.name]
             del self.by_id[info.tid]
+
+    def decls(self, tids) -> list[tuple[int, int, bytes]]:
+        """(tid, kind, name bytes) of each table id, as frames declare them."""
+        return [(tid, self.by_id[tid].kind, self.by_id[tid].name.encode("utf-8")) for tid in tids]
 
     def names(self) -> list[str]:
         return [self.by_id[tid].name for tid, _, _ in self.order]

@@ -96,9 +96,9 @@ def list_segments(waldir: str):
 class WalWriter:
     """Appends frames to the newest segment, rolling at ``segment_bytes``.
 
-    Not thread-safe: the store calls it under its I/O lock. Every table is
-    declared in the first frame of each segment that follows, so any segment
-    decodes alone.
+    Not thread-safe: the store calls it under its I/O lock. Every frame
+    declares the tables its records use, so any frame (and so any segment)
+    decodes alone, and losing one frame never hides another's table.
     """
 
     def __init__(self, waldir: str, segment_bytes: int) -> None:
@@ -107,13 +107,10 @@ class WalWriter:
         self._fd = -1
         self.path = None
         self.size = 0
-        self._declared = 0  # how many of the registry's tables this segment declares
-        self._unsynced_old_fd = -1
 
     def open_existing(self, seg: SegmentFile, size: int) -> None:
         self._fd = _fileio.open_append(seg.path)
         self.path, self.size = seg.path, size
-        self._declared = 0  # a reopened segment may lack tables created since
 
     def create(self, first_lsn: int) -> None:
         """A new segment starting at ``first_lsn``; durable before it is used."""
@@ -132,24 +129,18 @@ class WalWriter:
         except BaseException:
             _fileio.close(fd)
             raise
-        self._fd, self.path, self.size, self._declared = fd, path, F.SEGMENT_HEADER_BYTES, 0
+        self._fd, self.path, self.size = fd, path, F.SEGMENT_HEADER_BYTES
 
-    def write_frame(self, first_lsn: int, count: int, records: bytes, tables) -> int:
+    def write_frame(self, first_lsn: int, count: int, records: bytes, decls) -> int:
         """Frame and append ``count`` records; returns the frame's byte size.
 
-        ``tables`` is the registry's declaration list (tid, kind, name bytes) in
-        creation order; the ones this segment has not declared yet go first.
+        ``decls``: (tid, kind, name bytes) of every table the records use.
         """
-        # The raw payload bounds the frame (compression only shrinks), so the
-        # roll decision can be made before encoding with the right declarations.
-        upper = F.FRAME_HEADER_BYTES + len(records) + 16 + sum(len(t[2]) + 8 for t in tables)
-        if self.size > F.SEGMENT_HEADER_BYTES and self.size + upper > self.segment_bytes:
-            self.roll(first_lsn)
-        decls = tables[self._declared:]
         frame = core().encode_frame(first_lsn, count, decls, records)
+        if self.size > F.SEGMENT_HEADER_BYTES and self.size + len(frame) > self.segment_bytes:
+            self.roll(first_lsn)
         _fileio.write_all(self._fd, frame)
         self.size += len(frame)
-        self._declared = len(tables)
         return len(frame)
 
     def roll(self, first_lsn: int) -> None:

@@ -13,6 +13,7 @@ import lz4.block
 import msgpack
 
 from .. import _format as F
+from .._values import unpack_container
 from ..errors import (
     CorruptionError,
     InvalidOperationError,
@@ -42,7 +43,10 @@ def encode_key(key) -> bytes:
     """
     t = type(key)
     if t is str:
-        out = b"\x02" + key.encode("utf-8", "strict")
+        try:
+            out = b"\x02" + key.encode("utf-8", "strict")
+        except UnicodeEncodeError:
+            raise UnsupportedKeyError("str key is not valid Unicode (lone surrogate)") from None
     elif t is bytes:
         out = b"\x01" + key
     elif t is int:
@@ -93,31 +97,9 @@ def pack_value(value) -> bytes:
         raise ValueEncodingError(f"value cannot be encoded: {e}") from None
 
 
-def _freeze(x):
-    return tuple(_freeze(i) for i in x) if type(x) is list else x
-
-
-def _pairs_with_tuple_keys(pairs):
-    return {_freeze(k): v for k, v in pairs}
-
-
 def unpack_value(raw):
-    """Decode one stored value; CorruptionError if it is not one msgpack object.
-
-    Arrays decode as lists, except as map keys, where a list cannot be a key:
-    there they decode as tuples, so ``{(1, 2): "v"}`` reads back as written.
-    """
-    try:
-        return msgpack.unpackb(raw, raw=False, strict_map_key=False, use_list=True)
-    except TypeError:  # an array as a map key ("unhashable type: 'list'")
-        try:
-            return msgpack.unpackb(raw, raw=False, strict_map_key=False, use_list=True,
-                                   object_pairs_hook=_pairs_with_tuple_keys)
-        except Exception as e:
-            raise CorruptionError(f"stored value does not decode: {e}",
-                                  reason="bad_value") from None
-    except Exception as e:  # msgpack raises several unrelated types
-        raise CorruptionError(f"stored value does not decode: {e}", reason="bad_value") from None
+    """Decode one stored value; CorruptionError if it is not one msgpack object."""
+    return unpack_container(raw)
 
 
 def check_delta(delta) -> None:

@@ -63,6 +63,7 @@ class LogBuffer:
         self.next_lsn = next_lsn
         self._first_lsn = next_lsn
         self._parts = bytearray()
+        self._used: set = set()  # tables the pending records use
 
     @property
     def pending_records(self) -> int:
@@ -72,34 +73,44 @@ class LogBuffer:
     def pending_bytes(self) -> int:
         return len(self._parts)
 
-    def _append(self, rec: bytes) -> int:
+    def used_tids(self) -> list:
+        """Sorted ids of the tables the pending records use."""
+        return sorted(self._used)
+
+    def _append(self, tid: int, rec: bytes) -> int:
         self._parts += rec
+        self._used.add(tid)
         lsn = self.next_lsn
         self.next_lsn = lsn + 1
         return lsn
 
+    # Each method builds the record first (every check that can raise), then
+    # changes the table, then appends: an error leaves both untouched.
     def put(self, table, tid: int, key, value) -> int:
         kb = encode_key(key)
         vb = pack_value(value)
         if len(vb) > MAX_BATCH_RECORD_BYTES:
             raise BatchTooLargeError(f"value of {len(vb)} bytes exceeds one frame")
+        rec = _record(F.OP_PUT, tid, kb, vb)
         table._put_raw(kb, vb)
-        return self._append(_record(F.OP_PUT, tid, kb, vb))
+        return self._append(tid, rec)
 
     def delete(self, table, tid: int, key) -> int:
-        kb = encode_key(key)
-        table._delete_raw(kb)
-        return self._append(_record(F.OP_DELETE, tid, kb, b""))
+        rec = _record(F.OP_DELETE, tid, encode_key(key), b"")
+        table._delete_raw(encode_key(key))
+        return self._append(tid, rec)
 
     def incr(self, table, tid: int, key, delta) -> int:
         kb = encode_key(key)
         check_delta(delta)
+        rec = _record(F.OP_INCR, tid, kb, pack_value(delta))
         table._incr_raw(kb, delta)
-        return self._append(_record(F.OP_INCR, tid, kb, pack_value(delta)))
+        return self._append(tid, rec)
 
     def clear(self, table, tid: int) -> int:
+        rec = _record(F.OP_CLEAR, tid, b"", b"")
         table._clear()
-        return self._append(_record(F.OP_CLEAR, tid, b"", b""))
+        return self._append(tid, rec)
 
     def commit(self, staging, tables, tids) -> int | None:
         """Apply and append a staged batch; all of it or, on error, none of it.
@@ -113,6 +124,7 @@ class LogBuffer:
             raise BatchTooLargeError(
                 f"batch of {staging.nbytes} bytes exceeds {MAX_BATCH_RECORD_BYTES}"
             )
+        tid_bytes = [encode_varint(tids[li]) for li in range(len(staging.names))]
         undo = []
         try:
             for op, li, kb, vb, arg in staging._ops:
@@ -128,7 +140,7 @@ class LogBuffer:
                     t._delete_raw(kb)
                 else:
                     t._incr_raw(kb, arg)
-        except InvalidOperationError:
+        except BaseException:
             for t, kb, old in reversed(undo):
                 if kb is None:
                     for k, v in old:
@@ -139,7 +151,9 @@ class LogBuffer:
                     t._put_raw(kb, old)
             raise
         for op, li, kb, vb, _ in staging._ops:
-            self._parts += _record(op, tids[li], kb, vb)
+            self._parts += b"".join((bytes((op,)), tid_bytes[li], encode_varint(len(kb)), kb,
+                                     encode_varint(len(vb)), vb))
+        self._used.update(tids[li] for li in range(len(staging.names)))
         self.next_lsn += len(staging._ops)
         return self.next_lsn - 1
 
@@ -148,6 +162,7 @@ class LogBuffer:
         out = (self._first_lsn, self.next_lsn - self._first_lsn, bytes(self._parts))
         self._first_lsn = self.next_lsn
         self._parts = bytearray()
+        self._used = set()
         return out
 
 

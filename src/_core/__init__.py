@@ -1,0 +1,77 @@
+# rehydrate._core: the native (Cython + C) core; its twin is rehydrate._pure.
+#
+# Layout: codec (CRC32C, LZ4 decode, keys, values, varints; C in
+# crc32c_impl.c, lz4_decode.c, valcodec.h), kvtable (KVTable over kvcore.h's
+# hash table + arena), frames (LogBuffer, Staging, frame encode/parse,
+# payload decode in payload.h, and scan_frames, the replay loop). External C
+# is declared in includes/*.pxd; the modules share their cdef functions and
+# classes through rehydrate/_core/*.pxd (that path gives Cython the
+# installed module names; see codec.pxd there). Format constants:
+# _format.pxd (cdef enum), mirrored from rehydrate/_format.py.
+#
+# The public names are exactly the twin's (rehydrate._pure.__all__).
+
+from .codec import (
+    check_delta,
+    crc32c,
+    crc32c_backend,
+    decode_key,
+    decode_number,
+    decode_varint,
+    encode_key,
+    encode_varint,
+    incr_value,
+    key_is_wellformed,
+    lz4_compress,
+    lz4_decompress,
+    pack_value,
+    unpack_value,
+)
+from .frames import (
+    MAX_BATCH_RECORD_BYTES,
+    FrameHeader,
+    LogBuffer,
+    ScanResult,
+    SegmentContext,
+    Staging,
+    check_table_name,
+    decode_payload,
+    encode_frame,
+    header_problem,
+    parse_frame_header,
+    scan_frames,
+)
+from .kvtable import KVTable
+
+IMPLEMENTATION = "native"
+
+__all__ = [
+    "IMPLEMENTATION",
+    "MAX_BATCH_RECORD_BYTES",
+    "FrameHeader",
+    "KVTable",
+    "LogBuffer",
+    "ScanResult",
+    "SegmentContext",
+    "Staging",
+    "check_delta",
+    "check_table_name",
+    "crc32c",
+    "crc32c_backend",
+    "decode_key",
+    "decode_number",
+    "decode_payload",
+    "decode_varint",
+    "encode_frame",
+    "encode_key",
+    "encode_varint",
+    "header_problem",
+    "incr_value",
+    "key_is_wellformed",
+    "lz4_compress",
+    "lz4_decompress",
+    "pack_value",
+    "parse_frame_header",
+    "scan_frames",
+    "unpack_value",
+]

@@ -1,0 +1,51 @@
+# On-disk format constants: the C spelling of src/rehydrate/_format.py.
+#
+# cdef enum (not DEF) so they are real C constants usable in switch cases
+# and visible to every module that cimports them; tests/test_core_native.py
+# checks each value against the Python module through codec._format_constants().
+# Byte-string constants (magics) stay in Python only.
+
+cdef enum:
+    FORMAT_VERSION = 1
+
+    SEGMENT_HEADER_BYTES = 32
+    SEGMENT_NAME_DIGITS = 20
+
+    FRAME_MAGIC = 0x31424852  # b"RHB1" little-endian
+    FRAME_HEADER_BYTES = 32
+    CODEC_NONE = 0
+    CODEC_LZ4 = 1
+
+    MAX_FRAME_PAYLOAD_BYTES = 64 * 1024 * 1024
+    MAX_KEY_BYTES = 1024 * 1024
+    MAX_TABLE_NAME_BYTES = 255
+    MAX_TABLE_ID = 65535
+    MIN_RECORD_BYTES = 4
+
+    FRAME_TARGET_BYTES = 256 * 1024
+    COMPRESS_MIN_BYTES = 512
+
+    OP_PUT = 1
+    OP_DELETE = 2
+    OP_INCR = 3
+    OP_CLEAR = 4
+
+    KIND_KV = 1
+
+    KEY_TAG_BYTES = 0x01
+    KEY_TAG_STR = 0x02
+    KEY_TAG_INT = 0x03
+
+    MANIFEST_HEADER_BYTES = 16
+    MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+
+    SCAN_OK = 0
+    SCAN_TRUNCATED = 1
+    SCAN_BAD_MAGIC = 2
+    SCAN_BAD_HEADER = 3
+    SCAN_BAD_CRC = 4
+    SCAN_LSN_GAP = 5
+    SCAN_LSN_OVERLAP = 6
+    SCAN_BAD_PAYLOAD = 7
+    SCAN_APPLY_ERROR = 8
+    SCAN_CANCELLED = 9

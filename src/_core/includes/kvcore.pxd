@@ -1,0 +1,46 @@
+# The KVTable's hash table + arena (header-only, kvcore.h). Both the kvtable
+# and frames modules compile these inline functions; they agree because they
+# share this one header and the rh_kv struct lives in the KVTable object.
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+from includes.valcodec cimport rh_num
+
+cdef extern from "kvcore.h":
+    enum:
+        RH_ENTRY_DEAD
+        RH_VALUE_MAX
+    ctypedef struct rh_slot:
+        uint64_t hash
+        uint64_t off
+    ctypedef struct rh_entry:
+        uint32_t klen
+        uint32_t vlen
+        uint32_t vcap
+    ctypedef struct rh_kv:
+        rh_slot *slots
+        uint64_t mask
+        uint64_t count
+        unsigned char *arena
+        uint64_t arena_len
+        uint64_t arena_cap
+        uint64_t garbage
+        uint64_t version
+    ctypedef struct rh_key:
+        int tag
+        const unsigned char *body
+        size_t len
+        uint64_t hash
+
+    uint64_t rh_hash_parts(int tag, const unsigned char *p, size_t n) nogil
+    void rh_key_from_bytes(rh_key *k, const unsigned char *kb, size_t klen) nogil
+    rh_entry *rh_entry_at(const rh_kv *kv, uint64_t off) nogil
+    unsigned char *rh_entry_key(rh_entry *e) nogil
+    unsigned char *rh_entry_value(rh_entry *e) nogil
+    int64_t rh_find(const rh_kv *kv, const rh_key *k) nogil
+    int rh_put(rh_kv *kv, const rh_key *k, const unsigned char *v, size_t vlen,
+               size_t vcap_min) nogil
+    int rh_delete(rh_kv *kv, const rh_key *k) nogil
+    int rh_incr(rh_kv *kv, const rh_key *k, const rh_num *delta, rh_num *cur) nogil
+    void rh_clear(rh_kv *kv) nogil
+    void rh_compact(rh_kv *kv) nogil
+    uint64_t rh_memory_bytes(const rh_kv *kv) nogil
+    int64_t rh_next_slot(const rh_kv *kv, uint64_t i) nogil

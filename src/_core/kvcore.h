@@ -1,0 +1,501 @@
+/* The KVTable's storage: an open-addressing hash table over an arena.
+ *
+ * Why this shape: replay applies ~10M small ops; a Python dict costs several
+ * cache misses per op in its objects. Here a slot is 16 bytes (64-bit hash +
+ * arena offset), probing is linear (neighbouring slots share cache lines),
+ * and an entry's key and msgpack value sit together in one arena, so a lookup
+ * is about two cache misses, and both can be prefetched ahead by replay.
+ *
+ * Invariants:
+ * - capacity is a power of two, load <= 0.7, an empty slot has off == 0
+ *   (arena offset 0 is never used);
+ * - deletion shifts later cluster members back (no tombstones), so a probe
+ *   stops at the first empty slot;
+ * - an entry is {klen, vlen, vcap} then klen key bytes then vcap value bytes,
+ *   8-aligned; a value that grows past vcap moves to a new entry and the old
+ *   one becomes garbage; when garbage passes half the arena the arena is
+ *   compacted in place (no second arena, so no double peak).
+ * Everything here runs without the GIL; callers serialize access.
+ */
+#ifndef RH_KVCORE_H
+#define RH_KVCORE_H
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+#include "rh_compiler.h"
+#include "valcodec.h"
+
+typedef struct {
+    uint64_t hash;
+    uint64_t off; /* 0: empty */
+} rh_slot;
+
+typedef struct {
+    uint32_t klen;
+    uint32_t vlen;
+    uint32_t vcap; /* RH_ENTRY_DEAD set: garbage awaiting compaction */
+} rh_entry;
+
+#define RH_ENTRY_DEAD 0x80000000u
+#define RH_VALUE_MAX 0x7FFFFF00u
+#define RH_MIN_SLOTS 8u
+#define RH_ARENA_BASE 8u       /* first usable offset, so 0 can mean empty */
+#define RH_COMPACT_MIN 65536u  /* do not bother compacting tiny arenas */
+/* Dead entries up to RH_FREE_CLASSES * 8 bytes go on a free list for their
+ * exact size and are reused by the next entry of that size: a delete then a
+ * put of a similar record (the common churn) recycles memory instead of
+ * growing garbage until a compaction has to move the whole arena. */
+#define RH_FREE_CLASSES 64u
+
+typedef struct {
+    rh_slot *slots;
+    uint64_t mask;      /* capacity - 1; meaningless while slots == NULL */
+    uint64_t count;
+    unsigned char *arena;
+    uint64_t arena_len;
+    uint64_t arena_cap;
+    uint64_t garbage;   /* bytes of dead entries in the arena (free lists included) */
+    uint64_t version;   /* bumped by every mutation; iterators compare it */
+    /* Head offset / 8 of each size class's free list (0: empty). A listed
+     * entry keeps klen and vcap (compaction walks it) and holds the next
+     * link, also offset / 8, in vlen. */
+    uint32_t free_head[RH_FREE_CLASSES];
+} rh_kv;
+
+/* Canonical key bytes split as tag + body: a Python str or int key is hashed
+ * and compared without first building the tagged bytes. tag < 0 means the
+ * empty key (only the raw surface can make one). */
+typedef struct {
+    int tag;
+    const unsigned char *body;
+    size_t len;
+    uint64_t hash;
+} rh_key;
+
+/* ---- hashing ------------------------------------------------------------ */
+
+static inline uint64_t rh_mum(uint64_t a, uint64_t b)
+{
+    __uint128_t r = (__uint128_t)a * b;
+    return (uint64_t)r ^ (uint64_t)(r >> 64);
+}
+
+/* 64-bit hash of tag + body: multiply-fold over 8-byte words. Not a defence
+ * against chosen keys (the log is trusted after its CRC); good spread for
+ * linear probing, where the low bits pick the slot. */
+static inline uint64_t rh_hash_parts(int tag, const unsigned char *p, size_t n)
+{
+    uint64_t h = rh_mum(((uint64_t)(tag + 1) << 32) ^ (uint64_t)n ^ 0x9E3779B97F4A7C15ull,
+                        0xD6E8FEB86659FD93ull);
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = rh_mum(h ^ w, 0xA0761D6478BD642Full);
+        p += 8;
+        n -= 8;
+    }
+    if (n) {
+        uint64_t w = 0;
+        memcpy(&w, p, n);
+        h = rh_mum(h ^ w, 0xE7037ED1A0B428DBull);
+    }
+    return rh_mum(h, 0x8EBC6AF09C88C6E3ull);
+}
+
+static inline void rh_key_from_bytes(rh_key *k, const unsigned char *kb, size_t klen)
+{
+    if (klen == 0) {
+        k->tag = -1;
+        k->body = kb;
+        k->len = 0;
+    } else {
+        k->tag = kb[0];
+        k->body = kb + 1;
+        k->len = klen - 1;
+    }
+    k->hash = rh_hash_parts(k->tag, k->body, k->len);
+}
+
+/* ---- entries ------------------------------------------------------------ */
+
+static inline rh_entry *rh_entry_at(const rh_kv *kv, uint64_t off)
+{
+    return (rh_entry *)(kv->arena + off);
+}
+static inline unsigned char *rh_entry_key(rh_entry *e) { return (unsigned char *)(e + 1); }
+static inline unsigned char *rh_entry_value(rh_entry *e) { return (unsigned char *)(e + 1) + e->klen; }
+static inline uint64_t rh_entry_size(uint32_t klen, uint32_t vcap)
+{
+    return ((uint64_t)sizeof(rh_entry) + klen + vcap + 7u) & ~(uint64_t)7u;
+}
+
+static inline int rh_key_eq(const rh_kv *kv, uint64_t off, const rh_key *k)
+{
+    rh_entry *e = rh_entry_at(kv, off);
+    const unsigned char *kb = rh_entry_key(e);
+    if (k->tag < 0)
+        return e->klen == 0;
+    if (e->klen != k->len + 1 || kb[0] != (unsigned char)k->tag)
+        return 0;
+    /* Most keys are short: compare them in two overlapping 8-byte loads
+     * rather than a call to memcmp. */
+    if (k->len >= 8 && k->len <= 16) {
+        uint64_t a0, a1, b0, b1;
+        memcpy(&a0, kb + 1, 8);
+        memcpy(&b0, k->body, 8);
+        memcpy(&a1, kb + 1 + k->len - 8, 8);
+        memcpy(&b1, k->body + k->len - 8, 8);
+        return ((a0 ^ b0) | (a1 ^ b1)) == 0;
+    }
+    return memcmp(kb + 1, k->body, k->len) == 0;
+}
+
+/* The slot holding k, or -1; *empty (if given) gets the empty slot that
+ * ended the probe, where an insert of k belongs. */
+static inline int64_t rh_find_or_empty(const rh_kv *kv, const rh_key *k, uint64_t *empty)
+{
+    if (RH_UNLIKELY(kv->slots == NULL))
+        return -1;
+    uint64_t mask = kv->mask, i = k->hash & mask;
+    for (;;) {
+        const rh_slot *s = &kv->slots[i];
+        if (s->off == 0) {
+            if (empty)
+                *empty = i;
+            return -1;
+        }
+        if (s->hash == k->hash && rh_key_eq(kv, s->off, k))
+            return (int64_t)i;
+        i = (i + 1) & mask;
+    }
+}
+
+static inline int64_t rh_find(const rh_kv *kv, const rh_key *k)
+{
+    return rh_find_or_empty(kv, k, NULL);
+}
+
+static inline uint64_t rh_capacity_for(uint64_t n)
+{
+    uint64_t cap = RH_MIN_SLOTS;
+    while (n * 10 > cap * 7)
+        cap <<= 1;
+    return cap;
+}
+
+/* Asks for transparent huge pages on a big block (THP is often in "madvise"
+ * mode). Lookups land on random slots and entries; with 4 KiB pages nearly
+ * every one also misses the TLB. Only the page-aligned inside of the block is
+ * advised; failure is harmless. */
+#define RH_HUGE_MIN ((size_t)4 << 20)
+static inline void rh_advise_huge(void *p, size_t n)
+{
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (n < RH_HUGE_MIN)
+        return;
+    uintptr_t start = ((uintptr_t)p + 4095) & ~(uintptr_t)4095;
+    uintptr_t end = ((uintptr_t)p + n) & ~(uintptr_t)4095;
+    if (end > start)
+        madvise((void *)start, end - start, MADV_HUGEPAGE);
+#else
+    (void)p;
+    (void)n;
+#endif
+}
+
+/* Rebuilds the slot array at new_cap (a power of two >= count / 0.7). */
+static int rh_resize(rh_kv *kv, uint64_t new_cap)
+{
+    /* malloc + memset, not calloc: calloc's untouched pages are first read
+     * by the probes below, which maps the shared zero page and then pays a
+     * second (copy-on-write) fault on the first write. */
+    size_t bytes = new_cap * sizeof(rh_slot);
+    rh_slot *ns = (rh_slot *)malloc(bytes);
+    if (!ns)
+        return -1;
+    rh_advise_huge(ns, bytes);
+    memset(ns, 0, bytes);
+    uint64_t nmask = new_cap - 1;
+    if (kv->slots) {
+        for (uint64_t i = 0; i <= kv->mask; i++) {
+            rh_slot s = kv->slots[i];
+            if (s.off == 0)
+                continue;
+            uint64_t j = s.hash & nmask;
+            while (ns[j].off)
+                j = (j + 1) & nmask;
+            ns[j] = s;
+        }
+        free(kv->slots);
+    }
+    kv->slots = ns;
+    kv->mask = nmask;
+    return 0;
+}
+
+/* Arena bytes for one more entry of `size`; returns its offset or 0 (no memory).
+ * Growth by 1.5x through realloc: glibc moves big blocks with mremap, so the
+ * old and new arena never both occupy memory. */
+static uint64_t rh_arena_alloc(rh_kv *kv, uint64_t size)
+{
+    uint64_t cls = size >> 3;
+    if (cls < RH_FREE_CLASSES && kv->free_head[cls]) {
+        uint64_t off = (uint64_t)kv->free_head[cls] << 3;
+        kv->free_head[cls] = rh_entry_at(kv, off)->vlen;
+        kv->garbage -= size;
+        return off;
+    }
+    if (kv->arena_len == 0)
+        kv->arena_len = RH_ARENA_BASE;
+    if (kv->arena_cap - kv->arena_len < size || kv->arena == NULL) {
+        uint64_t need = kv->arena_len + size;
+        uint64_t cap = kv->arena_cap ? kv->arena_cap : 4096;
+        /* 1.25x: realloc moves big blocks with mremap (no copy), so small
+         * steps cost little and keep unused capacity low. */
+        while (cap < need)
+            cap = cap + cap / 4 + 4096;
+        unsigned char *p = (unsigned char *)realloc(kv->arena, cap);
+        if (!p)
+            return 0;
+        kv->arena = p;
+        kv->arena_cap = cap;
+        rh_advise_huge(p, cap);
+    }
+    uint64_t off = kv->arena_len;
+    kv->arena_len += size;
+    return off;
+}
+
+/* Slides live entries down over the garbage, in arena order, fixing each
+ * one's slot (found by rehashing its key). */
+static void rh_compact(rh_kv *kv)
+{
+    uint64_t src = RH_ARENA_BASE, dst = RH_ARENA_BASE, end = kv->arena_len;
+    if (kv->arena == NULL)
+        return;
+    while (src < end) {
+        rh_entry *e = rh_entry_at(kv, src);
+        uint32_t vcap = e->vcap & ~RH_ENTRY_DEAD;
+        uint64_t size = rh_entry_size(e->klen, vcap);
+        if (!(e->vcap & RH_ENTRY_DEAD)) {
+            if (src != dst) {
+                rh_key k;
+                rh_key_from_bytes(&k, rh_entry_key(e), e->klen);
+                uint64_t i = k.hash & kv->mask;
+                while (kv->slots[i].off != src)
+                    i = (i + 1) & kv->mask;
+                memmove(kv->arena + dst, kv->arena + src, size);
+                kv->slots[i].off = dst;
+            }
+            dst += size;
+        }
+        src += size;
+    }
+    kv->arena_len = dst;
+    kv->garbage = 0;
+    memset(kv->free_head, 0, sizeof(kv->free_head)); /* every dead entry is gone */
+    /* Give memory back when the arena is now mostly empty capacity. */
+    if (kv->arena_cap > 2 * dst + 4096) {
+        uint64_t cap = dst + dst / 4 + 4096;
+        unsigned char *p = (unsigned char *)realloc(kv->arena, cap);
+        if (p) {
+            kv->arena = p;
+            kv->arena_cap = cap;
+        }
+    }
+}
+
+static inline void rh_maybe_compact(rh_kv *kv)
+{
+    if (kv->garbage > RH_COMPACT_MIN && kv->garbage * 2 > kv->arena_len)
+        rh_compact(kv);
+}
+
+static inline void rh_free_entry(rh_kv *kv, uint64_t off)
+{
+    rh_entry *e = rh_entry_at(kv, off);
+    uint64_t size = rh_entry_size(e->klen, e->vcap & ~RH_ENTRY_DEAD);
+    uint64_t cls = size >> 3;
+    kv->garbage += size;
+    e->vcap |= RH_ENTRY_DEAD;
+    if (cls < RH_FREE_CLASSES && (off >> 3) <= UINT32_MAX) {
+        e->vlen = kv->free_head[cls];
+        kv->free_head[cls] = (uint32_t)(off >> 3);
+    }
+}
+
+/* Writes a new entry for k with value v; returns its offset or 0. */
+static uint64_t rh_new_entry(rh_kv *kv, const rh_key *k, const unsigned char *v,
+                             size_t vlen, size_t vcap)
+{
+    uint32_t klen = k->tag < 0 ? 0 : (uint32_t)(k->len + 1);
+    uint64_t size = rh_entry_size(klen, (uint32_t)vcap);
+    uint64_t off = rh_arena_alloc(kv, size);
+    if (!off)
+        return 0;
+    rh_entry *e = rh_entry_at(kv, off);
+    e->klen = klen;
+    e->vlen = (uint32_t)vlen;
+    /* The 8-byte rounding's slack becomes value room too. */
+    e->vcap = (uint32_t)(size - sizeof(rh_entry) - klen);
+    unsigned char *kb = rh_entry_key(e);
+    if (klen) {
+        kb[0] = (unsigned char)k->tag;
+        memcpy(kb + 1, k->body, k->len);
+    }
+    memcpy(kb + klen, v, vlen);
+    return off;
+}
+
+/* Insert or replace. vcap_min reserves value room (incr keeps numbers in
+ * place). v must not point into this table's arena. 0, or -1 no memory. */
+static int rh_put(rh_kv *kv, const rh_key *k, const unsigned char *v, size_t vlen,
+                  size_t vcap_min)
+{
+    uint64_t empty = 0;
+    int64_t at = rh_find_or_empty(kv, k, &empty);
+    if (at >= 0) {
+        rh_slot *s = &kv->slots[at];
+        rh_entry *e = rh_entry_at(kv, s->off);
+        if (vlen <= (e->vcap & ~RH_ENTRY_DEAD)) {
+            memcpy(rh_entry_value(e), v, vlen);
+            e->vlen = (uint32_t)vlen;
+            kv->version++;
+            return 0;
+        }
+        uint64_t old = s->off;
+        uint64_t off = rh_new_entry(kv, k, v, vlen, vlen > vcap_min ? vlen : vcap_min);
+        if (!off)
+            return -1;
+        rh_free_entry(kv, old);
+        kv->slots[at].off = off; /* slots did not move: only the arena grew */
+        kv->version++;
+        rh_maybe_compact(kv);
+        return 0;
+    }
+    int resized = 0;
+    if (kv->slots == NULL || (kv->count + 1) * 10 > (kv->mask + 1) * 7) {
+        if (rh_resize(kv, rh_capacity_for(kv->count + 1)) < 0)
+            return -1;
+        resized = 1;
+    }
+    uint64_t off = rh_new_entry(kv, k, v, vlen, vlen > vcap_min ? vlen : vcap_min);
+    if (!off)
+        return -1;
+    uint64_t mask = kv->mask, i = resized ? (k->hash & mask) : empty;
+    while (kv->slots[i].off)
+        i = (i + 1) & mask;
+    kv->slots[i].hash = k->hash;
+    kv->slots[i].off = off;
+    kv->count++;
+    kv->version++;
+    return 0;
+}
+
+/* Empties slot i and shifts later members of its cluster back, so every key
+ * stays reachable from its home slot without tombstones. */
+static inline void rh_remove_slot(rh_kv *kv, uint64_t i)
+{
+    uint64_t mask = kv->mask, j = i;
+    rh_slot *slots = kv->slots;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (slots[j].off == 0)
+            break;
+        uint64_t home = slots[j].hash & mask;
+        /* slot j may move to the hole at i when i lies on j's probe path */
+        if (((j - home) & mask) >= ((j - i) & mask)) {
+            slots[i] = slots[j];
+            i = j;
+        }
+    }
+    slots[i].off = 0;
+    slots[i].hash = 0;
+}
+
+static void rh_clear(rh_kv *kv)
+{
+    free(kv->slots);
+    free(kv->arena);
+    kv->slots = NULL;
+    kv->arena = NULL;
+    kv->mask = 0;
+    kv->count = 0;
+    kv->arena_len = kv->arena_cap = kv->garbage = 0;
+    memset(kv->free_head, 0, sizeof(kv->free_head));
+    kv->version++;
+}
+
+/* 1 if k was there (and is now gone), else 0. */
+static int rh_delete(rh_kv *kv, const rh_key *k)
+{
+    kv->version++;
+    int64_t at = rh_find(kv, k);
+    if (at < 0)
+        return 0;
+    rh_free_entry(kv, kv->slots[at].off);
+    rh_remove_slot(kv, (uint64_t)at);
+    kv->count--;
+    if (kv->count == 0) {
+        /* An empty table gives all of its memory back. */
+        uint64_t v = kv->version;
+        rh_clear(kv);
+        kv->version = v;
+        return 1;
+    }
+    /* Shrink the slot array when it is mostly empty (hysteresis: grow at
+     * 0.7, shrink below 1/8). Failure to shrink is harmless. */
+    if (kv->mask + 1 > 64 && kv->count * 8 < kv->mask + 1)
+        rh_resize(kv, rh_capacity_for(kv->count));
+    rh_maybe_compact(kv);
+    return 1;
+}
+
+static inline uint64_t rh_memory_bytes(const rh_kv *kv)
+{
+    return kv->arena_cap + (kv->slots ? (kv->mask + 1) * sizeof(rh_slot) : 0);
+}
+
+/* incr of k by delta, rewriting the number in place when it fits its value
+ * room. Returns an RH_INCR_* status (the table is unchanged unless OK; *cur
+ * holds the stored number for error messages) or -1 when out of memory. */
+static int rh_incr(rh_kv *kv, const rh_key *k, const rh_num *delta, rh_num *cur)
+{
+    unsigned char out[RH_NUM_MAX_BYTES];
+    size_t outlen = 0;
+    int st;
+    int64_t at = rh_find(kv, k);
+    if (at >= 0) {
+        rh_entry *e = rh_entry_at(kv, kv->slots[at].off);
+        st = rh_incr_bytes(rh_entry_value(e), e->vlen, 1, delta, cur, out, &outlen);
+        if (st != RH_INCR_OK)
+            return st;
+        if (outlen <= (e->vcap & ~RH_ENTRY_DEAD)) {
+            memcpy(rh_entry_value(e), out, outlen);
+            e->vlen = (uint32_t)outlen;
+            kv->version++;
+            return RH_INCR_OK;
+        }
+    } else {
+        rh_incr_bytes(NULL, 0, 0, delta, cur, out, &outlen);
+    }
+    /* A number's room is the widest msgpack number, so later incrs stay put. */
+    return rh_put(kv, k, out, outlen, RH_NUM_MAX_BYTES) < 0 ? -1 : RH_INCR_OK;
+}
+
+/* Next occupied slot index >= i, or -1. */
+static inline int64_t rh_next_slot(const rh_kv *kv, uint64_t i)
+{
+    if (kv->slots == NULL)
+        return -1;
+    for (; i <= kv->mask; i++)
+        if (kv->slots[i].off)
+            return (int64_t)i;
+    return -1;
+}
+
+#endif

@@ -1,0 +1,253 @@
+# cython: language_level=3
+"""KVTable: the key/value table (native).
+
+Twin of ``rehydrate._pure.kvtable``. Storage is kvcore.h's open-addressing
+table over an arena of canonical key bytes + msgpack value bytes; Python sees
+a read-only Mapping that decodes a value when it is read, plus the ``_raw``
+surface the writer (LogBuffer) and tests use. Replay (frames.scan_frames)
+writes into ``.kv`` directly.
+"""
+
+from collections.abc import ItemsView, KeysView, Mapping, ValuesView
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport int64_t, uint64_t
+from libc.string cimport memset
+
+from includes.kvcore cimport (
+    RH_ENTRY_DEAD, RH_VALUE_MAX, rh_clear, rh_delete, rh_entry, rh_entry_at, rh_entry_key,
+    rh_entry_value, rh_find, rh_incr, rh_key, rh_key_from_bytes, rh_kv, rh_memory_bytes,
+    rh_next_slot, rh_put,
+)
+from includes.valcodec cimport RH_INCR_OK, RH_NUM_MAX_BYTES, rh_num
+from rehydrate._core.codec cimport (
+    decode_key_ptr, fast_delta, incr_error, incr_value_generic, key_view, unpack_ptr,
+)
+
+
+cdef inline bytes _as_bytes(obj):
+    # The twin calls bytes() on raw keys and values; so do we (same errors).
+    return obj if type(obj) is bytes else bytes(obj)
+
+
+cdef inline void _raw_key(bytes kb, rh_key *k) noexcept:
+    rh_key_from_bytes(k, <const unsigned char *>PyBytes_AS_STRING(kb), <size_t>PyBytes_GET_SIZE(kb))
+
+
+cdef inline object _value_of(rh_kv *kv, int64_t slot):
+    cdef rh_entry *e = rh_entry_at(kv, kv.slots[slot].off)
+    return unpack_ptr(rh_entry_value(e), e.vlen)
+
+
+cdef inline bytes _value_bytes(rh_kv *kv, int64_t slot):
+    cdef rh_entry *e = rh_entry_at(kv, kv.slots[slot].off)
+    return PyBytes_FromStringAndSize(<const char *>rh_entry_value(e), e.vlen)
+
+
+cdef inline bytes _key_bytes(rh_kv *kv, int64_t slot):
+    cdef rh_entry *e = rh_entry_at(kv, kv.slots[slot].off)
+    return PyBytes_FromStringAndSize(<const char *>rh_entry_key(e), e.klen)
+
+
+cdef inline object _key_of(rh_kv *kv, int64_t slot):
+    cdef rh_entry *e = rh_entry_at(kv, kv.slots[slot].off)
+    return decode_key_ptr(rh_entry_key(e), e.klen)
+
+
+cdef int _put(rh_kv *kv, const rh_key *k, bytes vb, size_t vcap_min) except -1:
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(vb)
+    if <size_t>n > RH_VALUE_MAX:
+        raise OverflowError(f"value of {n} bytes is too large for a KVTable")
+    if rh_put(kv, k, <const unsigned char *>PyBytes_AS_STRING(vb), <size_t>n, vcap_min) < 0:
+        raise MemoryError()
+    return 0
+
+
+cdef class _KVTableIter:
+    """Keys in slot order; RuntimeError once the table changes (like dict)."""
+    cdef KVTable table
+    cdef uint64_t pos
+    cdef uint64_t version
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef rh_kv *kv = &self.table.kv
+        if kv.version != self.version:
+            raise RuntimeError("table changed during iteration")
+        cdef int64_t i = rh_next_slot(kv, self.pos)
+        if i < 0:
+            raise StopIteration
+        self.pos = <uint64_t>i + 1
+        return _key_of(kv, i)
+
+
+cdef class KVTable:
+    """A live, read-only mapping view over one table's state.
+
+    Reads decode the stored msgpack value each time; a mutation of the table
+    during iteration raises RuntimeError (as ``dict`` does).
+    """
+
+    def __cinit__(self):
+        memset(&self.kv, 0, sizeof(rh_kv))
+
+    def __dealloc__(self):
+        rh_clear(&self.kv)
+
+    # -- Mapping surface -------------------------------------------------
+    def __len__(self):
+        return self.kv.count
+
+    def __getitem__(self, key):
+        cdef rh_key k
+        cdef unsigned char ibuf[8]
+        key_view(key, &k, ibuf, False)
+        cdef int64_t at = rh_find(&self.kv, &k)
+        if at < 0:
+            raise KeyError(key)
+        return _value_of(&self.kv, at)
+
+    def get(self, key, default=None):
+        cdef rh_key k
+        cdef unsigned char ibuf[8]
+        if key_view(key, &k, ibuf, True):
+            return default
+        cdef int64_t at = rh_find(&self.kv, &k)
+        if at < 0:
+            return default
+        return _value_of(&self.kv, at)
+
+    def __contains__(self, key):
+        cdef rh_key k
+        cdef unsigned char ibuf[8]
+        if key_view(key, &k, ibuf, True):
+            return False
+        return rh_find(&self.kv, &k) >= 0
+
+    def __iter__(self):
+        cdef _KVTableIter it = _KVTableIter.__new__(_KVTableIter)
+        it.table = self
+        it.pos = 0
+        it.version = self.kv.version
+        return it
+
+    def keys(self):
+        return KeysView(self)
+
+    def values(self):
+        return ValuesView(self)
+
+    def items(self):
+        return ItemsView(self)
+
+    def to_dict(self):
+        """A plain dict of decoded keys and values (a copy)."""
+        cdef dict out = {}
+        cdef uint64_t version = self.kv.version
+        cdef int64_t i = rh_next_slot(&self.kv, 0)
+        while i >= 0:
+            k = _key_of(&self.kv, i)
+            v = _value_of(&self.kv, i)
+            # Decoding allocates, and allocation can run arbitrary finalizers.
+            if self.kv.version != version:
+                raise RuntimeError("table changed during iteration")
+            out[k] = v
+            i = rh_next_slot(&self.kv, <uint64_t>i + 1)
+        return out
+
+    def __eq__(self, other):
+        if isinstance(other, Mapping) or isinstance(other, KVTable):
+            return self.to_dict() == dict(other.items())
+        return NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"<KVTable {self.kv.count} keys>"
+
+    @property
+    def memory_bytes(self):
+        """Bytes this table holds: arena capacity plus the slot array."""
+        return rh_memory_bytes(&self.kv)
+
+    def __reduce__(self):
+        return (_rebuild, (self._items_raw(),))
+
+    # -- raw surface for the writer and replay ---------------------------
+    def _get_raw(self, kb):
+        cdef rh_key k
+        kb = _as_bytes(kb)
+        _raw_key(kb, &k)
+        cdef int64_t at = rh_find(&self.kv, &k)
+        return None if at < 0 else _value_bytes(&self.kv, at)
+
+    def _put_raw(self, kb, vb):
+        cdef rh_key k
+        kb = _as_bytes(kb)
+        vb = _as_bytes(vb)
+        _raw_key(kb, &k)
+        _put(&self.kv, &k, vb, 0)
+
+    def _delete_raw(self, kb):
+        cdef rh_key k
+        kb = _as_bytes(kb)
+        _raw_key(kb, &k)
+        return rh_delete(&self.kv, &k) == 1
+
+    def _incr_raw(self, kb, delta):
+        """Add ``delta`` in place; InvalidOperationError leaves the table as is."""
+        cdef rh_key k
+        cdef rh_num d, cur
+        cdef int st
+        cdef int64_t at
+        kb = _as_bytes(kb)
+        _raw_key(kb, &k)
+        if fast_delta(delta, &d):
+            st = rh_incr(&self.kv, &k, &d, &cur)
+            if st < 0:
+                raise MemoryError()
+            if st != RH_INCR_OK:
+                raise incr_error(st, &cur, delta)
+            return _value_bytes(&self.kv, rh_find(&self.kv, &k))
+        at = rh_find(&self.kv, &k)
+        new = incr_value_generic(None if at < 0 else _value_bytes(&self.kv, at), delta)
+        _put(&self.kv, &k, _as_bytes(new), RH_NUM_MAX_BYTES)
+        return new
+
+    def _clear(self):
+        rh_clear(&self.kv)
+
+    def _items_raw(self):
+        cdef list out = []
+        cdef uint64_t version = self.kv.version
+        cdef int64_t i = rh_next_slot(&self.kv, 0)
+        while i >= 0:
+            item = (_key_bytes(&self.kv, i), _value_bytes(&self.kv, i))
+            if self.kv.version != version:
+                raise RuntimeError("table changed during iteration")
+            out.append(item)
+            i = rh_next_slot(&self.kv, <uint64_t>i + 1)
+        return out
+
+    # -- introspection for tests and benchmarks --------------------------
+    def _stats(self):
+        """Internal sizes: slots, count, arena bytes used / capacity / garbage."""
+        return {
+            "slots": (self.kv.mask + 1) if self.kv.slots != NULL else 0,
+            "count": self.kv.count,
+            "arena_len": self.kv.arena_len,
+            "arena_cap": self.kv.arena_cap,
+            "garbage": self.kv.garbage,
+        }
+
+
+def _rebuild(items):
+    cdef KVTable t = KVTable()
+    for kb, vb in items:
+        t._put_raw(kb, vb)
+    return t
+
+
+Mapping.register(KVTable)
