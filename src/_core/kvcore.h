@@ -270,6 +270,29 @@ static uint64_t rh_arena_alloc(rh_kv *kv, uint64_t size)
     return off;
 }
 
+/* Grows the slot array for `keys` entries and the arena to `arena_bytes`,
+ * ahead of a replay whose size is known from an earlier run: no rehash and
+ * no arena moves on the way up. Never shrinks. 0 or -1 (no memory). */
+static int rh_reserve(rh_kv *kv, uint64_t keys, uint64_t arena_bytes)
+{
+    uint64_t cap = rh_capacity_for(keys);
+    if (kv->slots == NULL || cap > kv->mask + 1) {
+        if (rh_resize(kv, cap) < 0)
+            return -1;
+    }
+    if (arena_bytes > kv->arena_cap) {
+        unsigned char *p = (unsigned char *)realloc(kv->arena, arena_bytes);
+        if (!p)
+            return -1;
+        kv->arena = p;
+        kv->arena_cap = arena_bytes;
+        if (kv->arena_len == 0)
+            kv->arena_len = RH_ARENA_BASE;
+        rh_advise_huge(p, arena_bytes);
+    }
+    return 0;
+}
+
 /* Slides live entries down over the garbage, in arena order, fixing each
  * one's slot (found by rehashing its key). */
 static void rh_compact(rh_kv *kv)

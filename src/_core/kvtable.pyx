@@ -17,7 +17,7 @@ from libc.string cimport memset
 from includes.kvcore cimport (
     RH_ENTRY_DEAD, RH_VALUE_MAX, rh_clear, rh_delete, rh_entry, rh_entry_at, rh_entry_key,
     rh_entry_value, rh_find, rh_incr, rh_key, rh_key_from_bytes, rh_kv, rh_memory_bytes,
-    rh_next_slot, rh_put,
+    rh_next_slot, rh_put, rh_reserve,
 )
 from includes.valcodec cimport RH_INCR_OK, RH_NUM_MAX_BYTES, rh_num
 from rehydrate._core.codec cimport (
@@ -230,6 +230,14 @@ cdef class KVTable:
             out.append(item)
             i = rh_next_slot(&self.kv, <uint64_t>i + 1)
         return out
+
+    def _reserve(self, keys, arena_bytes=0):
+        """Make room for ``keys`` entries and ``arena_bytes`` of arena up front
+        (a size hint from an earlier run; never shrinks the table)."""
+        if keys < 0 or arena_bytes < 0:
+            raise ValueError("reserve sizes must be >= 0")
+        if rh_reserve(&self.kv, <uint64_t>keys, <uint64_t>arena_bytes) < 0:
+            raise MemoryError()
 
     # -- introspection for tests and benchmarks --------------------------
     def _stats(self):

@@ -144,6 +144,61 @@ class WalkResult:
     resume_size: int = 0
 
 
+STREAM_CHUNK_BYTES = 8 << 20
+
+
+def _read_range(path: str, start: int, n: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(start)
+        return f.read(n)
+
+
+class _ChunkReader:
+    """Iterates a file's bytes from ``start`` to ``end`` in chunks, the next
+    chunk read on a thread while the caller works on this one (the read's
+    copy runs on the other core; the native scan releases the GIL)."""
+
+    def __init__(self, path: str, start: int, end: int) -> None:
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._pos, self._end = start, end
+        self._pool = None
+
+    def _read(self, pos: int):
+        n = min(STREAM_CHUNK_BYTES, self._end - pos)
+        data = os.pread(self._fd, n, pos)
+        if len(data) != n:
+            # The file shrank under us: hand back what is there; the caller
+            # then treats the rest as missing.
+            return data, True
+        return data, False
+
+    def __iter__(self):
+        if self._pos >= self._end:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rehydrate-read")
+        pending = self._pool.submit(self._read, self._pos)
+        while True:
+            data, short = pending.result()
+            self._pos += len(data)
+            if self._pos < self._end and not short:
+                pending = self._pool.submit(self._read, self._pos)
+            else:
+                pending = None
+            yield data
+            if pending is None:
+                return
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        os.close(self._fd)
+
+
 def _all_zero(buf, start: int, end: int) -> bool:
     return buf[start:end].count(0) == end - start
 
@@ -265,9 +320,13 @@ class _Walker:
 
     def _segment(self, seg, newest: bool) -> None:
         core = self.core
-        buf = _fileio.read_file(seg.path)
-        self.report.bytes_read += len(buf)
-        summary = SegmentSummary(seg.path, seg.first_lsn, None, 0, 0, len(buf), 0)
+        size = os.path.getsize(seg.path)
+        # The header (and, for a tiny torn segment, the whole file) first; the
+        # frames stream in chunks, and the whole file is read only to handle a
+        # problem.
+        buf = _read_range(seg.path, 0, min(size, 4096))
+        self.report.bytes_read += size
+        summary = SegmentSummary(seg.path, seg.first_lsn, None, 0, 0, size, 0)
         self.report.segments.append(summary)
         if self.report.first_lsn is None:
             self.report.first_lsn = seg.first_lsn
@@ -279,71 +338,108 @@ class _Walker:
                 lsn=self.next_lsn, lsn_end=seg.first_lsn - 1 if gap else None)
             if self._damage(p) == "stop":
                 p.action = "stopped"
-                self._stop_in(seg.path, 0, len(buf), rest_from=0, whole=True)
+                self._stop_in(seg.path, 0, size, rest_from=0, whole=True)
                 return
             p.action = "skipped"
             if gap:
                 self.next_lsn = seg.first_lsn
         why = segment_header_problem(buf, seg.path, seg.first_lsn)
         if why is not None:
-            if newest and (len(buf) < F.SEGMENT_HEADER_BYTES or _all_zero(buf, 0, len(buf))) \
-                    and len(buf) < 4096:
+            if newest and (size < F.SEGMENT_HEADER_BYTES or _all_zero(buf, 0, size)) \
+                    and size < 4096:
                 p = self._problem("torn_tail", seg.path, 0, f"torn segment: {why}",
-                                  len(buf), lsn=self.next_lsn, action="dropped")
+                                  size, lsn=self.next_lsn, action="dropped")
                 if self.mode == "strict":
                     self._fatal(p)
-                self.actions.append(Action("evidence", seg.path, 0, len(buf), "torn_tail", why))
+                self.actions.append(Action("evidence", seg.path, 0, size, "torn_tail", why))
                 self.actions.append(Action("remove", seg.path))
                 return
             p = self._problem("bad_segment_header", seg.path, 0, why,
-                              min(len(buf), F.SEGMENT_HEADER_BYTES), lsn=self.next_lsn)
+                              min(size, F.SEGMENT_HEADER_BYTES), lsn=self.next_lsn)
             if self._damage(p) == "stop":
                 p.action = "stopped"
-                self._stop_in(seg.path, 0, len(buf), rest_from=p.bytes, whole=True)
+                self._stop_in(seg.path, 0, size, rest_from=p.bytes, whole=True)
                 return
             p.action = "skipped"
             self._quarantine(seg.path, 0, p.bytes, "bad_segment_header", why)
         header_ok = why is None
         ctx = core.SegmentContext(self.registry)
-        offset = F.SEGMENT_HEADER_BYTES
-        range_start = offset
-        progress = None
-        if self.progress is not None:
-            base = self.bytes_before
-            total = self.total_bytes
-            progress = lambda off: self.progress(base + off, total)  # noqa: E731
-        while True:
-            r = core.scan_frames(buf, offset, self.next_lsn, self.applied_lsn, ctx,
-                                 self.apply, self.cancel, progress)
-            summary.frames += r.frames
-            summary.records += r.records
-            self.report.frames += r.frames
-            self.report.records += r.records
-            self.report.applied += r.applied
-            if r.frames:
-                summary.last_lsn = r.next_lsn - 1
-            self.next_lsn = r.next_lsn
-            if r.offset > range_start:
-                summary.good_ranges.append((range_start, r.offset))
-            summary.good_bytes += r.offset - offset
-            if r.status == F.SCAN_OK:
-                break
-            offset = self._frame_problem(seg, buf, r, newest)
-            if offset is None:
-                break
-            if self.mode == "skip-corrupted":
-                # The skipped bytes may have held this segment's declarations;
-                # tables known from earlier in the log still decode the rest.
-                for tid, info in self.registry.by_id.items():
-                    ctx.adopt(tid, info.table)
+        base, total = self.bytes_before, self.total_bytes
+        user_progress = self.progress
+        offset = self._stream(seg, ctx, summary, size)
+        if offset < size:
+            # Something is wrong at ``offset``: take the whole file and let
+            # the problem handling see it as it is.
+            buf = _fileio.read_file(seg.path)
             range_start = offset
+            progress = None
+            if user_progress is not None:
+                progress = lambda off: user_progress(base + off, total)  # noqa: E731
+            while True:
+                r = core.scan_frames(buf, offset, self.next_lsn, self.applied_lsn, ctx,
+                                     self.apply, self.cancel, progress)
+                self._count(summary, r, range_start, offset)
+                if r.status == F.SCAN_OK:
+                    break
+                offset = self._frame_problem(seg, buf, r, newest)
+                if offset is None:
+                    break
+                if self.mode == "skip-corrupted":
+                    # The skipped bytes may have held this segment's declarations;
+                    # tables known from earlier in the log still decode the rest.
+                    for tid, info in self.registry.by_id.items():
+                        ctx.adopt(tid, info.table)
+                range_start = offset
         if not self.stopped and newest and header_ok:
             # (a segment with a damaged header is never appended to: the
             # writer starts a fresh one instead)
             if self.resume_path is None:
-                self.resume_path, self.resume_size = seg.path, len(buf)
-        if self.progress is not None:
-            self.progress(self.bytes_before + len(buf), self.total_bytes)
+                self.resume_path, self.resume_size = seg.path, size
+        if user_progress is not None:
+            user_progress(base + size, total)
+
+    def _count(self, summary, r, range_start, offset, shift=0) -> None:
+        """Add a scan's counters; its good bytes are [range_start, r.offset) (+shift)."""
+        summary.frames += r.frames
+        summary.records += r.records
+        self.report.frames += r.frames
+        self.report.records += r.records
+        self.report.applied += r.applied
+        if r.frames:
+            summary.last_lsn = r.next_lsn - 1
+        self.next_lsn = r.next_lsn
+        if r.offset > range_start:
+            summary.good_ranges.append((range_start + shift, r.offset + shift))
+        summary.good_bytes += r.offset - offset
+
+    def _stream(self, seg, ctx, summary, size) -> int:
+        """Scan the segment's frames chunk by chunk, reading ahead on a thread.
+
+        Returns the file offset where scanning stopped: ``size`` when every
+        frame was good, else the start of the first frame that needs the
+        whole file to judge (a bad frame, or a partial one at the end).
+        """
+        core = self.core
+        pos = F.SEGMENT_HEADER_BYTES  # file offset of carry[0]
+        carry = b""
+        user_progress = self.progress
+        with _ChunkReader(seg.path, pos, size) as chunks:
+            for chunk in chunks:
+                data = carry + chunk if carry else chunk
+                r = core.scan_frames(data, 0, self.next_lsn, self.applied_lsn, ctx,
+                                     self.apply, self.cancel, None)
+                self._count(summary, r, 0, 0, shift=pos)
+                if r.status == F.SCAN_CANCELLED:
+                    raise CancelledError("replay cancelled", path=seg.path,
+                                         offset=pos + r.offset, lsn=r.next_lsn)
+                if r.status not in (F.SCAN_OK, F.SCAN_TRUNCATED):
+                    return pos + r.offset
+                # A frame cut by the chunk's end waits for the next chunk.
+                carry = data[r.offset:] if r.status == F.SCAN_TRUNCATED else b""
+                pos += r.offset
+                if user_progress is not None:
+                    user_progress(self.bytes_before + pos, self.total_bytes)
+        return pos
 
     def _frame_problem(self, seg, buf, r, newest: bool):
         """Handle a scan stop; the offset to resume scanning at, or None."""

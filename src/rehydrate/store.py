@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 from . import _fileio
 from . import _format as F
+from . import hints as _hints
 from . import manifest as _manifest
 from ._backend import core as _core
 from .errors import (
@@ -125,7 +126,7 @@ class Store:
             waldir = os.path.join(path, WAL_DIR)
             for name in list_segments(waldir)[2]:  # tmp files of an interrupted create
                 _fileio.unlink(os.path.join(waldir, name))
-            self._registry = TableRegistry(self._core)
+            self._registry = TableRegistry(self._core, size_hints=self._size_hints(path))
             result = walk(self._core, path, mode=recovery, registry=self._registry,
                           apply=True, progress=progress)
             t_replay = time.perf_counter()
@@ -160,6 +161,14 @@ class Store:
             self._thread = threading.Thread(target=self._background_flush,
                                             name=f"rehydrate-sync:{path}", daemon=True)
             self._thread.start()
+
+    @staticmethod
+    def _size_hints(path: str) -> dict:
+        found = _hints.read(path)
+        if not found:
+            return {}
+        wal_bytes = sum(s.size for s in list_segments(os.path.join(path, WAL_DIR))[0])
+        return {name: _hints.capped(h, wal_bytes) for name, h in found.items()}
 
     # ---------------------------------------------------------------- writes
     def _writable(self) -> None:
@@ -343,6 +352,8 @@ class Store:
         try:
             if self._failed is None:
                 self._flush_out(fsync=True)
+                _hints.write(self.path, [(n, self._registry.by_name[n].table)
+                                         for n in self._registry.names()])
         finally:
             self._closed = True
             self._release()

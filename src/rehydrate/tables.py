@@ -31,16 +31,24 @@ class TableRegistry:
     tables, so verifying costs no memory for state.
     """
 
-    def __init__(self, core, materialize: bool = True) -> None:
+    def __init__(self, core, materialize: bool = True, size_hints=None) -> None:
         self._core = core
         self._materialize = materialize
+        # name -> (keys, arena bytes) to reserve when the table first appears.
+        self._size_hints = size_hints or {}
         self.by_name: dict[str, TableInfo] = {}
         self.by_id: dict[int, TableInfo] = {}
         # (tid, kind, name bytes) of every table, in creation order.
         self.order: list[tuple[int, int, bytes]] = []
 
     def _add(self, name: str, tid: int, kind: int) -> TableInfo:
-        info = TableInfo(name, tid, kind, self._core.KVTable() if self._materialize else None)
+        table = None
+        if self._materialize:
+            table = self._core.KVTable()
+            hint = self._size_hints.get(name)
+            if hint is not None:
+                table._reserve(*hint)
+        info = TableInfo(name, tid, kind, table)
         self.by_name[name] = info
         self.by_id[tid] = info
         self.order.append((tid, kind, name.encode("utf-8")))

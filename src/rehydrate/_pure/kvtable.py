@@ -93,6 +93,11 @@ class KVTable:
             total += sys.getsizeof(k) + sys.getsizeof(v)
         return total
 
+    def _reserve(self, keys, arena_bytes=0) -> None:
+        """Room for ``keys`` entries up front: a no-op for a dict."""
+        if keys < 0 or arena_bytes < 0:
+            raise ValueError("reserve sizes must be >= 0")
+
     # -- raw surface for the writer and replay ---------------------------
     def _get_raw(self, kb):
         return self._d.get(bytes(kb))
