@@ -18,6 +18,15 @@ def run_child(args, env=None) -> dict:
 
 
 def peak_rss_bytes() -> int:
+    """This process's peak RSS (VmHWM).
+
+    Not getrusage's ru_maxrss: Linux carries that across exec, so a child
+    started by a big parent would report the parent's peak.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

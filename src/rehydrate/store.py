@@ -31,6 +31,7 @@ from .tables import TableRegistry
 from .wal import WAL_DIR, WalWriter, list_segments
 
 SYNC_MODES = ("always", "interval", "none")
+_FRAME_TARGET = F.FRAME_TARGET_BYTES
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 DEFAULT_SYNC_INTERVAL_MS = 50
 MIN_SEGMENT_BYTES = 4096
@@ -110,6 +111,8 @@ class Store:
         self._core = _core()
         self._sync_mode = sync
         self._sync_always = sync == "always"
+        self._buffered = not self._sync_always
+        self._targets: dict = {}
         self._interval_s = sync_interval_ms / 1000.0
         self._lock = threading.Lock()
         self._io_lock = threading.Lock()
@@ -178,24 +181,36 @@ class Store:
         if self._closed:
             raise StoreClosedError("store is closed", path=self.path)
 
-    def _write(self, method, table, *args) -> int:
-        with self._lock:
-            self._writable()
-            info = self._registry.by_name.get(table)
-            new = info is None
+    # The write path. ``_targets`` maps a table name to (table, id) while the
+    # store is writable; it is emptied when the store closes or fails, so the
+    # fast path needs no other check and everything unusual (a new table, a
+    # closed or failed store) goes through ``_write_locked``.
+    def _write_locked(self, method, table, args) -> int:
+        """One write with ``_lock`` held: check, create the table, apply, log."""
+        self._writable()
+        info = self._registry.by_name.get(table)
+        new = info is None
+        if new:
+            info = self._registry.create(table)
+        try:
+            lsn = method(info.table, info.tid, *args)
+        except BaseException:
             if new:
-                info = self._registry.create(table)
-            try:
-                lsn = method(info.table, info.tid, *args)
-            except BaseException:
-                if new:
-                    self._registry.drop_if_new(info)
-                raise
-            flush = self._buf.pending_bytes >= F.FRAME_TARGET_BYTES
+                self._registry.drop_if_new(info)
+            raise
+        self._targets[table] = (info.table, info.tid)
+        return lsn
+
+    def _after_write(self, lsn: int) -> None:
         if self._sync_always:
             self._make_durable(lsn)
-        elif flush:
+        elif self._buf.pending_bytes >= _FRAME_TARGET:
             self._flush_out(fsync=False)
+
+    def _write(self, method, table, *args) -> int:
+        with self._lock:
+            lsn = self._write_locked(method, table, args)
+        self._after_write(lsn)
         return lsn
 
     def put(self, table: str, key, value) -> int:
@@ -204,7 +219,17 @@ class Store:
         Raises UnsupportedKeyError / ValueEncodingError before anything is
         written; StoreClosedError / StoreFailedError on a closed or failed store.
         """
-        return self._write(self._buf.put, table, key, value)
+        # The hottest call a service makes: the common case stays inline.
+        with self._lock:
+            target = self._targets.get(table)
+            if target is None:
+                lsn = self._write_locked(self._buf.put, table, (key, value))
+            else:
+                lsn = self._buf.put(target[0], target[1], key, value)
+            if self._buffered and self._buf.pending_bytes < _FRAME_TARGET:
+                return lsn
+        self._after_write(lsn)
+        return lsn
 
     def delete(self, table: str, key) -> int:
         """Remove ``key`` (absent keys are fine: the delete is still logged)."""
@@ -247,13 +272,8 @@ class Store:
                 for info in reversed(created):
                     self._registry.drop_if_new(info)
                 raise
-            flush = self._buf.pending_bytes >= F.FRAME_TARGET_BYTES
-        if lsn is None:
-            return None
-        if self._sync_always:
-            self._make_durable(lsn)
-        elif flush:
-            self._flush_out(fsync=False)
+        if lsn is not None:
+            self._after_write(lsn)
         return lsn
 
     # ------------------------------------------------------------ durability
@@ -276,6 +296,8 @@ class Store:
             # Fail-stop: after a failed write or fsync the file's state is
             # unknown; retrying could report success for lost data.
             self._failed = e
+            with self._lock:
+                self._targets.clear()
             raise StoreFailedError(f"write-ahead log I/O failed: {e!r}", path=self._wal.path,
                                    lsn=self._durable_lsn) from e
 
@@ -344,8 +366,12 @@ class Store:
 
         Closing twice is fine. A failed store closes without writing.
         """
-        if self._closed:
-            return
+        with self._lock:
+            if self._closed:
+                return
+            # From here no write is accepted, so the flush below is the last.
+            self._closed = True
+            self._targets.clear()
         if self._thread is not None:
             self._stop.set()
             self._thread.join()
@@ -355,7 +381,6 @@ class Store:
                 _hints.write(self.path, [(n, self._registry.by_name[n].table)
                                          for n in self._registry.names()])
         finally:
-            self._closed = True
             self._release()
 
     def _release(self) -> None:
