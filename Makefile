@@ -18,7 +18,7 @@ $(BIN)/python:
 
 # Rebuilt whenever a source changes; the native core is compiled here.
 $(STAMP): $(BIN)/python $(SOURCES)
-	$(BIN)/python -m pip install -q "Cython>=3.0" "setuptools>=68" wheel
+	$(BIN)/python -m pip install -q "Cython>=3.0" "setuptools>=77" wheel
 	$(BIN)/python -m pip install -q --no-build-isolation ".[test,bench]"
 	touch $(STAMP)
 
