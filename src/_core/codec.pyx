@@ -259,6 +259,28 @@ def decode_key(kb):
 
 # ---------------------------------------------------------------- values
 
+
+cdef inline Py_ssize_t _sized_header(unsigned char *hdr, Py_ssize_t n, unsigned char code8) noexcept:
+    """msgpack's 8/16/32-bit length header (codes code8, +1, +2), big-endian
+    as msgpack wants; its size, or -1 past 32 bits."""
+    if n < 0x100:
+        hdr[0] = code8
+        hdr[1] = <unsigned char>n
+        return 2
+    if n < 0x10000:
+        hdr[0] = code8 + 1
+        hdr[1] = <unsigned char>(n >> 8)
+        hdr[2] = <unsigned char>n
+        return 3
+    if n <= 0xFFFFFFFF:
+        hdr[0] = code8 + 2
+        hdr[1] = <unsigned char>(n >> 24)
+        hdr[2] = <unsigned char>(n >> 16)
+        hdr[3] = <unsigned char>(n >> 8)
+        hdr[4] = <unsigned char>n
+        return 5
+    return -1
+
 cdef Py_ssize_t pack_scalar(object value, unsigned char *hdr, const char **body,
                             Py_ssize_t *body_len) except -2:
     """msgpack header of a scalar value into hdr (<= 9 bytes), body for str/bytes.
@@ -278,23 +300,7 @@ cdef Py_ssize_t pack_scalar(object value, unsigned char *hdr, const char **body,
         n = PyBytes_GET_SIZE(value)
         body[0] = PyBytes_AS_STRING(value)
         body_len[0] = n
-        if n < 0x100:
-            hdr[0] = 0xC4
-            hdr[1] = <unsigned char>n
-            return 2
-        if n < 0x10000:
-            hdr[0] = 0xC5
-            hdr[1] = <unsigned char>(n >> 8)
-            hdr[2] = <unsigned char>n
-            return 3
-        if n <= 0xFFFFFFFF:
-            hdr[0] = 0xC6
-            hdr[1] = <unsigned char>(n >> 24)
-            hdr[2] = <unsigned char>(n >> 16)
-            hdr[3] = <unsigned char>(n >> 8)
-            hdr[4] = <unsigned char>n
-            return 5
-        return -1
+        return _sized_header(hdr, n, 0xC4)  # bin 8/16/32
     if t is str:
         try:
             p = PyUnicode_AsUTF8AndSize(value, &n)
@@ -303,25 +309,9 @@ cdef Py_ssize_t pack_scalar(object value, unsigned char *hdr, const char **body,
         body[0] = p
         body_len[0] = n
         if n < 32:
-            hdr[0] = <unsigned char>(0xA0 | n)
+            hdr[0] = <unsigned char>(0xA0 | n)  # fixstr
             return 1
-        if n < 0x100:
-            hdr[0] = 0xD9
-            hdr[1] = <unsigned char>n
-            return 2
-        if n < 0x10000:
-            hdr[0] = 0xDA
-            hdr[1] = <unsigned char>(n >> 8)
-            hdr[2] = <unsigned char>n
-            return 3
-        if n <= 0xFFFFFFFF:
-            hdr[0] = 0xDB
-            hdr[1] = <unsigned char>(n >> 24)
-            hdr[2] = <unsigned char>(n >> 16)
-            hdr[3] = <unsigned char>(n >> 8)
-            hdr[4] = <unsigned char>n
-            return 5
-        return -1
+        return _sized_header(hdr, n, 0xD9)  # str 8/16/32
     if t is int:
         v = PyLong_AsLongLongAndOverflow(value, &overflow)
         if overflow == 0:
