@@ -78,6 +78,7 @@ def test_the_documented_api_is_exported():
     (ValueEncodingError, TypeError),
     (InvalidOperationError, TypeError),
     (BatchTooLargeError, ValueError),
+    (rehydrate.StorageIOError, OSError),
 ], ids=lambda v: v.__name__)
 def test_each_error_subclasses_rehydrate_error_and_its_builtin(cls, builtin):
     assert issubclass(cls, RehydrateError) and issubclass(cls, builtin)
@@ -86,7 +87,7 @@ def test_each_error_subclasses_rehydrate_error_and_its_builtin(cls, builtin):
 def test_every_exported_exception_is_a_rehydrate_error():
     exported = [getattr(rehydrate, n) for n in rehydrate.__all__]
     errors = [e for e in exported if isinstance(e, type) and issubclass(e, BaseException)]
-    assert len(errors) == 13
+    assert len(errors) == 14
     for e in errors:
         assert issubclass(e, RehydrateError), e
     reasons = [e.default_reason for e in errors]
@@ -206,3 +207,29 @@ def test_verify_of_a_missing_directory_is_not_a_store(tmp_path):
         verify(tmp_path / "nope")
     assert ei.value.path == str(tmp_path / "nope")
     assert isinstance(ei.value, FileNotFoundError)
+
+
+def test_os_errors_at_open_and_verify_are_typed(tmp_path, core, monkeypatch):
+    import errno
+
+    import rehydrate as rh
+    from rehydrate import _fileio
+
+    path = tmp_path / "s"
+    with rh.Store.open(str(path)) as s:
+        s.put("t", 1, 1)
+    (path / "LOCK").unlink()
+    (path / "LOCK").mkdir()  # the lock file cannot be opened: an OSError
+    with pytest.raises(rh.StorageIOError) as ei:
+        rh.Store.open(str(path))
+    assert isinstance(ei.value, OSError) and isinstance(ei.value, rh.RehydrateError)
+    assert ei.value.errno == errno.EISDIR and "LOCK" in ei.value.path
+    (path / "LOCK").rmdir()
+
+    def eio(p):
+        raise OSError(errno.EIO, "Input/output error", p)
+
+    monkeypatch.setattr(_fileio, "read_file", eio)
+    with pytest.raises(rh.StorageIOError) as ei:
+        rh.verify(str(path))
+    assert ei.value.errno == errno.EIO and ei.value.path.endswith("MANIFEST")

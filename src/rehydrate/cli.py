@@ -185,12 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .errors import ConfigError, NotAStoreError, RehydrateError, UnsupportedFormatError
+    from .errors import (
+        ConfigError,
+        NotAStoreError,
+        RehydrateError,
+        StorageIOError,
+        UnsupportedFormatError,
+    )
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (NotAStoreError, UnsupportedFormatError, ConfigError) as e:
+    except (NotAStoreError, UnsupportedFormatError, ConfigError, StorageIOError) as e:
         print(f"rehydrate {args.command}: {e}", file=sys.stderr)
         return EXIT_USAGE
     except RehydrateError as e:

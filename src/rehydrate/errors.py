@@ -113,6 +113,37 @@ class StoreFailedError(StoreClosedError):
     default_reason = "fail_stop"
 
 
+class StorageIOError(RehydrateError, OSError):
+    """The operating system refused a file operation (permission, space, I/O).
+
+    ``errno`` and ``path`` say which; the original OSError is the cause.
+    """
+
+    default_reason = "io_error"
+
+    @classmethod
+    def wrap(cls, err: OSError, path=None) -> "StorageIOError":
+        out = cls(err.strerror or str(err), path=err.filename or path)
+        out.errno = err.errno
+        return out
+
+
+def typed_io_errors(fn):
+    """Decorator: an OSError (not already a RehydrateError) leaves as StorageIOError."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RehydrateError:
+            raise
+        except OSError as e:
+            raise StorageIOError.wrap(e, args[0] if args else None) from e
+
+    return wrapper
+
+
 class ConfigError(RehydrateError, ValueError):
     """A bad argument to ``Store.open`` or ``verify`` (mode name, size, ...)."""
 
@@ -153,6 +184,7 @@ __all__ = [
     "StoreClosedError",
     "StoreFailedError",
     "ConfigError",
+    "StorageIOError",
     "UnsupportedKeyError",
     "ValueEncodingError",
     "InvalidOperationError",

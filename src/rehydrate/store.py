@@ -22,6 +22,8 @@ from ._backend import core as _core
 from .errors import (
     ConfigError,
     NotAStoreError,
+    RehydrateError,
+    StorageIOError,
     StoreClosedError,
     StoreFailedError,
 )
@@ -102,7 +104,13 @@ class Store:
                 or sync_interval_ms == float("inf")):
             raise ConfigError("sync_interval_ms must be a positive number")
         self = object.__new__(cls)
-        self._init(os.fspath(path), create, sync, recovery, segment_bytes, sync_interval_ms, progress)
+        try:
+            self._init(os.fspath(path), create, sync, recovery, segment_bytes,
+                       sync_interval_ms, progress)
+        except RehydrateError:
+            raise
+        except OSError as e:
+            raise StorageIOError.wrap(e, path) from e
         return self
 
     def _init(self, path, create, sync, recovery, segment_bytes, sync_interval_ms, progress):

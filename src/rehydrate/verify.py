@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 from . import manifest as _manifest
 from ._backend import core as _core
-from .errors import NotAStoreError
+from .errors import NotAStoreError, typed_io_errors
 from .recovery import RecoveryReport, check_mode, walk
 from .tables import KIND_NAMES, TableRegistry
 
@@ -24,6 +24,7 @@ def _check_store_dir(path: str) -> None:
         raise NotAStoreError("no MANIFEST: not a rehydrate store", path=path)
 
 
+@typed_io_errors
 def verify(path, *, recovery: str = "tolerate-tail",
            progress: Optional[Callable[[int, int], None]] = None) -> RecoveryReport:
     """Check every segment's header, frames, checksums and LSN order.
@@ -47,6 +48,7 @@ def verify(path, *, recovery: str = "tolerate-tail",
     return report
 
 
+@typed_io_errors
 def inspect(path, *, progress=None) -> dict:
     """Segments, LSN ranges, tables (keys, bytes) of a directory, replayed in memory."""
     path = os.fspath(path)
