@@ -38,7 +38,8 @@ FUZZ_RUNS ?= 200000
 fuzz: $(STAMP)
 	$(BIN)/python -m pip install -q atheris
 	$(BIN)/python fuzz/make_corpus.py fuzz/corpus/segment
-	$(BIN)/python fuzz/fuzz_segment.py fuzz/corpus/segment -runs=$(FUZZ_RUNS) -max_len=4096
+	mkdir -p fuzz/work
+	$(BIN)/python fuzz/fuzz_segment.py fuzz/work fuzz/corpus/segment -runs=$(FUZZ_RUNS) -max_len=8192
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -59,6 +59,7 @@ typedef struct {
     uint64_t arena_len;
     uint64_t arena_cap;
     uint64_t garbage;   /* bytes of dead entries in the arena (free lists included) */
+    int arena_mapped;   /* arena is an mmap (grown with mremap), not a malloc block */
     uint64_t version;   /* bumped by every mutation; iterators compare it */
     /* Head offset / 8 of each size class's free list (0: empty). A listed
      * entry keeps klen and vcap (compaction walks it) and holds the next
@@ -237,6 +238,67 @@ static int rh_resize(rh_kv *kv, uint64_t new_cap)
     return 0;
 }
 
+/* Resizes the arena to `cap` bytes keeping its contents; 0 or -1.
+ * Small arenas live in malloc; from RH_ARENA_MAP_MIN up the arena is its own
+ * mapping, grown and shrunk with mremap, which moves page tables rather than
+ * bytes: glibc's realloc only does that above its (adaptive, up to 32 MiB)
+ * mmap threshold and copies below it. */
+#define RH_ARENA_MAP_MIN ((uint64_t)1 << 20)
+static int rh_arena_resize(rh_kv *kv, uint64_t cap)
+{
+#if defined(__linux__) && defined(MREMAP_MAYMOVE)
+    /* Whole pages, so madvise covers the entire mapping: advice on part of
+     * it would split it into several mappings, which mremap refuses. */
+    if (kv->arena_mapped || cap >= RH_ARENA_MAP_MIN)
+        cap = (cap + 4095) & ~(uint64_t)4095;
+    if (kv->arena_mapped) {
+        void *p = mremap(kv->arena, kv->arena_cap, cap, MREMAP_MAYMOVE);
+        if (p == MAP_FAILED)
+            return -1;
+        kv->arena = (unsigned char *)p;
+        kv->arena_cap = cap;
+        if (cap > RH_HUGE_MIN)
+            rh_advise_huge(p, cap);
+        return 0;
+    }
+    if (cap >= RH_ARENA_MAP_MIN) {
+        void *p = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+            return -1;
+        rh_advise_huge(p, cap);
+        if (kv->arena) {
+            memcpy(p, kv->arena, kv->arena_len < cap ? kv->arena_len : cap);
+            free(kv->arena);
+        }
+        kv->arena = (unsigned char *)p;
+        kv->arena_cap = cap;
+        kv->arena_mapped = 1;
+        return 0;
+    }
+#endif
+    unsigned char *p = (unsigned char *)realloc(kv->arena, cap);
+    if (!p)
+        return -1;
+    kv->arena = p;
+    kv->arena_cap = cap;
+    rh_advise_huge(p, cap);
+    return 0;
+}
+
+static void rh_arena_free(rh_kv *kv)
+{
+#if defined(__linux__) && defined(MREMAP_MAYMOVE)
+    if (kv->arena_mapped) {
+        munmap(kv->arena, kv->arena_cap);
+        kv->arena = NULL;
+        kv->arena_mapped = 0;
+        return;
+    }
+#endif
+    free(kv->arena);
+    kv->arena = NULL;
+}
+
 /* Arena bytes for one more entry of `size`; returns its offset or 0 (no memory).
  * Growth by 1.5x through realloc: glibc moves big blocks with mremap, so the
  * old and new arena never both occupy memory. */
@@ -258,12 +320,8 @@ static uint64_t rh_arena_alloc(rh_kv *kv, uint64_t size)
          * steps cost little and keep unused capacity low. */
         while (cap < need)
             cap = cap + cap / 4 + 4096;
-        unsigned char *p = (unsigned char *)realloc(kv->arena, cap);
-        if (!p)
+        if (rh_arena_resize(kv, cap) < 0)
             return 0;
-        kv->arena = p;
-        kv->arena_cap = cap;
-        rh_advise_huge(p, cap);
     }
     uint64_t off = kv->arena_len;
     kv->arena_len += size;
@@ -281,14 +339,10 @@ static int rh_reserve(rh_kv *kv, uint64_t keys, uint64_t arena_bytes)
             return -1;
     }
     if (arena_bytes > kv->arena_cap) {
-        unsigned char *p = (unsigned char *)realloc(kv->arena, arena_bytes);
-        if (!p)
+        if (rh_arena_resize(kv, arena_bytes) < 0)
             return -1;
-        kv->arena = p;
-        kv->arena_cap = arena_bytes;
         if (kv->arena_len == 0)
             kv->arena_len = RH_ARENA_BASE;
-        rh_advise_huge(p, arena_bytes);
     }
     return 0;
 }
@@ -324,11 +378,7 @@ static void rh_compact(rh_kv *kv)
     /* Give memory back when the arena is now mostly empty capacity. */
     if (kv->arena_cap > 2 * dst + 4096) {
         uint64_t cap = dst + dst / 4 + 4096;
-        unsigned char *p = (unsigned char *)realloc(kv->arena, cap);
-        if (p) {
-            kv->arena = p;
-            kv->arena_cap = cap;
-        }
+        (void)rh_arena_resize(kv, cap); /* on failure the bigger arena stays */
     }
 }
 
@@ -443,9 +493,8 @@ static inline void rh_remove_slot(rh_kv *kv, uint64_t i)
 static void rh_clear(rh_kv *kv)
 {
     free(kv->slots);
-    free(kv->arena);
+    rh_arena_free(kv);
     kv->slots = NULL;
-    kv->arena = NULL;
     kv->mask = 0;
     kv->count = 0;
     kv->arena_len = kv->arena_cap = kv->garbage = 0;
