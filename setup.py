@@ -18,6 +18,22 @@ except ImportError:  # pragma: no cover - build environment problem
         "pip install Cython (pip does this itself when building from pyproject.toml)"
     )
 
+def _require_c_compiler() -> None:
+    import shutil
+    import sysconfig
+
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
+        sys.exit(
+            f"rehydrate needs a C compiler to build its native core, and {cc!r} is not "
+            "on PATH: install one (Debian: apt-get install build-essential) or set CC"
+        )
+
+
+if any(cmd in sys.argv for cmd in ("build_ext", "build", "bdist_wheel", "install", "develop",
+                                   "editable_wheel")):
+    _require_c_compiler()
+
 CORE = os.path.join("src", "_core")
 C_SOURCES = {
     "codec": ["crc32c_impl.c", "lz4_decode.c"],
