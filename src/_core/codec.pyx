@@ -469,21 +469,13 @@ cdef object num_to_py(const rh_num *n):
 
 
 cdef int delta_num(object delta, rh_num *out) except -1:
-    cdef type t = type(delta)
-    cdef int overflow = 0
-    cdef long long v
-    if t is float:
-        out.kind = RH_NUM_F64
-        out.d = <double>delta
+    # A delta to log: fast_delta's numbers, less the uint64 range it also
+    # accepts for reads (a logged delta is an int64 or a float).
+    if fast_delta(delta, out) and out.kind != RH_NUM_U64:
         return 0
-    if t is int:
-        v = PyLong_AsLongLongAndOverflow(delta, &overflow)
-        if overflow:
-            raise InvalidOperationError(f"incr delta {delta} is outside int64")
-        out.kind = RH_NUM_I64
-        out.i = v
-        return 0
-    raise InvalidOperationError(f"incr delta must be int or float, not {t.__name__}")
+    if type(delta) is int:
+        raise InvalidOperationError(f"incr delta {delta} is outside int64")
+    raise InvalidOperationError(f"incr delta must be int or float, not {type(delta).__name__}")
 
 
 cdef int fast_delta(object delta, rh_num *out) except -1:

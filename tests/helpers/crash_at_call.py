@@ -39,21 +39,8 @@ def main() -> int:
                  "close", "rename", "unlink", "truncate", "makedirs", "write_file_atomic"):
         setattr(_fileio, name, _wrap(name, getattr(_fileio, name)))
     store = Store.open(path, sync="always", segment_bytes=segment_bytes)
-    done = crash_sequence.ops_up_to(seed, store.lsn)
     print(f"ready {store.lsn} {CALLS}", flush=True)
-    gen = crash_sequence.ops(seed)
-    for _ in range(len(done)):
-        next(gen)
-    for _ in range(max_ops):
-        op = next(gen)
-        if op[0] == "batch":
-            with store.batch() as b:
-                for sub in op[1]:
-                    getattr(b, sub[0])(*sub[1:])
-            lsn = b.lsn
-        else:
-            lsn = getattr(store, op[0])(*op[1:])
-        print(lsn, flush=True)
+    crash_sequence.continue_writing(store, seed, max_ops, sys.stdout)
     store.close()
     print(f"calls {CALLS}", flush=True)
     return 0

@@ -52,3 +52,22 @@ def ops_up_to(seed: int, lsn: int):
         out.append(op)
         done += count(op)
     raise AssertionError("unreachable")
+
+
+def continue_writing(store, seed: int, max_ops: int, out) -> None:
+    """Write the sequence on from the store's LSN, printing each
+    acknowledged LSN to ``out`` (flushed) after its write returns."""
+    gen = ops(seed)
+    for _ in range(len(ops_up_to(seed, store.lsn))):  # raises if the LSN splits an op
+        next(gen)
+    for _ in range(max_ops):
+        op = next(gen)
+        if op[0] == "batch":
+            with store.batch() as b:
+                for sub in op[1]:
+                    getattr(b, sub[0])(*sub[1:])
+            lsn = b.lsn
+        else:
+            lsn = getattr(store, op[0])(*op[1:])
+        out.write(f"{lsn}\n")
+        out.flush()

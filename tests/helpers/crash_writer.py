@@ -17,25 +17,8 @@ def main() -> int:
     path, seed, segment_bytes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     max_ops = int(sys.argv[4]) if len(sys.argv) > 4 else 100_000
     store = Store.open(path, sync="always", segment_bytes=segment_bytes)
-    start = store.lsn
-    done = crash_sequence.ops_up_to(seed, start)  # raises if start splits an op
-    out = sys.stdout
-    out.write(f"ready {start}\n")
-    out.flush()
-    gen = crash_sequence.ops(seed)
-    for _ in range(len(done)):
-        next(gen)
-    for _ in range(max_ops):
-        op = next(gen)
-        if op[0] == "batch":
-            with store.batch() as b:
-                for sub in op[1]:
-                    getattr(b, sub[0])(*sub[1:])
-            lsn = b.lsn
-        else:
-            lsn = getattr(store, op[0])(*op[1:])
-        out.write(f"{lsn}\n")
-        out.flush()
+    print(f"ready {store.lsn}", flush=True)
+    crash_sequence.continue_writing(store, seed, max_ops, sys.stdout)
     store.close()
     return 0
 
