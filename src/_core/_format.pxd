@@ -15,6 +15,10 @@ cdef enum:
     FRAME_HEADER_BYTES = 32
     CODEC_NONE = 0
     CODEC_LZ4 = 1
+    FLAG_OFFSETS = 0x01
+    KNOWN_FLAGS = 0x01
+    MAX_SOURCES = 65536
+    MAX_SOURCE_BYTES = 1024
 
     MAX_FRAME_PAYLOAD_BYTES = 64 * 1024 * 1024
     MAX_KEY_BYTES = 1024 * 1024
@@ -29,6 +33,7 @@ cdef enum:
     OP_DELETE = 2
     OP_INCR = 3
     OP_CLEAR = 4
+    OP_NOOP = 5
 
     KIND_KV = 1
 

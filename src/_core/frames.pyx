@@ -23,9 +23,9 @@ from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
 from _format cimport (
-    CODEC_LZ4, CODEC_NONE, FRAME_HEADER_BYTES, FRAME_MAGIC, KIND_KV,
-    MAX_FRAME_PAYLOAD_BYTES, MAX_TABLE_ID, MIN_RECORD_BYTES, OP_CLEAR, OP_DELETE,
-    OP_INCR, OP_PUT, SCAN_APPLY_ERROR, SCAN_BAD_CRC, SCAN_BAD_HEADER, SCAN_BAD_MAGIC,
+    CODEC_LZ4, CODEC_NONE, FLAG_OFFSETS, FRAME_HEADER_BYTES, FRAME_MAGIC, KIND_KV,
+    KNOWN_FLAGS, MAX_FRAME_PAYLOAD_BYTES, MAX_TABLE_ID, MIN_RECORD_BYTES, OP_CLEAR,
+    OP_DELETE, OP_INCR, OP_NOOP, OP_PUT, SCAN_APPLY_ERROR, SCAN_BAD_CRC, SCAN_BAD_HEADER, SCAN_BAD_MAGIC,
     SCAN_BAD_PAYLOAD, SCAN_CANCELLED, SCAN_LSN_GAP, SCAN_LSN_OVERLAP, SCAN_OK,
     SCAN_TRUNCATED,
 )
@@ -37,9 +37,9 @@ from includes.kvcore cimport (
 from includes.lz4_decode cimport RH_LZ4_SLACK
 from includes.payload cimport (
     RH_P_CANCELLED, RH_P_COUNT, RH_P_DECL, RH_P_DECL_COUNT, RH_P_DECL_NAME, RH_P_KEY_LEN,
-    RH_P_MALFORMED, RH_P_NOMEM, RH_P_OK, RH_P_TOO_MANY, RH_P_UNDECLARED, RH_P_UNKNOWN_OP,
-    RH_P_VALUE_LEN, RH_TID_SPACE, rh_decl, rh_decode_payload, rh_decoded, rh_decoded_free,
-    rh_rec,
+    RH_P_MALFORMED, RH_P_NOMEM, RH_P_OFFSETS_COUNT, RH_P_OK, RH_P_TOO_MANY,
+    RH_P_UNDECLARED, RH_P_UNKNOWN_OP, RH_P_VALUE_LEN, RH_TID_SPACE, rh_decl,
+    rh_decode_payload, rh_decoded, rh_decoded_free, rh_rec, rh_skip_offsets,
 )
 from includes.rhbuf cimport (
     rh_buf, rh_buf_free, rh_buf_put_byte, rh_buf_put_bytes, rh_buf_put_varint,
@@ -55,6 +55,7 @@ from rehydrate._core.codec cimport (
 from rehydrate._core.kvtable cimport KVTable
 
 from rehydrate import _format as F
+from rehydrate._offsets import encode_offsets, split_offsets
 from rehydrate._core.codec import crc32c, encode_varint, lz4_compress
 from rehydrate.errors import (
     BatchTooLargeError,
@@ -453,6 +454,13 @@ cdef class LogBuffer:
         self._note_tid(tid)
         return self._advance()
 
+    def noop(self):
+        """A record that changes nothing: the LSN of a batch that only
+        carries source offsets. Uses no table, so declares none."""
+        cdef unsigned char tid0 = 0
+        _append_record(&self.parts, OP_NOOP, &tid0, 1, NULL, NULL, 0)
+        return self._advance()
+
     def commit(self, Staging staging not None, tables, tids):
         """Apply and append a staged batch; all of it or, on error, none of it.
 
@@ -647,17 +655,20 @@ cdef class LogBuffer:
 
 # ---------------------------------------------------------------- frames
 
-def encode_frame(first_lsn, count, decls, records):
-    """One frame: header + payload (decls, then records), LZ4 when it pays.
+def encode_frame(first_lsn, count, decls, records, offsets=None):
+    """One frame: header + payload (offsets, decls, then records), LZ4 when it pays.
 
-    ``decls`` is a sequence of (table_id, kind, name_bytes).
+    ``decls`` is a sequence of (table_id, kind, name_bytes); ``offsets`` a
+    dict {source: int64} stored with the frame (FLAG_OFFSETS), or None.
     """
     cdef bytes payload, out
     cdef Py_ssize_t raw_len, stored_len
     cdef unsigned codec = CODEC_NONE
+    cdef unsigned flags = FLAG_OFFSETS if offsets else 0
     cdef unsigned char *p
     cdef uint32_t crc
-    pieces = [encode_varint(len(decls))]
+    pieces = [encode_offsets(offsets)] if offsets else []
+    pieces.append(encode_varint(len(decls)))
     for tid, kind, name in decls:
         pieces.append(encode_varint(tid))
         pieces.append(bytes((kind,)))
@@ -677,7 +688,7 @@ def encode_frame(first_lsn, count, decls, records):
     if not (type(first_lsn) is int and type(count) is int
             and 0 <= first_lsn <= 0xFFFFFFFFFFFFFFFF and 0 <= count <= 0xFFFFFFFF):
         # Let struct raise exactly what the twin's header packing raises.
-        _FRAME_HEADER.pack(0, 0, first_lsn, count, stored_len, raw_len, codec, 0, 0)
+        _FRAME_HEADER.pack(0, 0, first_lsn, count, stored_len, raw_len, codec, flags, 0)
     out = PyBytes_FromStringAndSize(NULL, FRAME_HEADER_BYTES + stored_len)
     p = <unsigned char *>PyBytes_AS_STRING(out)
     _put_le32(p, FRAME_MAGIC)
@@ -687,7 +698,7 @@ def encode_frame(first_lsn, count, decls, records):
     _put_le32(p + 20, <uint32_t>stored_len)
     _put_le32(p + 24, <uint32_t>raw_len)
     p[28] = <unsigned char>codec
-    p[29] = 0
+    p[29] = <unsigned char>flags
     p[30] = 0
     p[31] = 0
     memcpy(p + FRAME_HEADER_BYTES, PyBytes_AS_STRING(payload), <size_t>stored_len)
@@ -765,7 +776,8 @@ cdef enum:
 cdef int _header_problem(const rh_hdr *h) noexcept nogil:
     if h.magic != FRAME_MAGIC:
         return HP_MAGIC
-    if (h.codec != CODEC_NONE and h.codec != CODEC_LZ4) or h.flags != 0 or h.reserved != 0:
+    if (h.codec != CODEC_NONE and h.codec != CODEC_LZ4) or (h.flags & ~KNOWN_FLAGS) \
+            or h.reserved != 0:
         return HP_CODEC
     if h.raw_len > MAX_FRAME_PAYLOAD_BYTES or h.stored_len > MAX_FRAME_PAYLOAD_BYTES:
         return HP_CAP
@@ -798,7 +810,7 @@ def header_problem(h):
     # Fields may be any ints here (a caller-built FrameHeader), so Python math.
     if h.magic != F.FRAME_MAGIC:
         return "bad magic"
-    if h.codec not in (F.CODEC_NONE, F.CODEC_LZ4) or h.flags != 0 or h.reserved != 0:
+    if h.codec not in (F.CODEC_NONE, F.CODEC_LZ4) or h.flags & ~F.KNOWN_FLAGS or h.reserved != 0:
         return f"unknown codec {h.codec} or flags {h.flags:#x}/{h.reserved:#x}"
     if h.raw_len > F.MAX_FRAME_PAYLOAD_BYTES or h.stored_len > F.MAX_FRAME_PAYLOAD_BYTES:
         return f"payload length {max(h.raw_len, h.stored_len)} exceeds the cap"
@@ -809,6 +821,13 @@ def header_problem(h):
     if h.first_lsn < 1 or h.first_lsn + h.count > (1 << 63):
         return f"first LSN {h.first_lsn} out of range"
     return None
+
+
+cdef str _offsets_problem_text(int code):
+    # The messages of rehydrate._offsets.split_offsets, for the same faults.
+    if code == RH_P_OFFSETS_COUNT:
+        return "bad source offsets count"
+    return "bad source name length"
 
 
 cdef str _payload_problem_text(int code, int64_t arg, object count):
@@ -941,9 +960,11 @@ class SegmentContext:
     frames.
     """
 
-    def __init__(self, registry):
+    def __init__(self, registry, offsets=None):
         self.registry = registry
         self.tables = {}
+        # Source offsets of the frames scanned, merged (shared across segments).
+        self.offsets = {} if offsets is None else offsets
 
     def declared(self):
         return set(self.tables)
@@ -964,6 +985,7 @@ cdef enum:
     ST_LZ4
     ST_LZ4_LENGTH
     ST_PAYLOAD
+    ST_OFFSETS
     ST_NOMEM
 
 
@@ -1071,6 +1093,10 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
     cdef bint do_apply = bool(apply)
     cdef bint py_cancel = False
     cdef rh_decl *dc
+    cdef const unsigned char *opay = NULL
+    cdef size_t oused = 0
+    cdef int ocode = 0
+    cdef object frame_offsets
 
     off = offset
     if off < 0:
@@ -1146,6 +1172,16 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
                             stage = ST_LZ4_LENGTH
                         payload = sc.lz4_out
                         plen = h.raw_len
+                    if stage == ST_OK and (h.flags & FLAG_OFFSETS):
+                        # The offsets section's bytes; checked in full (order,
+                        # UTF-8) by the shared Python parser below.
+                        ocode = rh_skip_offsets(payload, plen, &oused)
+                        if ocode != RH_P_OK:
+                            stage = ST_OFFSETS
+                        else:
+                            opay = payload
+                            payload = payload + oused
+                            plen = plen - oused
                     if stage == ST_OK:
                         pcode = rh_decode_payload(payload, plen, h.count, sc.known, &sc.dec,
                                                   &arg, cancel_ptr)
@@ -1164,6 +1200,18 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
             if stage == ST_LZ4_LENGTH:
                 return ScanResult(SCAN_BAD_PAYLOAD, off, nlsn, frames, records, applied,
                                   frame_end, "LZ4 block decompressed to the wrong length")
+            if stage == ST_OFFSETS:
+                return ScanResult(SCAN_BAD_PAYLOAD, off, nlsn, frames, records, applied,
+                                  frame_end, _offsets_problem_text(ocode))
+            frame_offsets = None
+            if h.flags & FLAG_OFFSETS:
+                # Before the records' verdict, as the twin parses offsets first.
+                try:
+                    frame_offsets = split_offsets(
+                        PyBytes_FromStringAndSize(<const char *>opay, <Py_ssize_t>oused))[0]
+                except ValueError as e:
+                    return ScanResult(SCAN_BAD_PAYLOAD, off, nlsn, frames, records, applied,
+                                      frame_end, str(e))
             if stage == ST_PAYLOAD:
                 if pcode == RH_P_NOMEM:
                     raise MemoryError()
@@ -1200,6 +1248,10 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
                 alive = []
                 for i in range(start, n):
                     r = &recs[i]
+                    if r.op == OP_NOOP:  # names no table
+                        r.kv = NULL
+                        r.obj = NULL
+                        continue
                     tid = r.tid
                     if sc.tab_gen[tid] != sc.gen:
                         t = tables[tid]
@@ -1228,7 +1280,9 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
                                     RH_PREFETCH(kv.arena + slot.off + 63)
                         r = &recs[i]
                         kv = <rh_kv *>r.kv
-                        if kv == NULL:
+                        if r.op == OP_NOOP:
+                            pass
+                        elif kv == NULL:
                             _apply_py(r, <object>r.obj)
                         elif r.op == OP_PUT:
                             _key_of_record(&k, r.key, r.klen, r.hash)
@@ -1254,6 +1308,9 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
                     return ScanResult(SCAN_APPLY_ERROR, off, nlsn, frames, records, applied,
                                       frame_end, str(e))
                 applied += frame_applied
+            if frame_offsets is not None and \
+                    <int64_t>h.first_lsn + <int64_t>h.count - 1 > applied_to:
+                ctx.offsets.update(frame_offsets)
             frames += 1
             records += h.count
             nlsn = <int64_t>h.first_lsn + h.count

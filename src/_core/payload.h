@@ -55,6 +55,8 @@ enum rh_perr_code {
     RH_P_COUNT,        /* "payload holds {arg} records, header says {count}" */
     RH_P_NOMEM,
     RH_P_CANCELLED,
+    RH_P_OFFSETS_COUNT, /* "bad source offsets count" */
+    RH_P_OFFSETS_NAME,  /* "bad source name length" */
 };
 
 typedef struct {
@@ -98,6 +100,26 @@ static int rh_grow(void **arr, size_t *cap, size_t need, size_t elem)
     *arr = p;
     *cap = c;
     return 0;
+}
+
+/* The size of the source offsets section at the start of a payload:
+ * varint count (1..65536), then count x (varint name_len (1..1024), name,
+ * int64). Checks lengths and bounds only; the order and UTF-8 of the names
+ * are checked by the shared Python parser (rehydrate/_offsets.py). */
+static int rh_skip_offsets(const unsigned char *p, size_t n, size_t *used)
+{
+    size_t i = 0;
+    int64_t count = rh_read_varint(p, &i, n);
+    if (count < 1 || count > 65536)
+        return RH_P_OFFSETS_COUNT;
+    for (int64_t e = 0; e < count; e++) {
+        int64_t nlen = rh_read_varint(p, &i, n);
+        if (nlen < 1 || nlen > 1024 || i + (size_t)nlen + 8 > n)
+            return RH_P_OFFSETS_NAME;
+        i += (size_t)nlen + 8;
+    }
+    *used = i;
+    return RH_P_OK;
 }
 
 /* Decodes p[0, n). `count` is the header's record count (any int64: a value
@@ -150,7 +172,8 @@ static int rh_decode_payload(const unsigned char *p, size_t n, int64_t count,
         }
         unsigned op = p[i++];
         int64_t tid = rh_read_varint(p, &i, n);
-        if (!rh_known(known, tid)) {
+        /* A no-op (op 5) names no table: its id 0 need not be declared. */
+        if (tid < 0 || (op != 5 && !rh_known(known, tid))) {
             *arg = tid;
             out->nrecs = nrec;
             return RH_P_UNDECLARED;
@@ -177,6 +200,7 @@ static int rh_decode_payload(const unsigned char *p, size_t n, int64_t count,
         case 2: ok = rh_key_wellformed(kb, (size_t)klen) && vlen == 0; break; /* OP_DELETE */
         case 3: ok = rh_key_wellformed(kb, (size_t)klen) &&                   /* OP_INCR */
                      rh_decode_number(vb, (size_t)vlen, &num); break;
+        case 5: ok = tid == 0 && klen == 0 && vlen == 0; break;             /* OP_NOOP */
         default:
             *arg = op;
             out->nrecs = nrec;

@@ -20,6 +20,11 @@ FRAME_MAGIC = 0x31424852  # b"RHB1" little-endian
 FRAME_HEADER_BYTES = 32
 CODEC_NONE = 0
 CODEC_LZ4 = 1
+# Frame flags: bit 0, the payload starts with a source offsets section.
+FLAG_OFFSETS = 0x01
+KNOWN_FLAGS = FLAG_OFFSETS
+MAX_SOURCES = 65536  # offsets per frame
+MAX_SOURCE_BYTES = 1024  # a source name, UTF-8
 
 # Caps: every length read from disk is checked against these before use.
 MAX_FRAME_PAYLOAD_BYTES = 64 * 1024 * 1024
@@ -38,6 +43,7 @@ OP_PUT = 1
 OP_DELETE = 2
 OP_INCR = 3
 OP_CLEAR = 4
+OP_NOOP = 5  # changes no table; carries a batch that is only source offsets
 
 # Table kinds (declared in each segment that uses the table)
 KIND_KV = 1

@@ -10,15 +10,18 @@ import os
 
 from . import _format as F
 from . import manifest as _manifest
+from ._offsets import split_offsets
 from ._backend import core as _core
 from .errors import NotAStoreError
 from .recovery import check_mode, walk
 from .tables import TableRegistry
 
-OP_NAMES = {F.OP_PUT: "put", F.OP_DELETE: "delete", F.OP_INCR: "incr", F.OP_CLEAR: "clear"}
+OP_NAMES = {F.OP_PUT: "put", F.OP_DELETE: "delete", F.OP_INCR: "incr", F.OP_CLEAR: "clear",
+            F.OP_NOOP: "noop"}
 
 
 def _frames_in(core, buf, start, end):
+    """(header, source offsets or None, payload after them) of checked frames."""
     off = start
     while off < end:
         h = core.parse_frame_header(buf, off)
@@ -26,12 +29,20 @@ def _frames_in(core, buf, start, end):
         payload = buf[body:body + h.stored_len]
         if h.codec == F.CODEC_LZ4:
             payload = core.lz4_decompress(payload, h.raw_len)
-        yield h, payload
+        offsets = None
+        if h.flags & F.FLAG_OFFSETS:
+            offsets, used = split_offsets(payload)
+            payload = payload[used:]
+        yield h, offsets, payload
         off = body + h.stored_len
 
 
 def dump_records(path, *, table=None, from_lsn=None, to_lsn=None, recovery="tolerate-tail"):
-    """Yield {"lsn", "table", "op", "key", "value"} per record, in LSN order."""
+    """Yield {"lsn", "table", "op", "key", "value"} per record, in LSN order.
+
+    A frame's source offsets follow its records as one item with op
+    "offsets", the frame's last LSN and the offsets dict as value.
+    """
     check_mode(recovery)
     path = os.fspath(path)
     if not os.path.isfile(os.path.join(path, _manifest.MANIFEST_NAME)):
@@ -52,7 +63,7 @@ def dump_records(path, *, table=None, from_lsn=None, to_lsn=None, recovery="tole
             buf = f.read()
         names = {}
         for start, end in seg.good_ranges:
-            for h, payload in _frames_in(core, buf, start, end):
+            for h, offsets, payload in _frames_in(core, buf, start, end):
                 if to_lsn is not None and h.first_lsn > to_lsn:
                     return
                 decls, records = core.decode_payload(payload, h.count, names.keys())
@@ -63,7 +74,7 @@ def dump_records(path, *, table=None, from_lsn=None, to_lsn=None, recovery="tole
                     if (from_lsn is not None and lsn < from_lsn) or \
                             (to_lsn is not None and lsn > to_lsn):
                         continue
-                    tname = names[tid]
+                    tname = names[tid] if op != F.OP_NOOP else None
                     if table is not None and tname != table:
                         continue
                     yield {
@@ -73,6 +84,10 @@ def dump_records(path, *, table=None, from_lsn=None, to_lsn=None, recovery="tole
                         "key": core.decode_key(kb) if kb else None,
                         "value": core.unpack_value(vb) if vb else None,
                     }
+                last = h.first_lsn + h.count - 1
+                if offsets and table is None and (from_lsn is None or last >= from_lsn):
+                    yield {"lsn": last, "table": None, "op": "offsets", "key": None,
+                           "value": offsets}
     for p in problems:
         if p.path not in {s.path for s in report.segments}:
             yield {"problem": p.as_dict()}

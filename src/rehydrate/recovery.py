@@ -142,6 +142,8 @@ class WalkResult:
     # the writer appends there (None: start a new segment).
     resume_path: Optional[str] = None
     resume_size: int = 0
+    # Latest upstream offset per source, as of the last applied frame.
+    offsets: dict = field(default_factory=dict)
 
 
 STREAM_CHUNK_BYTES = 8 << 20
@@ -268,6 +270,7 @@ class _Walker:
         self.resume_path = None
         self.resume_size = 0
         self.bytes_before = 0  # bytes of segments already done, for progress
+        self.offsets: dict = {}  # source -> offset, merged frame by frame
 
     # -- problem handling ------------------------------------------------
     def _problem(self, kind, path, offset, detail, nbytes=0, lsn=None, lsn_end=None,
@@ -316,7 +319,8 @@ class _Walker:
         r = self.report
         r.last_lsn = self.next_lsn - 1
         r.duration_s = time.perf_counter() - t0
-        return WalkResult(r, self.actions, self.next_lsn, self.resume_path, self.resume_size)
+        return WalkResult(r, self.actions, self.next_lsn, self.resume_path, self.resume_size,
+                          self.offsets)
 
     def _segment(self, seg, newest: bool) -> None:
         core = self.core
@@ -363,7 +367,7 @@ class _Walker:
             p.action = "skipped"
             self._quarantine(seg.path, 0, p.bytes, "bad_segment_header", why)
         header_ok = why is None
-        ctx = core.SegmentContext(self.registry)
+        ctx = core.SegmentContext(self.registry, self.offsets)
         base, total = self.bytes_before, self.total_bytes
         user_progress = self.progress
         offset = self._stream(seg, ctx, summary, size)

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 from . import _fileio
 from . import _format as F
+from . import _offsets
 from . import hints as _hints
 from . import manifest as _manifest
 from ._backend import core as _core
@@ -121,6 +122,7 @@ class Store:
         self._sync_always = sync == "always"
         self._buffered = not self._sync_always
         self._targets: dict = {}
+        self._pending_offsets: dict = {}  # offsets of records not yet framed
         self._interval_s = sync_interval_ms / 1000.0
         self._lock = threading.Lock()
         self._io_lock = threading.Lock()
@@ -143,6 +145,7 @@ class Store:
             t_replay = time.perf_counter()
             apply_actions(path, result.actions)
             self.recovery_report: RecoveryReport = result.report
+            self._offsets = dict(result.offsets)
             self._buf = self._core.LogBuffer(result.next_lsn)
             self._durable_lsn = self._written_lsn = result.next_lsn - 1
             self._wal = WalWriter(waldir, segment_bytes)
@@ -256,16 +259,64 @@ class Store:
         """Remove every key of ``table`` (one record)."""
         return self._write(self._buf.clear, table)
 
-    def batch(self) -> "Batch":
+    def batch(self, offsets=None) -> "Batch":
         """A context manager collecting writes applied all together at exit.
 
         After a crash, a batch is either wholly there or wholly absent.
+        ``offsets`` ({source: int64}) are the upstream positions the batch
+        consumed; they become durable atomically with its records and come
+        back in ``store.offsets`` after a restart. ConfigError for bad offsets.
         """
-        return Batch(self)
+        return Batch(self, _offsets.check_offsets(offsets) if offsets else None)
 
-    def _commit(self, staging) -> Optional[int]:
+    def consume(self, source: str, offset: int) -> Optional["Batch"]:
+        """A batch recording that ``offset`` of ``source`` was consumed, or None
+        when the state already includes it (``offset <= store.offsets[source]``).
+
+        Turns at-least-once input into exactly-once state::
+
+            b = store.consume("orders/3", 1200)
+            if b is not None:
+                with b:
+                    b.put("orders", order_id, order)
+
+        The check is repeated when the batch commits, so two threads
+        consuming the same offset apply it once (the other batch's ``lsn``
+        stays None and its ``skipped`` is True).
+        """
+        offsets = _offsets.check_offsets({source: offset})
         with self._lock:
             self._writable()
+            if self._already_consumed(offsets):
+                return None
+        return Batch(self, offsets, consume=True)
+
+    def _already_consumed(self, offsets) -> bool:
+        return all(s in self._offsets and off <= self._offsets[s] for s, off in offsets.items())
+
+    @property
+    def offsets(self) -> dict:
+        """The latest upstream offset per source included in the state."""
+        with self._lock:
+            return dict(self._offsets)
+
+    def _commit(self, staging, offsets=None, consume=False):
+        """(last LSN or None, skipped): apply and log a batch."""
+        with self._lock:
+            lsn, skipped = self._commit_locked(staging, offsets, consume)
+        if lsn is not None:
+            self._after_write(lsn)
+        return lsn, skipped
+
+    def _commit_locked(self, staging, offsets, consume):
+        self._writable()
+        if consume and self._already_consumed(offsets):
+            return None, True
+        if offsets and not len(staging):
+            # Offsets alone still take an LSN (a no-op record), so they are
+            # logged, made durable and waited for like any write.
+            lsn = self._buf.noop()
+        else:
             created = []
             infos = []
             for name in staging.names:
@@ -280,9 +331,12 @@ class Store:
                 for info in reversed(created):
                     self._registry.drop_if_new(info)
                 raise
-        if lsn is not None:
-            self._after_write(lsn)
-        return lsn
+            for info in infos:
+                self._targets[info.name] = (info.table, info.tid)
+        if offsets and lsn is not None:
+            self._pending_offsets.update(offsets)
+            self._offsets.update(offsets)
+        return lsn, False
 
     # ------------------------------------------------------------ durability
     def _flush_locked_io(self, fsync: bool) -> None:
@@ -293,9 +347,11 @@ class Store:
         with self._lock:
             used = self._buf.used_tids()
             first, count, records = self._buf.take()
+            offsets, self._pending_offsets = self._pending_offsets, {}
         try:
             if count:
-                self._wal.write_frame(first, count, records, self._registry.decls(used))
+                self._wal.write_frame(first, count, records, self._registry.decls(used),
+                                      offsets)
                 self._written_lsn = first + count - 1
             if fsync and self._written_lsn > self._durable_lsn:
                 self._wal.fsync()
@@ -414,15 +470,22 @@ class Batch:
 
     Key, value and delta type errors raise at the call; an ``incr`` that does
     not apply raises at exit, and then nothing of the batch is applied.
-    An exception inside the ``with`` block discards the batch.
+    An exception inside the ``with`` block discards the batch. ``lsn`` is the
+    batch's last LSN after the block (None if nothing was written);
+    ``skipped`` is True for a ``store.consume`` batch whose offset another
+    batch recorded first.
     """
 
-    __slots__ = ("_store", "_staging", "lsn", "_done", "put", "delete", "incr", "clear")
+    __slots__ = ("_store", "_staging", "_offsets", "_consume", "lsn", "skipped", "_done",
+                 "put", "delete", "incr", "clear")
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, offsets=None, consume: bool = False) -> None:
         self._store = store
         self._staging = store._core.Staging()
+        self._offsets = offsets
+        self._consume = consume
         self.lsn: Optional[int] = None
+        self.skipped = False
         self._done = False
         # Bound straight to the core's staging methods: no Python frame per op.
         self.put = self._staging.put
@@ -444,7 +507,8 @@ class Batch:
         # Writes after the block would never be committed: refuse them loudly.
         self.put = self.delete = self.incr = self.clear = _batch_is_over
         if exc_type is None:
-            self.lsn = self._store._commit(self._staging)
+            self.lsn, self.skipped = self._store._commit(self._staging, self._offsets,
+                                                         self._consume)
 
 
 def _batch_is_over(*args, **kwargs):

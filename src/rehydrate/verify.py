@@ -55,8 +55,9 @@ def inspect(path, *, progress=None) -> dict:
     _check_store_dir(path)
     man = _manifest.read(path)
     registry = TableRegistry(_core())
-    report = walk(_core(), path, mode="skip-corrupted", registry=registry, apply=True,
-                  progress=progress).report
+    result = walk(_core(), path, mode="skip-corrupted", registry=registry, apply=True,
+                  progress=progress)
+    report = result.report
     tables = []
     for tid, kind, name in registry.order:
         info = registry.by_id[tid]
@@ -71,6 +72,7 @@ def inspect(path, *, progress=None) -> dict:
         "wal_bytes": report.bytes_read,
         "segments": [s.as_dict() for s in report.segments],
         "tables": tables,
+        "offsets": result.offsets,
         "problems": [p.as_dict() for p in report.problems],
         "ok": report.ok,
     }

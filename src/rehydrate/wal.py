@@ -131,12 +131,14 @@ class WalWriter:
             raise
         self._fd, self.path, self.size = fd, path, F.SEGMENT_HEADER_BYTES
 
-    def write_frame(self, first_lsn: int, count: int, records: bytes, decls) -> int:
+    def write_frame(self, first_lsn: int, count: int, records: bytes, decls,
+                    offsets=None) -> int:
         """Frame and append ``count`` records; returns the frame's byte size.
 
-        ``decls``: (tid, kind, name bytes) of every table the records use.
+        ``decls``: (tid, kind, name bytes) of every table the records use;
+        ``offsets``: source offsets that become durable with these records.
         """
-        frame = core().encode_frame(first_lsn, count, decls, records)
+        frame = core().encode_frame(first_lsn, count, decls, records, offsets)
         if self.size > F.SEGMENT_HEADER_BYTES and self.size + len(frame) > self.segment_bytes:
             self.roll(first_lsn)
         _fileio.write_all(self._fd, frame)

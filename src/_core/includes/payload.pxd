@@ -18,6 +18,8 @@ cdef extern from "payload.h":
         RH_P_COUNT
         RH_P_NOMEM
         RH_P_CANCELLED
+        RH_P_OFFSETS_COUNT
+        RH_P_OFFSETS_NAME
     ctypedef struct rh_decl:
         uint32_t tid
         uint32_t nlen
@@ -42,6 +44,7 @@ cdef extern from "payload.h":
         size_t rec_cap
     void rh_decoded_free(rh_decoded *d) nogil
     int rh_key_wellformed(const unsigned char *kb, size_t n) nogil
+    int rh_skip_offsets(const unsigned char *p, size_t n, size_t *used) nogil
     int rh_decode_payload(const unsigned char *p, size_t n, int64_t count,
                           uint8_t *known, rh_decoded *out, int64_t *arg,
                           const char *cancel) nogil

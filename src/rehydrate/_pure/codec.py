@@ -14,6 +14,7 @@ import msgpack
 
 from .. import _format as F
 from .._values import unpack_container
+from .._varint import decode_varint, encode_varint  # noqa: F401  (core names)
 from ..errors import (
     CorruptionError,
     InvalidOperationError,
@@ -147,32 +148,6 @@ def incr_value(old, delta) -> bytes:
     if type(res) is int and not F.INT64_MIN <= res <= F.INT64_MAX:
         raise InvalidOperationError(f"incr result {res} overflows int64")
     return _packb(res)
-
-
-def encode_varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def decode_varint(buf, pos: int, end: int):
-    """(value, new_pos), or (-1, pos) on a truncated, overlong or >u32 varint."""
-    result = 0
-    shift = 0
-    i = pos
-    while i < end and shift <= 28:
-        b = buf[i]
-        i += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            if (b == 0 and shift > 0) or result > 0xFFFFFFFF:
-                return -1, pos  # non-minimal, or does not fit u32
-            return result, i
-        shift += 7
-    return -1, pos
 
 
 def lz4_decompress(src, raw_len: int) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 
 from .. import _format as F
+from .._offsets import encode_offsets, split_offsets
 from ..errors import BatchTooLargeError, InvalidOperationError, RehydrateError
 from .codec import (
     check_delta,
@@ -112,6 +113,14 @@ class LogBuffer:
         table._clear()
         return self._append(tid, rec)
 
+    def noop(self) -> int:
+        """A record that changes nothing: the LSN of a batch that only
+        carries source offsets. Uses no table, so declares none."""
+        self._parts += _record(F.OP_NOOP, 0, b"", b"")
+        lsn = self.next_lsn
+        self.next_lsn = lsn + 1
+        return lsn
+
     def commit(self, staging, tables, tids) -> int | None:
         """Apply and append a staged batch; all of it or, on error, none of it.
 
@@ -211,12 +220,15 @@ class Staging:
         self._add(F.OP_CLEAR, table_name, b"", b"")
 
 
-def encode_frame(first_lsn: int, count: int, decls, records: bytes) -> bytes:
-    """One frame: header + payload (decls, then records), LZ4 when it pays.
+def encode_frame(first_lsn: int, count: int, decls, records: bytes, offsets=None) -> bytes:
+    """One frame: header + payload (offsets, decls, then records), LZ4 when it pays.
 
-    ``decls`` is a sequence of (table_id, kind, name_bytes).
+    ``decls`` is a sequence of (table_id, kind, name_bytes); ``offsets`` a
+    dict {source: int64} stored with the frame (FLAG_OFFSETS), or None.
     """
-    parts = [encode_varint(len(decls))]
+    flags = F.FLAG_OFFSETS if offsets else 0
+    parts = [encode_offsets(offsets)] if offsets else []
+    parts.append(encode_varint(len(decls)))
     for tid, kind, name in decls:
         parts += [encode_varint(tid), bytes((kind,)), encode_varint(len(name)), name]
     parts.append(records)
@@ -229,7 +241,7 @@ def encode_frame(first_lsn: int, count: int, decls, records: bytes) -> bytes:
         packed = lz4_compress(payload)
         if len(packed) <= raw_len - raw_len // 8:
             payload, codec = packed, F.CODEC_LZ4
-    tail = FRAME_HEADER.pack(0, 0, first_lsn, count, len(payload), raw_len, codec, 0, 0)[8:]
+    tail = FRAME_HEADER.pack(0, 0, first_lsn, count, len(payload), raw_len, codec, flags, 0)[8:]
     crc = crc32c(payload, crc32c(tail))
     return struct.pack("<II", F.FRAME_MAGIC, crc) + tail + payload
 
@@ -257,7 +269,7 @@ def header_problem(h) -> str | None:
     """Why a header is impossible (its fields alone), or None."""
     if h.magic != F.FRAME_MAGIC:
         return "bad magic"
-    if h.codec not in (F.CODEC_NONE, F.CODEC_LZ4) or h.flags != 0 or h.reserved != 0:
+    if h.codec not in (F.CODEC_NONE, F.CODEC_LZ4) or h.flags & ~F.KNOWN_FLAGS or h.reserved != 0:
         return f"unknown codec {h.codec} or flags {h.flags:#x}/{h.reserved:#x}"
     if h.raw_len > F.MAX_FRAME_PAYLOAD_BYTES or h.stored_len > F.MAX_FRAME_PAYLOAD_BYTES:
         return f"payload length {max(h.raw_len, h.stored_len)} exceeds the cap"
@@ -303,7 +315,8 @@ def decode_payload(payload, count: int, seg_tids):
         op = payload[i]
         i += 1
         tid, i = decode_varint(payload, i, end)
-        if tid < 0 or tid not in known:
+        # A no-op names no table (its id is 0 whether or not 0 is declared).
+        if tid < 0 or (tid not in known and op != F.OP_NOOP):
             raise ValueError(f"record uses undeclared table id {tid}")
         klen, i = decode_varint(payload, i, end)
         if klen < 0 or klen > F.MAX_KEY_BYTES or i + klen > end:
@@ -323,6 +336,8 @@ def decode_payload(payload, count: int, seg_tids):
             ok = key_is_wellformed(kb) and vlen == 0
         elif op == F.OP_INCR:
             ok = key_is_wellformed(kb) and decode_number(vb) is not None
+        elif op == F.OP_NOOP:
+            ok = tid == 0 and klen == 0 and vlen == 0
         else:
             raise ValueError(f"unknown op {op}")
         if not ok:
@@ -366,9 +381,11 @@ class SegmentContext:
     (or None when not applying) and raises RehydrateError on a conflict.
     """
 
-    def __init__(self, registry) -> None:
+    def __init__(self, registry, offsets=None) -> None:
         self.registry = registry
         self.tables: dict = {}
+        # Source offsets of the frames scanned, merged (shared across segments).
+        self.offsets: dict = {} if offsets is None else offsets
 
     def declared(self) -> set:
         return set(self.tables)
@@ -385,14 +402,14 @@ def _apply(records, tables, applied_lsn, first_lsn) -> int:
     lsn = first_lsn
     for op, tid, kb, vb in records:
         if lsn > applied_lsn:
-            t = tables[tid]
+            t = tables[tid] if op != F.OP_NOOP else None
             if op == F.OP_PUT:
                 t._put_raw(kb, vb)
             elif op == F.OP_DELETE:
                 t._delete_raw(kb)
             elif op == F.OP_INCR:
                 t._incr_raw(kb, decode_number(vb))
-            else:
+            elif op == F.OP_CLEAR:
                 t._clear()
             applied += 1
         lsn += 1
@@ -439,9 +456,13 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
         if h.first_lsn < next_lsn:
             return stop(F.SCAN_LSN_OVERLAP, offset, frame_end,
                         f"frame starts at LSN {h.first_lsn}, expected {next_lsn}")
+        offsets = None
         try:
             if h.codec == F.CODEC_LZ4:
                 payload = lz4_decompress(payload, h.raw_len)
+            if h.flags & F.FLAG_OFFSETS:
+                offsets, used = split_offsets(payload)
+                payload = payload[used:]
             decls, recs = decode_payload(payload, h.count, ctx.tables.keys())
         except ValueError as e:
             return stop(F.SCAN_BAD_PAYLOAD, offset, frame_end, str(e))
@@ -457,6 +478,8 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
                 applied += _apply(recs, ctx.tables, applied_lsn, h.first_lsn)
             except InvalidOperationError as e:
                 return stop(F.SCAN_APPLY_ERROR, offset, frame_end, str(e))
+        if offsets is not None and h.first_lsn + h.count - 1 > applied_lsn:
+            ctx.offsets.update(offsets)
         frames += 1
         records += h.count
         next_lsn = h.first_lsn + h.count
