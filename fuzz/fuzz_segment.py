@@ -33,7 +33,7 @@ def _scan(core, data):
     ctx = core.SegmentContext(_Registry(core))
     r = core.scan_frames(data, 0, 1, 0, ctx, True)
     state = {tid: sorted(t._items_raw()) for tid, t in ctx.tables.items()}
-    return r.as_dict(), state
+    return r.as_dict(), state, ctx.offsets
 
 
 def test_one_input(data: bytes) -> None:

@@ -7,13 +7,16 @@ from rehydrate import _pure as core
 from rehydrate import _format as F
 
 
-def frames(ops):
+def frames(ops, offsets=None):
     t = core.KVTable()
     buf = core.LogBuffer(1)
     for op in ops:
-        getattr(buf, op[0])(t, 0, *op[1:])
+        if op[0] == "noop":
+            buf.noop()
+        else:
+            getattr(buf, op[0])(t, 0, *op[1:])
     first, count, records = buf.take()
-    return core.encode_frame(first, count, [(0, F.KIND_KV, b"t")], records)
+    return core.encode_frame(first, count, [(0, F.KIND_KV, b"t")], records, offsets)
 
 
 def main(out="fuzz/corpus/segment"):
@@ -25,6 +28,7 @@ def main(out="fuzz/corpus/segment"):
         "lz4": frames([("put", f"key:{i}", b"v" * 40) for i in range(200)]),
     }
     seeds["two"] = seeds["put"] + frames([("put", "b", 1)])
+    seeds["offsets"] = frames([("put", "a", 1), ("noop",)], {"orders/3": 1200, "q": -1})
     for name, data in seeds.items():
         with open(os.path.join(out, name), "wb") as f:
             f.write(data)
