@@ -28,6 +28,7 @@
 
 #include "rh_compiler.h"
 #include "valcodec.h"
+#include "xxh64.h"
 
 typedef struct {
     uint64_t hash;
@@ -568,6 +569,116 @@ static inline int64_t rh_next_slot(const rh_kv *kv, uint64_t i)
         if (kv->slots[i].off)
             return (int64_t)i;
     return -1;
+}
+
+/* ---- content digest (docs/FORMAT.md, "Digest") ---------------------------
+ * An order-independent hash of the live entries: the per-entry XXH64s are
+ * added mod 2^64, so neither slot order nor arena order (both depend on the
+ * table's history) can change the result, and the pure twin, iterating a
+ * dict, gets the same value. */
+
+/* Entries up to this size (with the 4-byte length prefix) are hashed from a
+ * stack copy with the prefix in front, four at a time; bigger ones stream. */
+#define RH_DIGEST_INLINE 256u
+/* How far ahead of the walk to prefetch the arena. Measured on a 1.8M-entry
+ * table (this VM, 2.6 GHz Xeon): with the hardware prefetcher alone the
+ * hashing walk took twice as long (88 vs 45 ms, before the four-way hash);
+ * 1, 2, 4 and 8 KiB ahead all did the same, 512 bytes a little worse. */
+#define RH_DIGEST_PREFETCH 2048u
+
+static inline void rh_digest_prefix(unsigned char *dst, uint32_t klen)
+{
+    dst[0] = (unsigned char)klen;
+    dst[1] = (unsigned char)(klen >> 8);
+    dst[2] = (unsigned char)(klen >> 16);
+    dst[3] = (unsigned char)(klen >> 24);
+}
+
+/* XXH64(u32le(klen) || key || value, seed 0) of one entry. */
+static inline uint64_t rh_entry_digest(const rh_entry *e)
+{
+    /* Key and value are contiguous in the entry, but the 4 bytes in front of
+     * the key are vcap, not klen: the prefix has to be put there by hand. */
+    const unsigned char *kv = (const unsigned char *)(e + 1);
+    size_t n = (size_t)e->klen + e->vlen;
+    unsigned char pre[4];
+    rh_digest_prefix(pre, e->klen);
+    if (n + 4 <= RH_DIGEST_INLINE) {
+        unsigned char buf[RH_DIGEST_INLINE];
+        memcpy(buf, pre, 4);
+        memcpy(buf + 4, kv, n);
+        return rh_xxh64(buf, n + 4, 0);
+    }
+    rh_xxh64_state st;
+    rh_xxh64_reset(&st, 0);
+    rh_xxh64_update(&st, pre, 4);
+    rh_xxh64_update(&st, kv, n);
+    return rh_xxh64_digest(&st);
+}
+
+/* XXH64(u64le(sum) || u64le(count), seed 0): the count goes in so that an
+ * empty table (sum 0) and a table whose entry hashes happen to sum to 0, or
+ * two tables that differ by entries summing to 0, still differ. */
+static inline uint64_t rh_digest_finish(uint64_t sum, uint64_t count)
+{
+    unsigned char b[16];
+    for (int i = 0; i < 8; i++) {
+        b[i] = (unsigned char)(sum >> (8 * i));
+        b[8 + i] = (unsigned char)(count >> (8 * i));
+    }
+    return rh_xxh64(b, 16, 0);
+}
+
+/* The table's digest into *out; 0, or -1 when the arena walk found another
+ * number of live entries than kv->count (a broken invariant, never data).
+ *
+ * Walks the arena in address order rather than the slot array: sequential
+ * reads, instead of one random cache miss per key (3x faster at 1.8M keys);
+ * the price is reading the garbage too, which compaction keeps below half
+ * the arena. Dead entries (freed, or on a free list) carry RH_ENTRY_DEAD in
+ * vcap and are skipped; their klen and vcap stay valid (rh_free_entry keeps
+ * them; a free list's link lives in vlen), so the walk can step over them.
+ * Reads only: safe beside readers, never beside a writer. */
+static int rh_kv_digest(const rh_kv *kv, uint64_t *out)
+{
+    unsigned char buf[4][RH_DIGEST_INLINE];
+    const unsigned char *p[4] = {buf[0], buf[1], buf[2], buf[3]};
+    size_t n[4];
+    uint64_t h[4];
+    uint64_t sum = 0, live = 0;
+    int queued = 0;
+    if (kv->arena != NULL) {
+        uint64_t off = RH_ARENA_BASE, end = kv->arena_len;
+        while (off < end) {
+            const rh_entry *e = (const rh_entry *)(kv->arena + off);
+            uint32_t vcap = e->vcap;
+            if (off + RH_DIGEST_PREFETCH < end)
+                RH_PREFETCH(kv->arena + off + RH_DIGEST_PREFETCH);
+            if (!(vcap & RH_ENTRY_DEAD)) {
+                size_t len = (size_t)e->klen + e->vlen;
+                live++;
+                if (len + 4 <= RH_DIGEST_INLINE) {
+                    rh_digest_prefix(buf[queued], e->klen);
+                    memcpy(buf[queued] + 4, e + 1, len);
+                    n[queued] = len + 4;
+                    if (++queued == 4) {
+                        rh_xxh64_x4(p, n, 0, h);
+                        sum += h[0] + h[1] + h[2] + h[3];
+                        queued = 0;
+                    }
+                } else {
+                    sum += rh_entry_digest(e);
+                }
+            }
+            off += rh_entry_size(e->klen, vcap & ~RH_ENTRY_DEAD);
+        }
+    }
+    for (int j = 0; j < queued; j++)
+        sum += rh_xxh64(buf[j], n[j], 0);
+    if (live != kv->count)
+        return -1;
+    *out = rh_digest_finish(sum, live);
+    return 0;
 }
 
 #endif

@@ -16,8 +16,11 @@ from libc.string cimport memset
 
 from includes.kvcore cimport (
     RH_ENTRY_DEAD, RH_VALUE_MAX, rh_clear, rh_delete, rh_entry, rh_entry_at, rh_entry_key,
-    rh_entry_value, rh_find, rh_incr, rh_key, rh_key_from_bytes, rh_kv, rh_memory_bytes,
-    rh_next_slot, rh_put, rh_reserve,
+    rh_entry_value, rh_find, rh_incr, rh_key, rh_key_from_bytes, rh_kv, rh_kv_digest,
+    rh_memory_bytes, rh_next_slot, rh_put, rh_reserve,
+)
+from includes.xxh64 cimport (
+    rh_xxh64, rh_xxh64_digest, rh_xxh64_reset, rh_xxh64_state, rh_xxh64_update, rh_xxh64_x4,
 )
 from includes.valcodec cimport RH_INCR_OK, RH_NUM_MAX_BYTES, rh_num
 from rehydrate._core.codec cimport (
@@ -239,6 +242,23 @@ cdef class KVTable:
         if rh_reserve(&self.kv, <uint64_t>keys, <uint64_t>arena_bytes) < 0:
             raise MemoryError()
 
+    def _digest(self):
+        """The content digest (docs/FORMAT.md, "Digest"): a 64-bit int that
+        depends only on the entries, not on the table's history.
+
+        The walk keeps the GIL (about 25 ms for 1.8M keys): every writer of a
+        table holds the GIL too, so no write can move the arena under the
+        walk, whatever thread calls this.
+        """
+        cdef uint64_t out = 0
+        cdef int rc = rh_kv_digest(&self.kv, &out)
+        if rc < 0:
+            # The arena and the count disagree: memory is damaged or kvcore
+            # has a bug; a digest of it would be a lie.
+            raise SystemError("KVTable arena holds a different number of live "
+                              f"entries than its count ({self.kv.count})")
+        return out
+
     # -- introspection for tests and benchmarks --------------------------
     def _stats(self):
         """Internal sizes: slots, count, arena bytes used / capacity / garbage."""
@@ -249,6 +269,48 @@ cdef class KVTable:
             "arena_cap": self.kv.arena_cap,
             "garbage": self.kv.garbage,
         }
+
+
+def _xxh64(data, seed=0):
+    """XXH64 of a bytes-like object by xxh64.h (tests compare it with the
+    ``xxhash`` package, which the pure twin uses)."""
+    cdef const unsigned char[::1] mv = memoryview(data).cast("B")
+    cdef uint64_t s = seed
+    cdef size_t n = <size_t>mv.shape[0]
+    cdef const unsigned char *p = &mv[0] if n else NULL
+    with nogil:
+        s = rh_xxh64(p, n, s)
+    return s
+
+
+def _xxh64_parts(parts, seed=0):
+    """XXH64 of the concatenation of ``parts``, fed piece by piece through
+    the streaming state (tests: every split must give the one-shot value)."""
+    cdef rh_xxh64_state st
+    cdef const unsigned char[::1] mv
+    rh_xxh64_reset(&st, <uint64_t>seed)
+    for part in parts:
+        mv = memoryview(part).cast("B")
+        if mv.shape[0]:
+            rh_xxh64_update(&st, &mv[0], <size_t>mv.shape[0])
+    return rh_xxh64_digest(&st)
+
+
+def _xxh64_x4(a, b, c, d, seed=0):
+    """XXH64 of four bytes objects by the interleaved form the digest uses
+    (tests: it must equal four one-shot hashes, whatever the four lengths)."""
+    cdef const unsigned char *p[4]
+    cdef size_t n[4]
+    cdef uint64_t out[4]
+    cdef int j
+    cdef bytes x
+    cdef tuple parts = (_as_bytes(a), _as_bytes(b), _as_bytes(c), _as_bytes(d))
+    for j in range(4):
+        x = parts[j]
+        p[j] = <const unsigned char *>PyBytes_AS_STRING(x)
+        n[j] = <size_t>PyBytes_GET_SIZE(x)
+    rh_xxh64_x4(p, n, <uint64_t>seed, out)
+    return (out[0], out[1], out[2], out[3])
 
 
 def _rebuild(items):

@@ -1,4 +1,4 @@
-"""The ``rehydrate`` command: version, verify, inspect, dump.
+"""The ``rehydrate`` command: version, verify, inspect, dump, digest.
 
 Exit codes: 0 clean (a tolerated torn tail is a warning), 1 damage or a failed
 check, 2 usage error or unreadable input. Every command takes ``--json``.
@@ -154,6 +154,47 @@ def _cmd_dump(args) -> int:
     return EXIT_OK if ok else EXIT_DAMAGE
 
 
+def _cmd_digest(args) -> int:
+    from .digest import digest_dir
+
+    info = digest_dir(args.dir, recovery=args.recovery)
+    if args.json:
+        print(json.dumps({"digest": info["digest"], "tables": info["tables"],
+                          "last_lsn": info["last_lsn"], "ok": info["ok"]}))
+    else:
+        # One line, the digest alone, so scripts can compare it as is.
+        print(info["digest"])
+    if info["problems"]:
+        # stdout carries only the digest; what recovery dropped goes to stderr.
+        for p in info["problems"]:
+            print(f"rehydrate digest: {p['kind']} in {p['path']} @{p['offset']}: "
+                  f"{p['detail']} ({p['bytes']} bytes, {p['action']})", file=sys.stderr)
+    return EXIT_OK if info["ok"] else EXIT_DAMAGE
+
+
+def _cmd_repair(args) -> int:
+    from .repair import repair, summary_line
+
+    report = repair(args.dir, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(report.as_dict()))
+    else:
+        print(summary_line(report))
+        if report.problems:
+            print("problems:")
+            _print_problems(report.problems)
+        for c in report.cut:
+            where = f", whole segment kept as {c['evidence']}" if "evidence" in c else ""
+            print(f"  cut {c['path']} at {c['offset']} ({c['bytes']} bytes){where}")
+        for m in report.moved:
+            print(f"  moved {m['path']} ({m['bytes']} bytes) to {m['to']}")
+        for r in report.removed:
+            print(f"  removed {r['path']} ({r['bytes']} bytes)")
+    # A dry run that finds work exits 1 (damage found); otherwise the
+    # directory is healthy now: 0.
+    return EXIT_DAMAGE if (args.dry_run and report.changed) else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .recovery import MODES
 
@@ -181,12 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--table", help="only this table")
     d.add_argument("--from-lsn", type=int, default=None, metavar="N")
     d.add_argument("--to-lsn", type=int, default=None, metavar="N")
+    dir_cmd("digest", _cmd_digest, "content digest of the replayed state (docs/FORMAT.md)")
+    r = dir_cmd("repair", _cmd_repair, "cut a damaged log at its first problem, keeping evidence",
+                recovery=False)
+    r.add_argument("--dry-run", action="store_true", help="report what would be cut; change nothing")
     return p
 
 
 def main(argv=None) -> int:
     from .errors import (
         ConfigError,
+        LockedError,
         NotAStoreError,
         RehydrateError,
         StorageIOError,
@@ -196,7 +242,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (NotAStoreError, UnsupportedFormatError, ConfigError, StorageIOError) as e:
+    except (NotAStoreError, UnsupportedFormatError, ConfigError, StorageIOError,
+            LockedError) as e:
         print(f"rehydrate {args.command}: {e}", file=sys.stderr)
         return EXIT_USAGE
     except RehydrateError as e:

@@ -45,3 +45,7 @@ cdef extern from "kvcore.h":
     void rh_compact(rh_kv *kv) nogil
     uint64_t rh_memory_bytes(const rh_kv *kv) nogil
     int64_t rh_next_slot(const rh_kv *kv, uint64_t i) nogil
+    # Content digest (docs/FORMAT.md "Digest"); -1 only on a broken invariant.
+    uint64_t rh_entry_digest(const rh_entry *e) nogil
+    uint64_t rh_digest_finish(uint64_t sum, uint64_t count) nogil
+    int rh_kv_digest(const rh_kv *kv, uint64_t *out) nogil

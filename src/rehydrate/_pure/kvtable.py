@@ -9,8 +9,11 @@ msgpack bytes, decoded when read.
 
 from __future__ import annotations
 
+import struct
 import sys
 from collections.abc import ItemsView, KeysView, Mapping, ValuesView
+
+import xxhash
 
 from ..errors import UnsupportedKeyError
 from .codec import decode_key, encode_key, incr_value, unpack_value
@@ -124,6 +127,41 @@ class KVTable:
 
     def _items_raw(self) -> list:
         return list(self._d.items())
+
+    def _digest(self) -> int:
+        """The content digest (docs/FORMAT.md, "Digest"): a 64-bit int that
+        depends only on the entries, not on the table's history."""
+        h64 = xxhash.xxh64_intdigest
+        pack_len = _U32.pack
+        total = 0
+        for kb, vb in self._d.items():
+            total += h64(pack_len(len(kb)) + kb + vb)
+        # The sum is kept unbounded and wrapped once: the same as adding mod
+        # 2^64 at every step, as the native core does.
+        return h64(_U64X2.pack(total & _MASK64, len(self._d)))
+
+
+_U32 = struct.Struct("<I")
+_U64X2 = struct.Struct("<QQ")
+_MASK64 = (1 << 64) - 1
+
+
+def _xxh64(data, seed=0) -> int:
+    """XXH64 of a bytes-like object (the twin of the native test hook)."""
+    return xxhash.xxh64_intdigest(bytes(data), seed)
+
+
+def _xxh64_x4(a, b, c, d, seed=0) -> tuple:
+    """XXH64 of four bytes objects (the twin of the native four-way form)."""
+    return tuple(xxhash.xxh64_intdigest(bytes(x), seed) for x in (a, b, c, d))
+
+
+def _xxh64_parts(parts, seed=0) -> int:
+    """XXH64 of the concatenation of ``parts``, fed piece by piece."""
+    h = xxhash.xxh64(seed=seed)
+    for part in parts:
+        h.update(bytes(part))
+    return h.intdigest()
 
 
 Mapping.register(KVTable)
