@@ -1,0 +1,65 @@
+"""The background flusher: ``interval`` writes and fsyncs on its own,
+``none`` writes without fsync. Synchronized on the flusher's own calls
+(an Event set after each flush), never on sleeps."""
+
+import os
+import threading
+
+import pytest
+
+from rehydrate import Store, _fileio
+
+
+@pytest.fixture
+def flushes(monkeypatch):
+    """An Event set after every completed flush of any store."""
+    done = threading.Event()
+    orig = Store._flush_locked_io
+
+    def spy(self, fsync):
+        orig(self, fsync)
+        done.set()
+
+    monkeypatch.setattr(Store, "_flush_locked_io", spy)
+    return done
+
+
+def _wait_until(event, predicate, rounds=50):
+    for _ in range(rounds):
+        if predicate():
+            return True
+        event.wait(timeout=1)
+        event.clear()
+    return predicate()
+
+
+def test_interval_mode_makes_writes_durable_without_sync(store_dir, flushes, monkeypatch):
+    fsyncs = []
+    real = _fileio.fsync
+    monkeypatch.setattr(_fileio, "fsync", lambda fd: (fsyncs.append(fd), real(fd)))
+    s = Store.open(store_dir, sync="interval", sync_interval_ms=5)
+    try:
+        before = len(fsyncs)
+        lsn = s.put("t", 1, "x")
+        assert s.durable_lsn < lsn or len(fsyncs) > before
+        assert _wait_until(flushes, lambda: s.durable_lsn >= lsn)
+        assert len(fsyncs) > before  # it got there by an fsync, not by a close
+    finally:
+        s.close()
+
+
+def test_none_mode_writes_in_the_background_but_never_claims_durability(
+        store_dir, flushes, monkeypatch):
+    fsyncs = []
+    real = _fileio.fsync
+    s = Store.open(store_dir, sync="none", sync_interval_ms=5)
+    monkeypatch.setattr(_fileio, "fsync", lambda fd: (fsyncs.append(fd), real(fd)))
+    try:
+        seg = os.path.join(store_dir, "wal", sorted(os.listdir(os.path.join(store_dir, "wal")))[-1])
+        size = os.path.getsize(seg)
+        lsn = s.put("t", 1, "x" * 100)
+        assert _wait_until(flushes, lambda: os.path.getsize(seg) > size)
+        assert s.durable_lsn < lsn and fsyncs == []
+        assert s.sync() == lsn and s.durable_lsn == lsn and fsyncs
+    finally:
+        s.close()
