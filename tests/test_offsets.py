@@ -259,3 +259,15 @@ def test_sigkilled_consumer_keeps_offsets_and_state_in_step(tmp_path, core_env):
             assert sums == want
             if n:
                 assert s.table("last").to_dict() == {src: off for src, off in offsets.items()}
+
+
+def test_inspect_shows_the_offsets(store_dir, core_env):
+    with Store.open(store_dir) as s:
+        with s.batch(offsets={"orders/3": 1200}) as b:
+            b.put("t", 1, 1)
+    out = subprocess.run([sys.executable, "-m", "rehydrate", "inspect", store_dir, "--json"],
+                         env=core_env, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["offsets"] == {"orders/3": 1200}
+    out = subprocess.run([sys.executable, "-m", "rehydrate", "inspect", store_dir],
+                         env=core_env, capture_output=True, text=True, check=True)
+    assert "orders/3: 1200" in out.stdout

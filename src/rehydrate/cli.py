@@ -129,6 +129,10 @@ def _cmd_inspect(args) -> int:
     for t in info["tables"]:
         print(f"  {t['name']} (id {t['id']}, {t['kind']}): {t['keys']} keys, "
               f"{t['memory_bytes']} bytes in memory")
+    if info["offsets"]:
+        print("source offsets:")
+        for source, off in sorted(info["offsets"].items()):
+            print(f"  {source}: {off}")
     if info["problems"]:
         print("problems:")
         _print_problems(info["problems"])
