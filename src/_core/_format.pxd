@@ -36,6 +36,8 @@ cdef enum:
     OP_NOOP = 5
 
     KIND_KV = 1
+    KIND_DICT = 2
+    KIND_CUSTOM = 3
 
     KEY_TAG_BYTES = 0x01
     KEY_TAG_STR = 0x02

@@ -86,6 +86,8 @@ def _format_constants():
         "MAX_SOURCES": _format.MAX_SOURCES,
         "MAX_SOURCE_BYTES": _format.MAX_SOURCE_BYTES,
         "KIND_KV": _format.KIND_KV,
+        "KIND_DICT": _format.KIND_DICT,
+        "KIND_CUSTOM": _format.KIND_CUSTOM,
         "KEY_TAG_BYTES": _format.KEY_TAG_BYTES,
         "KEY_TAG_STR": _format.KEY_TAG_STR,
         "KEY_TAG_INT": _format.KEY_TAG_INT,

@@ -23,7 +23,8 @@ from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
 from _format cimport (
-    CODEC_LZ4, CODEC_NONE, FLAG_OFFSETS, FRAME_HEADER_BYTES, FRAME_MAGIC, KIND_KV,
+    CODEC_LZ4, CODEC_NONE, FLAG_OFFSETS, FRAME_HEADER_BYTES, FRAME_MAGIC, KIND_CUSTOM,
+    KIND_DICT, KIND_KV,
     KNOWN_FLAGS, MAX_FRAME_PAYLOAD_BYTES, MAX_TABLE_ID, MIN_RECORD_BYTES, OP_CLEAR,
     OP_DELETE, OP_INCR, OP_NOOP, OP_PUT, SCAN_APPLY_ERROR, SCAN_BAD_CRC, SCAN_BAD_HEADER, SCAN_BAD_MAGIC,
     SCAN_BAD_PAYLOAD, SCAN_CANCELLED, SCAN_LSN_GAP, SCAN_LSN_OVERLAP, SCAN_OK,
@@ -518,9 +519,16 @@ cdef class LogBuffer:
                     kv = kvs[op.li]
                     undo[n_undo].op_index = j
                     if kv == NULL:
-                        self._commit_py(op, tabs[op.li], data, py_undo)
-                        undo[n_undo].kind = UNDO_PY
-                        n_undo += 1
+                        # _commit_py saves its undo entry before applying; the
+                        # entry counts even when the op then fails, so the
+                        # rollback pairs every saved entry with its op.
+                        py_before = len(py_undo)
+                        try:
+                            self._commit_py(op, tabs[op.li], data, py_undo)
+                        finally:
+                            if len(py_undo) > py_before:
+                                undo[n_undo].kind = UNDO_PY
+                                n_undo += 1
                         continue
                     if op.op == OP_CLEAR:
                         py_undo.append((<KVTable>tabs[op.li])._items_raw())
@@ -1224,7 +1232,9 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
             try:
                 for i in range(sc.dec.ndecls):
                     dc = &sc.dec.decls[i]
-                    if dc.kind != KIND_KV:
+                    # Every kind decodes the same records; what a kind means
+                    # is the registry's business (rehydrate/tables.py).
+                    if dc.kind != KIND_KV and dc.kind != KIND_DICT and dc.kind != KIND_CUSTOM:
                         raise ValueError(f"unknown table kind {dc.kind}")
                     tables[dc.tid] = ctx.registry.declare(
                         dc.tid, dc.kind, PyBytes_FromStringAndSize(<const char *>dc.name, dc.nlen))

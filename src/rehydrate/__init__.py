@@ -3,7 +3,8 @@
 #
 # Layout: store.py (the public Store), wal.py / manifest.py / lockfile.py
 # (files on disk), recovery.py (reading a log back under a recovery mode),
-# verify.py (standalone checks), tables.py (the table registry), errors.py,
+# verify.py (standalone checks), tables.py (the table registry), kinds.py
+# (DictTable and custom StateType tables), errors.py,
 # cli.py (the `rehydrate` command). The hot code lives in the native core
 # `rehydrate._core` (src/_core, Cython) with its pure-Python twin in
 # `rehydrate._pure`; `_backend.py` picks one. docs/FORMAT.md is the on-disk spec.
@@ -25,6 +26,7 @@ from .errors import (
     UnsupportedKeyError,
     ValueEncodingError,
 )
+from .kinds import DictTable, StateType
 from .recovery import MODES as RECOVERY_MODES
 from .recovery import Problem, RecoveryReport
 from .store import SYNC_MODES, Batch, Store
@@ -39,12 +41,14 @@ __all__ = [
     "BatchTooLargeError",
     "ConfigError",
     "CorruptionError",
+    "DictTable",
     "InvalidOperationError",
     "LockedError",
     "NotAStoreError",
     "Problem",
     "RecoveryReport",
     "RehydrateError",
+    "StateType",
     "StorageIOError",
     "Store",
     "StoreClosedError",

@@ -45,8 +45,10 @@ OP_INCR = 3
 OP_CLEAR = 4
 OP_NOOP = 5  # changes no table; carries a batch that is only source offsets
 
-# Table kinds (declared in each segment that uses the table)
-KIND_KV = 1
+# Table kinds (declared in each frame that uses the table; docs/tables.md)
+KIND_KV = 1  # native hash table of key bytes -> msgpack bytes
+KIND_DICT = 2  # a Python dict of decoded values; same records as KV
+KIND_CUSTOM = 3  # a user StateType; the class is found by table name at open
 
 # Canonical key encoding: one tag byte, then the key's bytes.
 KEY_TAG_BYTES = 0x01

@@ -28,6 +28,7 @@ from .errors import (
     StoreClosedError,
     StoreFailedError,
 )
+from .kinds import resolve_kinds
 from .lockfile import DirLock
 from .recovery import QUARANTINE_DIR, RecoveryReport, apply_actions, check_mode, walk
 from .tables import TableRegistry
@@ -88,10 +89,15 @@ class Store:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         sync_interval_ms: float = DEFAULT_SYNC_INTERVAL_MS,
         progress: Optional[Callable[[int, int], None]] = None,
+        tables: Optional[dict] = None,
     ) -> "Store":
         """Lock ``path``, replay its log into memory, and return the live store.
 
         ``progress(bytes_done, bytes_total)`` is called during replay.
+        ``tables`` maps a table name to its kind, ``rehydrate.DictTable`` or a
+        ``rehydrate.StateType`` subclass (docs/tables.md); any other table is
+        a KVTable. A log that declares another kind for a name, or a custom
+        table with no class here, is a ConfigError naming the table.
         Raises ConfigError (bad argument, before touching anything),
         NotAStoreError, LockedError, CorruptionError / TornTailError (as the
         recovery mode decides), UnsupportedFormatError.
@@ -104,17 +110,19 @@ class Store:
         if (type(sync_interval_ms) not in (int, float) or not sync_interval_ms > 0
                 or sync_interval_ms == float("inf")):
             raise ConfigError("sync_interval_ms must be a positive number")
+        kinds = resolve_kinds(tables)
         self = object.__new__(cls)
         try:
             self._init(os.fspath(path), create, sync, recovery, segment_bytes,
-                       sync_interval_ms, progress)
+                       sync_interval_ms, progress, kinds)
         except RehydrateError:
             raise
         except OSError as e:
             raise StorageIOError.wrap(e, path) from e
         return self
 
-    def _init(self, path, create, sync, recovery, segment_bytes, sync_interval_ms, progress):
+    def _init(self, path, create, sync, recovery, segment_bytes, sync_interval_ms, progress,
+              kinds=None):
         t0 = time.perf_counter()
         self.path = path
         self._core = _core()
@@ -139,7 +147,8 @@ class Store:
             waldir = os.path.join(path, WAL_DIR)
             for name in list_segments(waldir)[2]:  # tmp files of an interrupted create
                 _fileio.unlink(os.path.join(waldir, name))
-            self._registry = TableRegistry(self._core, size_hints=self._size_hints(path))
+            self._registry = TableRegistry(self._core, size_hints=self._size_hints(path),
+                                           kinds=kinds if kinds is not None else {})
             result = walk(self._core, path, mode=recovery, registry=self._registry,
                           apply=True, progress=progress)
             t_replay = time.perf_counter()

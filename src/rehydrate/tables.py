@@ -3,17 +3,23 @@
 Table ids are what records carry on disk; names are what users see. Every
 frame declares the ids it uses (docs/FORMAT.md), and the registry checks
 those declarations agree across the whole log: one id, one name, one kind.
+
+Kinds (docs/tables.md): a store's registry is given ``kinds`` (from
+``Store.open(tables=...)``) and makes each table the kind asked for; a log
+that declares another kind for a name is a ConfigError, since replaying it
+as something else would change what the records mean. A reader's registry
+(``kinds=None``: verify, inspect, dump, digest) takes the log's word and needs
+no user code: a custom table becomes an ``OpaqueTable``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from . import _format as F
-from .errors import CorruptionError
-
-KIND_NAMES = {F.KIND_KV: "kv"}
+from .errors import ConfigError, CorruptionError
+from .kinds import KIND_NAMES, DictTable, OpaqueTable, RefusedTable
 
 
 @dataclass
@@ -21,7 +27,9 @@ class TableInfo:
     name: str
     tid: int
     kind: int
-    table: Any  # the core's KVTable, or None in a registry that only checks
+    # The core's KVTable, a DictTable, a StateType instance (or a reader's
+    # OpaqueTable), or None in a registry that only checks.
+    table: Any
 
 
 class TableRegistry:
@@ -31,9 +39,13 @@ class TableRegistry:
     tables, so verifying costs no memory for state.
     """
 
-    def __init__(self, core, materialize: bool = True, size_hints=None) -> None:
+    def __init__(self, core, materialize: bool = True, size_hints=None,
+                 kinds: Optional[dict] = None) -> None:
         self._core = core
         self._materialize = materialize
+        # name -> (kind, StateType subclass or None), from kinds.resolve_kinds;
+        # None: a reader, which takes each kind from the log.
+        self._kinds = kinds
         # name -> (keys, arena bytes) to reserve when the table first appears.
         self._size_hints = size_hints or {}
         self.by_name: dict[str, TableInfo] = {}
@@ -41,13 +53,46 @@ class TableRegistry:
         # (tid, kind, name bytes) of every table, in creation order.
         self.order: list[tuple[int, int, bytes]] = []
 
-    def _add(self, name: str, tid: int, kind: int) -> TableInfo:
-        table = None
-        if self._materialize:
+    def _wanted(self, name: str):
+        """(kind, class) ``tables=`` asks for ``name``: KV unless named."""
+        if self._kinds is None:
+            return None, None
+        return self._kinds.get(name, (F.KIND_KV, None))
+
+    def _make(self, name: str, kind: int):
+        """A new, empty table of ``kind``; ConfigError if it cannot be made."""
+        if kind == F.KIND_KV:
             table = self._core.KVTable()
             hint = self._size_hints.get(name)
             if hint is not None:
                 table._reserve(*hint)
+            return table
+        if kind == F.KIND_DICT:
+            return DictTable(self._core, name)
+        cls = self._wanted(name)[1]
+        if cls is None:
+            return OpaqueTable(name)  # a reader: no class, no interpretation
+        try:
+            table = cls()
+        except Exception as e:
+            raise ConfigError(f"table {name!r}: {cls.__name__}() failed: "
+                              f"{type(e).__name__}: {e}") from e
+        table._rh_bind(name, self._core)
+        return table
+
+    def _add(self, name: str, tid: int, kind: int, from_log: bool = False) -> TableInfo:
+        table = None
+        if self._materialize:
+            want = self._wanted(name)[0]
+            if from_log and want is not None and kind != want:
+                table = RefusedTable(self._mismatch(name, kind, want))
+            elif from_log:
+                try:
+                    table = self._make(name, kind)
+                except ConfigError as e:
+                    table = RefusedTable(e)
+            else:
+                table = self._make(name, kind)
         info = TableInfo(name, tid, kind, table)
         self.by_name[name] = info
         self.by_id[tid] = info
@@ -67,7 +112,7 @@ class TableRegistry:
                 raise CorruptionError(
                     f"table {name!r} declared as id {tid}, earlier as id {other.tid}",
                     reason="bad_declaration")
-            info = self._add(name, tid, kind)
+            info = self._add(name, tid, kind, from_log=True)
         elif info.name != name or info.kind != kind:
             raise CorruptionError(
                 f"table id {tid} declared as {name!r}, earlier as {info.name!r}",
@@ -78,17 +123,33 @@ class TableRegistry:
         """A new table for a first write; its id is one above any id in use."""
         self._core.check_table_name(name)
         if len(self.by_id) > F.MAX_TABLE_ID:
-            from .errors import ConfigError
-
             raise ConfigError(f"a store holds at most {F.MAX_TABLE_ID + 1} tables")
         tid = max(self.by_id, default=-1) + 1
         if tid > F.MAX_TABLE_ID:
             tid = next(i for i in range(F.MAX_TABLE_ID + 1) if i not in self.by_id)
-        return self._add(name, tid, F.KIND_KV)
+        kind = self._wanted(name)[0] or F.KIND_KV
+        return self._add(name, tid, kind)
+
+    def _mismatch(self, name: str, logged: int, want: int) -> ConfigError:
+        logged_name = KIND_NAMES.get(logged, str(logged))
+        if logged == F.KIND_CUSTOM and name not in self._kinds:
+            detail = (f"table {name!r} is a custom table (kind {logged}) in the log, but "
+                      f"tables= gives no StateType class for it; pass "
+                      f"tables={{{name!r}: YourStateType}}")
+        else:
+            asked = (f"tables= asks for {KIND_NAMES[want]}" if name in self._kinds
+                     else "tables= does not name it (so it would be kv)")
+            detail = (f"table {name!r} is {logged_name} (kind {logged}) in the log, but "
+                      f"{asked}; a table keeps the kind it was created with")
+        return ConfigError(detail, reason="table_kind")
 
     def drop_if_new(self, info: TableInfo) -> None:
         """Forget a table created for a write that then failed before logging."""
-        if self.order and self.order[-1][0] == info.tid and len(info.table or ()) == 0:
+        if not (self.order and self.order[-1][0] == info.tid):
+            return
+        # A custom table's failed apply may have changed the instance, and
+        # its len() proves nothing: it goes with the write that failed.
+        if info.kind == F.KIND_CUSTOM or len(info.table or ()) == 0:
             self.order.pop()
             del self.by_name[info.name]
             del self.by_id[info.tid]

@@ -468,7 +468,9 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
             return stop(F.SCAN_BAD_PAYLOAD, offset, frame_end, str(e))
         try:
             for tid, kind, name in decls:
-                if kind != F.KIND_KV:
+                # Every kind decodes the same records; what a kind means
+                # is the registry's business (rehydrate/tables.py).
+                if kind not in (F.KIND_KV, F.KIND_DICT, F.KIND_CUSTOM):
                     raise ValueError(f"unknown table kind {kind}")
                 ctx.tables[tid] = ctx.registry.declare(tid, kind, name)
         except (ValueError, RehydrateError) as e:
