@@ -389,3 +389,27 @@ def test_os_errors_in_digest_dir_are_typed(store_dir, monkeypatch):
     with pytest.raises(StorageIOError) as ei:
         digest_dir(store_dir)
     assert ei.value.errno == errno.EIO
+
+
+def test_store_digest_matches_the_cli_and_survives_reopen(tmp_path, core_env):
+    import subprocess
+    import sys
+
+    from rehydrate import Store
+    from rehydrate.digest import format_digest
+
+    path = str(tmp_path / "s")
+    with Store.open(path) as s:
+        for i in range(200):
+            s.put("a", i, [i, "x"])
+            s.incr("b", i % 7, 1.5)
+        s.delete("a", 3)
+        live = s.digest()
+    with Store.open(path) as s:
+        assert s.digest() == live
+        s.put("a", 3, "back")
+        assert s.digest() != live
+        changed = s.digest()
+    out = subprocess.run([sys.executable, "-m", "rehydrate", "digest", path], env=core_env,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == format_digest(changed)

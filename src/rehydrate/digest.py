@@ -30,8 +30,9 @@ _U64 = struct.Struct("<Q")
 def table_digest(table) -> int:
     """The content digest of one table, a 64-bit int.
 
-    The native core walks the table without the GIL: no other thread may
-    write to the table meanwhile (RuntimeError if a change is noticed).
+    The native walk holds the GIL, as every writer does, so a concurrent
+    write cannot move memory under it; ``Store.digest`` also takes the
+    store's lock, for a digest of one consistent multi-table state.
     TypeError for an object that is no table; a table kind that cannot be
     digested says why (ConfigError).
     """

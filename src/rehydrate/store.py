@@ -407,6 +407,17 @@ class Store:
             raise KeyError(f"no table {name!r} in {self.path}")
         return info.table
 
+    def digest(self) -> int:
+        """The state's content digest (docs/FORMAT.md, "Digest"): a 64-bit int,
+        equal for equal states whatever their history; ``rehydrate digest``
+        prints it as 16 hex digits. Taken under the write lock, so it is the
+        digest of one consistent state."""
+        from .digest import state_digest
+
+        with self._lock:
+            return state_digest({n: self._registry.by_name[n].table
+                                 for n in self._registry.names()})
+
     def tables(self) -> list:
         """Table names, in order of creation."""
         return self._registry.names()
