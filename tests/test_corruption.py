@@ -845,3 +845,32 @@ def test_a_frame_with_an_lsn_gap_inside_a_segment_is_corruption(log, tmp_path):
         assert s.lsn == frame.first_lsn - 1
         assert canon_state(store_state(s), drop_empty=True) == \
             log.expected(range(1, frame.first_lsn))
+
+
+def test_skip_corrupted_moves_aside_an_empty_newest_segment_with_a_bad_header(tmp_path):
+    # The writer's next segment takes that file's name: it must never be
+    # overwritten, and nothing of it may be lost.
+    from rehydrate.wal import WalWriter
+
+    path = str(tmp_path / "s")
+    with Store.open(path, sync="always") as s:
+        for i in range(5):
+            s.put("t", i, i)
+        lsn = s.lsn
+    # A new, empty newest segment (as a roll leaves), then a damaged header.
+    w = WalWriter(os.path.join(path, "wal"), 4096)
+    w.create(lsn + 1)
+    w.close()
+    empty = os.path.join(path, "wal", sorted(os.listdir(os.path.join(path, "wal")))[-1])
+    assert os.path.getsize(empty) == F.SEGMENT_HEADER_BYTES
+    with open(empty, "r+b") as f:
+        f.write(b"XX")  # bad magic
+    with pytest.raises(CorruptionError):
+        Store.open(path)
+    with Store.open(path, recovery="skip-corrupted") as s:
+        assert s.lsn == lsn and s.table("t").to_dict() == {i: i for i in range(5)}
+        s.put("t", "after", 1)
+    assert any(n.endswith(".bad_segment_header") for n in os.listdir(os.path.join(path,
+                                                                                  "quarantine")))
+    with Store.open(path, recovery="strict") as s:
+        assert s.table("t")["after"] == 1 and s.lsn == lsn + 1

@@ -395,10 +395,14 @@ class _Walker:
                         ctx.adopt(tid, info.table)
                 range_start = offset
         if not self.stopped and newest and header_ok:
-            # (a segment with a damaged header is never appended to: the
-            # writer starts a fresh one instead)
             if self.resume_path is None:
                 self.resume_path, self.resume_size = seg.path, size
+        elif newest and not header_ok and summary.frames == 0 and not self.stopped:
+            # A segment with a damaged header is never appended to: the
+            # writer starts a fresh one, named by the next LSN. With no good
+            # frame in it, that is this file's own name; moving it aside
+            # loses nothing (its bytes are already in quarantine/).
+            self.actions.append(Action("move_aside", seg.path, kind="bad_segment_header"))
         if user_progress is not None:
             user_progress(base + size, total)
 
@@ -586,7 +590,8 @@ def apply_actions(directory: str, actions) -> None:
             _fileio.unlink(a.path)
             _fileio.fsync_dir(os.path.dirname(a.path))
         elif a.op == "move_aside":
-            dst = os.path.join(qdir, os.path.basename(a.path) + ".not-applied")
+            suffix = ".not-applied" if a.kind == "not_applied" else f".{a.kind}"
+            dst = os.path.join(qdir, os.path.basename(a.path) + suffix)
             _fileio.rename(a.path, dst)
             _fileio.fsync_dir(os.path.dirname(a.path))
             _fileio.fsync_dir(qdir)

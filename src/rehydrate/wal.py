@@ -120,6 +120,10 @@ class WalWriter:
             _fileio.unlink(tmp)
         except FileNotFoundError:
             pass
+        if os.path.exists(path):
+            # rename() would silently replace it, and a segment is never
+            # replaced: recovery moves a file aside before reusing its name.
+            raise FileExistsError(17, "segment already exists", path)
         fd = _fileio.create_exclusive(tmp)
         try:
             _fileio.write_all(fd, encode_segment_header(first_lsn))
