@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 import weakref
-from collections.abc import ItemsView, KeysView, Mapping, ValuesView
+from collections.abc import Mapping
 
 from . import _format as F
 from .errors import ConfigError, InvalidOperationError
@@ -92,14 +92,7 @@ class DictTable(Mapping):
         if self._version != version:
             raise RuntimeError("table changed during iteration")
 
-    def keys(self):
-        return KeysView(self)
-
-    def values(self):
-        return ValuesView(self)
-
-    def items(self):
-        return ItemsView(self)
+    # keys(), values() and items() are Mapping's own views.
 
     def to_dict(self) -> dict:
         """A plain dict copy (shallow: its values are the live objects)."""
