@@ -63,3 +63,23 @@ def test_none_mode_writes_in_the_background_but_never_claims_durability(
         assert s.sync() == lsn and s.durable_lsn == lsn and fsyncs
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("sync", ["interval", "none"])
+def test_a_store_left_open_at_exit_is_closed_and_durable(store_dir, core_env, sync):
+    import subprocess
+    import sys
+
+    code = (
+        "import rehydrate as rh\n"
+        f"s = rh.Store.open({store_dir!r}, sync={sync!r}, sync_interval_ms=60000)\n"
+        "for i in range(1000):\n"
+        "    s.put('t', i, i)\n"
+        "print(s.lsn, s.durable_lsn)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=core_env, capture_output=True,
+                         text=True, check=True)
+    lsn, durable = map(int, out.stdout.split())
+    assert lsn == 1000 and durable < lsn  # nothing was synced before exit
+    with Store.open(store_dir) as s:
+        assert s.lsn == 1000 and len(s.table("t")) == 1000

@@ -9,8 +9,11 @@ one thread is in ``fsync``, and the next fsync covers them all (group commit).
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import threading
+import weakref
 import time
 from typing import Callable, Optional
 
@@ -184,6 +187,10 @@ class Store:
             self._thread = threading.Thread(target=self._background_flush,
                                             name=f"rehydrate-sync:{path}", daemon=True)
             self._thread.start()
+        # A store left open when the interpreter exits is closed then (its
+        # buffered writes written and fsynced), as a file object would be.
+        self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
+        atexit.register(self._atexit)
 
     @staticmethod
     def _size_hints(path: str) -> dict:
@@ -456,6 +463,7 @@ class Store:
             # From here no write is accepted, so the flush below is the last.
             self._closed = True
             self._targets.clear()
+        atexit.unregister(self._atexit)
         if self._thread is not None:
             self._stop.set()
             self._thread.join()
@@ -529,6 +537,15 @@ class Batch:
         if exc_type is None:
             self.lsn, self.skipped = self._store._commit(self._staging, self._offsets,
                                                          self._consume)
+
+
+def _close_at_exit(ref) -> None:
+    store = ref()
+    if store is not None:
+        try:
+            store.close()
+        except RehydrateError:
+            pass  # a failed store has nothing more it may write
 
 
 def _batch_is_over(*args, **kwargs):
