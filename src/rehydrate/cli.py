@@ -83,7 +83,7 @@ def _cmd_verify(args) -> int:
 
     bar, update = _progress_bar("verify", not args.json)
     try:
-        report = verify(args.dir, recovery=args.recovery, progress=update)
+        report = verify(args.dir, recovery=args.recovery, deep=args.deep, progress=update)
     finally:
         if bar is not None:
             bar.close()
@@ -96,11 +96,15 @@ def _cmd_verify(args) -> int:
             "problems": [{k: p[k] for k in ("kind", "path", "offset", "lsn", "detail",
                                               "bytes", "lsn_end", "action")}
                          for p in d["problems"]],
+            **({"digest": d["digest"], "tables": d["table_digests"]} if args.deep else {}),
         }))
     else:
         status = "OK" if d["ok"] else "DAMAGED"
         print(f"{status}: {args.dir}: {len(d['segments'])} segments, {d['frames']} frames, "
               f"{d['records']} records, last LSN {d['last_lsn']}, {d['bytes_read']} bytes")
+        if args.deep:
+            print(f"digest {d.get('digest')}" + "".join(
+                f"\n  {name}: {dg}" for name, dg in (d.get("table_digests") or {}).items()))
         if d["problems"]:
             print("problems:")
             _print_problems(d["problems"])
@@ -220,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
         c.set_defaults(func=func)
         return c
 
-    dir_cmd("verify", _cmd_verify, "check segments, frames, checksums and LSN order")
+    vc = dir_cmd("verify", _cmd_verify, "check segments, frames, checksums and LSN order")
+    vc.add_argument("--deep", action="store_true",
+                    help="also replay in memory, decode every key and value, print the digest")
     dir_cmd("inspect", _cmd_inspect, "segments, LSN ranges, tables and sizes", recovery=False)
     d = dir_cmd("dump", _cmd_dump, "records as JSON lines")
     d.add_argument("--table", help="only this table")

@@ -93,6 +93,9 @@ class RecoveryReport:
     applied: int = 0
     bytes_read: int = 0
     duration_s: float = 0.0
+    # Set by a deep verify: the state's digest and each table's (hex).
+    digest: Optional[str] = None
+    table_digests: Optional[dict] = None
 
     @property
     def ok(self) -> bool:
@@ -118,6 +121,8 @@ class RecoveryReport:
             "duration_s": round(self.duration_s, 6),
             "segments": [s.as_dict() for s in self.segments],
             "problems": [p.as_dict() for p in self.problems],
+            **({"digest": self.digest, "table_digests": self.table_digests}
+               if self.table_digests is not None else {}),
         }
 
 
