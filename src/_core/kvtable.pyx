@@ -11,7 +11,7 @@ writes into ``.kv`` directly.
 from collections.abc import ItemsView, KeysView, Mapping, ValuesView
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.string cimport memset
 
 from includes.kvcore cimport (
@@ -22,10 +22,13 @@ from includes.kvcore cimport (
 from includes.xxh64 cimport (
     rh_xxh64, rh_xxh64_digest, rh_xxh64_reset, rh_xxh64_state, rh_xxh64_update, rh_xxh64_x4,
 )
+from includes.payload cimport rh_key_wellformed
 from includes.valcodec cimport RH_INCR_OK, RH_NUM_MAX_BYTES, rh_num
 from rehydrate._core.codec cimport (
     decode_key_ptr, fast_delta, incr_error, incr_value_generic, key_view, unpack_ptr,
 )
+
+from rehydrate.errors import CorruptionError
 
 
 cdef inline bytes _as_bytes(obj):
@@ -192,6 +195,40 @@ cdef class KVTable:
         vb = _as_bytes(vb)
         _raw_key(kb, &k)
         _put(&self.kv, &k, vb, 0)
+
+    def _load_pairs(self, koff, kdata, voff, vdata):
+        """Put every pair of two Arrow-style binary columns: ``koff``/``voff``
+        hold n+1 int32 offsets into ``kdata``/``vdata`` (any buffers); the
+        pairs must be canonical key bytes and msgpack value bytes (a
+        snapshot's columns).
+
+        Everything is checked before anything is put: offsets that go back or
+        past their data, or a malformed key, raise CorruptionError and leave
+        the table as it was.
+        """
+        self._load_views(memoryview(koff).cast("B").cast("i"), memoryview(kdata).cast("B"),
+                         memoryview(voff).cast("B").cast("i"), memoryview(vdata).cast("B"))
+
+    cdef _load_views(self, const int32_t[::1] koff, const unsigned char[::1] kdata,
+                     const int32_t[::1] voff, const unsigned char[::1] vdata):
+        cdef Py_ssize_t n = koff.shape[0] - 1
+        cdef Py_ssize_t i
+        cdef int32_t a, b, c, d
+        cdef rh_key k
+        if n < 0 or voff.shape[0] != n + 1:
+            raise CorruptionError("key and value columns differ in length", reason="bad_snapshot")
+        for i in range(n):
+            a, b, c, d = koff[i], koff[i + 1], voff[i], voff[i + 1]
+            if (a < 0 or b < a or b > kdata.shape[0] or c < 0 or d < c + 1
+                    or d > vdata.shape[0]
+                    or not rh_key_wellformed(&kdata[a] if b > a else NULL, <size_t>(b - a))):
+                raise CorruptionError(f"malformed pair {i} in a snapshot column",
+                                      reason="bad_snapshot")
+        for i in range(n):
+            a, b, c, d = koff[i], koff[i + 1], voff[i], voff[i + 1]
+            rh_key_from_bytes(&k, &kdata[a], <size_t>(b - a))
+            if rh_put(&self.kv, &k, &vdata[c], <size_t>(d - c), 0) < 0:
+                raise MemoryError()
 
     def _delete_raw(self, kb):
         cdef rh_key k

@@ -116,6 +116,13 @@ class DictTable(Mapping):
             total += sys.getsizeof(k) + sys.getsizeof(v)
         return total
 
+    def _load_pairs(self, koff, kdata, voff, vdata) -> None:
+        """Fill from a snapshot's key and value columns (checked first)."""
+        from ._pure.kvtable import checked_pairs
+
+        for kb, vb in checked_pairs(koff, kdata, voff, vdata):
+            self._put_raw(kb, vb)
+
     def _reserve(self, keys, arena_bytes=0) -> None:
         """A dict does not presize: a no-op, as in the pure KVTable."""
 

@@ -276,6 +276,7 @@ class _Walker:
         self.resume_size = 0
         self.bytes_before = 0  # bytes of segments already done, for progress
         self.offsets: dict = {}  # source -> offset, merged frame by frame
+        self.skip_covered = False
 
     # -- problem handling ------------------------------------------------
     def _problem(self, kind, path, offset, detail, nbytes=0, lsn=None, lsn_end=None,
@@ -318,6 +319,13 @@ class _Walker:
                 self._problem("not_applied", seg.path, 0, "after the point-in-time stop",
                               seg.size, lsn=seg.first_lsn, action="not_applied")
                 self.actions.append(Action("move_aside", seg.path, kind="not_applied"))
+                continue
+            if (self.skip_covered and i + 1 < len(segments)
+                    and self.next_lsn <= segments[i + 1].first_lsn - 1 <= self.applied_lsn):
+                # Every record here is in the snapshot the state came from:
+                # an open need not read it (verify still checks it).
+                self.next_lsn = segments[i + 1].first_lsn
+                self.bytes_before += seg.size
                 continue
             self._segment(seg, newest=(i == len(segments) - 1))
             self.bytes_before += seg.size
@@ -549,14 +557,21 @@ class CancelledError(RehydrateError):
 
 
 def walk(core, directory, *, mode="tolerate-tail", registry, apply=True, start_lsn=1,
-         applied_lsn=0, cancel=None, progress=None) -> WalkResult:
+         applied_lsn=0, cancel=None, progress=None, offsets=None,
+         skip_covered=False) -> WalkResult:
     """Read every segment of ``directory`` under ``mode``; see the module docstring.
 
-    Raises CorruptionError (TornTailError for a torn tail under strict) where
-    the mode does not allow going on; UnsupportedFormatError for a newer format.
+    ``applied_lsn``: the state already holds every record up to it (a
+    snapshot); those are checked, not applied, and with ``skip_covered`` a
+    segment wholly below it is not read at all. ``offsets``: the source
+    offsets the state starts from. Raises CorruptionError (TornTailError for a
+    torn tail under strict) where the mode does not allow going on;
+    UnsupportedFormatError for a newer format.
     """
-    return _Walker(core, directory, mode, registry, apply, start_lsn, applied_lsn,
-                   cancel, progress).run()
+    w = _Walker(core, directory, mode, registry, apply, start_lsn, applied_lsn, cancel, progress)
+    w.offsets.update(offsets or {})
+    w.skip_covered = skip_covered
+    return w.run()
 
 
 def evidence_name(path: str, start: int, kind: str) -> str:

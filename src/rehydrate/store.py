@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import functools
 import os
+import shutil
 import threading
 import weakref
 import time
@@ -21,10 +22,12 @@ from . import _fileio
 from . import _format as F
 from . import _offsets
 from . import hints as _hints
+from . import snapshot as _snapshot
 from . import manifest as _manifest
 from ._backend import core as _core
 from .errors import (
     ConfigError,
+    CorruptionError,
     NotAStoreError,
     RehydrateError,
     StorageIOError,
@@ -33,7 +36,7 @@ from .errors import (
 )
 from .kinds import resolve_kinds
 from .lockfile import DirLock
-from .recovery import QUARANTINE_DIR, RecoveryReport, apply_actions, check_mode, walk
+from .recovery import Problem, RecoveryReport, apply_actions, check_mode, walk
 from .tables import TableRegistry
 from .wal import WAL_DIR, WalWriter, list_segments
 
@@ -93,6 +96,7 @@ class Store:
         sync_interval_ms: float = DEFAULT_SYNC_INTERVAL_MS,
         progress: Optional[Callable[[int, int], None]] = None,
         tables: Optional[dict] = None,
+        keep_snapshots: int = 2,
     ) -> "Store":
         """Lock ``path``, replay its log into memory, and return the live store.
 
@@ -113,8 +117,12 @@ class Store:
         if (type(sync_interval_ms) not in (int, float) or not sync_interval_ms > 0
                 or sync_interval_ms == float("inf")):
             raise ConfigError("sync_interval_ms must be a positive number")
+        if type(keep_snapshots) is not int or keep_snapshots < 1:
+            raise ConfigError("keep_snapshots must be an int >= 1")
         kinds = resolve_kinds(tables)
         self = object.__new__(cls)
+        self._keep_snapshots = keep_snapshots
+        self._checkpoint_lock = threading.Lock()
         try:
             self._init(os.fspath(path), create, sync, recovery, segment_bytes,
                        sync_interval_ms, progress, kinds)
@@ -152,8 +160,24 @@ class Store:
                 _fileio.unlink(os.path.join(waldir, name))
             self._registry = TableRegistry(self._core, size_hints=self._size_hints(path),
                                            kinds=kinds if kinds is not None else {})
+            snap_lsn, snap_offsets, snap_problems = self._load_snapshot(recovery)
+            t_snapshot = time.perf_counter()
             result = walk(self._core, path, mode=recovery, registry=self._registry,
-                          apply=True, progress=progress)
+                          apply=True, progress=progress, applied_lsn=snap_lsn,
+                          offsets=snap_offsets, skip_covered=True)
+            if result.next_lsn <= snap_lsn:
+                # The snapshot was published only once the log held its LSN:
+                # the log lost records since (a cut, a deleted tail). The
+                # snapshot's state is checked whole; keep it, write on after it.
+                p = Problem("log_behind_snapshot", os.path.join(path, WAL_DIR), None,
+                            result.next_lsn, f"the log ends before snapshot LSN {snap_lsn}",
+                            lsn_end=snap_lsn, action="skipped")
+                if recovery == "strict":
+                    raise CorruptionError(p.detail, path=p.path, lsn=p.lsn,
+                                          reason=p.kind)
+                result.report.problems.append(p)
+                result.next_lsn, result.resume_path = snap_lsn + 1, None
+            result.report.problems[:0] = snap_problems
             t_replay = time.perf_counter()
             apply_actions(path, result.actions)
             self.recovery_report: RecoveryReport = result.report
@@ -173,7 +197,8 @@ class Store:
             self.open_stats = {
                 "phases": [
                     {"name": "plan", "duration_s": t_plan - t0},
-                    {"name": "replay", "duration_s": t_replay - t_plan,
+                    {"name": "snapshot", "duration_s": t_snapshot - t_plan, "lsn": snap_lsn},
+                    {"name": "replay", "duration_s": t_replay - t_snapshot,
                      "records": result.report.applied, "bytes": result.report.bytes_read},
                     {"name": "resume", "duration_s": t_end - t_replay},
                 ],
@@ -191,6 +216,98 @@ class Store:
         # buffered writes written and fsynced), as a file object would be.
         self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
         atexit.register(self._atexit)
+
+    def _load_snapshot(self, recovery: str):
+        """(LSN, source offsets, problems) of the newest snapshot that loads.
+
+        A snapshot that fails a check is renamed ``<lsn>.broken``, dropped
+        from the MANIFEST and reported, and the next older one is tried; with
+        none, the whole log is replayed (the log is kept whole, so nothing is
+        lost). ``recovery="strict"`` refuses instead.
+        """
+        listed = self._manifest.get("snapshots") or []
+        if not isinstance(listed, list) or not all(type(x) is int and x >= 0 for x in listed):
+            raise CorruptionError("MANIFEST lists snapshots it cannot name",
+                                  path=os.path.join(self.path, _manifest.MANIFEST_NAME),
+                                  reason="bad_manifest")
+        problems = []
+        for lsn in sorted(listed, reverse=True):
+            spath = os.path.join(self.path, _snapshot.SNAPSHOTS_DIR, _snapshot.snapshot_name(lsn))
+            try:
+                meta, tables = _snapshot.load(spath, self._registry.snapshot_table)
+                if meta["lsn"] != lsn:
+                    raise CorruptionError(f"snapshot META says LSN {meta['lsn']}", path=spath,
+                                          reason="bad_snapshot")
+            except (CorruptionError, OSError) as e:
+                if recovery == "strict":
+                    if isinstance(e, OSError):
+                        raise CorruptionError(f"snapshot unreadable: {e}", path=spath, lsn=lsn,
+                                              reason="bad_snapshot") from e
+                    raise
+                problems.append(Problem("bad_snapshot", spath, None, lsn, str(e),
+                                        action="skipped"))
+                self._drop_snapshot(lsn, spath)
+                continue
+            for name, tid, kind, table in tables:
+                self._registry.add_loaded(name, tid, kind, table)
+            return lsn, dict(meta["offsets"]), problems
+        return 0, {}, problems
+
+    def _drop_snapshot(self, lsn: int, spath: str) -> None:
+        """Take a failed snapshot out of use, keeping its files as evidence."""
+        if os.path.isdir(spath):
+            _fileio.rename(spath, spath + ".broken" if not os.path.exists(spath + ".broken")
+                           else f"{spath}.broken.{time.time_ns()}")
+            _fileio.fsync_dir(os.path.dirname(spath))
+        self._manifest["snapshots"] = [x for x in self._manifest.get("snapshots", []) if x != lsn]
+        _manifest.write(self.path, self._manifest)
+
+    def checkpoint(self) -> dict:
+        """Write a snapshot of the state as of now, while writers keep going.
+
+        Writers pause only while the tables are copied (``pause_s``); the files
+        are written after. The snapshot is published (MANIFEST) only once it
+        and the log up to its LSN are durable; then snapshots beyond
+        ``keep_snapshots`` are deleted. The log itself is kept whole.
+        Returns {"lsn", "bytes", "duration_s", "pause_s", "path", "digest"}.
+        """
+        from .digest import format_digest, table_digest
+
+        with self._checkpoint_lock:
+            t0 = time.perf_counter()
+            with self._lock:
+                self._writable()
+                lsn = self.lsn
+                captured, digests = [], {}
+                for name in self._registry.names():
+                    info = self._registry.by_name[name]
+                    if info.kind == F.KIND_CUSTOM:
+                        payload = info.table.snapshot()
+                    else:
+                        payload = info.table._items_raw()
+                        digests[name] = format_digest(table_digest(info.table))
+                    captured.append((name, info.tid, info.kind, payload))
+                offsets = dict(self._offsets)
+            pause_s = time.perf_counter() - t0
+            if lsn in (self._manifest.get("snapshots") or []):
+                return {"lsn": lsn, "bytes": 0, "duration_s": 0.0, "pause_s": pause_s,
+                        "path": os.path.join(self.path, _snapshot.SNAPSHOTS_DIR,
+                                             _snapshot.snapshot_name(lsn)),
+                        "digest": None, "existing": True}
+            self._make_durable(lsn)  # the log holds everything the snapshot does
+            info = _snapshot.write(self.path, _snapshot.Capture(lsn, offsets, captured), digests)
+            kept = sorted(set(self._manifest.get("snapshots") or []) | {lsn},
+                          reverse=True)[:self._keep_snapshots]
+            self._manifest["snapshots"] = kept
+            _manifest.write(self.path, self._manifest)
+            # Only now, with the MANIFEST that drops them durable, go the old ones.
+            sdir = os.path.join(self.path, _snapshot.SNAPSHOTS_DIR)
+            for old in _snapshot.list_snapshots(self.path):
+                if old not in kept:
+                    shutil.rmtree(os.path.join(sdir, _snapshot.snapshot_name(old)))
+            _fileio.fsync_dir(sdir)
+            return {"lsn": lsn, "bytes": info.bytes, "duration_s": time.perf_counter() - t0,
+                    "pause_s": pause_s, "path": info.path, "digest": info.digest}
 
     @staticmethod
     def _size_hints(path: str) -> dict:

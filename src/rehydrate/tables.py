@@ -154,6 +154,33 @@ class TableRegistry:
             del self.by_name[info.name]
             del self.by_id[info.tid]
 
+    def snapshot_table(self, name: str, tid: int, kind: int):
+        """For a snapshot being loaded: an empty table to fill, or for a custom
+        table its class (to ``restore``). ConfigError on a kind mismatch."""
+        want, cls = self._wanted(name)
+        if want is not None and kind != want:
+            raise self._mismatch(name, kind, want)
+        if kind == F.KIND_CUSTOM:
+            if cls is None:
+                raise self._mismatch(name, kind, F.KIND_KV)
+            return cls
+        if kind not in (F.KIND_KV, F.KIND_DICT):
+            raise CorruptionError(f"snapshot table {name!r} has unknown kind {kind}",
+                                  reason="bad_snapshot")
+        return self._make(name, kind)
+
+    def add_loaded(self, name: str, tid: int, kind: int, table) -> None:
+        """Register a table loaded from a snapshot (before the log replays)."""
+        if name in self.by_name or tid in self.by_id or not 0 <= tid <= F.MAX_TABLE_ID:
+            raise CorruptionError(f"snapshot lists table {name!r} / id {tid} twice or out of "
+                                  "range", reason="bad_snapshot")
+        if kind == F.KIND_CUSTOM:
+            table._rh_bind(name, self._core)
+        info = TableInfo(name, tid, kind, table)
+        self.by_name[name] = info
+        self.by_id[tid] = info
+        self.order.append((tid, kind, name.encode("utf-8")))
+
     def decls(self, tids) -> list[tuple[int, int, bytes]]:
         """(tid, kind, name bytes) of each table id, as frames declare them."""
         return [(tid, self.by_id[tid].kind, self.by_id[tid].name.encode("utf-8")) for tid in tids]

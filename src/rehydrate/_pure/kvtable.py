@@ -15,8 +15,30 @@ from collections.abc import ItemsView, KeysView, Mapping, ValuesView
 
 import xxhash
 
-from ..errors import UnsupportedKeyError
+from ..errors import CorruptionError, UnsupportedKeyError
 from .codec import decode_key, encode_key, incr_value, unpack_value
+
+
+def checked_pairs(koff, kdata, voff, vdata) -> list:
+    """(key bytes, value bytes) of two Arrow-style binary columns, all checked
+    before any is returned (CorruptionError for a bad offset or key)."""
+    from .codec import key_is_wellformed
+
+    koff, voff = memoryview(koff).cast("B").cast("i"), memoryview(voff).cast("B").cast("i")
+    kdata, vdata = bytes(memoryview(kdata).cast("B")), bytes(memoryview(vdata).cast("B"))
+    n = len(koff) - 1
+    if n < 0 or len(voff) != n + 1:
+        raise CorruptionError("key and value columns differ in length", reason="bad_snapshot")
+    pairs = []
+    for i in range(n):
+        a, b, c, d = koff[i], koff[i + 1], voff[i], voff[i + 1]
+        kb = kdata[a:b]
+        if (a < 0 or b < a or b > len(kdata) or c < 0 or d < c + 1 or d > len(vdata)
+                or not key_is_wellformed(kb)):
+            raise CorruptionError(f"malformed pair {i} in a snapshot column",
+                                  reason="bad_snapshot")
+        pairs.append((kb, vdata[c:d]))
+    return pairs
 
 
 class KVTable:
@@ -108,6 +130,14 @@ class KVTable:
     def _put_raw(self, kb, vb) -> None:
         self._d[bytes(kb)] = bytes(vb)
         self._version += 1
+
+    def _load_pairs(self, koff, kdata, voff, vdata) -> None:
+        """Put every pair of two Arrow-style binary columns (n+1 int32 offsets
+        into each data buffer). All pairs are checked first: CorruptionError,
+        and the table unchanged, for offsets out of order or bounds or a
+        malformed key."""
+        for kb, vb in checked_pairs(koff, kdata, voff, vdata):
+            self._put_raw(kb, vb)
 
     def _delete_raw(self, kb) -> bool:
         self._version += 1

@@ -1,7 +1,10 @@
 # The KVTable cdef class, shared with rehydrate._core.frames (which applies
 # records straight into .kv). Location: see codec.pxd.
+from libc.stdint cimport int32_t
 from includes.kvcore cimport rh_kv
 
 cdef class KVTable:
     cdef rh_kv kv
     cdef object __weakref__
+    cdef _load_views(self, const int32_t[::1] koff, const unsigned char[::1] kdata,
+                     const int32_t[::1] voff, const unsigned char[::1] vdata)
