@@ -252,3 +252,28 @@ def test_snapshots_plus_tail_equal_the_model(tmp_path_factory, ops):
         s.close()
     with Store.open(path, recovery="strict") as s:
         assert (s.table("t").to_dict() if "t" in s.tables() else {}) == model
+
+
+def test_cli_compact_then_inspect_lists_the_snapshot(store_dir, core_env):
+    import json
+
+    with Store.open(store_dir) as s:
+        for i in range(100):
+            s.put("t", i, i)
+        digest = s.digest()
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "rehydrate", *args], env=core_env,
+                              capture_output=True, text=True)
+
+    out = run("compact", store_dir, "--json")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["lsn"] == 100 and info["digest"] == f"{digest:016x}"
+    again = json.loads(run("compact", store_dir, "--json").stdout)
+    assert again["existing"] and again["digest"] == info["digest"]
+    ins = json.loads(run("inspect", store_dir, "--json").stdout)
+    assert [(sn["lsn"], sn["listed"], sn["ok"]) for sn in ins["snapshots"]] == [(100, True, True)]
+    with Store.open(store_dir) as s:
+        assert s.recovery_report.applied == 0 and len(s.table("t")) == 100
+        assert run("compact", store_dir).returncode == 2  # a live store holds the LOCK

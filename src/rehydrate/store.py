@@ -290,10 +290,12 @@ class Store:
                 offsets = dict(self._offsets)
             pause_s = time.perf_counter() - t0
             if lsn in (self._manifest.get("snapshots") or []):
+                # Nothing written since the last snapshot: that one stands.
+                spath = os.path.join(self.path, _snapshot.SNAPSHOTS_DIR,
+                                     _snapshot.snapshot_name(lsn))
                 return {"lsn": lsn, "bytes": 0, "duration_s": 0.0, "pause_s": pause_s,
-                        "path": os.path.join(self.path, _snapshot.SNAPSHOTS_DIR,
-                                             _snapshot.snapshot_name(lsn)),
-                        "digest": None, "existing": True}
+                        "path": spath, "digest": _snapshot.read_meta(spath).get("digest"),
+                        "existing": True}
             self._make_durable(lsn)  # the log holds everything the snapshot does
             info = _snapshot.write(self.path, _snapshot.Capture(lsn, offsets, captured), digests)
             kept = sorted(set(self._manifest.get("snapshots") or []) | {lsn},

@@ -63,6 +63,26 @@ def verify(path, *, recovery: str = "tolerate-tail", deep: bool = False,
     return report
 
 
+def _snapshots(path: str, man: dict) -> list:
+    """The snapshot folders with what their META says (never loaded here)."""
+    from .snapshot import SNAPSHOTS_DIR, list_snapshots, read_meta, snapshot_name
+
+    out = []
+    listed = set(man.get("snapshots") or [])
+    for lsn in list_snapshots(path):
+        spath = os.path.join(path, SNAPSHOTS_DIR, snapshot_name(lsn))
+        try:
+            meta = read_meta(spath)
+            tables = [t.get("name") for t in meta["tables"] if isinstance(t, dict)]
+            size = sum(os.path.getsize(os.path.join(spath, n)) for n in os.listdir(spath))
+            out.append({"lsn": lsn, "path": spath, "bytes": size, "tables": tables,
+                        "digest": meta.get("digest"), "listed": lsn in listed, "ok": True})
+        except (CorruptionError, OSError) as e:
+            out.append({"lsn": lsn, "path": spath, "bytes": 0, "tables": [], "digest": None,
+                        "listed": lsn in listed, "ok": False, "detail": str(e)})
+    return out
+
+
 def _decode_everything(path: str, registry, report: RecoveryReport) -> None:
     """Decode every key and value of the replayed tables; digest them."""
     from .digest import _combine, format_digest, table_digest
@@ -116,6 +136,7 @@ def inspect(path, *, progress=None) -> dict:
         "segments": [s.as_dict() for s in report.segments],
         "tables": tables,
         "offsets": result.offsets,
+        "snapshots": _snapshots(path, man),
         "problems": [p.as_dict() for p in report.problems],
         "ok": report.ok,
     }
