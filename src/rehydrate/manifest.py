@@ -66,4 +66,4 @@ def write(directory: str, data: dict) -> None:
 
 
 def initial() -> dict:
-    return {"format": F.FORMAT_VERSION, "snapshot": None}
+    return {"format": F.FORMAT_VERSION, "snapshots": []}
