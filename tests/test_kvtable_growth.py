@@ -29,3 +29,24 @@ def test_large_table_grows_compacts_and_regrows_without_losing_a_value(core):
     if core.IMPLEMENTATION == "native":
         st = t._stats()
         assert st["arena_len"] > (8 << 20) and st["count"] == len(model)
+
+
+def test_a_clone_is_equal_then_independent(core):
+    rng = random.Random(6)
+    t = core.KVTable()
+    buf = core.LogBuffer(1)
+    for i in range(30_000):
+        buf.put(t, 0, rng.randrange(20_000), rng.randbytes(rng.randrange(1, 90)))
+        if i % 5 == 0:
+            buf.delete(t, 0, rng.randrange(20_000))
+    before = t.to_dict()
+    c = t._clone()
+    assert c.to_dict() == before and c._digest() == t._digest() and len(c) == len(t)
+    for i in range(5_000):  # writes to either side never reach the other
+        buf.put(c, 0, f"c{i}", b"c")
+        buf.delete(c, 0, i)
+        buf.put(t, 0, f"t{i}", b"t")
+    assert "t1" not in c and "c1" not in t
+    assert all(t[k] == v for k, v in before.items() if k >= 5_000 or k not in range(5_000))
+    assert c.to_dict() == {**{k: v for k, v in before.items() if k not in range(5_000)},
+                           **{f"c{i}": b"c" for i in range(5_000)}}

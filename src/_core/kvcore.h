@@ -348,6 +348,35 @@ static int rh_reserve(rh_kv *kv, uint64_t keys, uint64_t arena_bytes)
     return 0;
 }
 
+/* A copy of `src` in `dst` (which must be empty): slots and arena copied
+ * with memcpy, so a checkpoint holds the store's lock only for the time two
+ * memory copies take. 0, or -1 (no memory; `dst` stays empty). */
+static int rh_clone(const rh_kv *src, rh_kv *dst)
+{
+    memset(dst, 0, sizeof(*dst));
+    if (src->slots) {
+        size_t bytes = (src->mask + 1) * sizeof(rh_slot);
+        dst->slots = (rh_slot *)malloc(bytes);
+        if (!dst->slots)
+            return -1;
+        memcpy(dst->slots, src->slots, bytes);
+        dst->mask = src->mask;
+    }
+    if (src->arena && src->arena_len) {
+        if (rh_arena_resize(dst, src->arena_len) < 0) {
+            free(dst->slots);
+            memset(dst, 0, sizeof(*dst));
+            return -1;
+        }
+        memcpy(dst->arena, src->arena, src->arena_len);
+    }
+    dst->count = src->count;
+    dst->arena_len = src->arena_len;
+    dst->garbage = src->garbage;
+    memcpy(dst->free_head, src->free_head, sizeof(src->free_head));
+    return 0;
+}
+
 /* Slides live entries down over the garbage, in arena order, fixing each
  * one's slot (found by rehashing its key). */
 static void rh_compact(rh_kv *kv)

@@ -17,7 +17,7 @@ from libc.string cimport memset
 from includes.kvcore cimport (
     RH_ENTRY_DEAD, RH_VALUE_MAX, rh_clear, rh_delete, rh_entry, rh_entry_at, rh_entry_key,
     rh_entry_value, rh_find, rh_incr, rh_key, rh_key_from_bytes, rh_kv, rh_kv_digest,
-    rh_memory_bytes, rh_next_slot, rh_put, rh_reserve,
+    rh_clone, rh_memory_bytes, rh_next_slot, rh_put, rh_reserve,
 )
 from includes.xxh64 cimport (
     rh_xxh64, rh_xxh64_digest, rh_xxh64_reset, rh_xxh64_state, rh_xxh64_update, rh_xxh64_x4,
@@ -195,6 +195,13 @@ cdef class KVTable:
         vb = _as_bytes(vb)
         _raw_key(kb, &k)
         _put(&self.kv, &k, vb, 0)
+
+    def _clone(self):
+        """An independent copy (two memcpys): what a checkpoint snapshots."""
+        cdef KVTable out = KVTable()
+        if rh_clone(&self.kv, &out.kv) < 0:
+            raise MemoryError()
+        return out
 
     def _load_pairs(self, koff, kdata, voff, vdata):
         """Put every pair of two Arrow-style binary columns: ``koff``/``voff``

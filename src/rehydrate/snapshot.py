@@ -220,6 +220,11 @@ def load(path: str, make_table) -> tuple:
                                       path=fpath, reason="bad_snapshot") from err
         else:
             table = made
+            keys = e.get("keys")
+            if type(keys) is int and 0 <= keys <= len(data):
+                # Room for every key at once (no rehash while loading); the
+                # count is bounded by the file it came with (untrusted).
+                table._reserve(keys, len(data) + 24 * keys)
             _load_kv(table, data, fpath)
         if e.get("digest") is not None and e["kind"] != F.KIND_CUSTOM and \
                 format_digest(table_digest(table)) != e["digest"]:

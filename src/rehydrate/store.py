@@ -278,17 +278,27 @@ class Store:
             with self._lock:
                 self._writable()
                 lsn = self.lsn
-                captured, digests = [], {}
+                held, digests = [], {}
                 for name in self._registry.names():
                     info = self._registry.by_name[name]
                     if info.kind == F.KIND_CUSTOM:
                         payload = info.table.snapshot()
-                    else:
+                    elif hasattr(info.table, "_clone"):
+                        payload = info.table._clone()  # a memcpy: the pause stays short
+                    else:  # a DictTable (small by intent): its pairs, now
                         payload = info.table._items_raw()
                         digests[name] = format_digest(table_digest(info.table))
-                    captured.append((name, info.tid, info.kind, payload))
+                    held.append((name, info.tid, info.kind, payload))
                 offsets = dict(self._offsets)
             pause_s = time.perf_counter() - t0
+            # Outside the lock: digests and pairs from the copies.
+            captured = []
+            for name, tid, kind, payload in held:
+                if kind != F.KIND_CUSTOM and not isinstance(payload, list):
+                    digests[name] = format_digest(table_digest(payload))
+                    payload = payload._items_raw()
+                captured.append((name, tid, kind, payload))
+            del held
             if lsn in (self._manifest.get("snapshots") or []):
                 # Nothing written since the last snapshot: that one stands.
                 spath = os.path.join(self.path, _snapshot.SNAPSHOTS_DIR,

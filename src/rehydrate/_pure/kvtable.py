@@ -131,6 +131,12 @@ class KVTable:
         self._d[bytes(kb)] = bytes(vb)
         self._version += 1
 
+    def _clone(self) -> "KVTable":
+        """An independent copy: what a checkpoint snapshots."""
+        out = KVTable()
+        out._d = dict(self._d)
+        return out
+
     def _load_pairs(self, koff, kdata, voff, vdata) -> None:
         """Put every pair of two Arrow-style binary columns (n+1 int32 offsets
         into each data buffer). All pairs are checked first: CorruptionError,
