@@ -31,8 +31,12 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: $(STAMP)
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server) \
+		|| echo "redis-server could not be installed: the Redis baseline is skipped"
 	$(BIN)/python benchmarks/replay.py
 	$(BIN)/python benchmarks/write_read.py
+	$(BIN)/python benchmarks/snapshot.py
+	$(BIN)/python benchmarks/digest.py
 
 FUZZ_RUNS ?= 200000
 fuzz: $(STAMP)
