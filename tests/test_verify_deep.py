@@ -7,6 +7,7 @@ hostile writer makes one). Deep verify finds both and never changes a byte.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -70,3 +71,35 @@ def test_an_op_that_cannot_apply_is_found_only_by_deep_verify(tmp_path):
     assert [p.kind for p in deep.problems] == ["apply_error"]
     assert deep.problems[0].lsn == lsn + 1
     assert os.path.basename(deep.problems[0].path).endswith(".wal")
+
+
+def test_deep_verify_checks_each_snapshot_against_the_whole_log(tmp_path):
+    from rehydrate.snapshot import SNAPSHOTS_DIR, snapshot_name
+
+    path = str(tmp_path / "s")
+    with Store.open(path) as s:
+        for i in range(200):
+            s.put("t", i, [i])
+        first = s.checkpoint()["lsn"]
+        for i in range(50):
+            s.delete("t", i)
+        second = s.checkpoint()["lsn"]
+        s.put("t", "tail", 1)
+    report = verify(path, deep=True)
+    assert report.ok and report.problems == []
+    # A snapshot that is self-consistent (checksums, digest) but holds the
+    # wrong state: rebuilt from another store's snapshot at the same LSN.
+    other = str(tmp_path / "other")
+    with Store.open(other) as s:
+        for i in range(first):
+            s.put("t", i, "different")
+        assert s.checkpoint()["lsn"] == first
+    mine = os.path.join(path, SNAPSHOTS_DIR, snapshot_name(first))
+    shutil.rmtree(mine)
+    shutil.copytree(os.path.join(other, SNAPSHOTS_DIR, snapshot_name(first)), mine)
+    report = verify(path, deep=True)
+    assert [(p.kind, p.lsn) for p in report.problems] == [("snapshot_mismatch", first)]
+    assert not report.ok
+    C.flip_bit(os.path.join(path, SNAPSHOTS_DIR, snapshot_name(second), "META"), 20, 0)
+    kinds = sorted((p.kind, p.lsn) for p in verify(path, deep=True).problems)
+    assert kinds == sorted([("snapshot_mismatch", first), ("bad_snapshot", second)])

@@ -28,7 +28,7 @@ SECTOR_BYTES = 512
 _MAGIC_BYTES = struct.pack("<I", F.FRAME_MAGIC)
 
 # Problems that are not damage: reported, but a clean verify still exits 0.
-WARNING_KINDS = frozenset({"torn_tail", "foreign_file"})
+WARNING_KINDS = frozenset({"torn_tail", "foreign_file", "snapshot_unchecked"})
 
 
 def check_mode(mode: str) -> str:
