@@ -277,3 +277,45 @@ def test_cli_compact_then_inspect_lists_the_snapshot(store_dir, core_env):
     with Store.open(store_dir) as s:
         assert s.recovery_report.applied == 0 and len(s.table("t")) == 100
         assert run("compact", store_dir).returncode == 2  # a live store holds the LOCK
+
+
+@pytest.fixture
+def checkpoints(monkeypatch):
+    """An Event set after every completed checkpoint (synchronization, not sleep)."""
+    import threading
+
+    done = threading.Event()
+    real = Store.checkpoint
+
+    def spy(self):
+        out = real(self)
+        done.set()
+        return out
+
+    monkeypatch.setattr(Store, "checkpoint", spy)
+    return done
+
+
+def test_automatic_checkpoints_after_enough_log(store_dir, checkpoints):
+    with Store.open(store_dir, sync="always", checkpoint_every_bytes=2000) as s:
+        for i in range(100):
+            s.put("t", i, "x" * 30)
+        assert checkpoints.wait(timeout=30)
+        assert list_snapshots(store_dir) and s.auto_checkpoint_error is None
+    with Store.open(store_dir) as s:
+        assert len(s.table("t")) == 100 and s.recovery_report.applied < 100
+
+
+def test_automatic_checkpoints_on_a_timer(store_dir, checkpoints):
+    with Store.open(store_dir, checkpoint_every_s=0.05) as s:
+        s.put("t", 1, 1)
+        assert checkpoints.wait(timeout=30)
+    assert list_snapshots(store_dir)
+
+
+@pytest.mark.parametrize("bad", [{"checkpoint_every_bytes": 0}, {"checkpoint_every_s": -1},
+                                 {"checkpoint_every_s": "1"}, {"keep_snapshots": 0}])
+def test_bad_checkpoint_settings_are_refused(store_dir, bad):
+    with pytest.raises(ConfigError):
+        Store.open(store_dir, **bad)
+    assert not os.path.exists(store_dir)

@@ -97,6 +97,8 @@ class Store:
         progress: Optional[Callable[[int, int], None]] = None,
         tables: Optional[dict] = None,
         keep_snapshots: int = 2,
+        checkpoint_every_bytes: Optional[int] = None,
+        checkpoint_every_s: Optional[float] = None,
     ) -> "Store":
         """Lock ``path``, replay its log into memory, and return the live store.
 
@@ -119,10 +121,17 @@ class Store:
             raise ConfigError("sync_interval_ms must be a positive number")
         if type(keep_snapshots) is not int or keep_snapshots < 1:
             raise ConfigError("keep_snapshots must be an int >= 1")
+        if checkpoint_every_bytes is not None and (type(checkpoint_every_bytes) is not int
+                                                   or checkpoint_every_bytes < 1):
+            raise ConfigError("checkpoint_every_bytes must be a positive int or None")
+        if checkpoint_every_s is not None and (type(checkpoint_every_s) not in (int, float)
+                                               or not 0 < checkpoint_every_s < float("inf")):
+            raise ConfigError("checkpoint_every_s must be a positive number or None")
         kinds = resolve_kinds(tables)
         self = object.__new__(cls)
         self._keep_snapshots = keep_snapshots
         self._checkpoint_lock = threading.Lock()
+        self._auto_bytes, self._auto_s = checkpoint_every_bytes, checkpoint_every_s
         try:
             self._init(os.fspath(path), create, sync, recovery, segment_bytes,
                        sync_interval_ms, progress, kinds)
@@ -207,11 +216,19 @@ class Store:
         except BaseException:
             self._release()
             raise
+        self._stop = threading.Event()
         if sync != "always":
-            self._stop = threading.Event()
             self._thread = threading.Thread(target=self._background_flush,
                                             name=f"rehydrate-sync:{path}", daemon=True)
             self._thread.start()
+        self._bytes_since_checkpoint = 0
+        self._cp_wake = threading.Event()
+        self._cp_thread = None
+        self.auto_checkpoint_error: Optional[BaseException] = None
+        if self._auto_bytes or self._auto_s:
+            self._cp_thread = threading.Thread(target=self._auto_checkpoint,
+                                               name=f"rehydrate-checkpoint:{path}", daemon=True)
+            self._cp_thread.start()
         # A store left open when the interpreter exits is closed then (its
         # buffered writes written and fsynced), as a file object would be.
         self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
@@ -262,6 +279,34 @@ class Store:
         self._manifest["snapshots"] = [x for x in self._manifest.get("snapshots", []) if x != lsn]
         _manifest.write(self.path, self._manifest)
 
+    def _auto_checkpoint(self) -> None:
+        """Checkpoint every ``checkpoint_every_s`` seconds and/or after
+        ``checkpoint_every_bytes`` of log, on this thread. A failed checkpoint
+        does not fail the store (the log has everything): it is logged, kept
+        in ``auto_checkpoint_error``, and tried again at the next trigger."""
+        import logging
+
+        last = time.monotonic()
+        while not self._stop.is_set():
+            timeout = None if not self._auto_s else max(0.0, last + self._auto_s - time.monotonic())
+            self._cp_wake.wait(timeout)
+            self._cp_wake.clear()
+            if self._stop.is_set():
+                return
+            due = ((self._auto_s and time.monotonic() - last >= self._auto_s)
+                   or (self._auto_bytes and self._bytes_since_checkpoint >= self._auto_bytes))
+            if not due:
+                continue
+            last = time.monotonic()
+            try:
+                self.checkpoint()
+                self.auto_checkpoint_error = None
+            except StoreClosedError:
+                return
+            except Exception as e:  # noqa: BLE001 - reported, the store goes on
+                self.auto_checkpoint_error = e
+                logging.getLogger("rehydrate").warning("automatic checkpoint failed: %r", e)
+
     def checkpoint(self) -> dict:
         """Write a snapshot of the state as of now, while writers keep going.
 
@@ -290,6 +335,7 @@ class Store:
                         digests[name] = format_digest(table_digest(info.table))
                     held.append((name, info.tid, info.kind, payload))
                 offsets = dict(self._offsets)
+                self._bytes_since_checkpoint = 0
             pause_s = time.perf_counter() - t0
             # Outside the lock: digests and pairs from the copies.
             captured = []
@@ -495,9 +541,12 @@ class Store:
             offsets, self._pending_offsets = self._pending_offsets, {}
         try:
             if count:
-                self._wal.write_frame(first, count, records, self._registry.decls(used),
-                                      offsets)
+                n = self._wal.write_frame(first, count, records, self._registry.decls(used),
+                                          offsets)
                 self._written_lsn = first + count - 1
+                self._bytes_since_checkpoint += n
+                if self._auto_bytes and self._bytes_since_checkpoint >= self._auto_bytes:
+                    self._cp_wake.set()
             if fsync and self._written_lsn > self._durable_lsn:
                 self._wal.fsync()
                 self._durable_lsn = self._written_lsn
@@ -593,9 +642,11 @@ class Store:
             self._closed = True
             self._targets.clear()
         atexit.unregister(self._atexit)
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
+        self._stop.set()
+        self._cp_wake.set()
+        for thread in (self._thread, self._cp_thread):
+            if thread is not None:
+                thread.join()
         try:
             if self._failed is None:
                 self._flush_out(fsync=True)
