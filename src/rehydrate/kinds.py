@@ -98,12 +98,7 @@ class DictTable(Mapping):
         """A plain dict copy (shallow: its values are the live objects)."""
         return dict(self._d)
 
-    def __eq__(self, other):
-        if isinstance(other, Mapping):
-            return self._d == dict(other.items())
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
+    # __eq__ (against any mapping) is Mapping's own, and so __hash__ is None.
 
     def __repr__(self) -> str:
         return f"<DictTable {self._name!r} {len(self._d)} keys>"
@@ -111,10 +106,9 @@ class DictTable(Mapping):
     @property
     def memory_bytes(self) -> int:
         """The dict, its keys and its values (shallow sizes)."""
-        total = sys.getsizeof(self._d)
-        for k, v in self._d.items():
-            total += sys.getsizeof(k) + sys.getsizeof(v)
-        return total
+        from ._pure.kvtable import shallow_dict_bytes
+
+        return shallow_dict_bytes(self._d)
 
     def _load_pairs(self, koff, kdata, voff, vdata) -> None:
         """Fill from a snapshot's key and value columns (checked first)."""

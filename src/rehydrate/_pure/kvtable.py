@@ -19,6 +19,11 @@ from ..errors import CorruptionError, UnsupportedKeyError
 from .codec import decode_key, encode_key, incr_value, unpack_value
 
 
+def shallow_dict_bytes(d: dict) -> int:
+    """A dict's size with its keys and values (not what they refer to)."""
+    return sys.getsizeof(d) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in d.items())
+
+
 def checked_pairs(koff, kdata, voff, vdata) -> list:
     """(key bytes, value bytes) of two Arrow-style binary columns, all checked
     before any is returned (CorruptionError for a bad offset or key)."""
@@ -113,10 +118,7 @@ class KVTable:
     @property
     def memory_bytes(self) -> int:
         """Bytes this table holds: the dict, its keys and its values."""
-        total = sys.getsizeof(self._d)
-        for k, v in self._d.items():
-            total += sys.getsizeof(k) + sys.getsizeof(v)
-        return total
+        return shallow_dict_bytes(self._d)
 
     def _reserve(self, keys, arena_bytes=0) -> None:
         """Room for ``keys`` entries up front: a no-op for a dict."""
