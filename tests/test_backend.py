@@ -52,5 +52,6 @@ def test_demo_writes_rehydrates_in_a_fresh_process_and_verifies(core_env, tmp_pa
          "--dir", str(tmp_path / "demo")],
         env=core_env, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "state check: OK" in out.stdout
+    assert out.stdout.count("state check: OK") == 2  # from the log, then from the snapshot
     assert "OK: 1 segments" in out.stdout
+    assert "from the snapshot" in out.stdout
