@@ -7,7 +7,8 @@
 2. starts a fresh Python process that opens the directory (the cold start),
    with a progress bar and a per-phase summary, and checks the state against
    what the writer says it wrote;
-3. verifies the directory with ``rehydrate.verify``.
+3. verifies the directory with ``rehydrate.verify``;
+4. checkpoints, and opens it again in a fresh process, from the snapshot.
 """
 
 from __future__ import annotations
