@@ -155,7 +155,8 @@ def read_meta(path: str) -> dict:
                               reason="bad_snapshot") from None
     if not isinstance(meta, dict) or meta.get("format") != SNAPSHOT_FORMAT \
             or type(meta.get("lsn")) is not int or not isinstance(meta.get("tables"), list) \
-            or not isinstance(meta.get("offsets"), dict):
+            or not isinstance(meta.get("offsets"), dict) or meta["lsn"] < 0 \
+            or not all(type(k) is str and type(v) is int for k, v in meta["offsets"].items()):
         raise CorruptionError("snapshot META lacks its fields", path=mpath, reason="bad_snapshot")
     return meta
 
@@ -181,9 +182,11 @@ def _load_kv(table, data: bytes, fpath: str) -> None:
                                                            values.offset + len(values) + 1]
             table._load_pairs(koff, kb[2] if kb[2] is not None else b"",
                               voff, vb[2] if vb[2] is not None else b"")
-    except pa.ArrowException as e:
-        raise CorruptionError(f"snapshot table file does not read: {e}", path=fpath,
-                              reason="bad_snapshot") from None
+    except (CorruptionError, MemoryError):
+        raise
+    except Exception as e:  # pyarrow raises ArrowException, OSError, ValueError...
+        raise CorruptionError(f"snapshot table file does not read: {type(e).__name__}: {e}",
+                              path=fpath, reason="bad_snapshot") from None
 
 
 def load(path: str, make_table) -> tuple:
