@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rehydrate import ConfigError, CorruptionError, DictTable, StateType, Store, _fileio
+from rehydrate import ConfigError, CorruptionError, DictTable, StateType, Store, _fileio, verify
 from rehydrate.snapshot import SNAPSHOTS_DIR, list_snapshots, snapshot_name
 
 from helpers import corrupt as C
@@ -200,9 +200,12 @@ def test_a_snapshot_kind_that_tables_does_not_match_is_refused(store_dir):
 def test_sigkill_at_every_file_operation_of_a_checkpoint_loses_nothing(tmp_path, core_env):
     script = os.path.join(os.path.dirname(__file__), "helpers", "checkpoint_crash.py")
     base = str(tmp_path / "base")
-    out = subprocess.run([sys.executable, script, base, "prepare"], env=core_env,
-                         capture_output=True, text=True, check=True)
-    want = out.stdout.strip()
+    subprocess.run([sys.executable, script, base, "prepare"], env=core_env,
+                   capture_output=True, text=True, check=True)
+    probe = str(tmp_path / "probe")
+    shutil.copytree(base, probe)
+    want = subprocess.run([sys.executable, script, probe, "after"], env=core_env,
+                          capture_output=True, text=True, check=True).stdout.strip()
     n = 1
     while True:
         path = str(tmp_path / f"run{n}")
@@ -372,3 +375,87 @@ def test_garbage_inside_a_checksummed_snapshot_file_never_loads_a_wrong_state(tm
         assert registry_tables[0].to_dict() == want
         outcomes["same"] += 1
     assert outcomes["refused"] > 50
+
+
+# ------------------------------------------------------------ log retention
+def _trimmed(store_dir, rounds=4):
+    with Store.open(store_dir, sync="always", segment_bytes=4096, keep_snapshots=2) as s:
+        for r in range(rounds):
+            for i in range(150):
+                s.put("t", i, [r, i, "x" * 20])
+            s.checkpoint()
+        s.put("t", "last", 1)
+        with s.batch(offsets={"q": 3}) as b:
+            b.put("t", "o", 2)
+        return s.digest(), s.lsn
+
+
+def _log_start(store_dir):
+    from rehydrate import manifest
+
+    return manifest.read(store_dir).get("log_start", 1)
+
+
+def test_checkpoints_trim_the_log_to_what_the_oldest_snapshot_needs(store_dir, core_env):
+    import json
+
+    digest, lsn = _trimmed(store_dir)
+    start = _log_start(store_dir)
+    oldest = min(list_snapshots(store_dir))
+    segs = C.segment_paths(store_dir)
+    assert start > 1 and os.path.basename(segs[0]).lstrip("0").startswith(str(start))
+    assert int(os.path.basename(segs[0])[:20]) == start <= oldest + 1
+    with Store.open(store_dir, recovery="strict") as s:
+        assert s.digest() == digest and s.lsn == lsn and s.offsets == {"q": 3}
+        assert s.recovery_report.problems == []
+    assert verify(store_dir, recovery="strict").ok
+    deep = verify(store_dir, deep=True)
+    assert deep.ok and deep.digest == f"{digest:016x}"
+    out = subprocess.run([sys.executable, "-m", "rehydrate", "digest", store_dir, "--json"],
+                         env=core_env, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["digest"] == f"{digest:016x}"
+    out = subprocess.run([sys.executable, "-m", "rehydrate", "repair", store_dir, "--dry-run"],
+                         env=core_env, capture_output=True, text=True)
+    assert out.returncode == 0 and "nothing to repair" in out.stdout
+
+
+def test_a_trim_interrupted_before_its_unlinks_is_finished_at_open(store_dir, monkeypatch):
+    with Store.open(store_dir, sync="always", segment_bytes=4096) as s:
+        for i in range(300):
+            s.put("t", i, "y" * 30)
+        s.checkpoint()
+        s.put("t", "x", 1)
+        digest = s.digest()
+        real = _fileio.unlink
+        calls = []
+
+        def flaky(path):
+            calls.append(path)
+            if path.endswith(".wal"):
+                raise OSError(5, "Input/output error", path)
+            return real(path)
+
+        monkeypatch.setattr(_fileio, "unlink", flaky)
+        for i in range(300):
+            s.put("t", i, "z" * 30)
+        with pytest.raises(OSError):
+            s.checkpoint()  # the MANIFEST moved log_start; no segment went
+        monkeypatch.setattr(_fileio, "unlink", real)
+        digest = s.digest()
+    below = [p for p in C.segment_paths(store_dir)
+             if int(os.path.basename(p)[:20]) < _log_start(store_dir)]
+    assert below  # leftovers below log_start
+    with Store.open(store_dir, recovery="strict") as s:
+        assert s.digest() == digest
+    assert all(int(os.path.basename(p)[:20]) >= _log_start(store_dir)
+               for p in C.segment_paths(store_dir))
+
+
+def test_with_a_trimmed_log_and_no_snapshot_that_loads_open_refuses(store_dir):
+    _trimmed(store_dir)
+    for lsn in list_snapshots(store_dir):
+        C.flip_bit(os.path.join(store_dir, SNAPSHOTS_DIR, snapshot_name(lsn), "META"), 25, 2)
+    for mode in ("strict", "tolerate-tail", "point-in-time", "skip-corrupted"):
+        with pytest.raises(CorruptionError) as ei:
+            Store.open(store_dir, recovery=mode)
+        assert ei.value.reason in ("no_base", "bad_snapshot")

@@ -17,9 +17,9 @@ import xxhash
 from . import manifest as _manifest
 from ._backend import core as _core
 from .errors import typed_io_errors
-from .recovery import check_mode, walk
+from .recovery import check_mode
 from .tables import TableRegistry
-from .verify import _check_store_dir
+from .verify import _check_store_dir, replay_readonly
 
 __all__ = ["digest_dir", "format_digest", "state_digest", "table_digest"]
 
@@ -92,9 +92,9 @@ def digest_dir(path, *, recovery: str = "tolerate-tail") -> dict:
     check_mode(recovery)
     path = os.fspath(path)
     _check_store_dir(path)
-    _manifest.read(path)
+    man = _manifest.read(path)
     registry = TableRegistry(_core())
-    report = walk(_core(), path, mode=recovery, registry=registry, apply=True).report
+    report = replay_readonly(path, man, recovery, registry).report
     # Each table is digested once; the state digest is combined from those.
     digests = {name: table_digest(info.table) for name, info in sorted(registry.by_name.items())}
     return {

@@ -47,10 +47,12 @@ def dump_records(path, *, table=None, from_lsn=None, to_lsn=None, recovery="tole
     path = os.fspath(path)
     if not os.path.isfile(os.path.join(path, _manifest.MANIFEST_NAME)):
         raise NotAStoreError("no MANIFEST: not a rehydrate store", path=path)
-    _manifest.read(path)
+    man = _manifest.read(path)
     core = _core()
+    # From where the log starts (records before it live only in snapshots).
     report = walk(core, path, mode="skip-corrupted",
-                  registry=TableRegistry(core, materialize=False), apply=False).report
+                  registry=TableRegistry(core, materialize=False), apply=False,
+                  start_lsn=_manifest.log_start(man, path)).report
     for p in report.problems:
         if p.is_damage or (recovery == "strict" and p.kind == "torn_tail"):
             p.action = "error"

@@ -65,5 +65,14 @@ def write(directory: str, data: dict) -> None:
     _fileio.write_file_atomic(os.path.join(directory, MANIFEST_NAME), encode(data))
 
 
+def log_start(data: dict, directory: str) -> int:
+    """The first LSN the log must hold (older ones are in snapshots); 1 if unset."""
+    value = data.get("log_start", 1)
+    if type(value) is not int or value < 1:
+        raise CorruptionError(f"MANIFEST log_start {value!r} is not an LSN",
+                              path=os.path.join(directory, MANIFEST_NAME), reason="bad_manifest")
+    return value
+
+
 def initial() -> dict:
     return {"format": F.FORMAT_VERSION, "snapshots": []}

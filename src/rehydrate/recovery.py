@@ -270,7 +270,7 @@ class _Walker:
         self.progress = progress
         self.report = RecoveryReport(mode=mode)
         self.actions: list = []
-        self.next_lsn = start_lsn
+        self.next_lsn = self.start_lsn = start_lsn
         self.stopped = False
         self.resume_path = None
         self.resume_size = 0
@@ -315,6 +315,12 @@ class _Walker:
                           "not a segment; left alone", action="ignored")
         self.total_bytes = sum(s.size for s in segments)
         for i, seg in enumerate(segments):
+            if i + 1 < len(segments) and segments[i + 1].first_lsn <= self.start_lsn:
+                # Wholly below the log's start (MANIFEST log_start): a segment
+                # a checkpoint's trim had not yet unlinked when it stopped.
+                self.actions.append(Action("remove", seg.path, kind="below_log_start"))
+                self.bytes_before += seg.size
+                continue
             if self.stopped:
                 self._problem("not_applied", seg.path, 0, "after the point-in-time stop",
                               seg.size, lsn=seg.first_lsn, action="not_applied")

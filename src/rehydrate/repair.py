@@ -79,9 +79,10 @@ def repair(path, *, dry_run: bool = False) -> RepairReport:
         raise NotAStoreError("no MANIFEST: not a rehydrate store", path=path)
     lock = DirLock(path)
     try:
-        _manifest.read(path)
+        man = _manifest.read(path)
         result = walk(_core(), path, mode="point-in-time",
-                      registry=TableRegistry(_core(), materialize=False), apply=False)
+                      registry=TableRegistry(_core(), materialize=False), apply=False,
+                      start_lsn=_manifest.log_start(man, path))
         report = RepairReport(path=path, dry_run=dry_run, last_lsn=result.report.last_lsn,
                               problems=[p.as_dict() for p in result.report.problems
                                         if p.kind != "foreign_file"])

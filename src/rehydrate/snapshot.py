@@ -248,3 +248,31 @@ def list_snapshots(directory: str) -> list:
            if len(n) == F.SEGMENT_NAME_DIGITS and n.isascii() and n.isdigit()
            and os.path.isdir(os.path.join(sdir, n))]
     return sorted(out, reverse=True)
+
+
+def load_base(directory: str, manifest: dict, registry) -> tuple:
+    """For a reader (verify, inspect, digest): load the newest snapshot that
+    passes its checks into ``registry``, changing nothing on disk.
+
+    Returns (LSN, source offsets), or (0, {}) when none loads. A reader needs
+    this only when the log no longer starts at LSN 1 (MANIFEST ``log_start``).
+    """
+    for lsn in sorted(manifest.get("snapshots") or [], reverse=True):
+        path = os.path.join(directory, SNAPSHOTS_DIR, snapshot_name(lsn))
+        try:
+            meta, tables = load(path, registry.snapshot_table)
+        except (CorruptionError, OSError):
+            continue
+        if meta["lsn"] != lsn:
+            continue
+        for name, tid, kind, table in tables:
+            registry.add_loaded(name, tid, kind, table)
+        return lsn, dict(meta["offsets"])
+    return 0, {}
+
+
+def no_base_error(directory: str, log_start: int) -> CorruptionError:
+    return CorruptionError(
+        f"the log starts at LSN {log_start} and no snapshot at or after LSN "
+        f"{log_start - 1} loads: the state before it is gone",
+        path=os.path.join(directory, "wal"), lsn=log_start, reason="no_base")

@@ -169,11 +169,14 @@ class Store:
                 _fileio.unlink(os.path.join(waldir, name))
             self._registry = TableRegistry(self._core, size_hints=self._size_hints(path),
                                            kinds=kinds if kinds is not None else {})
+            self._log_start = _manifest.log_start(self._manifest, path)
             snap_lsn, snap_offsets, snap_problems = self._load_snapshot(recovery)
+            if snap_lsn + 1 < self._log_start:
+                raise _snapshot.no_base_error(path, self._log_start)
             t_snapshot = time.perf_counter()
             result = walk(self._core, path, mode=recovery, registry=self._registry,
                           apply=True, progress=progress, applied_lsn=snap_lsn,
-                          offsets=snap_offsets, skip_covered=True)
+                          offsets=snap_offsets, skip_covered=True, start_lsn=self._log_start)
             if result.next_lsn <= snap_lsn:
                 # The snapshot was published only once the log held its LSN:
                 # the log lost records since (a cut, a deleted tail). The
@@ -364,8 +367,34 @@ class Store:
                 if old not in kept:
                     shutil.rmtree(os.path.join(sdir, _snapshot.snapshot_name(old)))
             _fileio.fsync_dir(sdir)
+            self._trim_log(min(kept))
             return {"lsn": lsn, "bytes": info.bytes, "duration_s": time.perf_counter() - t0,
                     "pause_s": pause_s, "path": info.path, "digest": info.digest}
+
+    def _trim_log(self, oldest_snapshot_lsn: int) -> None:
+        """Delete the segments every kept snapshot has made unneeded.
+
+        A segment goes when its last record is at or below the oldest kept
+        snapshot's LSN (so even a fallback to that snapshot has its whole
+        tail). The MANIFEST's ``log_start`` moves first, durably; only then
+        are the files unlinked, so a crash between the two leaves segments an
+        open recognises as below ``log_start`` and finishes removing.
+        """
+        with self._io_lock:  # no roll meanwhile; the newest segment never goes
+            segs = list_segments(os.path.join(self.path, WAL_DIR))[0]
+            cut, start = [], self._log_start
+            for seg, nxt in zip(segs, segs[1:]):
+                if nxt.first_lsn - 1 > oldest_snapshot_lsn or seg.path == self._wal.path:
+                    break
+                cut.append(seg)
+                start = nxt.first_lsn
+            if not cut:
+                return
+            self._manifest["log_start"] = self._log_start = start
+            _manifest.write(self.path, self._manifest)
+            for seg in cut:
+                _fileio.unlink(seg.path)
+            _fileio.fsync_dir(os.path.join(self.path, WAL_DIR))
 
     @staticmethod
     def _size_hints(path: str) -> dict:

@@ -15,6 +15,7 @@ from . import manifest as _manifest
 from ._backend import core as _core
 from .errors import CorruptionError, NotAStoreError, typed_io_errors
 from .recovery import Problem, RecoveryReport, _Walker, check_mode, walk
+from .snapshot import load_base, no_base_error
 from .tables import KIND_NAMES, TableRegistry
 
 
@@ -42,9 +43,17 @@ def verify(path, *, recovery: str = "tolerate-tail", deep: bool = False,
     check_mode(recovery)
     path = os.fspath(path)
     _check_store_dir(path)
-    _manifest.read(path)
+    man = _manifest.read(path)
+    start = _manifest.log_start(man, path)
     registry = TableRegistry(_core(), materialize=deep)
-    walker = _Walker(_core(), path, "skip-corrupted", registry, deep, 1, 0, None, progress)
+    base_lsn, base_offsets = 0, {}
+    if deep and start > 1:  # the log alone no longer holds the whole state
+        base_lsn, base_offsets = load_base(path, man, registry)
+        if base_lsn + 1 < start:
+            raise no_base_error(path, start)
+    walker = _Walker(_core(), path, "skip-corrupted", registry, deep, start, base_lsn, None,
+                     progress)
+    walker.offsets.update(base_offsets)
     try:
         report = walker.run().report
     except CorruptionError as e:
@@ -63,6 +72,22 @@ def verify(path, *, recovery: str = "tolerate-tail", deep: bool = False,
         if p.is_damage or (recovery == "strict" and p.kind == "torn_tail"):
             p.action = "error"
     return report
+
+
+def replay_readonly(path: str, man: dict, mode: str, registry, progress=None):
+    """The state a reader sees, built in ``registry`` without changing a byte:
+    the log replayed from its start, on top of the newest valid snapshot when
+    the log no longer starts at LSN 1."""
+    start = _manifest.log_start(man, path)
+    base_lsn, base_offsets = 0, {}
+    if start > 1:
+        base_lsn, base_offsets = load_base(path, man, registry)
+        if base_lsn + 1 < start:
+            raise no_base_error(path, start)
+    # Every segment from the log's start is read and checked (a reader reports
+    # what is there), though records the snapshot holds are not applied.
+    return walk(_core(), path, mode=mode, registry=registry, apply=True, progress=progress,
+                start_lsn=start, applied_lsn=base_lsn, offsets=base_offsets)
 
 
 def _check_snapshots(path: str, report: RecoveryReport) -> None:
@@ -85,7 +110,8 @@ def _check_snapshots(path: str, report: RecoveryReport) -> None:
             for name, tid, kind, table in tables:
                 registry.add_loaded(name, tid, kind, table)
             tail = walk(_core(), path, mode="skip-corrupted", registry=registry, apply=True,
-                        applied_lsn=lsn, offsets=meta["offsets"], skip_covered=True)
+                        applied_lsn=lsn, offsets=meta["offsets"], skip_covered=True,
+                        start_lsn=_manifest.log_start(_manifest.read(path), path))
             got = format_digest(_combine({n: table_digest(i.table)
                                           for n, i in registry.by_name.items()}))
         except ConfigError:
@@ -158,8 +184,7 @@ def inspect(path, *, progress=None) -> dict:
     _check_store_dir(path)
     man = _manifest.read(path)
     registry = TableRegistry(_core())
-    result = walk(_core(), path, mode="skip-corrupted", registry=registry, apply=True,
-                  progress=progress)
+    result = replay_readonly(path, man, "skip-corrupted", registry, progress)
     report = result.report
     tables = []
     for tid, kind, name in registry.order:

@@ -16,7 +16,7 @@ from rehydrate.digest import format_digest
 def main() -> int:
     path, what = sys.argv[1], sys.argv[2]
     if what == "prepare":
-        with Store.open(path, sync="interval") as s:
+        with Store.open(path, sync="always", segment_bytes=4096) as s:
             for i in range(300):
                 s.put("t", i % 40, {"i": i})
                 s.incr("n", i % 3, 1)
@@ -29,8 +29,17 @@ def main() -> int:
         with Store.open(path) as s:
             print(format_digest(s.digest()))
         return 0
+    if what == "after":  # the state the N runs write before their checkpoint
+        with Store.open(path, sync="always", segment_bytes=4096) as s:
+            for i in range(200):
+                s.put("t", i % 40, {"j": i})
+            print(format_digest(s.digest()))
+        return 0
     limit = int(what)
-    s = Store.open(path, sync="interval")
+    s = Store.open(path, sync="always", segment_bytes=4096)
+    for i in range(200):  # more log, so this checkpoint also trims segments
+        s.put("t", i % 40, {"j": i})
+    s.sync()  # acknowledged and durable before any kill
     calls = [0]
     for name in ("create_exclusive", "write_all", "fsync", "fsync_dir", "close", "rename",
                  "unlink", "makedirs", "write_file_atomic"):
