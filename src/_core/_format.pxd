@@ -34,6 +34,7 @@ cdef enum:
     OP_INCR = 3
     OP_CLEAR = 4
     OP_NOOP = 5
+    OP_CUSTOM = 6
 
     KIND_KV = 1
     KIND_DICT = 2

@@ -81,6 +81,7 @@ def _format_constants():
         "OP_INCR": _format.OP_INCR,
         "OP_CLEAR": _format.OP_CLEAR,
         "OP_NOOP": _format.OP_NOOP,
+        "OP_CUSTOM": _format.OP_CUSTOM,
         "FLAG_OFFSETS": _format.FLAG_OFFSETS,
         "KNOWN_FLAGS": _format.KNOWN_FLAGS,
         "MAX_SOURCES": _format.MAX_SOURCES,

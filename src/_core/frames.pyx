@@ -26,7 +26,7 @@ from _format cimport (
     CODEC_LZ4, CODEC_NONE, FLAG_OFFSETS, FRAME_HEADER_BYTES, FRAME_MAGIC, KIND_CUSTOM,
     KIND_DICT, KIND_KV,
     KNOWN_FLAGS, MAX_FRAME_PAYLOAD_BYTES, MAX_TABLE_ID, MIN_RECORD_BYTES, OP_CLEAR,
-    OP_DELETE, OP_INCR, OP_NOOP, OP_PUT, SCAN_APPLY_ERROR, SCAN_BAD_CRC, SCAN_BAD_HEADER, SCAN_BAD_MAGIC,
+    OP_CUSTOM, OP_DELETE, OP_INCR, OP_NOOP, OP_PUT, SCAN_APPLY_ERROR, SCAN_BAD_CRC, SCAN_BAD_HEADER, SCAN_BAD_MAGIC,
     SCAN_BAD_PAYLOAD, SCAN_CANCELLED, SCAN_LSN_GAP, SCAN_LSN_OVERLAP, SCAN_OK,
     SCAN_TRUNCATED,
 )
@@ -56,8 +56,9 @@ from rehydrate._core.codec cimport (
 from rehydrate._core.kvtable cimport KVTable
 
 from rehydrate import _format as F
+from rehydrate._custom import apply_custom
 from rehydrate._offsets import encode_offsets, split_offsets
-from rehydrate._core.codec import crc32c, encode_varint, lz4_compress
+from rehydrate._core.codec import crc32c, encode_key, encode_varint, lz4_compress, pack_value
 from rehydrate.errors import (
     BatchTooLargeError,
     ConfigError,
@@ -452,6 +453,22 @@ cdef class LogBuffer:
         else:
             table._clear()
         _append_record(&self.parts, OP_CLEAR, tp, tl, NULL, NULL, 0)
+        self._note_tid(tid)
+        return self._advance()
+
+    def custom(self, table, tid, key, op, value):
+        """A custom table's own op (record op 6, value msgpack [op, value]);
+        ``key`` may be None. The table applies it first: an error logs nothing."""
+        cdef rh_key k
+        cdef bytes tb = _tid_bytes(tid)
+        kb = encode_key(key) if key is not None else b""
+        vb = pack_value([op, value])
+        apply_custom(table, kb, vb)
+        if len(kb):
+            rh_key_from_bytes(&k, <const unsigned char *>PyBytes_AS_STRING(kb), len(kb))
+        _append_record(&self.parts, OP_CUSTOM, <const unsigned char *>PyBytes_AS_STRING(tb),
+                       PyBytes_GET_SIZE(tb), &k if len(kb) else NULL,
+                       <const unsigned char *>PyBytes_AS_STRING(vb), len(vb))
         self._note_tid(tid)
         return self._advance()
 
@@ -1057,6 +1074,8 @@ cdef inline int _apply_py(rh_rec *r, object t) except -1:
         t._put_raw(kb, PyBytes_FromStringAndSize(<const char *>r.val, r.vlen))
     elif r.op == OP_DELETE:
         t._delete_raw(kb)
+    elif r.op == OP_CUSTOM:
+        apply_custom(t, kb, PyBytes_FromStringAndSize(<const char *>r.val, r.vlen))
     else:
         rh_decode_number(r.val, r.vlen, &d)
         t._incr_raw(kb, num_to_py(&d))
@@ -1309,8 +1328,10 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
                                 if st < 0:
                                     raise MemoryError()
                                 raise incr_error(st, &cur, num_to_py(&d))
-                        else:
+                        elif r.op == OP_CLEAR:
                             rh_clear(kv)
+                        else:  # OP_CUSTOM: a native KV table takes none
+                            apply_custom(<object>r.obj, None, b"")
                         frame_applied += 1
                 except InvalidOperationError as e:
                     # As in the twin: the frame's earlier records stay applied

@@ -201,6 +201,8 @@ static int rh_decode_payload(const unsigned char *p, size_t n, int64_t count,
         case 3: ok = rh_key_wellformed(kb, (size_t)klen) &&                   /* OP_INCR */
                      rh_decode_number(vb, (size_t)vlen, &num); break;
         case 5: ok = tid == 0 && klen == 0 && vlen == 0; break;             /* OP_NOOP */
+        case 6: ok = (klen == 0 || rh_key_wellformed(kb, (size_t)klen)) &&   /* OP_CUSTOM */
+                     vlen >= 1; break;
         default:
             *arg = op;
             out->nrecs = nrec;

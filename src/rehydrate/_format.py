@@ -44,6 +44,7 @@ OP_DELETE = 2
 OP_INCR = 3
 OP_CLEAR = 4
 OP_NOOP = 5  # changes no table; carries a batch that is only source offsets
+OP_CUSTOM = 6  # a custom table's own op: value is msgpack [op name, value]
 
 # Table kinds (declared in each frame that uses the table; docs/tables.md)
 KIND_KV = 1  # native hash table of key bytes -> msgpack bytes

@@ -17,7 +17,7 @@ from .recovery import check_mode, walk
 from .tables import TableRegistry
 
 OP_NAMES = {F.OP_PUT: "put", F.OP_DELETE: "delete", F.OP_INCR: "incr", F.OP_CLEAR: "clear",
-            F.OP_NOOP: "noop"}
+            F.OP_NOOP: "noop", F.OP_CUSTOM: "custom"}
 
 
 def _frames_in(core, buf, start, end):

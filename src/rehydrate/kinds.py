@@ -286,6 +286,16 @@ class StateType:
         self._rh_apply("delete", kb, None)
         return True
 
+    def _custom_raw(self, kb, vb) -> None:
+        """A record of ``store.write``: value is msgpack [op name, value]."""
+        try:
+            op, value = self._rh_core.unpack_value(vb)
+            if type(op) is not str:
+                raise ValueError("a custom op's name is a str")
+        except Exception as e:
+            raise _apply_error(self._rh_name, "custom", None, e, type(self).__name__) from e
+        self._rh_apply(op, kb, value)
+
     def _incr_raw(self, kb, delta) -> None:
         self._rh_apply("incr", kb, delta)
 
@@ -387,6 +397,9 @@ class OpaqueTable:
     def _delete_raw(self, kb) -> bool:
         self._keys.discard(bytes(kb))
         return True
+
+    def _custom_raw(self, kb, vb) -> None:
+        """A custom op: meaningful only to the class, which a reader lacks."""
 
     def _clear(self) -> None:
         self._keys.clear()

@@ -475,6 +475,17 @@ class Store:
         """
         return self._write(self._buf.incr, table, key, delta)
 
+    def write(self, table: str, op: str, key=None, value=None) -> int:
+        """A custom table's own op: its ``apply(op, key, value)`` gets it, now
+        and at every replay. ``op`` is any name but put/delete/incr/clear;
+        ``key`` may be None. InvalidOperationError, before anything is
+        written, when the table is not a custom one or its apply refuses.
+        """
+        if type(op) is not str or not op or op in ("put", "delete", "incr", "clear"):
+            raise ConfigError(f"a custom op is a name other than put/delete/incr/clear, "
+                              f"not {op!r}")
+        return self._write(self._buf.custom, table, key, op, value)
+
     def clear(self, table: str) -> int:
         """Remove every key of ``table`` (one record)."""
         return self._write(self._buf.clear, table)

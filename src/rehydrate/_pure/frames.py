@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 
 from .. import _format as F
+from .._custom import apply_custom
 from .._offsets import encode_offsets, split_offsets
 from ..errors import BatchTooLargeError, InvalidOperationError, RehydrateError
 from .codec import (
@@ -111,6 +112,15 @@ class LogBuffer:
     def clear(self, table, tid: int) -> int:
         rec = _record(F.OP_CLEAR, tid, b"", b"")
         table._clear()
+        return self._append(tid, rec)
+
+    def custom(self, table, tid: int, key, op: str, value) -> int:
+        """A custom table's own op (record op 6, value msgpack [op, value]);
+        ``key`` may be None. The table applies it first: an error logs nothing."""
+        kb = encode_key(key) if key is not None else b""
+        vb = pack_value([op, value])
+        rec = _record(F.OP_CUSTOM, tid, kb, vb)
+        apply_custom(table, kb, vb)
         return self._append(tid, rec)
 
     def noop(self) -> int:
@@ -338,6 +348,8 @@ def decode_payload(payload, count: int, seg_tids):
             ok = key_is_wellformed(kb) and decode_number(vb) is not None
         elif op == F.OP_NOOP:
             ok = tid == 0 and klen == 0 and vlen == 0
+        elif op == F.OP_CUSTOM:
+            ok = (klen == 0 or key_is_wellformed(kb)) and vlen >= 1
         else:
             raise ValueError(f"unknown op {op}")
         if not ok:
@@ -411,6 +423,8 @@ def _apply(records, tables, applied_lsn, first_lsn) -> int:
                 t._incr_raw(kb, decode_number(vb))
             elif op == F.OP_CLEAR:
                 t._clear()
+            elif op == F.OP_CUSTOM:
+                apply_custom(t, kb, vb)
             applied += 1
         lsn += 1
     return applied
