@@ -459,3 +459,25 @@ def test_with_a_trimmed_log_and_no_snapshot_that_loads_open_refuses(store_dir):
         with pytest.raises(CorruptionError) as ei:
             Store.open(store_dir, recovery=mode)
         assert ei.value.reason in ("no_base", "bad_snapshot")
+
+
+def test_open_steps_over_frames_the_snapshot_holds_but_checks_the_rest(store_dir):
+    with Store.open(store_dir, sync="always") as s:  # one segment, many frames
+        for i in range(100):
+            s.put("t", i, i)
+        lsn = s.checkpoint()["lsn"]
+        for i in range(100, 110):
+            s.put("t", i, i)
+        want = s.table("t").to_dict()
+    seg = C.segment_paths(store_dir)[-1]
+    frames = C.frames_of(seg)
+    covered = [f for f in frames if f.first_lsn + f.count - 1 <= lsn]
+    # Damage inside a covered frame: the open never reads it (verify does).
+    C.flip_bit(seg, covered[len(covered) // 2].offset + 40, 1)
+    # And a torn tail after the snapshot: still found and cut.
+    C.truncate(seg, frames[-1].end - 2)
+    assert not verify(store_dir).ok
+    with Store.open(store_dir) as s:
+        assert s.table("t").to_dict() == {k: v for k, v in want.items() if k != 109}
+        assert [p.kind for p in s.recovery_report.problems] == ["torn_tail"]
+        assert s.recovery_report.applied == 9

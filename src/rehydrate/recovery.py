@@ -389,7 +389,10 @@ class _Walker:
         ctx = core.SegmentContext(self.registry, self.offsets)
         base, total = self.bytes_before, self.total_bytes
         user_progress = self.progress
-        offset = self._stream(seg, ctx, summary, size)
+        start = F.SEGMENT_HEADER_BYTES
+        if self.skip_covered and header_ok:
+            start = self._hop_covered(seg.path, size, start)
+        offset = self._stream(seg, ctx, summary, size, start)
         if offset < size:
             # Something is wrong at ``offset``: take the whole file and let
             # the problem handling see it as it is.
@@ -439,7 +442,32 @@ class _Walker:
             summary.good_ranges.append((range_start + shift, r.offset + shift))
         summary.good_bytes += r.offset - offset
 
-    def _stream(self, seg, ctx, summary, size) -> int:
+    def _hop_covered(self, path: str, size: int, offset: int) -> int:
+        """Step over whole frames the snapshot already holds, by their headers.
+
+        Only an open from a snapshot does this (``skip_covered``): frames at or
+        below ``applied_lsn`` are neither checksummed nor decoded, as whole
+        segments below it are not read (``verify`` still checks them). Each
+        frame declares its own tables and its offsets are in the snapshot, so
+        nothing read later depends on a frame stepped over. Stops at the first
+        header that is not plainly a covered frame; the scan goes on from there.
+        """
+        core = self.core
+        with open(path, "rb") as f:
+            while offset + F.FRAME_HEADER_BYTES <= size and self.next_lsn <= self.applied_lsn:
+                raw = os.pread(f.fileno(), F.FRAME_HEADER_BYTES, offset)
+                h = core.parse_frame_header(raw, 0)
+                if h is None or core.header_problem(h) is not None \
+                        or h.first_lsn != self.next_lsn:
+                    break
+                end = offset + F.FRAME_HEADER_BYTES + h.stored_len
+                if h.first_lsn + h.count - 1 > self.applied_lsn or end > size:
+                    break
+                self.next_lsn = h.first_lsn + h.count
+                offset = end
+        return offset
+
+    def _stream(self, seg, ctx, summary, size, start=F.SEGMENT_HEADER_BYTES) -> int:
         """Scan the segment's frames chunk by chunk, reading ahead on a thread.
 
         Returns the file offset where scanning stopped: ``size`` when every
@@ -447,7 +475,7 @@ class _Walker:
         whole file to judge (a bad frame, or a partial one at the end).
         """
         core = self.core
-        pos = F.SEGMENT_HEADER_BYTES  # file offset of carry[0]
+        pos = start  # file offset of carry[0]
         carry = b""
         user_progress = self.progress
         with _ChunkReader(seg.path, pos, size) as chunks:
