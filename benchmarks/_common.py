@@ -43,3 +43,20 @@ def machine() -> dict:
 
 def fmt_s(x: float) -> str:
     return f"{x:.3f} s"
+
+
+def timed_open(directory: str, table: str = "kv") -> dict:
+    """A cold ``Store.open`` in this (fresh) process: seconds, what it did, peak RSS."""
+    import time
+
+    import rehydrate as rh
+
+    t0 = time.perf_counter()
+    store = rh.Store.open(directory)
+    open_s = time.perf_counter() - t0
+    t = store.table(table)
+    out = {"open_s": open_s, "applied": store.recovery_report.applied, "keys": len(t),
+           "memory_bytes": t.memory_bytes, "peak_rss_bytes": peak_rss_bytes(),
+           "core": rh._backend.core().IMPLEMENTATION}
+    store.close()
+    return out

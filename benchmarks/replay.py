@@ -25,7 +25,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine, median, peak_rss_bytes, run_child  # noqa: E402
+from _common import machine, median, peak_rss_bytes, run_child, timed_open  # noqa: E402
 
 OP_PUT, OP_INCR, OP_DELETE = 0, 1, 2
 
@@ -81,20 +81,6 @@ def build(directory: str, baseline_file: str, ops: int, keys: int) -> dict:
     return {"lsn": lsn, "build_s": time.perf_counter() - t0}
 
 
-def child_open(directory: str) -> dict:
-    import rehydrate as rh
-
-    t0 = time.perf_counter()
-    store = rh.Store.open(directory)
-    open_s = time.perf_counter() - t0
-    t = store.table("kv")
-    out = {"open_s": open_s, "records": store.recovery_report.applied, "keys": len(t),
-           "memory_bytes": t.memory_bytes, "peak_rss_bytes": peak_rss_bytes(),
-           "core": rh._backend.core().IMPLEMENTATION}
-    store.close()
-    return out
-
-
 def child_baseline(path: str) -> dict:
     import msgpack
 
@@ -123,7 +109,7 @@ def main(argv=None) -> int:
     p.add_argument("--child-baseline", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child_open:
-        print(json.dumps(child_open(args.child_open)))
+        print(json.dumps(timed_open(args.child_open)))
         return 0
     if args.child_baseline:
         print(json.dumps(child_baseline(args.child_baseline)))
@@ -156,7 +142,7 @@ def main(argv=None) -> int:
                              for n in os.listdir(os.path.join(state_dir, "wal"))),
             "rehydrate_open_s": m_ours, "baseline_open_s": m_base,
             "ratio": m_ours / m_base, "target_ratio": 0.15,
-            "records_per_s": ours[0]["records"] / m_ours,
+            "records_per_s": ours[0]["applied"] / m_ours,
             "peak_rss_bytes": rss, "memory_bytes": mem, "rss_budget_bytes": rss_budget,
             "final_keys": ours[0]["keys"], "machine": machine(),
         }

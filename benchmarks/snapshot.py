@@ -31,7 +31,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine, median, peak_rss_bytes, run_child  # noqa: E402
+from _common import machine, median, run_child, timed_open  # noqa: E402
 
 
 def _free_port() -> int:
@@ -118,18 +118,6 @@ def build(work: str, keys: int) -> dict:
     return out
 
 
-def child_open(state_dir: str) -> dict:
-    import rehydrate as rh
-
-    t0 = time.perf_counter()
-    store = rh.Store.open(state_dir)
-    dt = time.perf_counter() - t0
-    out = {"open_s": dt, "keys": len(store.table("kv")), "applied": store.recovery_report.applied,
-           "peak_rss_bytes": peak_rss_bytes()}
-    store.close()
-    return out
-
-
 def child_pickle(path: str) -> dict:
     t0 = time.perf_counter()
     with open(path, "rb") as f:
@@ -157,7 +145,7 @@ def main(argv=None) -> int:
     p.add_argument("--child-pickle", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child_open:
-        print(json.dumps(child_open(args.child_open)))
+        print(json.dumps(timed_open(args.child_open)))
         return 0
     if args.child_pickle:
         print(json.dumps(child_pickle(args.child_pickle)))

@@ -110,7 +110,6 @@ class SegmentContext:
     registry: Any
     tables: dict[int, Any]
     def __init__(self, registry: Any) -> None: ...
-    def declared(self) -> set[int]: ...
 
 def scan_frames(buf: Buffer, offset: int, next_lsn: int, applied_lsn: int, ctx: Any,
                 apply: bool = True, cancel: Buffer | None = None,

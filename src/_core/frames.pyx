@@ -991,9 +991,6 @@ class SegmentContext:
         # Source offsets of the frames scanned, merged (shared across segments).
         self.offsets = {} if offsets is None else offsets
 
-    def declared(self):
-        return set(self.tables)
-
     def adopt(self, tid, table):
         """Treat ``tid`` as declared in this segment (salvage after a lost frame
         whose declarations are known from earlier segments)."""

@@ -58,18 +58,6 @@ class SnapshotInfo:
     digest: str
 
 
-def _crc_file(path: str) -> tuple:
-    crc, n = 0, 0
-    c = _core()
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(8 << 20)
-            if not chunk:
-                return crc, n
-            crc = c.crc32c(chunk, crc)
-            n += len(chunk)
-
-
 def _write_durable(path: str, data: bytes) -> None:
     fd = _fileio.create_exclusive(path)
     try:

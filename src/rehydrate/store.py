@@ -38,7 +38,7 @@ from .kinds import resolve_kinds
 from .lockfile import DirLock
 from .recovery import Problem, RecoveryReport, apply_actions, check_mode, walk
 from .tables import TableRegistry
-from .wal import WAL_DIR, WalWriter, list_segments
+from .wal import WAL_DIR, SegmentFile, WalWriter, list_segments, parse_segment_name
 
 SYNC_MODES = ("always", "interval", "none")
 _FRAME_TARGET = F.FRAME_TARGET_BYTES
@@ -198,8 +198,6 @@ class Store:
             self._durable_lsn = self._written_lsn = result.next_lsn - 1
             self._wal = WalWriter(waldir, segment_bytes)
             if result.resume_path is not None and result.resume_size < segment_bytes:
-                from .wal import SegmentFile, parse_segment_name
-
                 first = parse_segment_name(os.path.basename(result.resume_path))
                 self._wal.open_existing(SegmentFile(first, result.resume_path,
                                                     result.resume_size), result.resume_size)

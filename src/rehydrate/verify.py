@@ -102,6 +102,7 @@ def _check_snapshots(path: str, report: RecoveryReport) -> None:
     from .errors import ConfigError
     from .snapshot import SNAPSHOTS_DIR, list_snapshots, load, snapshot_name
 
+    start = _manifest.log_start(_manifest.read(path), path)
     for lsn in list_snapshots(path):
         spath = os.path.join(path, SNAPSHOTS_DIR, snapshot_name(lsn))
         registry = TableRegistry(_core())
@@ -111,7 +112,7 @@ def _check_snapshots(path: str, report: RecoveryReport) -> None:
                 registry.add_loaded(name, tid, kind, table)
             tail = walk(_core(), path, mode="skip-corrupted", registry=registry, apply=True,
                         applied_lsn=lsn, offsets=meta["offsets"], skip_covered=True,
-                        start_lsn=_manifest.log_start(_manifest.read(path), path))
+                        start_lsn=start)
             got = format_digest(_combine({n: table_digest(i.table)
                                           for n, i in registry.by_name.items()}))
         except ConfigError:

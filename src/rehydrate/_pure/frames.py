@@ -399,9 +399,6 @@ class SegmentContext:
         # Source offsets of the frames scanned, merged (shared across segments).
         self.offsets: dict = {} if offsets is None else offsets
 
-    def declared(self) -> set:
-        return set(self.tables)
-
     def adopt(self, tid: int, table) -> None:
         """Treat ``tid`` as declared in this segment (salvage after a lost frame
         whose declarations are known from earlier segments)."""
