@@ -108,6 +108,7 @@ def _two_snapshots(store_dir):
 
 
 @pytest.mark.parametrize("damage", ["flip_table_file", "flip_meta", "truncate_table_file",
+                                    "zero_sector_table_file", "zero_sector_meta",
                                     "delete_table_file", "delete_folder"])
 def test_a_damaged_newest_snapshot_falls_back_losslessly(store_dir, damage):
     older, newer, want = _two_snapshots(store_dir)
@@ -117,6 +118,11 @@ def test_a_damaged_newest_snapshot_falls_back_losslessly(store_dir, damage):
         C.flip_bit(table_file, os.path.getsize(table_file) // 2, 3)
     elif damage == "flip_meta":
         C.flip_bit(os.path.join(snap, "META"), 20, 1)
+    elif damage in ("zero_sector_table_file", "zero_sector_meta"):
+        target = table_file if damage == "zero_sector_table_file" else os.path.join(snap, "META")
+        size = os.path.getsize(target)
+        start = min(512, (size // 2) // 512 * 512)
+        C.overwrite(target, start, bytes(min(512, size - start)))
     elif damage == "truncate_table_file":
         C.truncate(table_file, os.path.getsize(table_file) - 10)
     elif damage == "delete_table_file":
