@@ -32,7 +32,6 @@ from includes.valcodec cimport (
 
 import os
 
-import crc32c as _crc32c_mod
 import lz4.block
 import msgpack
 
@@ -118,7 +117,10 @@ def crc32c(data, value=0):
     cdef Py_buffer view
     cdef uint32_t v, out
     if type(value) is not int or not PyObject_CheckBuffer(data):
-        # Odd arguments: let the crc32c package raise (or answer) exactly as the twin.
+        # Odd arguments: let the crc32c package raise (or answer) exactly as the
+        # twin. Imported here only: the package imports importlib.metadata,
+        # 20 ms of every cold start otherwise.
+        import crc32c as _crc32c_mod
         return _crc32c_mod.crc32c(data, value)
     v = <uint32_t>(value & 0xFFFFFFFF)  # the package masks to 32 bits too
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
