@@ -3,6 +3,8 @@ shrinks by compaction, and grows again keeps every value (both cores)."""
 
 import random
 
+import pytest
+
 
 def test_large_table_grows_compacts_and_regrows_without_losing_a_value(core):
     rng = random.Random(5)
@@ -31,22 +33,43 @@ def test_large_table_grows_compacts_and_regrows_without_losing_a_value(core):
         assert st["arena_len"] > (8 << 20) and st["count"] == len(model)
 
 
-def test_a_clone_is_equal_then_independent(core):
+def _pairs_of(copy, **kw):
+    """The (key, value) pairs a copy's columns hold, through the offsets."""
+    out = []
+    for n, koff, kdata, voff, vdata in copy._columns(**kw):
+        ko, vo = memoryview(koff).cast("i"), memoryview(voff).cast("i")
+        assert len(ko) == len(vo) == n + 1 and ko[0] == vo[0] == 0
+        assert ko[n] == len(kdata) and vo[n] == len(vdata)
+        out += [(bytes(kdata[ko[i]:ko[i + 1]]), bytes(vdata[vo[i]:vo[i + 1]])) for i in range(n)]
+    return out
+
+
+@pytest.mark.parametrize("prep", ["prepared", "none", "too_small"])
+def test_a_copy_holds_the_entries_then_and_is_independent(core, prep):
     rng = random.Random(6)
     t = core.KVTable()
     buf = core.LogBuffer(1)
+    small = t._copy_prepare()  # prepared for an empty table: too small later
     for i in range(30_000):
         buf.put(t, 0, rng.randrange(20_000), rng.randbytes(rng.randrange(1, 90)))
         if i % 5 == 0:
             buf.delete(t, 0, rng.randrange(20_000))
-    before = t.to_dict()
-    c = t._clone()
-    assert c.to_dict() == before and c._digest() == t._digest() and len(c) == len(t)
-    for i in range(5_000):  # writes to either side never reach the other
-        buf.put(c, 0, f"c{i}", b"c")
-        buf.delete(c, 0, i)
+    before = sorted(t._items_raw())
+    digest = t._digest()
+    c = t._copy({"prepared": t._copy_prepare(), "none": None, "too_small": small}[prep])
+    assert len(c) == len(t) and c._digest() == digest
+    for i in range(5_000):  # writes to the table never reach the copy
         buf.put(t, 0, f"t{i}", b"t")
-    assert "t1" not in c and "c1" not in t
-    assert all(t[k] == v for k, v in before.items() if k >= 5_000 or k not in range(5_000))
-    assert c.to_dict() == {**{k: v for k, v in before.items() if k not in range(5_000)},
-                           **{f"c{i}": b"c" for i in range(5_000)}}
+        buf.delete(t, 0, i)
+    assert sorted(_pairs_of(c)) == before and c._digest() == digest != t._digest()
+    # Batches split by rows and stay whole pairs.
+    assert sorted(_pairs_of(c, max_rows=777)) == before
+    assert max(n for n, *_ in c._columns(max_rows=777)) == 777
+
+
+def test_a_copy_of_an_empty_table_has_no_batches(core):
+    t = core.KVTable()
+    c = t._copy(t._copy_prepare())
+    assert len(c) == 0 and c._columns() == [] and c._digest() == t._digest()
+    with pytest.raises(ValueError):
+        c._columns(max_rows=0)

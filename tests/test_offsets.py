@@ -168,7 +168,7 @@ class _Registry:
     def __init__(self, core):
         self.core = core
 
-    def declare(self, tid, kind, name):
+    def declare(self, tid, kind, name, schema=b""):
         return self.core.KVTable()
 
 

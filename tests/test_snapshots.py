@@ -334,11 +334,6 @@ def test_garbage_inside_a_checksummed_snapshot_file_never_loads_a_wrong_state(tm
     # Corrupt the Arrow file and forge META's size and CRC so that the bytes
     # reach the Arrow reader and the column loader: the load must fail typed
     # (CorruptionError), or load exactly the original content (digest check).
-    import json
-    import struct
-
-    from rehydrate import snapshot as S
-
     path = str(tmp_path / "s")
     with Store.open(path) as s:
         for i in range(500):
@@ -346,10 +341,7 @@ def test_garbage_inside_a_checksummed_snapshot_file_never_loads_a_wrong_state(tm
         lsn = s.checkpoint()["lsn"]
         want = s.table("t").to_dict()
     snap = os.path.join(path, SNAPSHOTS_DIR, snapshot_name(lsn))
-    table_file = os.path.join(snap, "0.arrow")
-    original = C.read(table_file)
-    meta_raw = C.read(os.path.join(snap, "META"))
-    meta = json.loads(bytes(meta_raw[16:]))
+    original = C.read(os.path.join(snap, "0.arrow"))
     rng = random.Random(4)
     outcomes = {"refused": 0, "same": 0}
     for trial in range(int(os.environ.get("SNAPSHOT_GARBAGE_TRIALS", "120"))):
@@ -358,29 +350,73 @@ def test_garbage_inside_a_checksummed_snapshot_file_never_loads_a_wrong_state(tm
             data[rng.randrange(len(data))] = rng.randrange(256)
         if trial % 10 == 0:
             data = data[:rng.randrange(len(data))]
-        meta["tables"][0]["bytes"] = len(data)
-        meta["tables"][0]["crc32c"] = core.crc32c(bytes(data))
-        payload = json.dumps(meta, sort_keys=True).encode()
-        with open(table_file, "wb") as f:
-            f.write(data)
-        with open(os.path.join(snap, "META"), "wb") as f:
-            f.write(struct.pack("<8sII", S.META_MAGIC, len(payload), core.crc32c(payload))
-                    + payload)
-        registry_tables = []
-
-        def make(name, tid, kind):
-            t = core.KVTable()
-            registry_tables.append(t)
-            return t
-
-        try:
-            S.load(snap, make)
-        except CorruptionError:
+        _forge_table_file(snap, bytes(data), core)
+        loaded = _load_forged(snap, core)
+        if loaded is None:
             outcomes["refused"] += 1
             continue
-        assert registry_tables[0].to_dict() == want
+        assert loaded == want
         outcomes["same"] += 1
     assert outcomes["refused"] > 50
+
+
+def _forge_table_file(snap, data, core, **meta_changes):
+    """Replace table 0's file with ``data`` and make META's size and CRC
+    (and any ``meta_changes``) agree, so the bytes reach the loaders."""
+    import json
+    import struct
+
+    from rehydrate import snapshot as S
+
+    meta = json.loads(bytes(C.read(os.path.join(snap, "META"))[16:]))
+    meta["tables"][0].update(bytes=len(data), crc32c=core.crc32c(data), **meta_changes)
+    payload = json.dumps(meta, sort_keys=True).encode()
+    with open(os.path.join(snap, meta["tables"][0]["file"]), "wb") as f:
+        f.write(data)
+    with open(os.path.join(snap, "META"), "wb") as f:
+        f.write(struct.pack("<8sII", S.META_MAGIC, len(payload), core.crc32c(payload)) + payload)
+
+
+def _load_forged(snap, core):
+    """The dict a snapshot's table 0 loads to, or None when it is refused."""
+    from rehydrate import snapshot as S
+
+    made = []
+    try:
+        S.load(snap, lambda name, tid, kind: made.append(core.KVTable()) or made[-1])
+    except CorruptionError as e:
+        assert e.reason == "bad_snapshot"
+        return None
+    return made[0].to_dict()
+
+
+def _arrow_of(pairs):
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    table = pa.table({"key": pa.array([k for k, _ in pairs], pa.binary()),
+                      "value": pa.array([v for _, v in pairs], pa.binary())})
+    with pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def test_a_snapshot_with_a_key_twice_or_a_wrong_key_count_is_refused(tmp_path, core):
+    path = str(tmp_path / "s")
+    with Store.open(path) as s:
+        s.put("t", "a", 1)
+        cp = s.checkpoint()
+    snap = os.path.join(path, SNAPSHOTS_DIR, snapshot_name(cp["lsn"]))
+    a, b = (core.encode_key(k) for k in ("a", "b"))
+    one, two = core.pack_value(1), core.pack_value(2)
+    _forge_table_file(snap, _arrow_of([(a, one), (b, two)]), core, digest=None, keys=2)
+    assert _load_forged(snap, core) == {"a": 1, "b": 2}  # the forging itself works
+    _forge_table_file(snap, _arrow_of([(a, one), (a, two)]), core, digest=None, keys=2)
+    assert _load_forged(snap, core) is None  # the same key twice
+    _forge_table_file(snap, _arrow_of([(a, one), (b, two)]), core, digest=None, keys=3)
+    assert _load_forged(snap, core) is None  # not the count META recorded
+    _forge_table_file(snap, _arrow_of([(a, one), (b, two)]), core, keys=2, digest=cp["digest"])
+    assert _load_forged(snap, core) is None  # not the digest META recorded
 
 
 # ------------------------------------------------------------ log retention

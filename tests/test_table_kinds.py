@@ -506,7 +506,7 @@ def test_unknown_kinds_are_still_bad_payload(core):
     rec = bytes((F.OP_PUT,)) + core.encode_varint(0) + core.encode_varint(2) + \
         core.encode_key("a") + core.encode_varint(1) + core.pack_value(1)
     for kind, ok in ((F.KIND_KV, True), (F.KIND_DICT, True), (F.KIND_CUSTOM, True),
-                     (0, False), (4, False), (255, False)):
+                     (0, False), (5, False), (255, False)):
         frame = core.encode_frame(1, 1, [(0, kind, b"t")], rec)
         ctx = core.SegmentContext(TableRegistry(core, materialize=False))
         r = core.scan_frames(frame, 0, 1, 0, ctx, False)
@@ -514,6 +514,30 @@ def test_unknown_kinds_are_still_bad_payload(core):
             assert r.status == F.SCAN_OK, r.detail
         else:
             assert r.status == F.SCAN_BAD_PAYLOAD and f"unknown table kind {kind}" in r.detail
+
+
+def test_a_numeric_declaration_needs_a_schema_that_reads(core):
+    import msgpack
+
+    value = core.pack_value({"a": 1})
+    rec = bytes((F.OP_PUT,)) + core.encode_varint(0) + core.encode_varint(9) + \
+        core.encode_key(1) + core.encode_varint(len(value)) + value
+    good = msgpack.packb({"columns": [["a", "int64"]], "rows": 4})
+    for schema, fault in ((b"", "bad table declaration"),  # none at all
+                          (b"\xc1", "bad numeric table schema"),  # not msgpack
+                          (msgpack.packb({"rows": 4}), "bad numeric table schema"),
+                          (msgpack.packb({"columns": [["a", "int8"]], "rows": 4}),
+                           "bad numeric table schema"),
+                          (msgpack.packb({"columns": [["a", "int64"], ["a", "int64"]],
+                                          "rows": 4}), "bad numeric table schema"),
+                          (good, None)):
+        frame = core.encode_frame(1, 1, [(0, F.KIND_NUMERIC, b"t", schema)], rec)
+        ctx = core.SegmentContext(TableRegistry(core, materialize=False))
+        r = core.scan_frames(frame, 0, 1, 0, ctx, False)
+        if fault is None:
+            assert r.status == F.SCAN_OK, r.detail
+        else:
+            assert r.status == F.SCAN_BAD_PAYLOAD and fault in r.detail, (schema, r.detail)
 
 
 # ------------------------------------------------------- model: dict == kv

@@ -39,6 +39,8 @@ cdef enum:
     KIND_KV = 1
     KIND_DICT = 2
     KIND_CUSTOM = 3
+    KIND_NUMERIC = 4
+    MAX_SCHEMA_BYTES = 65536
 
     KEY_TAG_BYTES = 0x01
     KEY_TAG_STR = 0x02

@@ -88,6 +88,8 @@ def _format_constants():
         "KIND_KV": _format.KIND_KV,
         "KIND_DICT": _format.KIND_DICT,
         "KIND_CUSTOM": _format.KIND_CUSTOM,
+        "KIND_NUMERIC": _format.KIND_NUMERIC,
+        "MAX_SCHEMA_BYTES": _format.MAX_SCHEMA_BYTES,
         "KEY_TAG_BYTES": _format.KEY_TAG_BYTES,
         "KEY_TAG_STR": _format.KEY_TAG_STR,
         "KEY_TAG_INT": _format.KEY_TAG_INT,

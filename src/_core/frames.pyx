@@ -24,7 +24,7 @@ from libc.string cimport memcpy, memset
 
 from _format cimport (
     CODEC_LZ4, CODEC_NONE, FLAG_OFFSETS, FRAME_HEADER_BYTES, FRAME_MAGIC, KIND_CUSTOM,
-    KIND_DICT, KIND_KV,
+    KIND_DICT, KIND_KV, KIND_NUMERIC,
     KNOWN_FLAGS, MAX_FRAME_PAYLOAD_BYTES, MAX_TABLE_ID, MIN_RECORD_BYTES, OP_CLEAR,
     OP_CUSTOM, OP_DELETE, OP_INCR, OP_NOOP, OP_PUT, SCAN_APPLY_ERROR, SCAN_BAD_CRC, SCAN_BAD_HEADER, SCAN_BAD_MAGIC,
     SCAN_BAD_PAYLOAD, SCAN_CANCELLED, SCAN_LSN_GAP, SCAN_LSN_OVERLAP, SCAN_OK,
@@ -683,7 +683,8 @@ cdef class LogBuffer:
 def encode_frame(first_lsn, count, decls, records, offsets=None):
     """One frame: header + payload (offsets, decls, then records), LZ4 when it pays.
 
-    ``decls`` is a sequence of (table_id, kind, name_bytes); ``offsets`` a
+    ``decls`` is a sequence of (table_id, kind, name_bytes[, schema_bytes])
+    (the schema of a numeric table; none for other kinds); ``offsets`` a
     dict {source: int64} stored with the frame (FLAG_OFFSETS), or None.
     """
     cdef bytes payload, out
@@ -694,11 +695,16 @@ def encode_frame(first_lsn, count, decls, records, offsets=None):
     cdef uint32_t crc
     pieces = [encode_offsets(offsets)] if offsets else []
     pieces.append(encode_varint(len(decls)))
-    for tid, kind, name in decls:
+    for decl in decls:
+        tid, kind, name = decl[0], decl[1], decl[2]
         pieces.append(encode_varint(tid))
         pieces.append(bytes((kind,)))
         pieces.append(encode_varint(len(name)))
         pieces.append(name)
+        if kind == KIND_NUMERIC:
+            schema = decl[3] if len(decl) > 3 else b""
+            pieces.append(encode_varint(len(schema)))
+            pieces.append(schema)
     pieces.append(records)
     payload = b"".join(pieces)
     raw_len = PyBytes_GET_SIZE(payload)
@@ -935,7 +941,9 @@ def decode_payload(payload, count, seg_tids):
         decls = []
         for i in range(dec.ndecls):
             d = &dec.decls[i]
-            decls.append((d.tid, d.kind, PyBytes_FromStringAndSize(<const char *>d.name, d.nlen)))
+            decls.append((d.tid, d.kind, PyBytes_FromStringAndSize(<const char *>d.name, d.nlen),
+                          PyBytes_FromStringAndSize(<const char *>d.schema, d.slen)
+                          if d.slen else b""))
         records = []
         for i in range(dec.nrecs):
             r = &dec.recs[i]
@@ -978,7 +986,7 @@ class ScanResult:
 class SegmentContext:
     """Per-segment table declarations seen so far, bound to a registry.
 
-    ``registry.declare(tid, kind, name_bytes)`` returns the table to apply to
+    ``registry.declare(tid, kind, name_bytes, schema)`` returns the table to apply to
     (or None when not applying) and raises RehydrateError on a conflict.
     ``tables`` is a plain dict tid -> table; scan_frames resolves it into a C
     array once per frame, so callers may read and change it freely between
@@ -1250,10 +1258,12 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
                     dc = &sc.dec.decls[i]
                     # Every kind decodes the same records; what a kind means
                     # is the registry's business (rehydrate/tables.py).
-                    if dc.kind != KIND_KV and dc.kind != KIND_DICT and dc.kind != KIND_CUSTOM:
+                    if dc.kind < KIND_KV or dc.kind > KIND_NUMERIC:
                         raise ValueError(f"unknown table kind {dc.kind}")
                     tables[dc.tid] = ctx.registry.declare(
-                        dc.tid, dc.kind, PyBytes_FromStringAndSize(<const char *>dc.name, dc.nlen))
+                        dc.tid, dc.kind, PyBytes_FromStringAndSize(<const char *>dc.name, dc.nlen),
+                        PyBytes_FromStringAndSize(<const char *>dc.schema, dc.slen)
+                        if dc.slen else b"")
             except (ValueError, RehydrateError) as e:
                 return ScanResult(SCAN_BAD_PAYLOAD, off, nlsn, frames, records, applied,
                                   frame_end, str(e))

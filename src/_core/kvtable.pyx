@@ -11,13 +11,15 @@ writes into ``.kv`` directly.
 from collections.abc import ItemsView, KeysView, Mapping, ValuesView
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.string cimport memcpy
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memset
 
 from includes.kvcore cimport (
-    RH_ENTRY_DEAD, RH_VALUE_MAX, rh_clear, rh_delete, rh_entry, rh_entry_at, rh_entry_key,
-    rh_entry_value, rh_find, rh_incr, rh_key, rh_key_from_bytes, rh_kv, rh_kv_digest,
-    rh_clone, rh_memory_bytes, rh_next_slot, rh_put, rh_reserve,
+    RH_ENTRY_DEAD, RH_VALUE_MAX, rh_arena_copy, rh_arena_next, rh_arena_prepare, rh_clear,
+    rh_delete, rh_digest_acc, rh_digest_acc_init, rh_digest_acc_sum, rh_entry, rh_entry_at,
+    rh_entry_key, rh_entry_value, rh_find, rh_incr, rh_key, rh_key_from_bytes, rh_kv,
+    rh_kv_digest, rh_load_columns, rh_memory_bytes, rh_next_slot, rh_put, rh_reserve,
 )
 from includes.xxh64 cimport (
     rh_xxh64, rh_xxh64_digest, rh_xxh64_reset, rh_xxh64_state, rh_xxh64_update, rh_xxh64_x4,
@@ -196,46 +198,69 @@ cdef class KVTable:
         _raw_key(kb, &k)
         _put(&self.kv, &k, vb, 0)
 
-    def _clone(self):
-        """An independent copy (two memcpys): what a checkpoint snapshots."""
-        cdef KVTable out = KVTable()
-        if rh_clone(&self.kv, &out.kv) < 0:
-            raise MemoryError()
+    def _copy_prepare(self):
+        """Memory for a checkpoint's copy, allocated and faulted in now,
+        before the store's lock is taken (with room for some growth)."""
+        cdef uint64_t need = self.kv.arena_len
+        return _prepared_copy(need + need // 8 + (1 << 20))
+
+    def _copy(self, prep=None):
+        """A copy of the entries as they are now (an ArenaCopy): one memcpy
+        of the arena into ``prep`` from ``_copy_prepare`` (or fresh memory
+        when it is missing or too small). What a checkpoint snapshots."""
+        cdef ArenaCopy out = prep if isinstance(prep, ArenaCopy) else None
+        cdef int rc = 1
+        if out is not None and out.kv.count == 0 and out.kv.arena_len <= 8:
+            with nogil:
+                rc = rh_arena_copy(&self.kv, &out.kv)
+        if rc:
+            out = _prepared_copy(self.kv.arena_len)
+            with nogil:
+                rc = rh_arena_copy(&self.kv, &out.kv)
+            if rc:
+                raise MemoryError()
         return out
 
     def _load_pairs(self, koff, kdata, voff, vdata):
         """Put every pair of two Arrow-style binary columns: ``koff``/``voff``
         hold n+1 int32 offsets into ``kdata``/``vdata`` (any buffers); the
         pairs must be canonical key bytes and msgpack value bytes (a
-        snapshot's columns).
+        snapshot's columns). Returns the sum (mod 2^64) of the pairs' entry
+        hashes (docs/FORMAT.md, "Digest"), so a loader can check a digest
+        without a second walk.
 
         Everything is checked before anything is put: offsets that go back or
         past their data, or a malformed key, raise CorruptionError and leave
         the table as it was.
         """
-        self._load_views(memoryview(koff).cast("B").cast("i"), memoryview(kdata).cast("B"),
-                         memoryview(voff).cast("B").cast("i"), memoryview(vdata).cast("B"))
+        return self._load_views(memoryview(koff).cast("B").cast("i"), memoryview(kdata).cast("B"),
+                                memoryview(voff).cast("B").cast("i"), memoryview(vdata).cast("B"))
 
     cdef _load_views(self, const int32_t[::1] koff, const unsigned char[::1] kdata,
                      const int32_t[::1] voff, const unsigned char[::1] vdata):
         cdef Py_ssize_t n = koff.shape[0] - 1
         cdef Py_ssize_t i
         cdef int32_t a, b, c, d
-        cdef rh_key k
+        cdef rh_digest_acc acc
+        cdef int rc
+        cdef const unsigned char *kp = &kdata[0] if kdata.shape[0] else <const unsigned char *>b""
+        cdef const unsigned char *vp = &vdata[0] if vdata.shape[0] else <const unsigned char *>b""
         if n < 0 or voff.shape[0] != n + 1:
             raise CorruptionError("key and value columns differ in length", reason="bad_snapshot")
         for i in range(n):
             a, b, c, d = koff[i], koff[i + 1], voff[i], voff[i + 1]
             if (a < 0 or b < a or b > kdata.shape[0] or c < 0 or d < c + 1
                     or d > vdata.shape[0]
-                    or not rh_key_wellformed(&kdata[a] if b > a else NULL, <size_t>(b - a))):
+                    or not rh_key_wellformed(kp + a if b > a else NULL, <size_t>(b - a))):
                 raise CorruptionError(f"malformed pair {i} in a snapshot column",
                                       reason="bad_snapshot")
-        for i in range(n):
-            a, b, c, d = koff[i], koff[i + 1], voff[i], voff[i + 1]
-            rh_key_from_bytes(&k, &kdata[a], <size_t>(b - a))
-            if rh_put(&self.kv, &k, &vdata[c], <size_t>(d - c), 0) < 0:
+        rh_digest_acc_init(&acc)
+        if n:
+            with nogil:
+                rc = rh_load_columns(&self.kv, <uint64_t>n, &koff[0], kp, &voff[0], vp, &acc)
+            if rc < 0:
                 raise MemoryError()
+        return rh_digest_acc_sum(&acc)
 
     def _delete_raw(self, kb):
         cdef rh_key k
@@ -313,6 +338,95 @@ cdef class KVTable:
             "arena_cap": self.kv.arena_cap,
             "garbage": self.kv.garbage,
         }
+
+
+cdef ArenaCopy _prepared_copy(uint64_t bytes):
+    cdef ArenaCopy out = ArenaCopy.__new__(ArenaCopy)
+    cdef int rc
+    with nogil:
+        rc = rh_arena_prepare(&out.kv, bytes)
+    if rc < 0:
+        raise MemoryError()
+    return out
+
+
+cdef class ArenaCopy:
+    """A checkpoint's copy of one KVTable: its arena only (no slots), which
+    is all the snapshot's columns and digest need."""
+
+    cdef rh_kv kv
+
+    def __cinit__(self):
+        memset(&self.kv, 0, sizeof(rh_kv))
+
+    def __dealloc__(self):
+        rh_clear(&self.kv)
+
+    def __len__(self):
+        return self.kv.count
+
+    def _digest(self):
+        cdef uint64_t out = 0
+        if rh_kv_digest(&self.kv, &out) < 0:
+            raise SystemError("a table copy holds a different number of live entries "
+                              f"than its count ({self.kv.count})")
+        return out
+
+    def _columns(self, max_rows=1 << 20, max_bytes=(1 << 31) - 1):
+        """The entries as Arrow-style binary columns, in batches of at most
+        ``max_rows`` pairs and ``max_bytes`` per data buffer (int32 offsets):
+        a list of (n, key offsets, key data, value offsets, value data), the
+        offsets n+1 native int32 each, every buffer a bytes object."""
+        cdef list out = []
+        cdef uint64_t off = 0, start, kbytes, vbytes, rows
+        cdef uint64_t cap_rows = max_rows, cap_bytes = max_bytes
+        cdef const rh_entry *e
+        cdef bytes koff, kdata, voff, vdata
+        cdef int32_t *ko
+        cdef int32_t *vo
+        cdef unsigned char *kd
+        cdef unsigned char *vd
+        cdef uint64_t i
+        if cap_rows < 1 or cap_bytes < RH_VALUE_MAX:
+            raise ValueError("batches must hold at least one pair of any size")
+        while True:
+            # Pass 1: how many pairs, and how many bytes, fit in this batch.
+            start = off
+            rows = kbytes = vbytes = 0
+            while rows < cap_rows:
+                i = off
+                e = rh_arena_next(&self.kv, &off)
+                if e == NULL:
+                    break
+                if rows and (kbytes + e.klen > cap_bytes or vbytes + e.vlen > cap_bytes):
+                    off = i  # starts the next batch
+                    break
+                rows += 1
+                kbytes += e.klen
+                vbytes += e.vlen
+            if rows == 0:
+                break
+            koff = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>(4 * (rows + 1)))
+            voff = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>(4 * (rows + 1)))
+            kdata = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>kbytes)
+            vdata = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>vbytes)
+            ko, vo = <int32_t *>PyBytes_AS_STRING(koff), <int32_t *>PyBytes_AS_STRING(voff)
+            kd, vd = <unsigned char *>PyBytes_AS_STRING(kdata), <unsigned char *>PyBytes_AS_STRING(vdata)
+            # Pass 2: fill them. Offsets are native int32, as Arrow lays them out
+            # (its schema records the byte order; our reader refuses a foreign one).
+            with nogil:
+                kbytes = vbytes = 0
+                ko[0] = vo[0] = 0
+                for i in range(rows):
+                    e = rh_arena_next(&self.kv, &start)
+                    memcpy(kd + kbytes, <const unsigned char *>(e + 1), e.klen)
+                    memcpy(vd + vbytes, <const unsigned char *>(e + 1) + e.klen, e.vlen)
+                    kbytes += e.klen
+                    vbytes += e.vlen
+                    ko[i + 1] = <int32_t>kbytes
+                    vo[i + 1] = <int32_t>vbytes
+            out.append((rows, koff, kdata, voff, vdata))
+        return out
 
 
 def _xxh64(data, seed=0):

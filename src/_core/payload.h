@@ -1,7 +1,7 @@
 /* Decoding a frame's raw payload into declaration and record descriptors.
  *
  * Payload grammar (docs/FORMAT.md): varint ndecls, ndecls x (varint tid, u8
- * kind, varint name_len, name), then records: u8 op, varint tid, varint
+ * kind, varint name_len, name, and for kind 4 varint schema_len, schema), then records: u8 op, varint tid, varint
  * key_len, key, varint value_len, value. The decoder checks every record's
  * structure before replay applies any of them (a frame is all or nothing) and
  * reports the first fault as a code + argument; frames.pyx turns that into
@@ -24,7 +24,9 @@ typedef struct {
     uint32_t tid;
     uint32_t nlen;
     unsigned kind;
+    uint32_t slen;                /* schema bytes: kind 4 (numeric) only, else 0 */
     const unsigned char *name;
+    const unsigned char *schema;
 } rh_decl;
 
 /* One record, as replay needs it: pointers into the payload, the key's hash
@@ -152,6 +154,16 @@ static int rh_decode_payload(const unsigned char *p, size_t n, int64_t count,
         dc->name = p + i;
         dc->nlen = (uint32_t)nlen;
         i += (size_t)nlen;
+        dc->schema = NULL;
+        dc->slen = 0;
+        if (kind == 4) { /* KIND_NUMERIC: then its schema (msgpack), checked in Python */
+            int64_t slen = rh_read_varint(p, &i, n);
+            if (slen < 1 || slen > 65536 || i + (size_t)slen > n)
+                return RH_P_DECL;
+            dc->schema = p + i;
+            dc->slen = (uint32_t)slen;
+            i += (size_t)slen;
+        }
         known[tid >> 3] |= (uint8_t)(1u << (tid & 7));
     }
     /* Each record takes at least 4 bytes, which bounds the array we need. */

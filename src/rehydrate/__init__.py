@@ -4,7 +4,7 @@
 # Layout: store.py (the public Store), wal.py / manifest.py / lockfile.py
 # (files on disk), recovery.py (reading a log back under a recovery mode),
 # verify.py (standalone checks), tables.py (the table registry), kinds.py
-# (DictTable and custom StateType tables), errors.py,
+# (DictTable and custom StateType tables), numeric.py (NumericTable), errors.py,
 # cli.py (the `rehydrate` command). The hot code lives in the native core
 # `rehydrate._core` (src/_core, Cython) with its pure-Python twin in
 # `rehydrate._pure`; `_backend.py` picks one. docs/FORMAT.md is the on-disk spec.
@@ -27,6 +27,7 @@ from .errors import (
     ValueEncodingError,
 )
 from .kinds import DictTable, StateType
+from .numeric import NumericTable
 from .recovery import MODES as RECOVERY_MODES
 from .recovery import Problem, RecoveryReport
 from .store import SYNC_MODES, Batch, Store
@@ -45,6 +46,7 @@ __all__ = [
     "InvalidOperationError",
     "LockedError",
     "NotAStoreError",
+    "NumericTable",
     "Problem",
     "RecoveryReport",
     "RehydrateError",

@@ -50,6 +50,8 @@ OP_CUSTOM = 6  # a custom table's own op: value is msgpack [op name, value]
 KIND_KV = 1  # native hash table of key bytes -> msgpack bytes
 KIND_DICT = 2  # a Python dict of decoded values; same records as KV
 KIND_CUSTOM = 3  # a user StateType; the class is found by table name at open
+KIND_NUMERIC = 4  # fixed-schema numeric columns; its declaration carries the schema
+MAX_SCHEMA_BYTES = 65536  # a numeric table's schema in a declaration
 
 # Canonical key encoding: one tag byte, then the key's bytes.
 KEY_TAG_BYTES = 0x01

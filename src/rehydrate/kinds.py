@@ -170,15 +170,9 @@ class DictTable(Mapping):
     def _digest(self) -> int:
         """The content digest (docs/FORMAT.md, "Digest") of the re-encoded
         entries: the same as a KVTable's holding the same content."""
-        import struct
+        from ._hashing import pairs_digest
 
-        import xxhash
-
-        h64 = xxhash.xxh64_intdigest
-        total = 0
-        for kb, vb in self._items_raw():
-            total += h64(struct.pack("<I", len(kb)) + kb + vb)
-        return h64(struct.pack("<QQ", total & ((1 << 64) - 1), len(self._d)))
+        return pairs_digest(self._items_raw(), len(self._d))
 
 
 _KEY_TYPES = (str, bytes, int)
@@ -440,15 +434,20 @@ class RefusedTable:
 
 # ------------------------------------------------------ the tables= option
 
-KIND_NAMES = {F.KIND_KV: "kv", F.KIND_DICT: "dict", F.KIND_CUSTOM: "custom"}
+KIND_NAMES = {F.KIND_KV: "kv", F.KIND_DICT: "dict", F.KIND_CUSTOM: "custom",
+              F.KIND_NUMERIC: "numeric"}
 
 
 def resolve_kinds(tables) -> dict:
-    """{name: (kind code, StateType subclass or None)} from ``tables=``.
+    """{name: (kind code, StateType subclass, NumericTable declaration or
+    None)} from ``tables=``.
 
     ConfigError for anything but a mapping of valid table names to
-    ``DictTable`` or a StateType subclass (the class, not an instance).
+    ``DictTable``, a ``NumericTable(...)`` or a StateType subclass (the
+    class, not an instance).
     """
+    from .numeric import NumericTable
+
     if tables is None:
         return {}
     if not isinstance(tables, Mapping):
@@ -460,12 +459,18 @@ def resolve_kinds(tables) -> dict:
         core.check_table_name(name)
         if kind is DictTable:
             out[name] = (F.KIND_DICT, None)
+        elif isinstance(kind, NumericTable):
+            out[name] = (F.KIND_NUMERIC, kind)
+        elif kind is NumericTable:
+            raise ConfigError(f"tables[{name!r}]: NumericTable needs its columns and rows: "
+                              "NumericTable({'hits': 'int64'}, rows=1000)")
         elif isinstance(kind, type) and issubclass(kind, StateType) and kind is not StateType:
             out[name] = (F.KIND_CUSTOM, kind)
         elif isinstance(kind, StateType):
             raise ConfigError(f"tables[{name!r}]: pass the class {type(kind).__name__}, "
                               f"not an instance (the store makes the instance)")
         else:
-            raise ConfigError(f"tables[{name!r}] must be rehydrate.DictTable or a "
-                              f"rehydrate.StateType subclass, not {_short(kind)}")
+            raise ConfigError(f"tables[{name!r}] must be rehydrate.DictTable, a "
+                              f"rehydrate.NumericTable(...) or a rehydrate.StateType "
+                              f"subclass, not {_short(kind)}")
     return out

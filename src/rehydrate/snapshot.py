@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from . import _fileio
 from . import _format as F
 from ._backend import core as _core
+from ._hashing import finish_digest
 from .errors import CorruptionError
 
 SNAPSHOTS_DIR = "snapshots"
@@ -33,6 +34,7 @@ META_NAME = "META"
 META_MAGIC = b"RHSNAPM1"
 SNAPSHOT_FORMAT = 1
 _META_HEADER = struct.Struct("<8sII")
+BATCH_ROWS = 1 << 20  # pairs per Arrow record batch
 MAX_META_BYTES = 64 * 1024 * 1024
 
 
@@ -46,7 +48,9 @@ class Capture:
 
     lsn: int
     offsets: dict
-    tables: list  # (name, tid, kind, payload): payload = list of (key, value) bytes, or custom data
+    # (name, tid, kind, payload): payload = a table copy (``_copy()``), a
+    # list of (key, value) bytes, or a custom table's snapshot() data
+    tables: list
 
 
 @dataclass
@@ -67,16 +71,94 @@ def _write_durable(path: str, data: bytes) -> None:
         _fileio.close(fd)
 
 
-def _arrow_bytes(pairs) -> bytes:
+class _ChecksummedFile:
+    """A write-only file for pyarrow: the bytes go straight to ``fd``
+    (through _fileio), their CRC32C and count kept on the way, so a table's
+    file is never held whole in memory."""
+
+    closed = False
+
+    def __init__(self, fd: int):
+        self._fd, self.crc32c, self.size = fd, 0, 0
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        _fileio.write_all(self._fd, view)
+        self.crc32c = _core().crc32c(view, self.crc32c)
+        self.size += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        return self.size
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _write_durable_arrow(path: str, schema, write) -> tuple:
+    """Create ``path``, let ``write(sink, schema)`` fill it as Arrow IPC, fsync.
+    Returns (bytes, CRC32C)."""
     import pyarrow as pa
 
-    keys = pa.array([k for k, _ in pairs], type=pa.binary())
-    values = pa.array([v for _, v in pairs], type=pa.binary())
-    table = pa.table({"key": keys, "value": values})
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table, max_chunksize=1 << 20)
-    return sink.getvalue().to_pybytes()
+    fd = _fileio.create_exclusive(path)
+    try:
+        out = _ChecksummedFile(fd)
+        write(pa.PythonFile(out, mode="w"), schema)
+        _fileio.fsync(fd)
+    finally:
+        _fileio.close(fd)
+    return out.size, out.crc32c
+
+
+def _write_numeric(path: str, schema: dict, arrays) -> tuple:
+    """A numeric table's file: one record batch, one Arrow column per table
+    column, so each loads as one contiguous (mappable) buffer."""
+    import pyarrow as pa
+
+    fields = pa.schema([(name, getattr(pa, dtype)()) for name, dtype in schema["columns"]])
+
+    def write(sink, fields):
+        with pa.ipc.new_file(sink, fields) as writer:
+            writer.write_batch(pa.RecordBatch.from_arrays([pa.array(a) for a in arrays],
+                                                          schema=fields))
+    return _write_durable_arrow(path, fields, write)
+
+
+def _write_arrow(path: str, payload) -> tuple:
+    """Write a table's snapshot file, Arrow IPC, durably: from a table
+    copy's columns (``_columns()``), or from a list of (key, value) pairs.
+    Returns (bytes, CRC32C)."""
+    import pyarrow as pa
+
+    schema = pa.schema([("key", pa.binary()), ("value", pa.binary())])
+    return _write_durable_arrow(path, schema,
+                                lambda sink, schema: _arrow_into(sink, schema, payload))
+
+
+def _arrow_into(sink, schema, payload) -> None:
+    import pyarrow as pa
+
+    with pa.ipc.new_file(sink, schema) as writer:
+        if isinstance(payload, list):
+            if payload:
+                writer.write_table(pa.table({"key": pa.array([k for k, _ in payload], pa.binary()),
+                                             "value": pa.array([v for _, v in payload],
+                                                               pa.binary())}),
+                                   max_chunksize=BATCH_ROWS)
+        else:
+            for n, koff, kdata, voff, vdata in payload._columns(BATCH_ROWS):
+                columns = [pa.Array.from_buffers(pa.binary(), n,
+                                                 [None, pa.py_buffer(o), pa.py_buffer(d)])
+                           for o, d in ((koff, kdata), (voff, vdata))]
+                writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=schema))
 
 
 def write(directory: str, capture: Capture, digests: dict) -> SnapshotInfo:
@@ -99,14 +181,23 @@ def write(directory: str, capture: Capture, digests: dict) -> SnapshotInfo:
         if kind == F.KIND_CUSTOM:
             import msgpack
 
-            fname, data, keys = f"{tid}.msgpack", msgpack.packb(payload, use_bin_type=True), None
+            fname, keys = f"{tid}.msgpack", None
+            data = msgpack.packb(payload, use_bin_type=True)
+            _write_durable(os.path.join(tmp, fname), data)
+            size, crc = len(data), _core().crc32c(data)
+        elif kind == F.KIND_NUMERIC:
+            schema, arrays = payload
+            fname, keys = f"{tid}.arrow", None
+            size, crc = _write_numeric(os.path.join(tmp, fname), schema, arrays)
         else:
-            fname, data, keys = f"{tid}.arrow", _arrow_bytes(payload), len(payload)
-        _write_durable(os.path.join(tmp, fname), data)
-        total += len(data)
+            fname, keys = f"{tid}.arrow", len(payload)
+            size, crc = _write_arrow(os.path.join(tmp, fname), payload)
+        total += size
         entries.append({"name": name, "id": tid, "kind": kind, "file": fname,
-                        "bytes": len(data), "crc32c": _core().crc32c(data), "keys": keys,
+                        "bytes": size, "crc32c": crc, "keys": keys,
                         "digest": digests.get(name)})
+        if kind == F.KIND_NUMERIC:
+            entries[-1]["schema"] = payload[0]
     known = {e["name"]: int(e["digest"], 16) for e in entries if e["digest"] is not None}
     meta = {"format": SNAPSHOT_FORMAT, "lsn": capture.lsn, "offsets": capture.offsets,
             "tables": entries,
@@ -149,32 +240,45 @@ def read_meta(path: str) -> dict:
     return meta
 
 
-def _load_kv(table, data: bytes, fpath: str) -> None:
-    import pyarrow as pa
+def _load_kv(table, data, fpath: str, expect_keys) -> int | None:
+    """Fill ``table`` from the Arrow file ``data``; returns the digest of
+    what was loaded when the table's loader sums entry hashes as it goes,
+    else None (the caller then digests the table)."""
+    from ._arrow_ipc import read_file
 
-    try:
-        reader = pa.ipc.open_file(pa.py_buffer(data))
-        if reader.schema.names != ["key", "value"] or any(
-                f.type != pa.binary() for f in reader.schema):
-            raise CorruptionError("snapshot table file has the wrong schema", path=fpath,
-                                  reason="bad_snapshot")
-        for i in range(reader.num_record_batches):
-            batch = reader.get_batch(i)
-            keys, values = batch.column(0), batch.column(1)
-            if keys.null_count or values.null_count:
-                raise CorruptionError("snapshot column holds nulls", path=fpath,
-                                      reason="bad_snapshot")
-            kb, vb = keys.buffers(), values.buffers()
-            koff = memoryview(kb[1]).cast("B").cast("i")[keys.offset:keys.offset + len(keys) + 1]
-            voff = memoryview(vb[1]).cast("B").cast("i")[values.offset:
-                                                           values.offset + len(values) + 1]
-            table._load_pairs(koff, kb[2] if kb[2] is not None else b"",
-                              voff, vb[2] if vb[2] is not None else b"")
-    except (CorruptionError, MemoryError):
-        raise
-    except Exception as e:  # pyarrow raises ArrowException, OSError, ValueError...
-        raise CorruptionError(f"snapshot table file does not read: {type(e).__name__}: {e}",
-                              path=fpath, reason="bad_snapshot") from None
+    # Offsets are checked in order by the table loader itself, natively.
+    arrow = read_file(data, fpath, check_offsets=False)
+    if [name for name, _ in arrow.fields] != ["key", "value"] or any(
+            kind != "binary" for _, kind in arrow.fields):
+        raise CorruptionError("snapshot table file has the wrong schema", path=fpath,
+                              reason="bad_snapshot")
+    rows, total, summed = 0, 0, True
+    for batch in arrow.batches:
+        keys, values = batch.columns
+        if keys.null_count or values.null_count:
+            raise CorruptionError("snapshot column holds nulls", path=fpath, reason="bad_snapshot")
+        part = table._load_pairs(keys.offsets, keys.data, values.offsets, values.data)
+        rows += batch.num_rows
+        if part is None:
+            summed = False
+        else:
+            total += part
+    if len(table) != rows or (expect_keys is not None and expect_keys != rows):
+        # The same key twice in a snapshot, or not the count META recorded.
+        raise CorruptionError(f"snapshot holds {rows} pairs, {len(table)} distinct keys, "
+                              f"META says {expect_keys}", path=fpath, reason="bad_snapshot")
+    return finish_digest(total, rows) if summed else None
+
+
+def _release(data) -> None:
+    """Unmap a file's mapping; one still referenced (a traceback's views)
+    is left to the garbage collector."""
+    close = getattr(data, "close", None)
+    if close is not None:
+        try:
+            close()
+        except BufferError:
+            pass
 
 
 def load(path: str, make_table) -> tuple:
@@ -184,8 +288,6 @@ def load(path: str, make_table) -> tuple:
     custom kind, the class to ``restore`` from). Every file's size, CRC32C
     and each table's digest must match META; CorruptionError if not.
     """
-    from .digest import format_digest, table_digest
-
     meta = read_meta(path)
     out = []
     for e in meta["tables"]:
@@ -196,33 +298,87 @@ def load(path: str, make_table) -> tuple:
             raise CorruptionError("snapshot META has a malformed table entry", path=path,
                                   reason="bad_snapshot")
         fpath = os.path.join(path, e["file"])
-        data = _fileio.read_file(fpath)
-        if len(data) != e.get("bytes") or _core().crc32c(data) != e.get("crc32c"):
-            raise CorruptionError("snapshot table file fails its size or checksum", path=fpath,
-                                  reason="bad_snapshot")
-        made = make_table(e["name"], e["id"], e["kind"])
-        if e["kind"] == F.KIND_CUSTOM:
-            import msgpack
-
-            try:
-                table = made.restore(msgpack.unpackb(data, raw=False, strict_map_key=False))
-            except Exception as err:
-                raise CorruptionError(f"restore() of table {e['name']!r} failed: {err!r}",
-                                      path=fpath, reason="bad_snapshot") from err
+        if e["kind"] == F.KIND_NUMERIC:
+            table = _load_numeric(e, fpath, make_table)
         else:
-            table = made
-            keys = e.get("keys")
-            if type(keys) is int and 0 <= keys <= len(data):
-                # Room for every key at once (no rehash while loading); the
-                # count is bounded by the file it came with (untrusted).
-                table._reserve(keys, len(data) + 24 * keys)
-            _load_kv(table, data, fpath)
-        if e.get("digest") is not None and e["kind"] != F.KIND_CUSTOM and \
-                format_digest(table_digest(table)) != e["digest"]:
-            raise CorruptionError(f"table {e['name']!r} does not match its digest",
-                                  path=fpath, reason="bad_snapshot")
+            data = _fileio.map_file(fpath)
+            try:
+                table = _load_table(e, data, fpath, make_table)
+            finally:
+                _release(data)
         out.append((e["name"], e["id"], e["kind"], table))
     return meta, out
+
+
+def _load_table(e: dict, data, fpath: str, make_table):
+    """One table of a snapshot from its file's bytes ``data``, every check done."""
+    from .digest import format_digest, table_digest
+
+    if len(data) != e.get("bytes") or _core().crc32c(data) != e.get("crc32c"):
+        raise CorruptionError("snapshot table file fails its size or checksum", path=fpath,
+                              reason="bad_snapshot")
+    made = make_table(e["name"], e["id"], e["kind"])
+    if e["kind"] == F.KIND_CUSTOM:
+        import msgpack
+
+        try:
+            return made.restore(msgpack.unpackb(data, raw=False, strict_map_key=False))
+        except Exception as err:
+            raise CorruptionError(f"restore() of table {e['name']!r} failed: {err!r}",
+                                  path=fpath, reason="bad_snapshot") from err
+    keys = e.get("keys")
+    if type(keys) is not int or keys < 0:
+        raise CorruptionError("snapshot META has no key count for a table", path=fpath,
+                              reason="bad_snapshot")
+    if keys <= len(data):
+        # Room for every key at once (no rehash while loading); the count is
+        # bounded by the file it came with (untrusted).
+        made._reserve(keys, len(data) + 24 * keys)
+    digest = _load_kv(made, data, fpath, keys)
+    if e.get("digest") is not None:
+        if digest is None:
+            digest = table_digest(made)
+        if format_digest(digest) != e["digest"]:
+            raise CorruptionError(f"table {e['name']!r} does not match its digest",
+                                  path=fpath, reason="bad_snapshot")
+    return made
+
+
+def _load_numeric(e: dict, fpath: str, make_table):
+    """A numeric table whose columns are views of the file's private
+    mapping: nothing is copied; the first write to a page copies that page
+    (copy-on-write), and the file never changes."""
+    import numpy as np
+
+    from ._arrow_ipc import read_file
+    from .numeric import column_digest
+
+    spec = make_table(e["name"], e["id"], e["kind"], e.get("schema"))
+    data = _fileio.map_file(fpath, private=True)
+    if len(data) != e.get("bytes") or _core().crc32c(data) != e.get("crc32c"):
+        _release(data)
+        raise CorruptionError("snapshot table file fails its size or checksum", path=fpath,
+                              reason="bad_snapshot")
+    try:
+        arrow = read_file(data, fpath)
+        want = [(name, dtype) for name, dtype in spec.columns.items()]
+        if arrow.fields != want or len(arrow.batches) != 1 or \
+                arrow.batches[0].num_rows != spec.rows or \
+                any(c.null_count for c in arrow.batches[0].columns):
+            raise CorruptionError("numeric snapshot file does not match its schema",
+                                  path=fpath, reason="bad_snapshot")
+        arrays = [np.frombuffer(c.data, dtype=np.dtype(d).newbyteorder("<"))
+                  for c, (_, d) in zip(arrow.batches[0].columns, want)]
+    except CorruptionError:
+        _release(data)
+        raise
+    if e.get("digest") is not None and \
+            f"{column_digest(spec._schema_bytes(), arrays):016x}" != e["digest"]:
+        del arrays
+        _release(data)
+        raise CorruptionError(f"table {e['name']!r} does not match its digest", path=fpath,
+                              reason="bad_snapshot")
+    return spec._fresh(e["name"], arrays)
 
 
 def list_snapshots(directory: str) -> list:

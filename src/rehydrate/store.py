@@ -35,6 +35,7 @@ from .errors import (
     StoreFailedError,
 )
 from .kinds import resolve_kinds
+from .numeric import NumericTable
 from .lockfile import DirLock
 from .recovery import Problem, RecoveryReport, apply_actions, check_mode, walk
 from .tables import TableRegistry
@@ -321,31 +322,39 @@ class Store:
 
         with self._checkpoint_lock:
             t0 = time.perf_counter()
+            # Before the lock: memory for the native tables' copies, faulted
+            # in now, so that under the lock a copy is one memcpy.
+            prepared = {name: info.table._copy_prepare()
+                        for name, info in list(self._registry.by_name.items())
+                        if hasattr(info.table, "_copy_prepare")}
+            t_lock = time.perf_counter()
             with self._lock:
                 self._writable()
                 lsn = self.lsn
-                held, digests = [], {}
+                captured, digests = [], {}
                 for name in self._registry.names():
                     info = self._registry.by_name[name]
                     if info.kind == F.KIND_CUSTOM:
                         payload = info.table.snapshot()
-                    elif hasattr(info.table, "_clone"):
-                        payload = info.table._clone()  # a memcpy: the pause stays short
+                    elif info.kind == F.KIND_NUMERIC:
+                        payload = (info.table.schema(),
+                                   [a.copy() for a in info.table._live()])  # memcpys
+                        digests[name] = format_digest(info.table._digest())
+                    elif hasattr(info.table, "_copy"):
+                        payload = info.table._copy(prepared.pop(name, None))
                     else:  # a DictTable (small by intent): its pairs, now
                         payload = info.table._items_raw()
                         digests[name] = format_digest(table_digest(info.table))
-                    held.append((name, info.tid, info.kind, payload))
+                    captured.append((name, info.tid, info.kind, payload))
                 offsets = dict(self._offsets)
                 self._bytes_since_checkpoint = 0
-            pause_s = time.perf_counter() - t0
-            # Outside the lock: digests and pairs from the copies.
-            captured = []
-            for name, tid, kind, payload in held:
-                if kind != F.KIND_CUSTOM and not isinstance(payload, list):
-                    digests[name] = format_digest(table_digest(payload))
-                    payload = payload._items_raw()
-                captured.append((name, tid, kind, payload))
-            del held
+            pause_s = time.perf_counter() - t_lock
+            del prepared
+            # Outside the lock: the copies' digests (their columns are made
+            # as the files are written).
+            for name, _tid, kind, payload in captured:
+                if name not in digests and kind != F.KIND_CUSTOM:
+                    digests[name] = format_digest(payload._digest())
             if lsn in (self._manifest.get("snapshots") or []):
                 # Nothing written since the last snapshot: that one stands.
                 spath = os.path.join(self.path, _snapshot.SNAPSHOTS_DIR,
@@ -464,14 +473,24 @@ class Store:
         """Remove ``key`` (absent keys are fine: the delete is still logged)."""
         return self._write(self._buf.delete, table, key)
 
-    def incr(self, table: str, key, delta=1) -> int:
-        """Add ``delta`` to a number (an absent key counts as 0).
+    def incr(self, table: str, key, delta=1, column=None) -> int:
+        """Add ``delta`` to a number (an absent key counts as 0); for a
+        NumericTable, ``key`` is the row and ``column`` names the cell.
 
         InvalidOperationError, before anything is written, when the value is
         not a number, the delta is not an int or float, or an int result
         leaves int64.
         """
+        if column is not None:
+            return self._write(self._incr_column, table, key, delta, column)
         return self._write(self._buf.incr, table, key, delta)
+
+    def _incr_column(self, t, tid, row, delta, column) -> int:
+        # Logged as a put of the cell's new value (computed here, under the
+        # lock): replay then only sets cells, and every record is idempotent.
+        if not isinstance(t, NumericTable):
+            raise ConfigError(f"column= is for NumericTable tables, not {type(t).__name__}")
+        return self._buf.put(t, tid, row, {column: t._added(row, column, delta)})
 
     def write(self, table: str, op: str, key=None, value=None) -> int:
         """A custom table's own op: its ``apply(op, key, value)`` gets it, now

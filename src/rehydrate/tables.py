@@ -20,6 +20,7 @@ from typing import Any, Optional
 from . import _format as F
 from .errors import ConfigError, CorruptionError
 from .kinds import KIND_NAMES, DictTable, OpaqueTable, RefusedTable
+from .numeric import NumericTable
 
 
 @dataclass
@@ -27,9 +28,11 @@ class TableInfo:
     name: str
     tid: int
     kind: int
-    # The core's KVTable, a DictTable, a StateType instance (or a reader's
-    # OpaqueTable), or None in a registry that only checks.
+    # The core's KVTable, a DictTable, a NumericTable, a StateType instance
+    # (or a reader's OpaqueTable), or None in a registry that only checks.
     table: Any
+    # A numeric table's schema as its declarations carry it (msgpack), else b"".
+    schema: bytes = b""
 
 
 class TableRegistry:
@@ -54,13 +57,22 @@ class TableRegistry:
         self.order: list[tuple[int, int, bytes]] = []
 
     def _wanted(self, name: str):
-        """(kind, class) ``tables=`` asks for ``name``: KV unless named."""
+        """(kind, class or NumericTable declaration) ``tables=`` asks for
+        ``name``: KV unless named."""
         if self._kinds is None:
             return None, None
         return self._kinds.get(name, (F.KIND_KV, None))
 
-    def _make(self, name: str, kind: int):
+    def _schema_for(self, name: str, kind: int) -> bytes:
+        """The schema a table a write creates declares: ``tables=``'s for a
+        numeric table, else b"" (other kinds have none)."""
+        spec = self._wanted(name)[1]
+        return spec._schema_bytes() if kind == F.KIND_NUMERIC else b""
+
+    def _make(self, name: str, kind: int, schema: bytes = b""):
         """A new, empty table of ``kind``; ConfigError if it cannot be made."""
+        if kind == F.KIND_NUMERIC:
+            return NumericTable._from_schema(schema)._fresh(name)
         if kind == F.KIND_KV:
             table = self._core.KVTable()
             hint = self._size_hints.get(name)
@@ -80,26 +92,34 @@ class TableRegistry:
         table._rh_bind(name, self._core)
         return table
 
-    def _add(self, name: str, tid: int, kind: int, from_log: bool = False) -> TableInfo:
+    def _add(self, name: str, tid: int, kind: int, from_log: bool = False,
+             schema: bytes = b"") -> TableInfo:
         table = None
+        if from_log and kind == F.KIND_NUMERIC:
+            NumericTable._from_schema(schema)  # CorruptionError if it is none
+        elif not from_log:
+            schema = self._schema_for(name, kind)
         if self._materialize:
-            want = self._wanted(name)[0]
+            want, spec = self._wanted(name)
             if from_log and want is not None and kind != want:
                 table = RefusedTable(self._mismatch(name, kind, want))
+            elif from_log and isinstance(spec, NumericTable) and \
+                    schema != spec._schema_bytes():
+                table = RefusedTable(self._schema_mismatch(name, schema, spec))
             elif from_log:
                 try:
-                    table = self._make(name, kind)
+                    table = self._make(name, kind, schema)
                 except ConfigError as e:
                     table = RefusedTable(e)
             else:
-                table = self._make(name, kind)
-        info = TableInfo(name, tid, kind, table)
+                table = self._make(name, kind, schema)
+        info = TableInfo(name, tid, kind, table, schema)
         self.by_name[name] = info
         self.by_id[tid] = info
         self.order.append((tid, kind, name.encode("utf-8")))
         return info
 
-    def declare(self, tid: int, kind: int, name_bytes: bytes):
+    def declare(self, tid: int, kind: int, name_bytes: bytes, schema: bytes = b""):
         """Bind a declaration from the log; CorruptionError if it contradicts one seen before."""
         try:
             name = bytes(name_bytes).decode("utf-8")
@@ -112,11 +132,14 @@ class TableRegistry:
                 raise CorruptionError(
                     f"table {name!r} declared as id {tid}, earlier as id {other.tid}",
                     reason="bad_declaration")
-            info = self._add(name, tid, kind, from_log=True)
+            info = self._add(name, tid, kind, from_log=True, schema=bytes(schema))
         elif info.name != name or info.kind != kind:
             raise CorruptionError(
                 f"table id {tid} declared as {name!r}, earlier as {info.name!r}",
                 reason="bad_declaration")
+        elif info.schema != bytes(schema):
+            raise CorruptionError(f"numeric table {name!r} declared with another schema",
+                                  reason="bad_declaration")
         return info.table
 
     def create(self, name: str) -> TableInfo:
@@ -143,6 +166,12 @@ class TableRegistry:
                       f"{asked}; a table keeps the kind it was created with")
         return ConfigError(detail, reason="table_kind")
 
+    def _schema_mismatch(self, name: str, logged: bytes, spec: NumericTable) -> ConfigError:
+        return ConfigError(f"numeric table {name!r} has schema "
+                           f"{NumericTable._from_schema(logged).schema()} in the log, but "
+                           f"tables= asks for {spec.schema()}; a table keeps its schema",
+                           reason="table_kind")
+
     def drop_if_new(self, info: TableInfo) -> None:
         """Forget a table created for a write that then failed before logging."""
         if not (self.order and self.order[-1][0] == info.tid):
@@ -154,16 +183,23 @@ class TableRegistry:
             del self.by_name[info.name]
             del self.by_id[info.tid]
 
-    def snapshot_table(self, name: str, tid: int, kind: int):
+    def snapshot_table(self, name: str, tid: int, kind: int, schema: bytes = b""):
         """For a snapshot being loaded: an empty table to fill, or for a custom
-        table its class (to ``restore``). ConfigError on a kind mismatch."""
-        want, cls = self._wanted(name)
+        table its class (to ``restore``), or for a numeric table its
+        declaration (from ``schema``, checked). ConfigError on a kind or
+        schema mismatch."""
+        want, spec = self._wanted(name)
         if want is not None and kind != want:
             raise self._mismatch(name, kind, want)
         if kind == F.KIND_CUSTOM:
-            if cls is None:
+            if spec is None:
                 raise self._mismatch(name, kind, F.KIND_KV)
-            return cls
+            return spec
+        if kind == F.KIND_NUMERIC:
+            found = NumericTable._from_schema(schema)
+            if isinstance(spec, NumericTable) and found._schema_bytes() != spec._schema_bytes():
+                raise self._schema_mismatch(name, found._schema_bytes(), spec)
+            return found
         if kind not in (F.KIND_KV, F.KIND_DICT):
             raise CorruptionError(f"snapshot table {name!r} has unknown kind {kind}",
                                   reason="bad_snapshot")
@@ -176,14 +212,19 @@ class TableRegistry:
                                   "range", reason="bad_snapshot")
         if kind == F.KIND_CUSTOM:
             table._rh_bind(name, self._core)
-        info = TableInfo(name, tid, kind, table)
+        schema = table._schema_bytes() if kind == F.KIND_NUMERIC else b""
+        info = TableInfo(name, tid, kind, table, schema)
         self.by_name[name] = info
         self.by_id[tid] = info
         self.order.append((tid, kind, name.encode("utf-8")))
 
-    def decls(self, tids) -> list[tuple[int, int, bytes]]:
-        """(tid, kind, name bytes) of each table id, as frames declare them."""
-        return [(tid, self.by_id[tid].kind, self.by_id[tid].name.encode("utf-8")) for tid in tids]
+    def decls(self, tids) -> list[tuple[int, int, bytes, bytes]]:
+        """(tid, kind, name bytes, schema) of each table id, as frames declare them."""
+        out = []
+        for tid in tids:
+            info = self.by_id[tid]
+            out.append((tid, info.kind, info.name.encode("utf-8"), info.schema))
+        return out
 
     def names(self) -> list[str]:
         return [self.by_id[tid].name for tid, _, _ in self.order]

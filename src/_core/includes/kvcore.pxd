@@ -1,13 +1,14 @@
 # The KVTable's hash table + arena (header-only, kvcore.h). Both the kvtable
 # and frames modules compile these inline functions; they agree because they
 # share this one header and the rh_kv struct lives in the KVTable object.
-from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from includes.valcodec cimport rh_num
 
 cdef extern from "kvcore.h":
     enum:
         RH_ENTRY_DEAD
         RH_VALUE_MAX
+        RH_ARENA_BASE
     ctypedef struct rh_slot:
         uint64_t hash
         uint64_t off
@@ -37,7 +38,6 @@ cdef extern from "kvcore.h":
     unsigned char *rh_entry_value(rh_entry *e) nogil
     int64_t rh_find(const rh_kv *kv, const rh_key *k) nogil
     int rh_reserve(rh_kv *kv, uint64_t keys, uint64_t arena_bytes)
-    int rh_clone(const rh_kv *src, rh_kv *dst)
     int rh_put(rh_kv *kv, const rh_key *k, const unsigned char *v, size_t vlen,
                size_t vcap_min) nogil
     int rh_delete(rh_kv *kv, const rh_key *k) nogil
@@ -50,3 +50,15 @@ cdef extern from "kvcore.h":
     uint64_t rh_entry_digest(const rh_entry *e) nogil
     uint64_t rh_digest_finish(uint64_t sum, uint64_t count) nogil
     int rh_kv_digest(const rh_kv *kv, uint64_t *out) nogil
+
+    # Snapshots: the checkpoint's arena copy and the column loader.
+    ctypedef struct rh_digest_acc:
+        pass
+    void rh_digest_acc_init(rh_digest_acc *a) nogil
+    uint64_t rh_digest_acc_sum(rh_digest_acc *a) nogil
+    const rh_entry *rh_arena_next(const rh_kv *kv, uint64_t *off) nogil
+    int rh_arena_prepare(rh_kv *dst, uint64_t bytes) nogil
+    int rh_arena_copy(const rh_kv *src, rh_kv *dst) nogil
+    int rh_load_columns(rh_kv *kv, uint64_t n, const int32_t *koff, const unsigned char *kdata,
+                        const int32_t *voff, const unsigned char *vdata,
+                        rh_digest_acc *acc) nogil

@@ -24,7 +24,9 @@ cdef extern from "payload.h":
         uint32_t tid
         uint32_t nlen
         unsigned kind
+        uint32_t slen
         const unsigned char *name
+        const unsigned char *schema
     ctypedef struct rh_rec:
         uint64_t hash
         const unsigned char *key

@@ -233,14 +233,19 @@ class Staging:
 def encode_frame(first_lsn: int, count: int, decls, records: bytes, offsets=None) -> bytes:
     """One frame: header + payload (offsets, decls, then records), LZ4 when it pays.
 
-    ``decls`` is a sequence of (table_id, kind, name_bytes); ``offsets`` a
+    ``decls`` is a sequence of (table_id, kind, name_bytes[, schema_bytes])
+    (the schema of a numeric table; none for other kinds); ``offsets`` a
     dict {source: int64} stored with the frame (FLAG_OFFSETS), or None.
     """
     flags = F.FLAG_OFFSETS if offsets else 0
     parts = [encode_offsets(offsets)] if offsets else []
     parts.append(encode_varint(len(decls)))
-    for tid, kind, name in decls:
+    for decl in decls:
+        tid, kind, name = decl[0], decl[1], decl[2]
         parts += [encode_varint(tid), bytes((kind,)), encode_varint(len(name)), name]
+        if kind == F.KIND_NUMERIC:
+            schema = decl[3] if len(decl) > 3 else b""
+            parts += [encode_varint(len(schema)), schema]
     parts.append(records)
     payload = b"".join(parts)
     raw_len = len(payload)
@@ -316,7 +321,14 @@ def decode_payload(payload, count: int, seg_tids):
             raise ValueError("bad table name length")
         name = bytes(payload[i:i + nlen])
         i += nlen
-        decls.append((tid, kind, name))
+        schema = b""
+        if kind == F.KIND_NUMERIC:  # then its schema (msgpack; the registry checks it)
+            slen, i = decode_varint(payload, i, end)
+            if slen < 1 or slen > F.MAX_SCHEMA_BYTES or i + slen > end:
+                raise ValueError("bad table declaration")
+            schema = bytes(payload[i:i + slen])
+            i += slen
+        decls.append((tid, kind, name, schema))
         known.add(tid)
     records = []
     while i < end:
@@ -389,7 +401,7 @@ class ScanResult:
 class SegmentContext:
     """Per-segment table declarations seen so far, bound to a registry.
 
-    ``registry.declare(tid, kind, name_bytes)`` returns the table to apply to
+    ``registry.declare(tid, kind, name_bytes, schema)`` returns the table to apply to
     (or None when not applying) and raises RehydrateError on a conflict.
     """
 
@@ -478,12 +490,12 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
         except ValueError as e:
             return stop(F.SCAN_BAD_PAYLOAD, offset, frame_end, str(e))
         try:
-            for tid, kind, name in decls:
+            for tid, kind, name, schema in decls:
                 # Every kind decodes the same records; what a kind means
                 # is the registry's business (rehydrate/tables.py).
-                if kind not in (F.KIND_KV, F.KIND_DICT, F.KIND_CUSTOM):
+                if not F.KIND_KV <= kind <= F.KIND_NUMERIC:
                     raise ValueError(f"unknown table kind {kind}")
-                ctx.tables[tid] = ctx.registry.declare(tid, kind, name)
+                ctx.tables[tid] = ctx.registry.declare(tid, kind, name, schema)
         except (ValueError, RehydrateError) as e:
             return stop(F.SCAN_BAD_PAYLOAD, offset, frame_end, str(e))
         if apply:

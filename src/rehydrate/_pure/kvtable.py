@@ -9,12 +9,12 @@ msgpack bytes, decoded when read.
 
 from __future__ import annotations
 
-import struct
 import sys
 from collections.abc import ItemsView, KeysView, Mapping, ValuesView
 
 import xxhash
 
+from .._hashing import MASK64, entry_hash, pairs_digest
 from ..errors import CorruptionError, UnsupportedKeyError
 from .codec import decode_key, encode_key, incr_value, unpack_value
 
@@ -133,19 +133,25 @@ class KVTable:
         self._d[bytes(kb)] = bytes(vb)
         self._version += 1
 
-    def _clone(self) -> "KVTable":
-        """An independent copy: what a checkpoint snapshots."""
-        out = KVTable()
-        out._d = dict(self._d)
-        return out
+    def _copy_prepare(self):
+        """Nothing to prepare for a dict copy (the native core faults its
+        memory in here, before the store's lock)."""
+        return None
 
-    def _load_pairs(self, koff, kdata, voff, vdata) -> None:
+    def _copy(self, prep=None) -> "PairsCopy":
+        """A copy of the entries as they are now: what a checkpoint snapshots."""
+        return PairsCopy(dict(self._d))
+
+    def _load_pairs(self, koff, kdata, voff, vdata) -> int:
         """Put every pair of two Arrow-style binary columns (n+1 int32 offsets
         into each data buffer). All pairs are checked first: CorruptionError,
         and the table unchanged, for offsets out of order or bounds or a
-        malformed key."""
+        malformed key. Returns the sum (mod 2^64) of the pairs' entry hashes."""
+        total = 0
         for kb, vb in checked_pairs(koff, kdata, voff, vdata):
             self._put_raw(kb, vb)
+            total += entry_hash(kb, vb)
+        return total & MASK64
 
     def _delete_raw(self, kb) -> bool:
         self._version += 1
@@ -169,19 +175,47 @@ class KVTable:
     def _digest(self) -> int:
         """The content digest (docs/FORMAT.md, "Digest"): a 64-bit int that
         depends only on the entries, not on the table's history."""
-        h64 = xxhash.xxh64_intdigest
-        pack_len = _U32.pack
-        total = 0
-        for kb, vb in self._d.items():
-            total += h64(pack_len(len(kb)) + kb + vb)
-        # The sum is kept unbounded and wrapped once: the same as adding mod
-        # 2^64 at every step, as the native core does.
-        return h64(_U64X2.pack(total & _MASK64, len(self._d)))
+        return pairs_digest(self._d.items(), len(self._d))
 
 
-_U32 = struct.Struct("<I")
-_U64X2 = struct.Struct("<QQ")
-_MASK64 = (1 << 64) - 1
+class PairsCopy:
+    """A checkpoint's copy of one table: its pairs, frozen."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self, d: dict):
+        self._d = d
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def _digest(self) -> int:
+        return pairs_digest(self._d.items(), len(self._d))
+
+    def _columns(self, max_rows=1 << 20, max_bytes=(1 << 31) - 1) -> list:
+        """The native ArenaCopy._columns: batches of (n, key offsets, key
+        data, value offsets, value data), offsets as native int32."""
+        from array import array
+
+        if max_rows < 1 or max_bytes < 0x7FFFFF00:
+            raise ValueError("batches must hold at least one pair of any size")
+        out, items = [], list(self._d.items())
+        i = 0
+        while i < len(items):
+            ko, vo, ks, vs = array("i", [0]), array("i", [0]), [], []
+            kn = vn = 0
+            while i < len(items) and len(ks) < max_rows:
+                kb, vb = items[i]
+                if ks and (kn + len(kb) > max_bytes or vn + len(vb) > max_bytes):
+                    break
+                kn, vn = kn + len(kb), vn + len(vb)
+                ks.append(kb)
+                vs.append(vb)
+                ko.append(kn)
+                vo.append(vn)
+                i += 1
+            out.append((len(ks), ko.tobytes(), b"".join(ks), vo.tobytes(), b"".join(vs)))
+        return out
 
 
 def _xxh64(data, seed=0) -> int:
