@@ -275,3 +275,71 @@ def test_replay_of_numeric_ops_in_a_child_process_matches(store_dir, core_env):
     out = subprocess.run([sys.executable, "-c", code, store_dir], env=core_env, check=True,
                          capture_output=True, text=True).stdout.split()
     assert out == [str(digest), "3000"]
+
+
+def _append_frame(store_dir, lsn, records):
+    """Append one frame of hand-made numeric records (op, row key bytes,
+    value bytes) after LSN ``lsn``: what no writer of ours produces."""
+    from rehydrate import _backend
+    from rehydrate import _format as F
+
+    c = _backend.core()
+    recs = b"".join(bytes((op,)) + c.encode_varint(0) + c.encode_varint(len(kb)) + kb
+                    + c.encode_varint(len(vb)) + vb for op, kb, vb in records)
+    schema = tables()["stats"]._schema_bytes()
+    frame = c.encode_frame(lsn + 1, len(records), [(0, F.KIND_NUMERIC, b"stats", schema)], recs)
+    seg = sorted(os.listdir(os.path.join(store_dir, "wal")))[-1]
+    with open(os.path.join(store_dir, "wal", seg), "ab") as f:
+        f.write(frame)
+
+
+@pytest.mark.parametrize("value, row", [
+    ({"hits": 1.5}, 1),  # a float for an int64 column
+    ({"nope": 1}, 1),  # no such column
+    ({"hits": 1}, ROWS),  # a row past the end
+    ({"hits": 1}, -1),
+    ({"hits": "x"}, 1),
+    ([1, 2], 1),  # not a map
+])
+def test_a_numeric_record_no_writer_makes_fails_replay_typed(store_dir, core, value, row):
+    with Store.open(store_dir, tables=tables(), sync="always") as s:
+        s.put("stats", 1, {"hits": 7})
+        lsn = s.lsn
+    good = (1, core.encode_key(2), core.pack_value({"hits": 3, "score": 0.5}))
+    _append_frame(store_dir, lsn, [good, (1, core.encode_key(row), core.pack_value(value))])
+    assert rh.verify(store_dir).ok  # structure and checksums are fine
+    assert [p.kind for p in rh.verify(store_dir, deep=True).problems] == ["apply_error"]
+    with pytest.raises(CorruptionError) as ei:
+        Store.open(store_dir, tables=tables())
+    assert ei.value.reason == "apply_error"
+
+
+def test_hand_made_records_in_every_msgpack_number_form_replay_like_the_writer(store_dir, core):
+    import msgpack
+    import struct
+
+    with Store.open(store_dir, tables=tables(), sync="always") as s:
+        s.put("stats", 0, {"hits": 1})
+        lsn = s.lsn
+    forms = [  # (packed value for hits, expected)
+        (b"\x05", 5), (b"\xe0", -32), (b"\xcc\xff", 255), (b"\xcd\x01\x00", 256),
+        (b"\xce\x00\x01\x00\x00", 65536), (b"\xcf" + (1 << 40).to_bytes(8, "big"), 1 << 40),
+        (b"\xd0\x80", -128), (b"\xd1\x80\x00", -32768), (b"\xd2\x80\x00\x00\x00", -(1 << 31)),
+        (b"\xd3" + (-(1 << 62)).to_bytes(8, "big", signed=True), -(1 << 62)),
+    ]
+    records, want = [], {}
+    for row, (packed, expect) in enumerate(forms, start=1):
+        records.append((1, core.encode_key(row), b"\x81\xa4hits" + packed))
+        want[row] = expect
+    # float64 and float32 for the float column, a map16 header, a str8 key
+    records.append((1, core.encode_key(20), b"\x81\xa5score\xcb" + struct.pack(">d", 2.5)))
+    records.append((1, core.encode_key(21), b"\x81\xa5score\xca" + struct.pack(">f", 0.25)))
+    records.append((1, core.encode_key(22), b"\xde\x00\x01\xd9\x04hits\x07"))
+    records.append((2, core.encode_key(0), b""))  # delete row 0
+    _append_frame(store_dir, lsn, records)
+    with Store.open(store_dir, tables=tables()) as s:
+        t = s.table("stats")
+        assert {r: t[r]["hits"] for r in want} == want
+        assert t[20]["score"] == 2.5 and t[21]["score"] == 0.25 and t[22]["hits"] == 7
+        assert t[0] == {"hits": 0, "score": 0.0}
+        assert msgpack.unpackb(t._get_raw(core.encode_key(22))) == {"hits": 7, "score": 0.0}

@@ -36,6 +36,7 @@ from includes.kvcore cimport (
     rh_put, rh_slot,
 )
 from includes.lz4_decode cimport RH_LZ4_SLACK
+from includes.numcore cimport rh_num_apply_run, rh_numtab
 from includes.payload cimport (
     RH_P_CANCELLED, RH_P_COUNT, RH_P_DECL, RH_P_DECL_COUNT, RH_P_DECL_NAME, RH_P_KEY_LEN,
     RH_P_MALFORMED, RH_P_NOMEM, RH_P_OFFSETS_COUNT, RH_P_OK, RH_P_TOO_MANY,
@@ -57,6 +58,7 @@ from rehydrate._core.kvtable cimport KVTable
 
 from rehydrate import _format as F
 from rehydrate._custom import apply_custom
+from rehydrate.numeric import NumericTable
 from rehydrate._offsets import encode_offsets, split_offsets
 from rehydrate._core.codec import crc32c, encode_key, encode_varint, lz4_compress, pack_value
 from rehydrate.errors import (
@@ -1031,6 +1033,7 @@ cdef class _Scanner:
     cdef uint8_t *known
     cdef PyObject **tab_obj
     cdef rh_kv **tab_kv
+    cdef rh_numtab **tab_num
     cdef uint32_t *tab_gen
     cdef uint32_t gen
 
@@ -1042,6 +1045,7 @@ cdef class _Scanner:
         self.known = NULL
         self.tab_obj = NULL
         self.tab_kv = NULL
+        self.tab_num = NULL
         self.tab_gen = NULL
         self.gen = 0
 
@@ -1064,8 +1068,59 @@ cdef class _Scanner:
         self.tab_obj = NULL
         free(self.tab_kv)
         self.tab_kv = NULL
+        free(self.tab_num)
+        self.tab_num = NULL
         free(self.tab_gen)
         self.tab_gen = NULL
+
+
+cdef class _NumView:
+    """A NumericTable's columns as numcore.h sees them, for one frame's
+    replay; holds what the raw pointers point into."""
+    cdef rh_numtab t
+    cdef list refs
+
+    def __cinit__(self):
+        memset(&self.t, 0, sizeof(rh_numtab))
+
+    def __dealloc__(self):
+        free(self.t.names)
+        free(self.t.nlens)
+        free(self.t.is_float)
+        free(self.t.cols)
+
+
+cdef _NumView _num_view(object table):
+    """The view of ``table``'s columns, or None when a column is not a
+    writable, contiguous, little-endian 8-byte array (the Python path then
+    applies, and raises what numpy raises)."""
+    cdef _NumView v = _NumView()
+    cdef Py_ssize_t n, j
+    cdef bytes nb
+    arrays = table._live()
+    columns = list(table.columns.items())
+    n = len(columns)
+    v.refs = [arrays]
+    v.t.rows = table.rows
+    v.t.ncols = <uint32_t>n
+    v.t.names = <const unsigned char **>calloc(n, sizeof(void *))
+    v.t.nlens = <uint32_t *>calloc(n, sizeof(uint32_t))
+    v.t.is_float = <unsigned char *>calloc(n, 1)
+    v.t.cols = <void **>calloc(n, sizeof(void *))
+    if v.t.names == NULL or v.t.nlens == NULL or v.t.is_float == NULL or v.t.cols == NULL:
+        raise MemoryError()
+    for j in range(n):
+        a = arrays[j]
+        if not (a.flags.c_contiguous and a.flags.writeable and a.dtype.itemsize == 8
+                and a.dtype.byteorder in "=<|" and len(a) == table.rows):
+            return None
+        nb = columns[j][0].encode("utf-8")
+        v.refs.append(nb)
+        v.t.names[j] = <const unsigned char *>PyBytes_AS_STRING(nb)
+        v.t.nlens[j] = <uint32_t>PyBytes_GET_SIZE(nb)
+        v.t.is_float[j] = columns[j][1] == "float64"
+        v.t.cols[j] = <void *><size_t>a.ctypes.data
+    return v
 
 
 cdef inline int _apply_py(rh_rec *r, object t) except -1:
@@ -1154,8 +1209,9 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
     if do_apply:
         sc.tab_obj = <PyObject **>calloc(RH_TID_SPACE, sizeof(PyObject *))
         sc.tab_kv = <rh_kv **>calloc(RH_TID_SPACE, sizeof(rh_kv *))
+        sc.tab_num = <rh_numtab **>calloc(RH_TID_SPACE, sizeof(rh_numtab *))
         sc.tab_gen = <uint32_t *>calloc(RH_TID_SPACE, sizeof(uint32_t))
-        if sc.tab_obj == NULL or sc.tab_kv == NULL or sc.tab_gen == NULL:
+        if sc.tab_obj == NULL or sc.tab_kv == NULL or sc.tab_num == NULL or sc.tab_gen == NULL:
             raise MemoryError()
     try:
         while off < end:
@@ -1282,11 +1338,13 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
                 # from ctx.tables meanwhile.
                 sc.gen += 1
                 alive = []
+                all_numeric = True
                 for i in range(start, n):
                     r = &recs[i]
                     if r.op == OP_NOOP:  # names no table
                         r.kv = NULL
                         r.obj = NULL
+                        r.num = NULL
                         continue
                     tid = r.tid
                     if sc.tab_gen[tid] != sc.gen:
@@ -1294,10 +1352,26 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
                         alive.append(t)
                         sc.tab_obj[tid] = <PyObject *>t
                         sc.tab_kv[tid] = &(<KVTable>t).kv if type(t) is KVTable else NULL
+                        sc.tab_num[tid] = NULL
+                        if type(t) is NumericTable:
+                            nv = _num_view(t)
+                            if nv is not None:
+                                alive.append(nv)
+                                sc.tab_num[tid] = &(<_NumView>nv).t
                         sc.tab_gen[tid] = sc.gen
                     r.kv = sc.tab_kv[tid]
                     r.obj = sc.tab_obj[tid]
+                    r.num = sc.tab_num[tid]
+                    if r.num == NULL:
+                        all_numeric = False
                 frame_applied = 0
+                if all_numeric and n > start:
+                    # Only numeric tables' records: set cells without the GIL,
+                    # up to the first record the native path leaves to Python.
+                    with nogil:
+                        j = rh_num_apply_run(&recs[start], n - start)
+                    frame_applied = <int64_t>j
+                    start += j
                 try:
                     for i in range(start, n):
                         if i + PREFETCH_SLOTS < n:
@@ -1318,6 +1392,9 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
                         kv = <rh_kv *>r.kv
                         if r.op == OP_NOOP:
                             pass
+                        elif r.num != NULL:
+                            if rh_num_apply_run(r, 1) == 0:
+                                _apply_py(r, <object>r.obj)
                         elif kv == NULL:
                             _apply_py(r, <object>r.obj)
                         elif r.op == OP_PUT:

@@ -41,6 +41,7 @@ typedef struct {
     uint32_t op;
     void *kv;   /* rh_kv* of a native table, else NULL (set by the apply step) */
     void *obj;  /* borrowed table object (set by the apply step) */
+    void *num;  /* rh_numtab* of a numeric table, else NULL (set by the apply step) */
 } rh_rec;
 
 enum rh_perr_code {
@@ -237,6 +238,7 @@ static int rh_decode_payload(const unsigned char *p, size_t n, int64_t count,
         r->vlen = (uint32_t)vlen;
         r->kv = NULL;
         r->obj = NULL;
+        r->num = NULL;
         if (op != 4) {
             /* Hashing here, off the GIL, keeps the apply loop to probes. */
             rh_key k;

@@ -37,6 +37,7 @@ cdef extern from "payload.h":
         uint32_t op
         void *kv
         void *obj
+        void *num
     ctypedef struct rh_decoded:
         rh_decl *decls
         size_t ndecls
