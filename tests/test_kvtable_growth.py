@@ -5,6 +5,8 @@ import random
 
 import pytest
 
+from rehydrate.errors import CorruptionError
+
 
 def test_large_table_grows_compacts_and_regrows_without_losing_a_value(core):
     rng = random.Random(5)
@@ -73,3 +75,56 @@ def test_a_copy_of_an_empty_table_has_no_batches(core):
     assert len(c) == 0 and c._columns() == [] and c._digest() == t._digest()
     with pytest.raises(ValueError):
         c._columns(max_rows=0)
+
+
+def _columns(pairs):
+    from array import array
+
+    ko, vo, k, v = array("i", [0]), array("i", [0]), b"", b""
+    for kb, vb in pairs:
+        k, v = k + kb, v + vb
+        ko.append(len(k))
+        vo.append(len(v))
+    return ko.tobytes(), k, vo.tobytes(), v
+
+
+def test_bulk_loads_sum_the_digest_and_refuse_a_key_twice(core):
+    rng = random.Random(8)
+    pairs = {core.encode_key(f"k{i}"): core.pack_value(rng.randbytes(rng.randrange(1, 300)))
+             for i in range(5000)}
+    items = list(pairs.items())
+    t = core.KVTable()
+    t._reserve(len(items), 0, bulk=True)
+    total = t._load_pairs(*_columns(items[:3000]))
+    total += t._load_pairs(*_columns(items[3000:]))  # a second batch into a filled table
+    t._loaded()
+    assert sorted(t._items_raw()) == sorted(items) and len(t) == len(items)
+    from rehydrate._hashing import finish_digest
+
+    assert finish_digest(total, len(items)) == t._digest()
+    assert core.pairs_digest_sum(*_columns(items)) == total % (1 << 64)
+    assert t._load_pairs(*_columns([]), summed=False) is None
+    # A key already in the table: refused, and the table is emptied.
+    t2 = core.KVTable()
+    t2._load_pairs(*_columns(items[1:50]))
+    with pytest.raises(CorruptionError):
+        t2._load_pairs(*_columns(items[10:11]))
+    assert len(t2) == 0
+    # A key twice in one batch: the same.
+    t3 = core.KVTable()
+    with pytest.raises(CorruptionError):
+        t3._load_pairs(*_columns([(b"\x02new", b"\x01"), (b"\x02new", b"\x02")]))
+    assert len(t3) == 0
+
+
+@pytest.mark.parametrize("koff, voff", [
+    ([0, 5], [0, 1]),  # key past its data
+    ([0, 2, 1], [0, 1, 2]),  # offsets going back
+    ([-1, 2], [0, 1]),
+    ([0, 2], [0, 9]),  # value past its data
+])
+def test_pairs_digest_sum_refuses_bad_offsets_on_both_cores(core, koff, voff):
+    from array import array
+
+    assert core.pairs_digest_sum(array("i", koff).tobytes(), b"\x02a",
+                                 array("i", voff).tobytes(), b"\x01\x02") is None

@@ -41,7 +41,7 @@ from .frames import (
     parse_frame_header,
     scan_frames,
 )
-from .kvtable import KVTable
+from .kvtable import KVTable, pairs_digest_sum
 
 IMPLEMENTATION = "native"
 
@@ -71,6 +71,7 @@ __all__ = [
     "lz4_compress",
     "lz4_decompress",
     "pack_value",
+    "pairs_digest_sum",
     "parse_frame_header",
     "scan_frames",
     "unpack_value",

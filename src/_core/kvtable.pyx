@@ -19,7 +19,8 @@ from includes.kvcore cimport (
     RH_ENTRY_DEAD, RH_VALUE_MAX, rh_arena_copy, rh_arena_next, rh_arena_prepare, rh_clear,
     rh_delete, rh_digest_acc, rh_digest_acc_init, rh_digest_acc_sum, rh_entry, rh_entry_at,
     rh_entry_key, rh_entry_value, rh_find, rh_incr, rh_key, rh_key_from_bytes, rh_kv,
-    rh_kv_digest, rh_load_columns, rh_memory_bytes, rh_next_slot, rh_put, rh_reserve,
+    rh_bulk_load, rh_kv_advise_huge, rh_kv_digest, rh_pairs_digest_sum, rh_memory_bytes, rh_next_slot, rh_put,
+    rh_reserve,
 )
 from includes.xxh64 cimport (
     rh_xxh64, rh_xxh64_digest, rh_xxh64_reset, rh_xxh64_state, rh_xxh64_update, rh_xxh64_x4,
@@ -221,23 +222,27 @@ cdef class KVTable:
                 raise MemoryError()
         return out
 
-    def _load_pairs(self, koff, kdata, voff, vdata):
+    def _load_pairs(self, koff, kdata, voff, vdata, summed=True):
         """Put every pair of two Arrow-style binary columns: ``koff``/``voff``
         hold n+1 int32 offsets into ``kdata``/``vdata`` (any buffers); the
         pairs must be canonical key bytes and msgpack value bytes (a
         snapshot's columns). Returns the sum (mod 2^64) of the pairs' entry
         hashes (docs/FORMAT.md, "Digest"), so a loader can check a digest
-        without a second walk.
+        without a second walk; None with ``summed=False`` (a loader that sums
+        them beside, with ``pairs_digest_sum``).
 
-        Everything is checked before anything is put: offsets that go back or
-        past their data, or a malformed key, raise CorruptionError and leave
-        the table as it was.
+        Offsets that go back or past their data, or a malformed key, raise
+        CorruptionError before anything is put, leaving the table as it was.
+        A key that is already in the table, or comes twice, is
+        CorruptionError too (a snapshot holds each key once), found while
+        loading: the table is then emptied.
         """
         return self._load_views(memoryview(koff).cast("B").cast("i"), memoryview(kdata).cast("B"),
-                                memoryview(voff).cast("B").cast("i"), memoryview(vdata).cast("B"))
+                                memoryview(voff).cast("B").cast("i"), memoryview(vdata).cast("B"),
+                                summed)
 
     cdef _load_views(self, const int32_t[::1] koff, const unsigned char[::1] kdata,
-                     const int32_t[::1] voff, const unsigned char[::1] vdata):
+                     const int32_t[::1] voff, const unsigned char[::1] vdata, bint summed):
         cdef Py_ssize_t n = koff.shape[0] - 1
         cdef Py_ssize_t i
         cdef int32_t a, b, c, d
@@ -255,12 +260,16 @@ cdef class KVTable:
                 raise CorruptionError(f"malformed pair {i} in a snapshot column",
                                       reason="bad_snapshot")
         rh_digest_acc_init(&acc)
-        if n:
-            with nogil:
-                rc = rh_load_columns(&self.kv, <uint64_t>n, &koff[0], kp, &voff[0], vp, &acc)
-            if rc < 0:
-                raise MemoryError()
-        return rh_digest_acc_sum(&acc)
+        if n == 0:
+            return 0 if summed else None
+        with nogil:
+            rc = rh_bulk_load(&self.kv, <uint64_t>n, &koff[0], kp, &voff[0], vp,
+                              &acc if summed else NULL)
+        if rc < 0:
+            raise MemoryError()
+        if rc == 1:
+            raise CorruptionError("a snapshot holds the same key twice", reason="bad_snapshot")
+        return rh_digest_acc_sum(&acc) if summed else None
 
     def _delete_raw(self, kb):
         cdef rh_key k
@@ -303,13 +312,21 @@ cdef class KVTable:
             i = rh_next_slot(&self.kv, <uint64_t>i + 1)
         return out
 
-    def _reserve(self, keys, arena_bytes=0):
+    def _reserve(self, keys, arena_bytes=0, bulk=False):
         """Make room for ``keys`` entries and ``arena_bytes`` of arena up front
-        (a size hint from an earlier run; never shrinks the table)."""
+        (a size hint from an earlier run; never shrinks the table).
+        ``bulk``: a bulk load follows; huge-page advice waits for
+        ``_loaded()`` (see rh_kv_advise_huge)."""
         if keys < 0 or arena_bytes < 0:
             raise ValueError("reserve sizes must be >= 0")
+        if bulk:
+            self.kv.defer_huge = 1
         if rh_reserve(&self.kv, <uint64_t>keys, <uint64_t>arena_bytes) < 0:
             raise MemoryError()
+
+    def _loaded(self):
+        """The bulk load is over: advise huge pages for lookups from now on."""
+        rh_kv_advise_huge(&self.kv)
 
     def _digest(self):
         """The content digest (docs/FORMAT.md, "Digest"): a 64-bit int that
@@ -427,6 +444,31 @@ cdef class ArenaCopy:
                     vo[i + 1] = <int32_t>vbytes
             out.append((rows, koff, kdata, voff, vdata))
         return out
+
+
+def pairs_digest_sum(koff, kdata, voff, vdata):
+    """The sum (mod 2^64) of the entry hashes (docs/FORMAT.md, "Digest") of
+    the pairs of two Arrow-style binary columns, or None when an offset is
+    out of order or bounds. Safe on unchecked columns, and runs without the
+    GIL, so a snapshot loader sums beside the thread that loads."""
+    return _pairs_sum_views(memoryview(koff).cast("B").cast("i"), memoryview(kdata).cast("B"),
+                            memoryview(voff).cast("B").cast("i"), memoryview(vdata).cast("B"))
+
+
+cdef object _pairs_sum_views(const int32_t[::1] koff, const unsigned char[::1] kdata,
+                             const int32_t[::1] voff, const unsigned char[::1] vdata):
+    cdef Py_ssize_t n = koff.shape[0] - 1
+    cdef uint64_t total = 0
+    cdef int rc = 0
+    cdef const unsigned char *kp = &kdata[0] if kdata.shape[0] else <const unsigned char *>b""
+    cdef const unsigned char *vp = &vdata[0] if vdata.shape[0] else <const unsigned char *>b""
+    if n < 0 or voff.shape[0] != n + 1:
+        return None
+    if n:
+        with nogil:
+            rc = rh_pairs_digest_sum(<uint64_t>n, &koff[0], kp, <uint64_t>kdata.shape[0],
+                                     &voff[0], vp, <uint64_t>vdata.shape[0], &total)
+    return None if rc < 0 else total
 
 
 def _xxh64(data, seed=0):

@@ -110,15 +110,18 @@ class DictTable(Mapping):
 
         return shallow_dict_bytes(self._d)
 
-    def _load_pairs(self, koff, kdata, voff, vdata) -> None:
+    def _load_pairs(self, koff, kdata, voff, vdata, summed=True) -> None:
         """Fill from a snapshot's key and value columns (checked first)."""
         from ._pure.kvtable import checked_pairs
 
         for kb, vb in checked_pairs(koff, kdata, voff, vdata):
             self._put_raw(kb, vb)
 
-    def _reserve(self, keys, arena_bytes=0) -> None:
+    def _reserve(self, keys, arena_bytes=0, bulk=False) -> None:
         """A dict does not presize: a no-op, as in the pure KVTable."""
+
+    def _loaded(self) -> None:
+        """The end of a bulk load: nothing to do for a dict."""
 
     # -- raw surface for the cores ---------------------------------------
     def _get_raw(self, kb):

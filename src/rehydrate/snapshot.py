@@ -34,7 +34,9 @@ META_NAME = "META"
 META_MAGIC = b"RHSNAPM1"
 SNAPSHOT_FORMAT = 1
 _META_HEADER = struct.Struct("<8sII")
-BATCH_ROWS = 1 << 20  # pairs per Arrow record batch
+# Pairs per Arrow record batch: one batch unless a column's data passes
+# 2 GiB (int32 offsets), so a table loads in one bulk pass.
+BATCH_ROWS = (1 << 31) - 1
 MAX_META_BYTES = 64 * 1024 * 1024
 
 
@@ -240,10 +242,9 @@ def read_meta(path: str) -> dict:
     return meta
 
 
-def _load_kv(table, data, fpath: str, expect_keys) -> int | None:
-    """Fill ``table`` from the Arrow file ``data``; returns the digest of
-    what was loaded when the table's loader sums entry hashes as it goes,
-    else None (the caller then digests the table)."""
+def _kv_columns(data, fpath: str) -> list:
+    """The (n, key offsets, key data, value offsets, value data) batches of
+    a kv or dict table's Arrow file (structure checked, offsets not yet)."""
     from ._arrow_ipc import read_file
 
     # Offsets are checked in order by the table loader itself, natively.
@@ -252,22 +253,76 @@ def _load_kv(table, data, fpath: str, expect_keys) -> int | None:
             kind != "binary" for _, kind in arrow.fields):
         raise CorruptionError("snapshot table file has the wrong schema", path=fpath,
                               reason="bad_snapshot")
-    rows, total, summed = 0, 0, True
+    out = []
     for batch in arrow.batches:
         keys, values = batch.columns
         if keys.null_count or values.null_count:
             raise CorruptionError("snapshot column holds nulls", path=fpath, reason="bad_snapshot")
-        part = table._load_pairs(keys.offsets, keys.data, values.offsets, values.data)
-        rows += batch.num_rows
-        if part is None:
-            summed = False
-        else:
+        out.append((batch.num_rows, keys.offsets, keys.data, values.offsets, values.data))
+    return out
+
+
+class _Checks:
+    """The CRC32C of a table file and the entry-hash sum of its pairs,
+    computed on a second thread while the first one loads the table (both
+    run without the GIL: on two cores the checks cost no wall time)."""
+
+    def __init__(self, data, batches):
+        import threading
+
+        self.crc32c = self.total = None
+        self._thread = threading.Thread(target=self._run, args=(data, batches),
+                                        name="rehydrate-snapshot-check", daemon=True)
+        self._thread.start()
+
+    def _run(self, data, batches) -> None:
+        c = _core()
+        self.crc32c = c.crc32c(data)
+        total = 0
+        for _, koff, kdata, voff, vdata in batches:
+            part = c.pairs_digest_sum(koff, kdata, voff, vdata)
+            if part is None:
+                return  # bad offsets: the loader refuses them too
             total += part
-    if len(table) != rows or (expect_keys is not None and expect_keys != rows):
+        self.total = total
+
+    def join(self) -> None:
+        self._thread.join()
+
+
+def _load_kv(table, e: dict, data, fpath: str) -> int:
+    """Fill ``table`` from its Arrow file ``data``, checking size, CRC32C,
+    the key count and the digest against META entry ``e``; returns the
+    table digest."""
+    keys = e.get("keys")
+    if type(keys) is not int or keys < 0:
+        raise CorruptionError("snapshot META has no key count for a table", path=fpath,
+                              reason="bad_snapshot")
+    if len(data) != e.get("bytes"):
+        raise CorruptionError("snapshot table file fails its size or checksum", path=fpath,
+                              reason="bad_snapshot")
+    batches = _kv_columns(data, fpath)
+    checks = _Checks(data, batches)
+    try:
+        if keys <= len(data):
+            # Slots for every key at once (no rehash while loading); the
+            # count is bounded by the file it came with (untrusted). The
+            # loader sizes the arena itself, exactly.
+            table._reserve(keys, 0, bulk=True)
+        for _, koff, kdata, voff, vdata in batches:
+            table._load_pairs(koff, kdata, voff, vdata, summed=False)
+        table._loaded()
+    finally:
+        checks.join()
+    if checks.crc32c != e.get("crc32c"):
+        raise CorruptionError("snapshot table file fails its size or checksum", path=fpath,
+                              reason="bad_snapshot")
+    rows = sum(b[0] for b in batches)
+    if len(table) != rows or keys != rows or checks.total is None:
         # The same key twice in a snapshot, or not the count META recorded.
         raise CorruptionError(f"snapshot holds {rows} pairs, {len(table)} distinct keys, "
-                              f"META says {expect_keys}", path=fpath, reason="bad_snapshot")
-    return finish_digest(total, rows) if summed else None
+                              f"META says {keys}", path=fpath, reason="bad_snapshot")
+    return finish_digest(checks.total, rows)
 
 
 def _release(data) -> None:
@@ -312,35 +367,24 @@ def load(path: str, make_table) -> tuple:
 
 def _load_table(e: dict, data, fpath: str, make_table):
     """One table of a snapshot from its file's bytes ``data``, every check done."""
-    from .digest import format_digest, table_digest
+    from .digest import format_digest
 
-    if len(data) != e.get("bytes") or _core().crc32c(data) != e.get("crc32c"):
-        raise CorruptionError("snapshot table file fails its size or checksum", path=fpath,
-                              reason="bad_snapshot")
     made = make_table(e["name"], e["id"], e["kind"])
     if e["kind"] == F.KIND_CUSTOM:
         import msgpack
 
+        if len(data) != e.get("bytes") or _core().crc32c(data) != e.get("crc32c"):
+            raise CorruptionError("snapshot table file fails its size or checksum", path=fpath,
+                                  reason="bad_snapshot")
         try:
             return made.restore(msgpack.unpackb(data, raw=False, strict_map_key=False))
         except Exception as err:
             raise CorruptionError(f"restore() of table {e['name']!r} failed: {err!r}",
                                   path=fpath, reason="bad_snapshot") from err
-    keys = e.get("keys")
-    if type(keys) is not int or keys < 0:
-        raise CorruptionError("snapshot META has no key count for a table", path=fpath,
-                              reason="bad_snapshot")
-    if keys <= len(data):
-        # Room for every key at once (no rehash while loading); the count is
-        # bounded by the file it came with (untrusted).
-        made._reserve(keys, len(data) + 24 * keys)
-    digest = _load_kv(made, data, fpath, keys)
-    if e.get("digest") is not None:
-        if digest is None:
-            digest = table_digest(made)
-        if format_digest(digest) != e["digest"]:
-            raise CorruptionError(f"table {e['name']!r} does not match its digest",
-                                  path=fpath, reason="bad_snapshot")
+    digest = _load_kv(made, e, data, fpath)
+    if e.get("digest") is not None and format_digest(digest) != e["digest"]:
+        raise CorruptionError(f"table {e['name']!r} does not match its digest",
+                              path=fpath, reason="bad_snapshot")
     return made
 
 

@@ -69,13 +69,14 @@ class TableRegistry:
         spec = self._wanted(name)[1]
         return spec._schema_bytes() if kind == F.KIND_NUMERIC else b""
 
-    def _make(self, name: str, kind: int, schema: bytes = b""):
-        """A new, empty table of ``kind``; ConfigError if it cannot be made."""
+    def _make(self, name: str, kind: int, schema: bytes = b"", hinted: bool = True):
+        """A new, empty table of ``kind``; ConfigError if it cannot be made.
+        ``hinted``: presize it from the size hints (a replay will fill it)."""
         if kind == F.KIND_NUMERIC:
             return NumericTable._from_schema(schema)._fresh(name)
         if kind == F.KIND_KV:
             table = self._core.KVTable()
-            hint = self._size_hints.get(name)
+            hint = self._size_hints.get(name) if hinted else None
             if hint is not None:
                 table._reserve(*hint)
             return table
@@ -203,7 +204,9 @@ class TableRegistry:
         if kind not in (F.KIND_KV, F.KIND_DICT):
             raise CorruptionError(f"snapshot table {name!r} has unknown kind {kind}",
                                   reason="bad_snapshot")
-        return self._make(name, kind)
+        # Not presized from the hints: the snapshot's loader sizes it itself,
+        # for a bulk load (no huge pages until it is in; kvcore.h).
+        return self._make(name, kind, hinted=False)
 
     def add_loaded(self, name: str, tid: int, kind: int, table) -> None:
         """Register a table loaded from a snapshot (before the log replays)."""

@@ -25,6 +25,7 @@ cdef extern from "kvcore.h":
         uint64_t arena_cap
         uint64_t garbage
         uint64_t version
+        int defer_huge
     ctypedef struct rh_key:
         int tag
         const unsigned char *body
@@ -38,6 +39,7 @@ cdef extern from "kvcore.h":
     unsigned char *rh_entry_value(rh_entry *e) nogil
     int64_t rh_find(const rh_kv *kv, const rh_key *k) nogil
     int rh_reserve(rh_kv *kv, uint64_t keys, uint64_t arena_bytes)
+    void rh_kv_advise_huge(rh_kv *kv) nogil
     int rh_put(rh_kv *kv, const rh_key *k, const unsigned char *v, size_t vlen,
                size_t vcap_min) nogil
     int rh_delete(rh_kv *kv, const rh_key *k) nogil
@@ -59,6 +61,8 @@ cdef extern from "kvcore.h":
     const rh_entry *rh_arena_next(const rh_kv *kv, uint64_t *off) nogil
     int rh_arena_prepare(rh_kv *dst, uint64_t bytes) nogil
     int rh_arena_copy(const rh_kv *src, rh_kv *dst) nogil
-    int rh_load_columns(rh_kv *kv, uint64_t n, const int32_t *koff, const unsigned char *kdata,
-                        const int32_t *voff, const unsigned char *vdata,
-                        rh_digest_acc *acc) nogil
+    int rh_pairs_digest_sum(uint64_t n, const int32_t *koff, const unsigned char *kdata,
+                            uint64_t klimit, const int32_t *voff, const unsigned char *vdata,
+                            uint64_t vlimit, uint64_t *sum) nogil
+    int rh_bulk_load(rh_kv *kv, uint64_t n, const int32_t *koff, const unsigned char *kdata,
+                     const int32_t *voff, const unsigned char *vdata, rh_digest_acc *acc) nogil

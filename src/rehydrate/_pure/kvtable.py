@@ -46,6 +46,23 @@ def checked_pairs(koff, kdata, voff, vdata) -> list:
     return pairs
 
 
+def pairs_digest_sum(koff, kdata, voff, vdata):
+    """The native pairs_digest_sum: the entry hashes' sum (mod 2^64) of two
+    Arrow-style binary columns, or None for an offset out of order or bounds."""
+    koff, voff = memoryview(koff).cast("B").cast("i"), memoryview(voff).cast("B").cast("i")
+    kdata, vdata = memoryview(kdata).cast("B"), memoryview(vdata).cast("B")
+    n = len(koff) - 1
+    if n < 0 or len(voff) != n + 1:
+        return None
+    total = 0
+    for i in range(n):
+        a, b, c, d = koff[i], koff[i + 1], voff[i], voff[i + 1]
+        if a < 0 or b < a or b > len(kdata) or c < 0 or d < c or d > len(vdata):
+            return None
+        total += entry_hash(bytes(kdata[a:b]), bytes(vdata[c:d]))
+    return total & MASK64
+
+
 class KVTable:
     """A live, read-only mapping view over one table's state.
 
@@ -120,10 +137,13 @@ class KVTable:
         """Bytes this table holds: the dict, its keys and its values."""
         return shallow_dict_bytes(self._d)
 
-    def _reserve(self, keys, arena_bytes=0) -> None:
+    def _reserve(self, keys, arena_bytes=0, bulk=False) -> None:
         """Room for ``keys`` entries up front: a no-op for a dict."""
         if keys < 0 or arena_bytes < 0:
             raise ValueError("reserve sizes must be >= 0")
+
+    def _loaded(self) -> None:
+        """The end of a bulk load: nothing to do for a dict."""
 
     # -- raw surface for the writer and replay ---------------------------
     def _get_raw(self, kb):
@@ -142,16 +162,23 @@ class KVTable:
         """A copy of the entries as they are now: what a checkpoint snapshots."""
         return PairsCopy(dict(self._d))
 
-    def _load_pairs(self, koff, kdata, voff, vdata) -> int:
+    def _load_pairs(self, koff, kdata, voff, vdata, summed=True):
         """Put every pair of two Arrow-style binary columns (n+1 int32 offsets
         into each data buffer). All pairs are checked first: CorruptionError,
         and the table unchanged, for offsets out of order or bounds or a
-        malformed key. Returns the sum (mod 2^64) of the pairs' entry hashes."""
+        malformed key; a key already there or twice is CorruptionError and
+        empties the table (as natively). Returns the sum (mod 2^64) of the
+        pairs' entry hashes (None with ``summed=False``)."""
         total = 0
         for kb, vb in checked_pairs(koff, kdata, voff, vdata):
+            if kb in self._d:
+                self._clear()
+                raise CorruptionError("a snapshot holds the same key twice",
+                                      reason="bad_snapshot")
             self._put_raw(kb, vb)
-            total += entry_hash(kb, vb)
-        return total & MASK64
+            if summed:
+                total += entry_hash(kb, vb)
+        return total & MASK64 if summed else None
 
     def _delete_raw(self, kb) -> bool:
         self._version += 1

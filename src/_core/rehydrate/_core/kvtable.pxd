@@ -7,4 +7,4 @@ cdef class KVTable:
     cdef rh_kv kv
     cdef object __weakref__
     cdef _load_views(self, const int32_t[::1] koff, const unsigned char[::1] kdata,
-                     const int32_t[::1] voff, const unsigned char[::1] vdata)
+                     const int32_t[::1] voff, const unsigned char[::1] vdata, bint summed)
