@@ -41,7 +41,7 @@ from .frames import (
     parse_frame_header,
     scan_frames,
 )
-from .kvtable import KVTable, pairs_digest_sum
+from .kvtable import KVTable, image_digest_sum, pairs_digest_sum
 
 IMPLEMENTATION = "native"
 
@@ -66,6 +66,7 @@ __all__ = [
     "encode_key",
     "encode_varint",
     "header_problem",
+    "image_digest_sum",
     "incr_value",
     "key_is_wellformed",
     "lz4_compress",

@@ -62,6 +62,8 @@ typedef struct {
     uint64_t garbage;   /* bytes of dead entries in the arena (free lists included) */
     int arena_mapped;   /* arena is an mmap (grown with mremap), not a malloc block */
     int defer_huge;     /* no huge-page advice while set (rh_kv_advise_huge gives it) */
+    int arena_filemap;  /* arena begins with a snapshot image mapped MAP_PRIVATE
+                           (kvimage.h) inside a bigger anonymous reservation */
     uint64_t version;   /* bumped by every mutation; iterators compare it */
     /* Head offset / 8 of each size class's free list (0: empty). A listed
      * entry keeps klen and vcap (compaction walks it) and holds the next
@@ -250,6 +252,23 @@ static int rh_resize(rh_kv *kv, uint64_t new_cap)
 static int rh_arena_resize(rh_kv *kv, uint64_t cap)
 {
 #if defined(__linux__) && defined(MREMAP_MAYMOVE)
+    if (kv->arena_filemap) {
+        /* A mapped image past its reservation (or shrinking): mremap cannot
+         * move a file mapping and an anonymous one together, so copy once
+         * into a plain anonymous arena; from then on it grows as any other. */
+        cap = (cap + 4095) & ~(uint64_t)4095;
+        void *p = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+            return -1;
+        memcpy(p, kv->arena, kv->arena_len < cap ? kv->arena_len : cap);
+        munmap(kv->arena, kv->arena_cap);
+        kv->arena = (unsigned char *)p;
+        kv->arena_cap = cap;
+        kv->arena_filemap = 0;
+        if (!kv->defer_huge)
+            rh_advise_huge(p, cap);
+        return 0;
+    }
     /* Whole pages, so madvise covers the entire mapping: advice on part of
      * it would split it into several mappings, which mremap refuses. */
     if (kv->arena_mapped || cap >= RH_ARENA_MAP_MIN)
@@ -320,6 +339,7 @@ static void rh_arena_free(rh_kv *kv)
         munmap(kv->arena, kv->arena_cap);
         kv->arena = NULL;
         kv->arena_mapped = 0;
+        kv->arena_filemap = 0;
         return;
     }
 #endif
@@ -557,7 +577,10 @@ static int rh_delete(rh_kv *kv, const rh_key *k)
 
 static inline uint64_t rh_memory_bytes(const rh_kv *kv)
 {
-    return kv->arena_cap + (kv->slots ? (kv->mask + 1) * sizeof(rh_slot) : 0);
+    /* A mapped image's reservation is address space, not memory: count
+     * what it holds (page cache until written, then private copies). */
+    uint64_t arena = kv->arena_filemap ? kv->arena_len : kv->arena_cap;
+    return arena + (kv->slots ? (kv->mask + 1) * sizeof(rh_slot) : 0);
 }
 
 /* incr of k by delta, rewriting the number in place when it fits its value

@@ -22,6 +22,10 @@ from includes.kvcore cimport (
     rh_bulk_load, rh_kv_advise_huge, rh_kv_digest, rh_pairs_digest_sum, rh_memory_bytes, rh_next_slot, rh_put,
     rh_reserve,
 )
+from includes.kvcore cimport (
+    RH_IMG_HEADER, rh_img_build, rh_img_digest_sum, rh_img_header, rh_img_map, rh_img_read_header,
+    rh_img_size,
+)
 from includes.xxh64 cimport (
     rh_xxh64, rh_xxh64_digest, rh_xxh64_reset, rh_xxh64_state, rh_xxh64_update, rh_xxh64_x4,
 )
@@ -271,6 +275,28 @@ cdef class KVTable:
             raise CorruptionError("a snapshot holds the same key twice", reason="bad_snapshot")
         return rh_digest_acc_sum(&acc) if summed else None
 
+    def _load_image(self, int fd, file_size, header):
+        """Map a snapshot image (kvimage.h) as this empty table: the arena
+        copy-on-write from the file ``fd`` (``file_size`` bytes, ``header``
+        its first 4096), the slots rebuilt while every entry is checked.
+        CorruptionError (reason bad_snapshot) names what is wrong; the table
+        is then left empty."""
+        cdef const unsigned char[::1] hv = memoryview(header).cast("B")
+        cdef rh_img_header h
+        cdef int rc
+        cdef uint64_t size = file_size
+        if self.kv.count or self.kv.arena != NULL or hv.shape[0] < RH_IMG_HEADER:
+            raise ValueError("an image loads into an empty table, from its 4096-byte header")
+        rc = rh_img_read_header(&hv[0], size, &h)
+        if rc == 0:
+            with nogil:
+                rc = rh_img_map(&self.kv, fd, &h)
+        if rc == -1:
+            raise MemoryError()
+        if rc:
+            raise CorruptionError(_IMAGE_ERRORS.get(rc, f"image error {rc}"), reason="bad_snapshot")
+        return self.kv.count
+
     def _delete_raw(self, kb):
         cdef rh_key k
         kb = _as_bytes(kb)
@@ -389,6 +415,23 @@ cdef class ArenaCopy:
                               f"than its count ({self.kv.count})")
         return out
 
+    def _image(self):
+        """The table's snapshot image (kvimage.h) as bytes: entries compacted
+        and in home-slot order, so an open maps it and fills the slots front
+        to back."""
+        cdef uint64_t arena_len = 0, size
+        cdef bytes out
+        cdef unsigned char *p
+        cdef int rc
+        size = rh_img_size(&self.kv, &arena_len)
+        out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>size)
+        p = <unsigned char *>PyBytes_AS_STRING(out)
+        with nogil:
+            rc = rh_img_build(&self.kv, p, arena_len)
+        if rc < 0:
+            raise MemoryError()
+        return out
+
     def _columns(self, max_rows=1 << 20, max_bytes=(1 << 31) - 1):
         """The entries as Arrow-style binary columns, in batches of at most
         ``max_rows`` pairs and ``max_bytes`` per data buffer (int32 offsets):
@@ -444,6 +487,31 @@ cdef class ArenaCopy:
                     vo[i + 1] = <int32_t>vbytes
             out.append((rows, koff, kdata, voff, vdata))
         return out
+
+
+_IMAGE_ERRORS = {
+    1: "image header is not one (magic, version or sizes)",
+    2: "image entry is malformed",
+    3: "image entries are out of home-slot order",
+    4: "image holds the same key twice",
+    5: "image holds another number of entries than its header says",
+    6: "image could not be mapped",
+}
+
+
+def image_digest_sum(data):
+    """The entry-hash sum (mod 2^64) of a snapshot image held in ``data``
+    (the whole file), or None when its header or an entry is malformed.
+    Safe on unchecked bytes; runs without the GIL (beside the loading thread)."""
+    cdef const unsigned char[::1] v = memoryview(data).cast("B")
+    cdef rh_img_header h
+    cdef uint64_t total = 0
+    cdef int rc
+    if v.shape[0] < RH_IMG_HEADER or rh_img_read_header(&v[0], <uint64_t>v.shape[0], &h):
+        return None
+    with nogil:
+        rc = rh_img_digest_sum(&v[0] + RH_IMG_HEADER, h.arena_len, h.count, &total)
+    return None if rc else total
 
 
 def pairs_digest_sum(koff, kdata, voff, vdata):

@@ -75,6 +75,11 @@ def read_file(path: str) -> bytes:
         return f.read()
 
 
+def open_read(path: str) -> int:
+    """An fd to read ``path`` (the caller closes it)."""
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
 def map_file(path: str, private: bool = False):
     """A read-only mapping of a whole file (an ``mmap``; close it when done),
     or ``b""`` for an empty file, which cannot be mapped. The pages are read

@@ -180,6 +180,7 @@ def write(directory: str, capture: Capture, digests: dict) -> SnapshotInfo:
     _fileio.makedirs(tmp)
     entries, total = [], 0
     for name, tid, kind, payload in capture.tables:
+        image_entry = None
         if kind == F.KIND_CUSTOM:
             import msgpack
 
@@ -194,12 +195,24 @@ def write(directory: str, capture: Capture, digests: dict) -> SnapshotInfo:
         else:
             fname, keys = f"{tid}.arrow", len(payload)
             size, crc = _write_arrow(os.path.join(tmp, fname), payload)
+            if hasattr(payload, "_image"):
+                # The native table's image beside the Arrow file: what a
+                # native open maps (the Arrow file stays the portable copy).
+                image = payload._image()
+                iname = f"{tid}.kvimg"
+                _write_durable(os.path.join(tmp, iname), image)
+                total += len(image)
+                image_entry = {"file": iname, "bytes": len(image),
+                               "crc32c": _core().crc32c(image)}
+                del image
         total += size
         entries.append({"name": name, "id": tid, "kind": kind, "file": fname,
                         "bytes": size, "crc32c": crc, "keys": keys,
                         "digest": digests.get(name)})
         if kind == F.KIND_NUMERIC:
             entries[-1]["schema"] = payload[0]
+        if image_entry is not None:
+            entries[-1]["image"] = image_entry
     known = {e["name"]: int(e["digest"], 16) for e in entries if e["digest"] is not None}
     meta = {"format": SNAPSHOT_FORMAT, "lsn": capture.lsn, "offsets": capture.offsets,
             "tables": entries,
@@ -263,31 +276,43 @@ def _kv_columns(data, fpath: str) -> list:
 
 
 class _Checks:
-    """The CRC32C of a table file and the entry-hash sum of its pairs,
-    computed on a second thread while the first one loads the table (both
-    run without the GIL: on two cores the checks cost no wall time)."""
+    """The CRC32C of a table file and the entry-hash sum of what it holds
+    (``summer(data)``, None when malformed), computed on a second thread
+    while the first one loads the table (both run without the GIL: on two
+    cores the checks cost no wall time)."""
 
-    def __init__(self, data, batches):
+    def __init__(self, data, summer, also=None):
         import threading
 
         self.crc32c = self.total = None
-        self._thread = threading.Thread(target=self._run, args=(data, batches),
+        self.also_error = None
+        self._thread = threading.Thread(target=self._run, args=(data, summer, also),
                                         name="rehydrate-snapshot-check", daemon=True)
         self._thread.start()
 
-    def _run(self, data, batches) -> None:
-        c = _core()
-        self.crc32c = c.crc32c(data)
-        total = 0
-        for _, koff, kdata, voff, vdata in batches:
-            part = c.pairs_digest_sum(koff, kdata, voff, vdata)
-            if part is None:
-                return  # bad offsets: the loader refuses them too
-            total += part
-        self.total = total
+    def _run(self, data, summer, also) -> None:
+        self.crc32c = _core().crc32c(data)
+        self.total = summer(data)
+        if also is not None:
+            try:
+                also()
+            except (CorruptionError, OSError) as e:
+                self.also_error = e
 
     def join(self) -> None:
         self._thread.join()
+
+
+def _batches_sum(batches):
+    def summer(_data):
+        total = 0
+        for _, koff, kdata, voff, vdata in batches:
+            part = _core().pairs_digest_sum(koff, kdata, voff, vdata)
+            if part is None:
+                return None  # bad offsets: the loader refuses them too
+            total += part
+        return total
+    return summer
 
 
 def _load_kv(table, e: dict, data, fpath: str) -> int:
@@ -302,7 +327,7 @@ def _load_kv(table, e: dict, data, fpath: str) -> int:
         raise CorruptionError("snapshot table file fails its size or checksum", path=fpath,
                               reason="bad_snapshot")
     batches = _kv_columns(data, fpath)
-    checks = _Checks(data, batches)
+    checks = _Checks(data, _batches_sum(batches))
     try:
         if keys <= len(data):
             # Slots for every key at once (no rehash while loading); the
@@ -325,6 +350,63 @@ def _load_kv(table, e: dict, data, fpath: str) -> int:
     return finish_digest(checks.total, rows)
 
 
+def _check_file(fpath: str, size, crc) -> None:
+    """A snapshot file's size and CRC32C against META's; CorruptionError if not."""
+    data = _fileio.map_file(fpath)
+    try:
+        if len(data) != size or _core().crc32c(data) != crc:
+            raise CorruptionError("snapshot table file fails its size or checksum", path=fpath,
+                                  reason="bad_snapshot")
+    finally:
+        _release(data)
+
+
+def _check_image_entry(e: dict, spath: str) -> str:
+    """The image file's path from META entry ``e`` (checked)."""
+    img = e["image"]
+    if not isinstance(img, dict) or not isinstance(img.get("file"), str) or \
+            os.sep in img["file"] or img["file"].startswith(".") or \
+            type(img.get("bytes")) is not int or type(img.get("crc32c")) is not int:
+        raise CorruptionError("snapshot META has a malformed image entry", path=spath,
+                              reason="bad_snapshot")
+    return os.path.join(spath, img["file"])
+
+
+def _load_image(table, e: dict, spath: str) -> int:
+    """Map a kv table's image (``e["image"]``) as ``table``: size, CRC32C,
+    every entry and the digest checked against META, and the table's Arrow
+    file's size and CRC32C too (a snapshot is good only when all its files
+    are); returns the digest."""
+    img = e["image"]
+    ipath = _check_image_entry(e, spath)
+    apath = os.path.join(spath, e["file"])
+    fd = _fileio.open_read(ipath)
+    try:
+        size = os.fstat(fd).st_size
+        if size != img["bytes"] or size < 4096:
+            raise CorruptionError("snapshot image fails its size", path=ipath,
+                                  reason="bad_snapshot")
+        header = os.pread(fd, 4096, 0)
+        data = _fileio.map_file(ipath)
+        checks = _Checks(data, _core().image_digest_sum,
+                         also=lambda: _check_file(apath, e.get("bytes"), e.get("crc32c")))
+        try:
+            table._load_image(fd, size, header)
+        except CorruptionError as err:
+            raise CorruptionError(str(err), path=ipath, reason="bad_snapshot") from None
+        finally:
+            checks.join()
+            _release(data)
+    finally:
+        _fileio.close(fd)
+    if checks.also_error is not None:
+        raise checks.also_error
+    if checks.crc32c != img["crc32c"] or checks.total is None or len(table) != e.get("keys"):
+        raise CorruptionError("snapshot image fails its checksum or key count", path=ipath,
+                              reason="bad_snapshot")
+    return finish_digest(checks.total, len(table))
+
+
 def _release(data) -> None:
     """Unmap a file's mapping; one still referenced (a traceback's views)
     is left to the garbage collector."""
@@ -342,6 +424,10 @@ def load(path: str, make_table) -> tuple:
     ``make_table(name, tid, kind)`` returns an empty table to fill (or, for a
     custom kind, the class to ``restore`` from). Every file's size, CRC32C
     and each table's digest must match META; CorruptionError if not.
+
+    A native kv table loads from its image (``<id>.kvimg``) when it has one,
+    the pure twin from the Arrow file; either way every file of the table is
+    checked, so both cores call the same snapshots bad.
     """
     meta = read_meta(path)
     out = []
@@ -356,13 +442,37 @@ def load(path: str, make_table) -> tuple:
         if e["kind"] == F.KIND_NUMERIC:
             table = _load_numeric(e, fpath, make_table)
         else:
-            data = _fileio.map_file(fpath)
-            try:
-                table = _load_table(e, data, fpath, make_table)
-            finally:
-                _release(data)
+            table = None
+            if e.get("image") is not None and e["kind"] == F.KIND_KV:
+                table = _try_image(path, e, make_table)
+            if table is None:
+                data = _fileio.map_file(fpath)
+                try:
+                    table = _load_table(e, data, fpath, make_table)
+                finally:
+                    _release(data)
+                if e.get("image") is not None:
+                    img = e["image"]
+                    _check_file(_check_image_entry(e, path), img.get("bytes"),
+                                img.get("crc32c"))
         out.append((e["name"], e["id"], e["kind"], table))
     return meta, out
+
+
+def _try_image(spath: str, e: dict, make_table):
+    """The table loaded from its image, or None when the core has no image
+    loader (the pure twin reads the Arrow file)."""
+    from .digest import format_digest
+
+    table = make_table(e["name"], e["id"], e["kind"])
+    if not hasattr(table, "_load_image"):
+        return None
+    digest = _load_image(table, e, spath)
+    if e.get("digest") is not None and format_digest(digest) != e["digest"]:
+        raise CorruptionError(f"image of table {e['name']!r} does not match its digest",
+                              path=os.path.join(spath, e["image"]["file"]),
+                              reason="bad_snapshot")
+    return table
 
 
 def _load_table(e: dict, data, fpath: str, make_table):

@@ -9,6 +9,7 @@ msgpack bytes, decoded when read.
 
 from __future__ import annotations
 
+import struct
 import sys
 from collections.abc import ItemsView, KeysView, Mapping, ValuesView
 
@@ -61,6 +62,46 @@ def pairs_digest_sum(koff, kdata, voff, vdata):
             return None
         total += entry_hash(bytes(kdata[a:b]), bytes(vdata[c:d]))
     return total & MASK64
+
+
+def _capacity_for(n: int) -> int:
+    cap = 8
+    while n * 10 > cap * 7:
+        cap <<= 1
+    return cap
+
+
+def image_digest_sum(data):
+    """The native image_digest_sum: the entry-hash sum (mod 2^64) of a KV
+    snapshot image (docs/FORMAT.md), or None when its header or an entry
+    is malformed. The pure twin never maps images; this reads one."""
+    from .codec import key_is_wellformed
+
+    v = memoryview(data).cast("B")
+    if len(v) < 4096 or bytes(v[:8]) != b"RHKVIMG1":
+        return None
+    version, bbits, count, alen, slots = struct.unpack_from("<IIQQQ", v, 8)
+    sbits = (slots - 1).bit_length() if slots > 1 else 0
+    if version != 1 or alen < 8 or alen != len(v) - 4096 or alen % 8 or \
+            count > (alen - 8) // 16 or slots != _capacity_for(count) or \
+            bbits != sbits or any(v[40:64]) or any(v[4096:4104]):
+        return None
+    off, end, total, n = 4104, len(v), 0, 0
+    while off < end:
+        if end - off < 12:
+            return None
+        klen, vlen, vcap = struct.unpack_from("<III", v, off)
+        size = (12 + klen + vcap + 7) & ~7
+        if not (1 <= klen <= (1 << 20) + 1 and 1 <= vlen <= vcap <= 0x7FFFFF00) or \
+                size > end - off or size != (12 + klen + vlen + 7) & ~7:
+            return None
+        kb = bytes(v[off + 12:off + 12 + klen])
+        if not key_is_wellformed(kb):
+            return None
+        total += entry_hash(kb, bytes(v[off + 12 + klen:off + 12 + klen + vlen]))
+        off += size
+        n += 1
+    return total & MASK64 if n == count else None
 
 
 class KVTable:
