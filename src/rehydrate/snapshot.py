@@ -134,6 +134,35 @@ def _write_numeric(path: str, schema: dict, arrays) -> tuple:
     return _write_durable_arrow(path, fields, write)
 
 
+class _ImageWriter:
+    """Builds a table copy's image and writes it durably, on its own thread
+    (both run without the GIL); ``result()`` waits and returns its META entry
+    or raises what the thread raised."""
+
+    def __init__(self, path: str, copy):
+        import threading
+
+        self._path, self._copy, self._entry, self._error = path, copy, None, None
+        self._thread = threading.Thread(target=self._run, name="rehydrate-image-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            image = self._copy._image()
+            _write_durable(self._path, image)
+            self._entry = {"file": os.path.basename(self._path), "bytes": len(image),
+                           "crc32c": _core().crc32c(image)}
+        except BaseException as e:  # noqa: BLE001 - handed to the checkpoint's thread
+            self._error = e
+
+    def result(self) -> dict:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._entry
+
+
 def _write_arrow(path: str, payload) -> tuple:
     """Write a table's snapshot file, Arrow IPC, durably: from a table
     copy's columns (``_columns()``), or from a list of (key, value) pairs.
@@ -194,17 +223,18 @@ def write(directory: str, capture: Capture, digests: dict) -> SnapshotInfo:
             size, crc = _write_numeric(os.path.join(tmp, fname), schema, arrays)
         else:
             fname, keys = f"{tid}.arrow", len(payload)
-            size, crc = _write_arrow(os.path.join(tmp, fname), payload)
-            if hasattr(payload, "_image"):
-                # The native table's image beside the Arrow file: what a
-                # native open maps (the Arrow file stays the portable copy).
-                image = payload._image()
-                iname = f"{tid}.kvimg"
-                _write_durable(os.path.join(tmp, iname), image)
-                total += len(image)
-                image_entry = {"file": iname, "bytes": len(image),
-                               "crc32c": _core().crc32c(image)}
-                del image
+            # The native table's image beside the Arrow file is what a
+            # native open maps (the Arrow file stays the portable copy);
+            # built and written on a second thread meanwhile.
+            image = _ImageWriter(os.path.join(tmp, f"{tid}.kvimg"), payload) \
+                if hasattr(payload, "_image") else None
+            try:
+                size, crc = _write_arrow(os.path.join(tmp, fname), payload)
+            finally:
+                if image is not None:
+                    image_entry = image.result()
+            if image_entry is not None:
+                total += image_entry["bytes"]
         total += size
         entries.append({"name": name, "id": tid, "kind": kind, "file": fname,
                         "bytes": size, "crc32c": crc, "keys": keys,
