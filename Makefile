@@ -36,6 +36,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/replay.py
 	$(BIN)/python benchmarks/write_read.py
 	$(BIN)/python benchmarks/snapshot.py
+	$(BIN)/python benchmarks/snapshot.py --keys 10000000 --repeat 3
+	$(BIN)/python benchmarks/numeric.py
 	$(BIN)/python benchmarks/digest.py
 
 FUZZ_RUNS ?= 200000
@@ -44,6 +46,8 @@ fuzz: $(STAMP)
 	$(BIN)/python fuzz/make_corpus.py fuzz/corpus/segment
 	mkdir -p fuzz/work
 	$(BIN)/python fuzz/fuzz_segment.py fuzz/work fuzz/corpus/segment -runs=$(FUZZ_RUNS) -max_len=8192
+	mkdir -p fuzz/work-arrow
+	$(BIN)/python fuzz/fuzz_arrow_ipc.py fuzz/work-arrow fuzz/corpus/arrow_ipc -runs=$(FUZZ_RUNS) -max_len=8192
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
