@@ -1167,7 +1167,7 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
     cdef int code, stage, pcode = 0
     cdef Py_ssize_t lz4_got = 0
     cdef const unsigned char *payload
-    cdef size_t plen, i, n, start, j
+    cdef size_t plen, i, n, start, j, m, skip_to
     cdef rh_rec *recs
     cdef rh_rec *r
     cdef rh_rec *ahead
@@ -1372,8 +1372,11 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
                         j = rh_num_apply_run(&recs[start], n - start)
                     frame_applied = <int64_t>j
                     start += j
+                skip_to = start
                 try:
                     for i in range(start, n):
+                        if i < skip_to:
+                            continue  # handed to an apply_many already
                         if i + PREFETCH_SLOTS < n:
                             ahead = &recs[i + PREFETCH_SLOTS]
                             kv = <rh_kv *>ahead.kv
@@ -1395,6 +1398,21 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
                         elif r.num != NULL:
                             if rh_num_apply_run(r, 1) == 0:
                                 _apply_py(r, <object>r.obj)
+                        elif kv == NULL and getattr(<object>r.obj, "_rh_many", False):
+                            # A custom table with its own apply_many: the run
+                            # of its records, in one call.
+                            j = i
+                            while j < n and recs[j].op != OP_NOOP and recs[j].obj == r.obj:
+                                j += 1
+                            (<object>r.obj)._rh_apply_raw_many(
+                                [(recs[m].op,
+                                  PyBytes_FromStringAndSize(<const char *>recs[m].key,
+                                                            recs[m].klen) if recs[m].klen else None,
+                                  PyBytes_FromStringAndSize(<const char *>recs[m].val,
+                                                            recs[m].vlen))
+                                 for m in range(i, j)])
+                            frame_applied += <int64_t>(j - i) - 1
+                            skip_to = j
                         elif kv == NULL:
                             _apply_py(r, <object>r.obj)
                         elif r.op == OP_PUT:

@@ -217,7 +217,9 @@ class StateType:
       as InvalidOperationError (reason "apply_error", ``__cause__`` your
       exception) with nothing logged; during replay it fails the open.
     - ``apply_many(records)``: a list of (op, key, value); by default calls
-      ``apply`` for each (the current cores deliver one record at a time).
+      ``apply`` for each. Replay hands a class that overrides it each run of
+      consecutive records of its table within a frame (up to a frame's
+      records) in one call; live writes still go through ``apply``.
     - ``snapshot()``: the state as something msgpack encodes, and
       ``restore(data)`` (a classmethod) building an instance from it. A
       store.batch() that touches the table uses them to undo a failed batch.
@@ -227,6 +229,13 @@ class StateType:
     # Internal state lives in slots so that a restore, which replaces the
     # instance's __dict__, never touches it.
     __slots__ = ("_rh_name", "_rh_core", "_rh_base")
+
+    # Whether the class has its own apply_many (then replay batches records).
+    _rh_many = False
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._rh_many = cls.apply_many is not StateType.apply_many
 
     def apply(self, op: str, key, value) -> None:
         raise NotImplementedError(f"{type(self).__name__} must define apply(op, key, value)")
@@ -268,6 +277,34 @@ class StateType:
             # then names the file and LSN), and a live write raises it with
             # nothing logged. BaseException (KeyboardInterrupt) passes as is.
             raise _apply_error(getattr(self, "_rh_name", "?"), op, key, e,
+                               type(self).__name__) from e
+
+    def _rh_apply_raw_many(self, raws) -> None:
+        """Replay's path for a class with its own apply_many: ``raws`` is a
+        list of (record op code, key bytes or None, value bytes), decoded
+        here and handed over in one call. Any failure is an apply error
+        naming the table and the number of records."""
+        c = self._rh_core
+        records = []
+        try:
+            for op, kb, vb in raws:
+                key = c.decode_key(kb) if kb else None
+                if op == F.OP_PUT:
+                    records.append(("put", key, c.unpack_value(vb)))
+                elif op == F.OP_DELETE:
+                    records.append(("delete", key, None))
+                elif op == F.OP_INCR:
+                    records.append(("incr", key, c.decode_number(vb)))
+                elif op == F.OP_CLEAR:
+                    records.append(("clear", None, None))
+                else:  # OP_CUSTOM: [op name, value]
+                    name, value = c.unpack_value(vb)
+                    if type(name) is not str:
+                        raise ValueError("a custom op's name is a str")
+                    records.append((name, key, value))
+            self.apply_many(records)
+        except Exception as e:
+            raise _apply_error(self._rh_name, f"apply_many of {len(raws)} records", None, e,
                                type(self).__name__) from e
 
     def _put_raw(self, kb, vb) -> None:

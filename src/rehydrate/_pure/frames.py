@@ -421,7 +421,22 @@ class SegmentContext:
 def _apply(records, tables, applied_lsn, first_lsn) -> int:
     applied = 0
     lsn = first_lsn
-    for op, tid, kb, vb in records:
+    i, n = 0, len(records)
+    while i < n:
+        op, tid, kb, vb = records[i]
+        if lsn > applied_lsn and op != F.OP_NOOP and \
+                getattr(tables[tid], "_rh_many", False):
+            # A custom table with its own apply_many: the run of its records.
+            j = i
+            while j < n and records[j][0] != F.OP_NOOP and records[j][1] == tid:
+                j += 1
+            tables[tid]._rh_apply_raw_many(
+                [(o, k or None, v) for o, _, k, v in records[i:j]])
+            applied += j - i
+            lsn += j - i
+            i = j
+            continue
+        i += 1
         if lsn > applied_lsn:
             t = tables[tid] if op != F.OP_NOOP else None
             if op == F.OP_PUT:
