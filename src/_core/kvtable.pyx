@@ -19,7 +19,8 @@ from includes.kvcore cimport (
     RH_ENTRY_DEAD, RH_VALUE_MAX, rh_arena_copy, rh_arena_next, rh_arena_prepare, rh_clear,
     rh_delete, rh_digest_acc, rh_digest_acc_init, rh_digest_acc_sum, rh_entry, rh_entry_at,
     rh_entry_key, rh_entry_value, rh_find, rh_incr, rh_key, rh_key_from_bytes, rh_kv,
-    rh_bulk_load, rh_kv_advise_huge, rh_kv_digest, rh_pairs_digest_sum, rh_memory_bytes, rh_next_slot, rh_put,
+    rh_bulk_load, rh_kv_digest, rh_kv_end_bulk, rh_memory_bytes, rh_next_slot,
+    rh_pairs_digest_sum, rh_put,
     rh_reserve,
 )
 from includes.kvcore cimport (
@@ -289,8 +290,11 @@ cdef class KVTable:
             raise ValueError("an image loads into an empty table, from its 4096-byte header")
         rc = rh_img_read_header(&hv[0], size, &h)
         if rc == 0:
+            # No huge-page faults while loading (see rh_kv_end_bulk).
+            self.kv.defer_huge = 1
             with nogil:
                 rc = rh_img_map(&self.kv, fd, &h)
+            rh_kv_end_bulk(&self.kv)
         if rc == -1:
             raise MemoryError()
         if rc:
@@ -341,8 +345,8 @@ cdef class KVTable:
     def _reserve(self, keys, arena_bytes=0, bulk=False):
         """Make room for ``keys`` entries and ``arena_bytes`` of arena up front
         (a size hint from an earlier run; never shrinks the table).
-        ``bulk``: a bulk load follows; huge-page advice waits for
-        ``_loaded()`` (see rh_kv_advise_huge)."""
+        ``bulk``: a bulk load follows, faulted in without huge pages until
+        ``_loaded()`` (see rh_kv_end_bulk)."""
         if keys < 0 or arena_bytes < 0:
             raise ValueError("reserve sizes must be >= 0")
         if bulk:
@@ -351,8 +355,8 @@ cdef class KVTable:
             raise MemoryError()
 
     def _loaded(self):
-        """The bulk load is over: advise huge pages for lookups from now on."""
-        rh_kv_advise_huge(&self.kv)
+        """The bulk load is over: later allocations get huge pages again."""
+        rh_kv_end_bulk(&self.kv)
 
     def _digest(self):
         """The content digest (docs/FORMAT.md, "Digest"): a 64-bit int that

@@ -40,7 +40,7 @@ cdef extern from "kvcore.h":
     unsigned char *rh_entry_value(rh_entry *e) nogil
     int64_t rh_find(const rh_kv *kv, const rh_key *k) nogil
     int rh_reserve(rh_kv *kv, uint64_t keys, uint64_t arena_bytes)
-    void rh_kv_advise_huge(rh_kv *kv) nogil
+    void rh_kv_end_bulk(rh_kv *kv) nogil
     int rh_put(rh_kv *kv, const rh_key *k, const unsigned char *v, size_t vlen,
                size_t vcap_min) nogil
     int rh_delete(rh_kv *kv, const rh_key *k) nogil
