@@ -48,6 +48,8 @@ fuzz: $(STAMP)
 	$(BIN)/python fuzz/fuzz_segment.py fuzz/work fuzz/corpus/segment -runs=$(FUZZ_RUNS) -max_len=8192
 	mkdir -p fuzz/work-arrow
 	$(BIN)/python fuzz/fuzz_arrow_ipc.py fuzz/work-arrow fuzz/corpus/arrow_ipc -runs=$(FUZZ_RUNS) -max_len=8192
+	mkdir -p fuzz/work-kvimage
+	$(BIN)/python fuzz/fuzz_kvimage.py fuzz/work-kvimage fuzz/corpus/kvimage -runs=$(FUZZ_RUNS) -max_len=16384
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

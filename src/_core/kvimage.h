@@ -6,7 +6,8 @@
  *   arena    arena_len bytes at offset 4096: 8 zero bytes (offset 0 means
  *            "empty slot"), then `count` live entries exactly as kvcore.h
  *            lays them out ({klen, vlen, vcap}, key, value, 8-aligned, vcap
- *            the rounding slack only), ordered by home slot (hash & (slots - 1)).
+ *            the rounding slack only, zero padding), ordered by home slot
+ *            (hash & (slots - 1)), then the rest of the hash, then the key.
  *
  * Why this shape: the arena is mapped copy-on-write (MAP_PRIVATE) straight
  * from the page cache, so an open allocates nothing for it and copies
@@ -25,6 +26,7 @@
 #include <string.h>
 #if defined(__linux__)
 #include <sys/mman.h>
+#include <sys/stat.h>
 #endif
 #include "kvcore.h"
 #include "payload.h"
@@ -75,7 +77,8 @@ typedef struct {
     uint64_t count, arena_len, slots;
 } rh_img_header;
 
-/* Parses and checks the header against the file's size. */
+/* Parses and checks the header (all RH_IMG_HEADER bytes at p) against the
+ * file's size. */
 static int rh_img_read_header(const unsigned char *p, uint64_t file_size, rh_img_header *h)
 {
     if (file_size < RH_IMG_HEADER || memcmp(p, "RHKVIMG1", 8) != 0)
@@ -91,7 +94,7 @@ static int rh_img_read_header(const unsigned char *p, uint64_t file_size, rh_img
         h->slots != rh_capacity_for(h->count) ||
         h->slot_bits != (uint32_t)rh_img_slot_bits(h->slots))
         return RH_IMG_BAD_HEADER;
-    for (int i = 40; i < 64; i++)
+    for (unsigned i = 40; i < RH_IMG_HEADER; i++)
         if (p[i])
             return RH_IMG_BAD_HEADER;
     return RH_IMG_OK;
@@ -111,10 +114,29 @@ static uint64_t rh_img_size(const rh_kv *src, uint64_t *arena_len)
     return RH_IMG_HEADER + len;
 }
 
+/* The sort key of an entry: its home slot (the low slot_bits of the hash)
+ * first, then the rest of the hash, so the order depends on the keys only. */
+static inline uint64_t rh_img_order(uint64_t hash, int sbits)
+{
+    if (sbits == 0)
+        return hash;
+    return (hash << (64 - sbits)) | (hash >> sbits);
+}
+
+/* Key bytes order, for the (astronomically rare) keys whose hashes are equal. */
+static inline int rh_img_key_cmp(const rh_kv *src, uint64_t a, uint64_t b)
+{
+    const rh_entry *x = rh_entry_at(src, a), *y = rh_entry_at(src, b);
+    uint32_t n = x->klen < y->klen ? x->klen : y->klen;
+    int c = memcmp(x + 1, y + 1, n);
+    return c ? c : (x->klen > y->klen) - (x->klen < y->klen);
+}
+
 /* Writes src's image into out (rh_img_size bytes): entries compacted and
- * ordered by home slot (an LSD radix sort of (home, offset) on 16-bit
- * digits), so that an open fills the slot array front to back and the
- * hardware prefetcher streams it. 0, or -1 (no memory). */
+ * ordered by home slot, then by the rest of their hash, then by key (an LSD
+ * radix sort on 16-bit digits), so that an open fills the slot array front
+ * to back, and the image's bytes depend on the content only. 0, or -1 (no
+ * memory). */
 static int rh_img_build(const rh_kv *src, unsigned char *out, uint64_t arena_len)
 {
     uint64_t slots = rh_capacity_for(src->count), mask = slots - 1, n = src->count;
@@ -140,11 +162,12 @@ static int rh_img_build(const rh_kv *src, unsigned char *out, uint64_t arena_len
     rh_img_put_u64(out + 32, slots);
     while ((e = rh_arena_next(src, &off)) != NULL && j < n) {
         rh_key_from_bytes(&k, (const unsigned char *)(e + 1), e->klen);
-        a[j].hash = k.hash & mask; /* the home slot is the sort key */
+        a[j].hash = rh_img_order(k.hash, sbits);
         a[j].off = (uint64_t)((const unsigned char *)e - src->arena);
         j++;
     }
-    for (int shift = 0; shift < sbits; shift += 16) {
+    (void)mask;
+    for (int shift = 0; shift < 64; shift += 16) {
         memset(count, 0, 65537 * sizeof(uint64_t));
         for (i = 0; i < j; i++)
             count[((a[i].hash >> shift) & 0xFFFF) + 1]++;
@@ -155,6 +178,16 @@ static int rh_img_build(const rh_kv *src, unsigned char *out, uint64_t arena_len
         rh_slot *t = a;
         a = b;
         b = t;
+    }
+    /* Equal hashes (different keys): by key bytes, insertion sort per run. */
+    for (i = 1; i < j; i++) {
+        rh_slot x = a[i];
+        uint64_t m = i;
+        while (m > 0 && a[m - 1].hash == x.hash && rh_img_key_cmp(src, a[m - 1].off, x.off) > 0) {
+            a[m] = a[m - 1];
+            m--;
+        }
+        a[m] = x;
     }
     unsigned char *arena = out + RH_IMG_HEADER;
     uint64_t pos = RH_ARENA_BASE;
@@ -193,6 +226,10 @@ static inline uint64_t rh_img_entry_ok(const unsigned char *arena, uint64_t off,
         return 0; /* past the end, or slack beyond the 8-byte rounding */
     if (!rh_key_wellformed((const unsigned char *)(e + 1), klen))
         return 0;
+    const unsigned char *pad = (const unsigned char *)(e + 1) + klen + vlen;
+    for (uint64_t i = 0; i < size - sizeof(rh_entry) - klen - vlen; i++)
+        if (pad[i])
+            return 0; /* the padding is zero: the bytes depend on the content only */
     return size;
 }
 
@@ -248,6 +285,12 @@ static int rh_img_index(rh_kv *kv, const rh_img_header *h)
 static int rh_img_map(rh_kv *kv, int fd, const rh_img_header *h)
 {
 #if defined(__linux__) && defined(MAP_FIXED) && defined(MAP_POPULATE)
+    /* The file must still be as long as the header says: a mapped page past
+     * its end is SIGBUS, not an error (a truncation after this check, by
+     * another process, still is: docs/snapshots.md). */
+    struct stat st;
+    if (fstat(fd, &st) != 0 || (uint64_t)st.st_size != RH_IMG_HEADER + h->arena_len)
+        return RH_IMG_MAP;
     uint64_t map_len = (h->arena_len + 4095) & ~(uint64_t)4095;
     uint64_t reserve = 2 * map_len + ((uint64_t)1 << 20);
     void *base = mmap(NULL, reserve, PROT_READ | PROT_WRITE,

@@ -84,7 +84,7 @@ def image_digest_sum(data):
     sbits = (slots - 1).bit_length() if slots > 1 else 0
     if version != 1 or alen < 8 or alen != len(v) - 4096 or alen % 8 or \
             count > (alen - 8) // 16 or slots != _capacity_for(count) or \
-            bbits != sbits or any(v[40:64]) or any(v[4096:4104]):
+            bbits != sbits or any(v[40:4096]) or any(v[4096:4104]):
         return None
     off, end, total, n = 4104, len(v), 0, 0
     while off < end:
@@ -96,7 +96,7 @@ def image_digest_sum(data):
                 size > end - off or size != (12 + klen + vlen + 7) & ~7:
             return None
         kb = bytes(v[off + 12:off + 12 + klen])
-        if not key_is_wellformed(kb):
+        if not key_is_wellformed(kb) or any(v[off + 12 + klen + vlen:off + size]):
             return None
         total += entry_hash(kb, bytes(v[off + 12 + klen:off + 12 + klen + vlen]))
         off += size
