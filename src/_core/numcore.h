@@ -192,8 +192,9 @@ static void rh_num_clear(const rh_numtab *t)
 
 /* The cells of the row a record RH_NUM_AHEAD further on will touch are
  * fetched ahead: rows are random, so each cell is otherwise a cache miss
- * (measured at 2M random puts over 1M rows: 41 M ops/s without). */
-#define RH_NUM_AHEAD 8
+ * (measured at 2M random puts over 1M rows: 41 M ops/s without), and
+ * fetched for writing, so the store does not wait for the line either. */
+#define RH_NUM_AHEAD 24
 static inline void rh_num_prefetch(const rh_rec *r)
 {
     const rh_numtab *t = (const rh_numtab *)r->num;
@@ -203,7 +204,7 @@ static inline void rh_num_prefetch(const rh_rec *r)
     if (row < 0)
         return;
     for (uint32_t j = 0; j < t->ncols && j < 4; j++)
-        RH_PREFETCH((const char *)t->cols[j] + 8 * (uint64_t)row);
+        __builtin_prefetch((const char *)t->cols[j] + 8 * (uint64_t)row, 1, 3); /* for a write */
 }
 
 /* Applies records [0, n) whose r->num is set (NOOPs are skipped) until one
