@@ -141,7 +141,8 @@ def _model(data):
         size = _size(klen, vcap)
         kb = arena[off + 12:off + 12 + klen]
         if not (1 <= klen <= MAX_KEY and 1 <= vlen <= vcap <= VALUE_MAX) or \
-                size > alen - off or size != _size(klen, vlen) or not P.key_is_wellformed(kb) \
+                size > alen - off or size != _size(klen, vlen) or vcap != size - 12 - klen \
+                or not P.key_is_wellformed(kb) \
                 or any(arena[off + 12 + klen + vlen:off + size]):
             malformed = True
             break

@@ -103,3 +103,24 @@ def test_deep_verify_checks_each_snapshot_against_the_whole_log(tmp_path):
     C.flip_bit(os.path.join(path, SNAPSHOTS_DIR, snapshot_name(second), "META"), 20, 0)
     kinds = sorted((p.kind, p.lsn) for p in verify(path, deep=True).problems)
     assert kinds == sorted([("snapshot_mismatch", first), ("bad_snapshot", second)])
+
+
+def test_deep_verify_checks_every_snapshot_file_by_its_checksum(store_dir, core):
+    # A flipped bit near the end of the file a core loads from (the native
+    # image, the twin's Arrow file) is reported as a bad snapshot.
+    with Store.open(store_dir) as s:
+        for i in range(50):
+            s.put("t", i, "v" * 10)
+        lsn = s.checkpoint()["lsn"]
+    from rehydrate.snapshot import SNAPSHOTS_DIR, snapshot_name
+
+    snap = os.path.join(store_dir, SNAPSHOTS_DIR, snapshot_name(lsn))
+    target = os.path.join(snap, "0.kvimg" if core.IMPLEMENTATION == "native" else "0.arrow")
+    if not os.path.exists(target):
+        target = os.path.join(snap, "0.arrow")
+    data = bytearray(open(target, "rb").read())
+    data[-20] ^= 0x01
+    with open(target, "wb") as f:
+        f.write(data)
+    kinds = [p.kind for p in verify(store_dir, deep=True).problems]
+    assert "bad_snapshot" in kinds

@@ -222,8 +222,9 @@ static inline uint64_t rh_img_entry_ok(const unsigned char *arena, uint64_t off,
     if (klen < 1 || klen > RH_IMG_MAX_KEY || vlen < 1 || vlen > vcap || vcap > RH_VALUE_MAX)
         return 0;
     uint64_t size = rh_entry_size(klen, vcap);
-    if (size > len - off || size != rh_entry_size(klen, vlen))
-        return 0; /* past the end, or slack beyond the 8-byte rounding */
+    if (size > len - off || size != rh_entry_size(klen, vlen) ||
+        vcap != size - sizeof(rh_entry) - klen)
+        return 0; /* past the end, or vcap other than the 8-byte rounding's */
     if (!rh_key_wellformed((const unsigned char *)(e + 1), klen))
         return 0;
     const unsigned char *pad = (const unsigned char *)(e + 1) + klen + vlen;

@@ -93,7 +93,8 @@ def image_digest_sum(data):
         klen, vlen, vcap = struct.unpack_from("<III", v, off)
         size = (12 + klen + vcap + 7) & ~7
         if not (1 <= klen <= (1 << 20) + 1 and 1 <= vlen <= vcap <= 0x7FFFFF00) or \
-                size > end - off or size != (12 + klen + vlen + 7) & ~7:
+                size > end - off or size != (12 + klen + vlen + 7) & ~7 or \
+                vcap != size - 12 - klen:
             return None
         kb = bytes(v[off + 12:off + 12 + klen])
         if not key_is_wellformed(kb) or any(v[off + 12 + klen + vlen:off + size]):
