@@ -805,7 +805,8 @@ def test_bytes_dropped_counts_every_dropped_byte_once(log, tmp_path, mode):
         assert _quarantined_bytes(d) == removed
 
 
-def test_a_checksummed_frame_whose_incr_cannot_apply_is_fatal_in_every_mode(log, tmp_path):
+def test_a_checksummed_frame_whose_incr_cannot_apply_is_fatal_but_in_skip_corrupted(log,
+                                                                                   tmp_path):
     # Only a buggy or hostile writer makes one (the store refuses the incr):
     # a frame that passes every check, then an incr on a string.
     core = _backend.core()
@@ -820,10 +821,20 @@ def test_a_checksummed_frame_whose_incr_cannot_apply_is_fatal_in_every_mode(log,
     C.append(os.path.join(d, newest), core.encode_frame(first, count, [], recs))
     before = C.tree_hashes(d)
     for mode in MODES:
+        if mode == "skip-corrupted":
+            continue
         with pytest.raises(CorruptionError) as ei:
             Store.open(d, recovery=mode)
         assert ei.value.reason == "apply_error" and ei.value.offset == frame_offset
     assert C.tree_hashes(d) == before
+    # skip-corrupted leaves that one record out, reports it and keeps a copy.
+    with Store.open(d, recovery="skip-corrupted") as s:
+        assert s.table("t")["k0"] == "a string"
+        assert [(p.kind, p.lsn, p.action) for p in s.recovery_report.problems] == \
+            [("apply_error", first + 1, "skipped")]
+        assert s.lsn == first + 1
+    assert len([n for n in os.listdir(os.path.join(d, "quarantine"))
+                if n.endswith(".apply_error.json")]) == 1
 
 
 def test_a_frame_with_an_lsn_gap_inside_a_segment_is_corruption(log, tmp_path):

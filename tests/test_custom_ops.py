@@ -1,6 +1,7 @@
 """``store.write``: a custom table's own ops, logged as record op 6."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -90,7 +91,6 @@ def test_a_custom_record_on_a_kv_table_fails_replay_and_deep_verify(store_dir):
     rec = (bytes((F.OP_CUSTOM,)) + c.encode_varint(0) + c.encode_varint(0)
            + c.encode_varint(len(c.pack_value(["x", 1]))) + c.pack_value(["x", 1]))
     frame = c.encode_frame(lsn + 1, 1, [(0, F.KIND_KV, b"t")], rec)
-    import os
 
     seg = sorted(os.listdir(os.path.join(store_dir, "wal")))[-1]
     with open(os.path.join(store_dir, "wal", seg), "ab") as f:
@@ -189,3 +189,48 @@ def test_an_apply_many_that_raises_fails_the_open_naming_the_table(store_dir):
     with pytest.raises(rh.CorruptionError) as ei:
         Store.open(store_dir, tables={"m": Many})
     assert ei.value.reason == "apply_error" and "'m'" in str(ei.value)
+
+
+class ManyChecked(Many):
+    """An apply_many that checks every record before it changes anything."""
+
+    def apply_many(self, records):
+        if any(op == "put" and value == "boom" for op, _, value in records):
+            raise ValueError("boom")
+        super().apply_many(records)
+
+
+@pytest.mark.parametrize("cls", [ManyChecked, "OneByOne"])
+def test_skip_corrupted_leaves_out_records_whose_apply_raises_and_keeps_them(store_dir, cls):
+    import glob
+
+    import msgpack
+
+    if cls == "OneByOne":
+        class OneByOne(Many):  # apply only: one record at a time
+            apply_many = rh.StateType.apply_many
+        cls = OneByOne
+    with Store.open(store_dir, tables={"m": Log}) as s:
+        with s.batch() as b:
+            b.put("m", 1, 1)
+            b.put("m", 2, "boom")  # the class opening it later refuses this one
+            b.put("m", 3, 3)
+        s.sync()  # that batch is one frame; the next write another
+        s.put("m", 4, 4)
+    with pytest.raises(rh.CorruptionError) as ei:
+        Store.open(store_dir, tables={"m": cls}, recovery="strict")
+    assert ei.value.reason == "apply_error" and "'m'" in str(ei.value)
+    with Store.open(store_dir, tables={"m": cls}, recovery="skip-corrupted") as s:
+        got = s.table("m").n
+        problems = [(p.kind, p.lsn, p.action) for p in s.recovery_report.problems]
+    if cls._rh_many:  # the whole apply_many call (the frame's run) is left out
+        assert got == {4: 4} and problems == [("apply_error", 1, "skipped")]
+    else:  # just the record
+        assert got == {1: 1, 3: 3, 4: 4} and problems == [("apply_error", 2, "skipped")]
+    notes = glob.glob(os.path.join(store_dir, "quarantine", "*.apply_error.json"))
+    assert len(notes) == 1
+    note = json.load(open(notes[0]))
+    assert "Traceback" in note["detail"] and "boom" in note["detail"]
+    kept = msgpack.unpackb(open(notes[0][:-5] + ".bin", "rb").read(), raw=False)
+    assert [r["lsn"] for r in kept] == ([1, 2, 3] if cls._rh_many else [2])
+    assert all(r["table"] == "m" for r in kept)

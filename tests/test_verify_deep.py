@@ -71,6 +71,12 @@ def test_an_op_that_cannot_apply_is_found_only_by_deep_verify(tmp_path):
     assert [p.kind for p in deep.problems] == ["apply_error"]
     assert deep.problems[0].lsn == lsn + 1
     assert os.path.basename(deep.problems[0].path).endswith(".wal")
+    # Under skip-corrupted the op is left out, and the digest is the state
+    # such an open makes.
+    skip = verify(path, deep=True, recovery="skip-corrupted")
+    assert [p.kind for p in skip.problems] == ["apply_error"] and skip.digest is not None
+    with Store.open(path, recovery="skip-corrupted") as s:
+        assert format_digest(s.digest()) == skip.digest
 
 
 def test_deep_verify_checks_each_snapshot_against_the_whole_log(tmp_path):

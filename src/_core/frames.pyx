@@ -1167,7 +1167,7 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
     cdef int code, stage, pcode = 0
     cdef Py_ssize_t lz4_got = 0
     cdef const unsigned char *payload
-    cdef size_t plen, i, n, start, j, m, skip_to
+    cdef size_t plen, i, n, start, j, m, skip_to, resume
     cdef rh_rec *recs
     cdef rh_rec *r
     cdef rh_rec *ahead
@@ -1373,73 +1373,89 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
                     frame_applied = <int64_t>j
                     start += j
                 skip_to = start
-                try:
-                    for i in range(start, n):
-                        if i < skip_to:
-                            continue  # handed to an apply_many already
-                        if i + PREFETCH_SLOTS < n:
-                            ahead = &recs[i + PREFETCH_SLOTS]
-                            kv = <rh_kv *>ahead.kv
-                            if kv != NULL and kv.slots != NULL:
-                                RH_PREFETCH(&kv.slots[ahead.hash & kv.mask])
-                        if i + PREFETCH_ENTRIES < n:
-                            ahead = &recs[i + PREFETCH_ENTRIES]
-                            kv = <rh_kv *>ahead.kv
-                            if kv != NULL and kv.slots != NULL:
-                                slot = &kv.slots[ahead.hash & kv.mask]
-                                if slot.off != 0:
-                                    # header + key, and the value's line
-                                    RH_PREFETCH(kv.arena + slot.off)
-                                    RH_PREFETCH(kv.arena + slot.off + 63)
-                        r = &recs[i]
-                        kv = <rh_kv *>r.kv
-                        if r.op == OP_NOOP:
-                            pass
-                        elif r.num != NULL:
-                            if rh_num_apply_run(r, 1) == 0:
+                resume = start
+                on_error = getattr(ctx, "on_apply_error", None)
+                while True:
+                    try:
+                        for i in range(resume, n):
+                            if i < skip_to:
+                                continue  # handed to an apply_many already
+                            if i + PREFETCH_SLOTS < n:
+                                ahead = &recs[i + PREFETCH_SLOTS]
+                                kv = <rh_kv *>ahead.kv
+                                if kv != NULL and kv.slots != NULL:
+                                    RH_PREFETCH(&kv.slots[ahead.hash & kv.mask])
+                            if i + PREFETCH_ENTRIES < n:
+                                ahead = &recs[i + PREFETCH_ENTRIES]
+                                kv = <rh_kv *>ahead.kv
+                                if kv != NULL and kv.slots != NULL:
+                                    slot = &kv.slots[ahead.hash & kv.mask]
+                                    if slot.off != 0:
+                                        # header + key, and the value's line
+                                        RH_PREFETCH(kv.arena + slot.off)
+                                        RH_PREFETCH(kv.arena + slot.off + 63)
+                            r = &recs[i]
+                            kv = <rh_kv *>r.kv
+                            if r.op == OP_NOOP:
+                                pass
+                            elif r.num != NULL:
+                                if rh_num_apply_run(r, 1) == 0:
+                                    _apply_py(r, <object>r.obj)
+                            elif kv == NULL and getattr(<object>r.obj, "_rh_many", False):
+                                # A custom table with its own apply_many: the run
+                                # of its records, in one call.
+                                j = i
+                                while j < n and recs[j].op != OP_NOOP and recs[j].obj == r.obj:
+                                    j += 1
+                                skip_to = j  # (also how far an error skips)
+                                (<object>r.obj)._rh_apply_raw_many(
+                                    [(recs[m].op,
+                                      PyBytes_FromStringAndSize(<const char *>recs[m].key,
+                                                                recs[m].klen) if recs[m].klen else None,
+                                      PyBytes_FromStringAndSize(<const char *>recs[m].val,
+                                                                recs[m].vlen))
+                                     for m in range(i, j)])
+                                frame_applied += <int64_t>(j - i) - 1
+                            elif kv == NULL:
                                 _apply_py(r, <object>r.obj)
-                        elif kv == NULL and getattr(<object>r.obj, "_rh_many", False):
-                            # A custom table with its own apply_many: the run
-                            # of its records, in one call.
-                            j = i
-                            while j < n and recs[j].op != OP_NOOP and recs[j].obj == r.obj:
-                                j += 1
-                            (<object>r.obj)._rh_apply_raw_many(
-                                [(recs[m].op,
-                                  PyBytes_FromStringAndSize(<const char *>recs[m].key,
-                                                            recs[m].klen) if recs[m].klen else None,
-                                  PyBytes_FromStringAndSize(<const char *>recs[m].val,
-                                                            recs[m].vlen))
-                                 for m in range(i, j)])
-                            frame_applied += <int64_t>(j - i) - 1
-                            skip_to = j
-                        elif kv == NULL:
-                            _apply_py(r, <object>r.obj)
-                        elif r.op == OP_PUT:
-                            _key_of_record(&k, r.key, r.klen, r.hash)
-                            if rh_put(kv, &k, r.val, r.vlen, 0) < 0:
-                                raise MemoryError()
-                        elif r.op == OP_DELETE:
-                            _key_of_record(&k, r.key, r.klen, r.hash)
-                            rh_delete(kv, &k)
-                        elif r.op == OP_INCR:
-                            _key_of_record(&k, r.key, r.klen, r.hash)
-                            rh_decode_number(r.val, r.vlen, &d)
-                            st = rh_incr(kv, &k, &d, &cur)
-                            if st != RH_INCR_OK:
-                                if st < 0:
+                            elif r.op == OP_PUT:
+                                _key_of_record(&k, r.key, r.klen, r.hash)
+                                if rh_put(kv, &k, r.val, r.vlen, 0) < 0:
                                     raise MemoryError()
-                                raise incr_error(st, &cur, num_to_py(&d))
-                        elif r.op == OP_CLEAR:
-                            rh_clear(kv)
-                        else:  # OP_CUSTOM: a native KV table takes none
-                            apply_custom(<object>r.obj, None, b"")
-                        frame_applied += 1
-                except InvalidOperationError as e:
-                    # As in the twin: the frame's earlier records stay applied
-                    # and are not counted (see the report on this).
-                    return ScanResult(SCAN_APPLY_ERROR, off, nlsn, frames, records, applied,
-                                      frame_end, str(e))
+                            elif r.op == OP_DELETE:
+                                _key_of_record(&k, r.key, r.klen, r.hash)
+                                rh_delete(kv, &k)
+                            elif r.op == OP_INCR:
+                                _key_of_record(&k, r.key, r.klen, r.hash)
+                                rh_decode_number(r.val, r.vlen, &d)
+                                st = rh_incr(kv, &k, &d, &cur)
+                                if st != RH_INCR_OK:
+                                    if st < 0:
+                                        raise MemoryError()
+                                    raise incr_error(st, &cur, num_to_py(&d))
+                            elif r.op == OP_CLEAR:
+                                rh_clear(kv)
+                            else:  # OP_CUSTOM: a native KV table takes none
+                                apply_custom(<object>r.obj, None, b"")
+                            frame_applied += 1
+                        break
+                    except InvalidOperationError as e:
+                        if on_error is None:
+                            # As in the twin: the frame's earlier records stay
+                            # applied and are not counted (see the report on this).
+                            return ScanResult(SCAN_APPLY_ERROR, off, nlsn, frames, records,
+                                              applied, frame_end, str(e))
+                        # skip-corrupted: leave out the record (or the records of
+                        # an apply_many call) that raised, and go on.
+                        j = skip_to if skip_to > i else i + 1
+                        on_error(<int64_t>h.first_lsn + <int64_t>i, recs[i].tid,
+                                 [(recs[m].op,
+                                   PyBytes_FromStringAndSize(<const char *>recs[m].key,
+                                                             recs[m].klen),
+                                   PyBytes_FromStringAndSize(<const char *>recs[m].val,
+                                                             recs[m].vlen))
+                                  for m in range(i, j)], e)
+                        resume = j
                 applied += frame_applied
             if frame_offsets is not None and \
                     <int64_t>h.first_lsn + <int64_t>h.count - 1 > applied_to:

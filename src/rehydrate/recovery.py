@@ -130,12 +130,13 @@ class RecoveryReport:
 class Action:
     """A change to the directory that recovery needs before writing resumes."""
 
-    op: str  # "evidence" | "truncate" | "remove" | "move_aside"
+    op: str  # "evidence" | "record" | "truncate" | "remove" | "move_aside"
     path: str
-    start: int = 0
+    start: int = 0  # a "record": the LSN of the first record left out
     end: int = 0
     kind: str = ""
     detail: str = ""
+    data: bytes = b""  # a "record": the records left out (msgpack)
 
 
 @dataclass
@@ -387,6 +388,8 @@ class _Walker:
             self._quarantine(seg.path, 0, p.bytes, "bad_segment_header", why)
         header_ok = why is None
         ctx = core.SegmentContext(self.registry, self.offsets)
+        if self.mode == "skip-corrupted" and self.apply:
+            ctx.on_apply_error = self._record_skipper(seg.path)
         base, total = self.bytes_before, self.total_bytes
         user_progress = self.progress
         start = F.SEGMENT_HEADER_BYTES
@@ -563,6 +566,31 @@ class _Walker:
         self.next_lsn = h.first_lsn
         return pos
 
+    def _record_skipper(self, path):
+        """skip-corrupted: what replay calls for records whose apply raised
+        (a custom table's apply, or a record no writer of ours makes): they
+        are left out, reported, and kept with the traceback in quarantine/."""
+        import traceback
+
+        import msgpack
+
+        def skip(lsn, tid, raws, exc) -> None:
+            info = self.registry.by_id.get(tid)
+            name = info.name if info is not None else f"id {tid}"
+            last = lsn + len(raws) - 1
+            detail = (f"table {name!r}: {exc} (LSN {lsn}" + (f"..{last}" if last > lsn else "")
+                      + " left out)")
+            cause = exc.__cause__ if exc.__cause__ is not None else exc
+            tb = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
+            self._problem("apply_error", path, None, detail, 0, lsn=lsn,
+                          lsn_end=last if last > lsn else None, action="skipped")
+            data = msgpack.packb([{"lsn": lsn + k, "table": name, "op": op, "key": kb,
+                                   "value": vb} for k, (op, kb, vb) in enumerate(raws)],
+                                 use_bin_type=True)
+            self.actions.append(Action("record", path, lsn, 0, "apply_error",
+                                       detail + "\n" + tb, data))
+        return skip
+
     def _quarantine(self, path, start, end, kind, detail) -> None:
         self.actions.append(Action("evidence", path, start, end, kind, detail))
 
@@ -631,6 +659,15 @@ def apply_actions(directory: str, actions) -> None:
             note = {"source": os.path.relpath(a.path, directory), "offset": a.start,
                     "bytes": len(data), "kind": a.kind, "detail": a.detail}
             _fileio.write_file_atomic(base + ".bin", data)
+            _fileio.write_file_atomic(base + ".json", json.dumps(note, indent=1).encode())
+        elif a.op == "record":
+            # Records left out by skip-corrupted: the log keeps them in place;
+            # here are a copy (msgpack list of {lsn, table, op, key, value})
+            # and the error with its traceback.
+            base = os.path.join(qdir, evidence_name(a.path, a.start, a.kind))
+            note = {"source": os.path.relpath(a.path, directory), "lsn": a.start,
+                    "kind": a.kind, "detail": a.detail}
+            _fileio.write_file_atomic(base + ".bin", a.data)
             _fileio.write_file_atomic(base + ".json", json.dumps(note, indent=1).encode())
     for a in actions:
         if a.op == "truncate":

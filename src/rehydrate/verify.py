@@ -36,7 +36,9 @@ def verify(path, *, recovery: str = "tolerate-tail", deep: bool = False,
     was found, or, under ``strict``, a torn tail. With ``deep`` it also
     replays the state in memory (finding ops that cannot apply), decodes
     every stored key and value (finding checksummed bytes msgpack refuses),
-    and sets ``report.digest`` / ``report.table_digests``.
+    and sets ``report.digest`` / ``report.table_digests``: the digest of the
+    state an open in mode ``recovery`` would make, None when such an open
+    would stop at an op that cannot apply.
     Raises NotAStoreError, UnsupportedFormatError, ConfigError for an unknown
     mode; never changes a byte.
     """
@@ -65,6 +67,11 @@ def verify(path, *, recovery: str = "tolerate-tail", deep: bool = False,
         deep = False
     if deep:
         _decode_everything(path, registry, report)
+        if recovery != "skip-corrupted" and any(p.kind == "apply_error"
+                                                for p in report.problems):
+            # The walk left out records that cannot apply (as skip-corrupted
+            # does); an open in this mode would stop there: no whole state.
+            report.digest = report.table_digests = None
         if report.digest is not None:
             _check_snapshots(path, report)
     report.mode = recovery

@@ -418,39 +418,54 @@ class SegmentContext:
             self.tables[tid] = table
 
 
-def _apply(records, tables, applied_lsn, first_lsn) -> int:
+def _apply_one(op, t, kb, vb) -> None:
+    if op == F.OP_PUT:
+        t._put_raw(kb, vb)
+    elif op == F.OP_DELETE:
+        t._delete_raw(kb)
+    elif op == F.OP_INCR:
+        t._incr_raw(kb, decode_number(vb))
+    elif op == F.OP_CLEAR:
+        t._clear()
+    elif op == F.OP_CUSTOM:
+        apply_custom(t, kb, vb)
+
+
+def _apply(records, tables, applied_lsn, first_lsn, on_error=None) -> int:
+    """Apply a frame's records past ``applied_lsn``; the number applied.
+
+    InvalidOperationError from a record stops the frame, unless ``on_error``
+    (skip-corrupted) is given: it is called with (LSN, table id, the raw
+    records left out, the error) and the rest of the frame is applied. A
+    custom table with its own apply_many gets each run of its records in one
+    call, and a failed call leaves out the whole run.
+    """
     applied = 0
     lsn = first_lsn
     i, n = 0, len(records)
     while i < n:
         op, tid, kb, vb = records[i]
-        if lsn > applied_lsn and op != F.OP_NOOP and \
-                getattr(tables[tid], "_rh_many", False):
-            # A custom table with its own apply_many: the run of its records.
-            j = i
-            while j < n and records[j][0] != F.OP_NOOP and records[j][1] == tid:
-                j += 1
-            tables[tid]._rh_apply_raw_many(
-                [(o, k or None, v) for o, _, k, v in records[i:j]])
-            applied += j - i
-            lsn += j - i
-            i = j
+        if lsn <= applied_lsn or op == F.OP_NOOP:
+            applied += lsn > applied_lsn
+            i, lsn = i + 1, lsn + 1
             continue
-        i += 1
-        if lsn > applied_lsn:
-            t = tables[tid] if op != F.OP_NOOP else None
-            if op == F.OP_PUT:
-                t._put_raw(kb, vb)
-            elif op == F.OP_DELETE:
-                t._delete_raw(kb)
-            elif op == F.OP_INCR:
-                t._incr_raw(kb, decode_number(vb))
-            elif op == F.OP_CLEAR:
-                t._clear()
-            elif op == F.OP_CUSTOM:
-                apply_custom(t, kb, vb)
-            applied += 1
-        lsn += 1
+        t = tables[tid]
+        j = i + 1
+        try:
+            if getattr(t, "_rh_many", False):
+                # A custom table with its own apply_many: the run of its records.
+                while j < n and records[j][0] != F.OP_NOOP and records[j][1] == tid:
+                    j += 1
+                t._rh_apply_raw_many([(o, k or None, v) for o, _, k, v in records[i:j]])
+            else:
+                _apply_one(op, t, kb, vb)
+            applied += j - i
+        except InvalidOperationError as e:
+            if on_error is None:
+                raise
+            on_error(lsn, tid, [(o, k, v) for o, _, k, v in records[i:j]], e)
+        lsn += j - i
+        i = j
     return applied
 
 
@@ -515,7 +530,8 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
             return stop(F.SCAN_BAD_PAYLOAD, offset, frame_end, str(e))
         if apply:
             try:
-                applied += _apply(recs, ctx.tables, applied_lsn, h.first_lsn)
+                applied += _apply(recs, ctx.tables, applied_lsn, h.first_lsn,
+                                  getattr(ctx, "on_apply_error", None))
             except InvalidOperationError as e:
                 return stop(F.SCAN_APPLY_ERROR, offset, frame_end, str(e))
         if offsets is not None and h.first_lsn + h.count - 1 > applied_lsn:
