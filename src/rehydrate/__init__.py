@@ -14,10 +14,13 @@ from .errors import (
     BatchTooLargeError,
     ConfigError,
     CorruptionError,
+    CriteriaError,
     InvalidOperationError,
     LockedError,
     NotAStoreError,
+    PhaseTimeout,
     RehydrateError,
+    StallError,
     StorageIOError,
     StoreClosedError,
     StoreFailedError,
@@ -25,6 +28,7 @@ from .errors import (
     UnsupportedFormatError,
     UnsupportedKeyError,
     ValueEncodingError,
+    WarmupError,
 )
 from .kinds import DictTable, StateType
 from .numeric import NumericTable
@@ -32,24 +36,29 @@ from .recovery import MODES as RECOVERY_MODES
 from .recovery import Problem, RecoveryReport
 from .store import SYNC_MODES, Batch, Store
 from .verify import inspect, verify
+from .warmup import PHASES, Warmup
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "PHASES",
     "RECOVERY_MODES",
     "SYNC_MODES",
     "Batch",
     "BatchTooLargeError",
     "ConfigError",
     "CorruptionError",
+    "CriteriaError",
     "DictTable",
     "InvalidOperationError",
     "LockedError",
     "NotAStoreError",
     "NumericTable",
+    "PhaseTimeout",
     "Problem",
     "RecoveryReport",
     "RehydrateError",
+    "StallError",
     "StateType",
     "StorageIOError",
     "Store",
@@ -59,6 +68,8 @@ __all__ = [
     "UnsupportedFormatError",
     "UnsupportedKeyError",
     "ValueEncodingError",
+    "Warmup",
+    "WarmupError",
     "__version__",
     "inspect",
     "verify",

@@ -174,6 +174,40 @@ class BatchTooLargeError(RehydrateError, ValueError):
     default_reason = "batch_too_large"
 
 
+class WarmupError(RehydrateError, RuntimeError):
+    """A warmup phase failed (docs/warmup.md). ``phase`` names it,
+    ``elapsed_s`` is how long it had run, ``stack`` is where a hook was when
+    it was given up on (its Python stack, or None)."""
+
+    default_reason = "warmup"
+
+    def __init__(self, detail: str = "", *, phase: Optional[str] = None,
+                 elapsed_s: Optional[float] = None, stack: Optional[str] = None,
+                 **where) -> None:
+        self.phase = phase
+        self.elapsed_s = elapsed_s
+        self.stack = stack
+        super().__init__(detail, **where)
+
+
+class StallError(WarmupError):
+    """No progress for ``stall_s`` seconds in a phase."""
+
+    default_reason = "stall"
+
+
+class PhaseTimeout(WarmupError):
+    """A phase ran past its budget."""
+
+    default_reason = "phase_timeout"
+
+
+class CriteriaError(WarmupError):
+    """A phase's success criterion returned something other than True, or raised."""
+
+    default_reason = "criteria"
+
+
 __all__ = [
     "RehydrateError",
     "CorruptionError",
@@ -189,4 +223,8 @@ __all__ = [
     "ValueEncodingError",
     "InvalidOperationError",
     "BatchTooLargeError",
+    "WarmupError",
+    "StallError",
+    "PhaseTimeout",
+    "CriteriaError",
 ]

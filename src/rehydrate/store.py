@@ -37,8 +37,9 @@ from .errors import (
 from .kinds import resolve_kinds
 from .numeric import NumericTable
 from .lockfile import DirLock
-from .recovery import Problem, RecoveryReport, apply_actions, check_mode, walk
+from .recovery import CancelledError, Problem, RecoveryReport, apply_actions, check_mode, walk
 from .tables import TableRegistry
+from .warmup import Warmup, WarmupRun
 from .wal import WAL_DIR, SegmentFile, WalWriter, list_segments, parse_segment_name
 
 SYNC_MODES = ("always", "interval", "none")
@@ -100,13 +101,17 @@ class Store:
         keep_snapshots: int = 2,
         checkpoint_every_bytes: Optional[int] = None,
         checkpoint_every_s: Optional[float] = None,
+        warmup=None,
     ) -> "Store":
         """Lock ``path``, replay its log into memory, and return the live store.
 
         ``progress(bytes_done, bytes_total)`` is called during replay.
-        ``tables`` maps a table name to its kind, ``rehydrate.DictTable`` or a
-        ``rehydrate.StateType`` subclass (docs/tables.md); any other table is
-        a KVTable. A log that declares another kind for a name, or a custom
+        ``tables`` maps a table name to its kind, ``rehydrate.DictTable``, a
+        ``rehydrate.NumericTable(...)`` or a ``rehydrate.StateType`` subclass
+        (docs/tables.md); any other table is a KVTable. ``warmup`` (a
+        ``rehydrate.Warmup``) sets the phases' budgets, stall watchdog,
+        hooks, criteria and listeners (docs/warmup.md); the phases are
+        reported in ``store.warmup_report`` either way. A log that declares another kind for a name, or a custom
         table with no class here, is a ConfigError naming the table.
         Raises ConfigError (bad argument, before touching anything),
         NotAStoreError, LockedError, CorruptionError / TornTailError (as the
@@ -129,7 +134,10 @@ class Store:
                                                or not 0 < checkpoint_every_s < float("inf")):
             raise ConfigError("checkpoint_every_s must be a positive number or None")
         kinds = resolve_kinds(tables)
+        if warmup is not None and not isinstance(warmup, Warmup):
+            raise ConfigError("warmup must be a rehydrate.Warmup")
         self = object.__new__(cls)
+        self._warmup = WarmupRun(warmup, os.fspath(path))
         self._keep_snapshots = keep_snapshots
         self._checkpoint_lock = threading.Lock()
         self._auto_bytes, self._auto_s = checkpoint_every_bytes, checkpoint_every_s
@@ -140,7 +148,22 @@ class Store:
             raise
         except OSError as e:
             raise StorageIOError.wrap(e, path) from e
+        try:
+            self._warm_up()
+        except BaseException:
+            self.close()
+            raise
         return self
+
+    def _warm_up(self) -> None:
+        """The phases that run on the open store: migrate (nothing yet),
+        populate and prime (the hooks); then the store is ready."""
+        run = self._warmup
+        run.start("migrate")
+        run.end(self)
+        for phase in ("populate", "prime"):
+            run.run_hooks(phase, self)
+        self.warmup_report = run.report()
 
     def _init(self, path, create, sync, recovery, segment_bytes, sync_interval_ms, progress,
               kinds=None):
@@ -160,6 +183,9 @@ class Store:
         self._dirlock = None
         self._wal = None
         self._thread = None
+        self._cp_thread = None
+        run = self._warmup
+        run.start("plan")
         _prepare_directory(path, create)
         self._dirlock = DirLock(path)
         try:
@@ -171,13 +197,34 @@ class Store:
             self._registry = TableRegistry(self._core, size_hints=self._size_hints(path),
                                            kinds=kinds if kinds is not None else {})
             self._log_start = _manifest.log_start(self._manifest, path)
+            run.end(self)
+            run.start("snapshot", snapshots=list(self._manifest.get("snapshots") or []))
             snap_lsn, snap_offsets, snap_problems = self._load_snapshot(recovery)
             if snap_lsn + 1 < self._log_start:
                 raise _snapshot.no_base_error(path, self._log_start)
+            for p in snap_problems:
+                run.corruption(p)
+            run.end(self, lsn=snap_lsn)
             t_snapshot = time.perf_counter()
-            result = walk(self._core, path, mode=recovery, registry=self._registry,
-                          apply=True, progress=progress, applied_lsn=snap_lsn,
-                          offsets=snap_offsets, skip_covered=True, start_lsn=self._log_start)
+            run.start("replay", from_lsn=snap_lsn + 1)
+
+            def replay_progress(done, total):
+                run.tick(done, total)
+                if progress is not None:
+                    progress(done, total)
+            cancel = bytearray(1)
+            watch = run.watch(cancel)
+            try:
+                result = walk(self._core, path, mode=recovery, registry=self._registry,
+                              apply=True, progress=replay_progress, applied_lsn=snap_lsn,
+                              offsets=snap_offsets, skip_covered=True,
+                              start_lsn=self._log_start, cancel=cancel)
+            except CancelledError:
+                if watch.error is None:
+                    raise
+                raise watch.error from None
+            finally:
+                watch.close()
             if result.next_lsn <= snap_lsn:
                 # The snapshot was published only once the log held its LSN:
                 # the log lost records since (a cut, a deleted tail). The
@@ -190,7 +237,11 @@ class Store:
                                           reason=p.kind)
                 result.report.problems.append(p)
                 result.next_lsn, result.resume_path = snap_lsn + 1, None
+            for p in result.report.problems:
+                run.corruption(p)
             result.report.problems[:0] = snap_problems
+            run.end(self, records=result.report.applied, bytes=result.report.bytes_read,
+                    rate=(result.report.applied / max(time.perf_counter() - t_snapshot, 1e-9)))
             t_replay = time.perf_counter()
             apply_actions(path, result.actions)
             self.recovery_report: RecoveryReport = result.report
@@ -225,7 +276,6 @@ class Store:
             self._thread.start()
         self._bytes_since_checkpoint = 0
         self._cp_wake = threading.Event()
-        self._cp_thread = None
         self.auto_checkpoint_error: Optional[BaseException] = None
         if self._auto_bytes or self._auto_s:
             self._cp_thread = threading.Thread(target=self._auto_checkpoint,

@@ -1,0 +1,300 @@
+"""Staged warmup: the phases of an open, their budgets, a stall watchdog,
+success criteria, hooks and listeners (docs/warmup.md).
+
+An open runs ``plan``, ``snapshot``, ``replay``, ``migrate`` (nothing yet),
+``populate`` and ``prime`` in that order, then the store is ready. Each phase
+is timed and reported (``store.warmup_report``) and told to listeners. A
+phase may have a budget (seconds) and the whole warmup a stall limit
+(``stall_s``): no progress for that long is a StallError, a phase over its
+budget a PhaseTimeout, both WarmupError with the phase, the time it had
+run and, for a hook, its Python stack where it was stuck. Policy "warn"
+logs those instead and goes on.
+
+Hooks (``populate``, ``prime``) are ``fn(store, progress)``; ``progress(n=1)``
+tells the watchdog the hook is alive. A hook runs on its own thread so that
+the open can give up on it on time even when the hook never returns (Python
+cannot stop a thread: a hook given up on runs on in the background, its
+result ignored). Criteria are ``fn(store) -> True``; anything else, or an
+exception, is a CriteriaError naming the criterion.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+import traceback
+from typing import Optional
+
+from .errors import ConfigError, CriteriaError, PhaseTimeout, StallError, WarmupError
+
+PHASES = ("plan", "snapshot", "replay", "migrate", "populate", "prime")
+_HOOK_PHASES = ("populate", "prime")
+_POLICIES = ("fail", "warn")
+_LISTENER_EVENTS = ("on_phase_start", "on_progress", "on_phase_end", "on_corruption")
+_PROGRESS_EVERY_S = 0.1  # on_progress is rate-limited to this
+
+log = logging.getLogger("rehydrate")
+
+
+def _name(fn) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+
+class LoggingListener:
+    """The default listener: one INFO line per finished phase on the
+    ``rehydrate`` logger."""
+
+    def on_phase_end(self, phase, stats) -> None:
+        extra = "".join(f", {k} {stats[k]:,}" for k in ("records", "bytes") if stats.get(k))
+        log.info("warmup phase %s: %.3f s%s", phase, stats["duration_s"], extra)
+
+
+class Warmup:
+    """How an open warms up: ``Store.open(path, warmup=Warmup(...))``.
+
+    ``budgets``: {phase: seconds > 0}; ``stall_s``: seconds > 0 without
+    progress that count as a stall (None: no stall watch); ``populate`` and
+    ``prime``: lists of hooks ``fn(store, progress)``; ``criteria``: {phase:
+    [fn(store) -> True]}; ``listeners``: objects with any of
+    on_phase_start(phase, info), on_progress(phase, done, total),
+    on_phase_end(phase, stats), on_corruption(problem) (default: one that
+    logs phase ends); ``policy``: {phase: "fail" | "warn"} (default fail).
+    ConfigError for anything else.
+    """
+
+    def __init__(self, *, budgets=None, stall_s=None, populate=(), prime=(), criteria=None,
+                 listeners=None, policy=None):
+        self.budgets = self._per_phase(budgets, "budgets", self._check_seconds)
+        if stall_s is not None:
+            self._check_seconds("stall_s", stall_s)
+        self.stall_s = stall_s
+        self.hooks = {"populate": self._callables(populate, "populate"),
+                      "prime": self._callables(prime, "prime")}
+        self.criteria = {phase: self._callables(fns, f"criteria[{phase!r}]")
+                         for phase, fns in self._per_phase(criteria, "criteria").items()}
+        if listeners is None:
+            listeners = [LoggingListener()]
+        listeners = list(listeners) if isinstance(listeners, (list, tuple)) else None
+        if listeners is None or not all(any(hasattr(x, e) for e in _LISTENER_EVENTS)
+                                        for x in listeners):
+            raise ConfigError("listeners must be a list of objects with on_phase_start, "
+                              "on_progress, on_phase_end or on_corruption")
+        self.listeners = listeners
+        self.policy = self._per_phase(policy, "policy", self._check_policy)
+
+    @staticmethod
+    def _check_seconds(what, v) -> None:
+        if type(v) not in (int, float) or not 0 < v < float("inf"):
+            raise ConfigError(f"{what} must be a positive number of seconds, not {v!r}")
+
+    @staticmethod
+    def _check_policy(what, v) -> None:
+        if v not in _POLICIES:
+            raise ConfigError(f"{what} must be 'fail' or 'warn', not {v!r}")
+
+    @staticmethod
+    def _per_phase(d, what, check=None) -> dict:
+        if d is None:
+            return {}
+        if not isinstance(d, dict) or not all(k in PHASES for k in d):
+            raise ConfigError(f"{what} must be a dict keyed by phases {PHASES}")
+        if check is not None:
+            for k, v in d.items():
+                check(f"{what}[{k!r}]", v)
+        return dict(d)
+
+    @staticmethod
+    def _callables(fns, what) -> list:
+        if not isinstance(fns, (list, tuple)) or not all(callable(f) for f in fns):
+            raise ConfigError(f"{what} must be a list of callables")
+        return list(fns)
+
+
+class WarmupRun:
+    """One open's warmup: phase timings, listeners, the watchdog."""
+
+    def __init__(self, warmup: Optional[Warmup], path: str):
+        self.w = warmup if warmup is not None else Warmup()
+        self.path = path
+        self.t0 = time.perf_counter()
+        self.phases: list = []
+        self.current: Optional[str] = None
+        self._phase_t0 = 0.0
+        self._last_tick = 0.0
+        self._done = 0
+        self._total = 0
+        self._last_progress_event = 0.0
+
+    # -- listeners ---------------------------------------------------------
+    def _tell(self, event: str, *args) -> None:
+        for listener in self.w.listeners:
+            fn = getattr(listener, event, None)
+            if fn is None:
+                continue
+            try:
+                fn(*args)
+            except Exception:  # noqa: BLE001 - a listener never breaks a warmup
+                log.exception("warmup listener %r failed in %s", listener, event)
+
+    def corruption(self, problem) -> None:
+        self._tell("on_corruption", problem)
+
+    # -- phases --------------------------------------------------------------
+    def start(self, phase: str, **info) -> None:
+        self.current = phase
+        self._phase_t0 = self._last_tick = time.perf_counter()
+        self._done = self._total = 0
+        self._tell("on_phase_start", phase, dict(info))
+
+    def tick(self, done: Optional[int] = None, total: Optional[int] = None, n: int = 1) -> None:
+        """Progress in the current phase (thread-safe enough: plain stores)."""
+        now = time.perf_counter()
+        self._last_tick = now
+        self._done = self._done + n if done is None else done
+        if total is not None:
+            self._total = total
+        if now - self._last_progress_event >= _PROGRESS_EVERY_S:
+            self._last_progress_event = now
+            self._tell("on_progress", self.current, self._done, self._total)
+
+    def end(self, store=None, **stats) -> dict:
+        """Close the current phase: its criteria, its budget, the listeners."""
+        phase = self.current
+        elapsed = time.perf_counter() - self._phase_t0
+        for fn in self.w.criteria.get(phase, ()):
+            try:
+                ok = fn(store)
+            except Exception as e:
+                raise CriteriaError(f"criterion {_name(fn)} of phase {phase} raised "
+                                    f"{type(e).__name__}: {e}", phase=phase, elapsed_s=elapsed,
+                                    path=self.path) from e
+            if ok is not True:
+                raise CriteriaError(f"criterion {_name(fn)} of phase {phase} returned {ok!r}",
+                                    phase=phase, elapsed_s=elapsed, path=self.path)
+        entry = {"name": phase, "duration_s": elapsed, **stats}
+        self.phases.append(entry)
+        budget = self.w.budgets.get(phase)
+        if budget is not None and elapsed > budget:
+            self._overrun(PhaseTimeout(f"phase {phase} took {elapsed:.3f} s, over its budget "
+                                       f"of {budget} s", phase=phase, elapsed_s=elapsed,
+                                       path=self.path))
+        self._tell("on_phase_end", phase, dict(entry))
+        return entry
+
+    def _overrun(self, err: WarmupError) -> None:
+        if self.w.policy.get(err.phase, "fail") == "warn":
+            log.warning("%s (policy warn: going on)", err.detail)
+            return
+        raise err
+
+    # -- the watchdog for work on this thread (replay) -----------------------
+    def watch(self, cancel: bytearray) -> "_Watch":
+        """A thread that sets ``cancel[0]`` when the current phase stalls or
+        passes its budget (under policy "fail"); ``verdict()`` then says which."""
+        return _Watch(self, cancel)
+
+    def _limits(self):
+        return self.w.budgets.get(self.current), self.w.stall_s
+
+    # -- hooks ---------------------------------------------------------------
+    def run_hooks(self, phase: str, store) -> dict:
+        self.start(phase, hooks=[_name(f) for f in self.w.hooks[phase]])
+        for fn in self.w.hooks[phase]:
+            self._run_hook(phase, fn, store)
+        return self.end(store, hooks=len(self.w.hooks[phase]))
+
+    def _run_hook(self, phase: str, fn, store) -> None:
+        outcome: dict = {}
+
+        def progress(n: int = 1) -> None:
+            self.tick(n=n)
+
+        def body() -> None:
+            try:
+                fn(store, progress)
+            except BaseException as e:  # noqa: BLE001 - handed to the opening thread
+                outcome["error"] = e
+
+        t = threading.Thread(target=body, name=f"rehydrate-hook:{_name(fn)}", daemon=True)
+        self._last_tick = time.perf_counter()
+        t.start()
+        budget, stall = self._limits()
+        while True:
+            t.join(0.05)
+            if not t.is_alive():
+                break
+            now = time.perf_counter()
+            elapsed = now - self._phase_t0
+            err = None
+            if stall is not None and now - self._last_tick > stall:
+                err = StallError(f"hook {_name(fn)} of phase {phase} made no progress for "
+                                 f"{now - self._last_tick:.1f} s (stall_s {stall})",
+                                 phase=phase, elapsed_s=elapsed, stack=_stack_of(t),
+                                 path=self.path)
+            elif budget is not None and elapsed > budget:
+                err = PhaseTimeout(f"hook {_name(fn)} of phase {phase} is past the phase's "
+                                   f"budget of {budget} s", phase=phase, elapsed_s=elapsed,
+                                   stack=_stack_of(t), path=self.path)
+            if err is not None:
+                if self.w.policy.get(phase, "fail") == "warn":
+                    log.warning("%s (policy warn: waiting on)", err.detail)
+                    budget = stall = None  # said once; wait for the hook
+                    continue
+                raise err  # the hook's thread runs on; its result is ignored
+        if "error" in outcome:
+            e = outcome["error"]
+            raise WarmupError(f"hook {_name(fn)} of phase {phase} raised "
+                              f"{type(e).__name__}: {e}", phase=phase,
+                              elapsed_s=time.perf_counter() - self._phase_t0,
+                              path=self.path, reason="hook_error") from e
+
+    def report(self) -> dict:
+        return {"phases": list(self.phases), "total_s": time.perf_counter() - self.t0,
+                "predicted_s": None}
+
+
+def _stack_of(thread: threading.Thread) -> Optional[str]:
+    frame = sys._current_frames().get(thread.ident)
+    return "".join(traceback.format_stack(frame)) if frame is not None else None
+
+
+class _Watch:
+    """Sets a cancel flag when the watched phase stalls or runs over."""
+
+    def __init__(self, run: WarmupRun, cancel: bytearray):
+        self.run, self.cancel = run, cancel
+        self.error: Optional[WarmupError] = None
+        self._stop = threading.Event()
+        budget, stall = run._limits()
+        if run.w.policy.get(run.current, "fail") == "warn":
+            budget = stall = None  # reported at the phase's end, never cancelled
+        self._budget, self._stall = budget, stall
+        self._thread = None
+        if budget is not None or stall is not None:
+            self._thread = threading.Thread(target=self._loop, name="rehydrate-watchdog",
+                                            daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        run = self.run
+        while not self._stop.wait(0.05):
+            now = time.perf_counter()
+            elapsed = now - run._phase_t0
+            if self._stall is not None and now - run._last_tick > self._stall:
+                self.error = StallError(f"phase {run.current} made no progress for "
+                                        f"{now - run._last_tick:.1f} s (stall_s {self._stall})",
+                                        phase=run.current, elapsed_s=elapsed, path=run.path)
+            elif self._budget is not None and elapsed > self._budget:
+                self.error = PhaseTimeout(f"phase {run.current} is past its budget of "
+                                          f"{self._budget} s", phase=run.current,
+                                          elapsed_s=elapsed, path=run.path)
+            if self.error is not None:
+                self.cancel[0] = 1
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

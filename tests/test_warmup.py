@@ -1,0 +1,204 @@
+"""Staged warmup (docs/warmup.md): phases, hooks, criteria, budgets, the
+stall watchdog, listeners and the report; every test on both cores."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+import rehydrate as rh
+from rehydrate import (
+    ConfigError,
+    CriteriaError,
+    PhaseTimeout,
+    StallError,
+    Store,
+    Warmup,
+    WarmupError,
+)
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    def on_phase_start(self, phase, info):
+        self.events.append(("start", phase))
+
+    def on_phase_end(self, phase, stats):
+        self.events.append(("end", phase, stats["duration_s"] >= 0))
+
+    def on_corruption(self, problem):
+        self.events.append(("corruption", problem.kind))
+
+
+def _filled(path, n=200):
+    with Store.open(path) as s:
+        for i in range(n):
+            s.put("t", i, i)
+
+
+def test_phases_run_in_order_and_are_reported(store_dir):
+    _filled(store_dir)
+    rec = Recorder()
+    seen = []
+
+    def populate(store, progress):
+        seen.append(("populate", len(store.table("t"))))
+        progress()
+
+    def prime(store, progress):
+        seen.append(("prime", store.table("t")[5]))
+
+    with Store.open(store_dir, warmup=Warmup(populate=[populate], prime=[prime],
+                                             listeners=[rec])) as s:
+        report = s.warmup_report
+    assert [p["name"] for p in report["phases"]] == list(rh.PHASES)
+    assert [e[:2] for e in rec.events] == [(k, p) for p in rh.PHASES for k in ("start", "end")]
+    assert seen == [("populate", 200), ("prime", 5)]
+    replay = report["phases"][2]
+    assert replay["records"] == 200 and replay["bytes"] > 0
+    assert report["total_s"] >= sum(p["duration_s"] for p in report["phases"])
+
+
+def test_a_hook_that_stops_ticking_is_a_stall_with_its_stack(store_dir):
+    release = threading.Event()
+
+    def stuck_in_here(store, progress):
+        progress()
+        release.wait(30)
+
+    t0 = time.perf_counter()
+    with pytest.raises(StallError) as ei:
+        Store.open(store_dir, warmup=Warmup(prime=[stuck_in_here], stall_s=0.3))
+    took = time.perf_counter() - t0
+    release.set()
+    assert took < 0.3 + 1.0
+    e = ei.value
+    assert e.phase == "prime" and e.reason == "stall" and isinstance(e, WarmupError)
+    assert "stuck_in_here" in e.stack and "stuck_in_here" in str(e)
+    with Store.open(store_dir) as s:  # the failed open released the directory
+        assert s.lsn == 0
+
+
+def test_a_hook_that_ticks_is_not_a_stall_but_a_budget_still_bounds_it(store_dir):
+    def busy(store, progress):
+        for _ in range(100):
+            progress()
+            time.sleep(0.01)
+
+    with Store.open(store_dir, warmup=Warmup(populate=[busy], stall_s=0.2)) as s:
+        assert s.warmup_report["phases"][4]["duration_s"] >= 0.9
+    with pytest.raises(PhaseTimeout) as ei:
+        Store.open(store_dir, warmup=Warmup(populate=[busy], stall_s=0.2,
+                                            budgets={"populate": 0.2}))
+    assert ei.value.phase == "populate" and ei.value.elapsed_s < 0.9
+
+
+def test_policy_warn_logs_and_goes_on(store_dir, caplog):
+    def slow(store, progress):
+        time.sleep(0.3)
+
+    with caplog.at_level(logging.WARNING, logger="rehydrate"):
+        with Store.open(store_dir, warmup=Warmup(prime=[slow], budgets={"prime": 0.05},
+                                                 policy={"prime": "warn"})) as s:
+            assert s.warmup_report["phases"][-1]["duration_s"] >= 0.3
+    assert any("budget" in r.getMessage() for r in caplog.records)
+
+
+def test_a_hook_that_raises_fails_the_open_naming_it(store_dir):
+    def broken(store, progress):
+        raise KeyError("missing")
+
+    with pytest.raises(WarmupError) as ei:
+        Store.open(store_dir, warmup=Warmup(populate=[broken]))
+    assert ei.value.reason == "hook_error" and "broken" in str(ei.value)
+    assert isinstance(ei.value.__cause__, KeyError)
+
+
+@pytest.mark.parametrize("result", [False, None, 1, "yes", "raise"])
+def test_a_criterion_that_does_not_return_true_fails_its_phase(store_dir, result):
+    _filled(store_dir)
+
+    def has_all_rows(store):
+        if result == "raise":
+            raise RuntimeError("no")
+        return result
+
+    with pytest.raises(CriteriaError) as ei:
+        Store.open(store_dir, warmup=Warmup(criteria={"replay": [has_all_rows]}))
+    assert ei.value.phase == "replay" and "has_all_rows" in str(ei.value)
+    with Store.open(store_dir, warmup=Warmup(criteria={"replay": [lambda s: len(s.table("t"))
+                                                                 == 200]})) as s:
+        assert len(s.table("t")) == 200
+
+
+def test_a_listener_that_raises_is_logged_and_never_breaks_the_warmup(store_dir, caplog):
+    class Bad:
+        def on_phase_end(self, phase, stats):
+            raise RuntimeError("listener bug")
+
+    rec = Recorder()
+    with caplog.at_level(logging.ERROR, logger="rehydrate"):
+        with Store.open(store_dir, warmup=Warmup(listeners=[Bad(), rec])) as s:
+            assert s.warmup_report["phases"]
+    assert len([e for e in rec.events if e[0] == "end"]) == len(rh.PHASES)
+    assert any("listener" in r.getMessage() for r in caplog.records)
+
+
+def test_the_default_listener_logs_each_phase(store_dir, caplog):
+    with caplog.at_level(logging.INFO, logger="rehydrate"):
+        Store.open(store_dir).close()
+    assert [r.getMessage().split(":")[0] for r in caplog.records
+            if r.getMessage().startswith("warmup phase")] == [f"warmup phase {p}"
+                                                              for p in rh.PHASES]
+
+
+def test_a_replay_over_budget_is_cancelled_promptly(store_dir):
+    with Store.open(store_dir, sync="none") as s:
+        for start in range(0, 400_000, 20_000):
+            with s.batch() as b:
+                for i in range(start, start + 20_000):
+                    b.put("t", i, "x" * 20)
+    t0 = time.perf_counter()
+    Store.open(store_dir).close()
+    full = time.perf_counter() - t0
+    budget = full / 20
+    t0 = time.perf_counter()
+    with pytest.raises(PhaseTimeout) as ei:
+        Store.open(store_dir, warmup=Warmup(budgets={"replay": budget}))
+    assert ei.value.phase == "replay"
+    assert time.perf_counter() - t0 < full  # stopped before the replay was done
+    with Store.open(store_dir) as s:  # nothing was changed
+        assert len(s.table("t")) == 400_000
+
+
+def test_corruption_reaches_listeners(store_dir):
+    import os
+
+    _filled(store_dir, 50)
+    seg = sorted(os.listdir(os.path.join(store_dir, "wal")))[-1]
+    with open(os.path.join(store_dir, "wal", seg), "ab") as f:
+        f.write(b"\x00" * 100)  # a torn tail
+    rec = Recorder()
+    Store.open(store_dir, warmup=Warmup(listeners=[rec])).close()
+    assert ("corruption", "torn_tail") in rec.events
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"budgets": {"replay": 0}}, {"budgets": {"replay": -1}}, {"budgets": {"nope": 1}},
+    {"stall_s": 0}, {"stall_s": "1"}, {"populate": [1]}, {"prime": "fn"},
+    {"criteria": {"replay": [None]}}, {"listeners": [object()]}, {"listeners": "x"},
+    {"policy": {"replay": "ignore"}},
+])
+def test_bad_warmup_settings_are_config_errors(kwargs):
+    with pytest.raises(ConfigError):
+        Warmup(**kwargs)
+
+
+def test_warmup_must_be_a_warmup(store_dir):
+    with pytest.raises(ConfigError):
+        Store.open(store_dir, warmup={"budgets": {}})
