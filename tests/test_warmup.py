@@ -4,6 +4,7 @@ stall watchdog, listeners and the report; every test on both cores."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -202,3 +203,76 @@ def test_bad_warmup_settings_are_config_errors(kwargs):
 def test_warmup_must_be_a_warmup(store_dir):
     with pytest.raises(ConfigError):
         Store.open(store_dir, warmup={"budgets": {}})
+
+
+# ------------------------------------------------------ plan and preflight
+def test_the_plan_names_what_an_open_reads_and_history_refines_it(store_dir):
+    from rehydrate.plan import HISTORY_NAME, make_plan
+
+    _filled(store_dir, 300)
+    with Store.open(store_dir) as s:
+        s.checkpoint()
+        for i in range(50):
+            s.put("t", f"after{i}", i)
+    os.unlink(os.path.join(store_dir, HISTORY_NAME))  # as if never opened before
+    plan = make_plan(store_dir)
+    assert plan["snapshot"]["lsn"] == 300 and plan["snapshot"]["keys"] == 300
+    assert plan["wal_bytes"] > 0 and plan["segments"]
+    assert plan["predicted_from"] == {"snapshot": "calibrated", "replay": "calibrated"}
+    assert plan["predicted_peak_bytes"] > 0 and plan["history_opens"] == 0
+    with Store.open(store_dir) as s:
+        report = s.warmup_report
+        assert report["predicted_s"] == plan["predicted_s"]
+    assert os.path.exists(os.path.join(store_dir, HISTORY_NAME))
+    again = make_plan(store_dir)
+    assert again["history_opens"] == 1 and again["predicted_from"]["snapshot"] == "history"
+
+
+@pytest.mark.parametrize("garbage", [b"", b"{", b"[]", b'{"format": 1, "opens": [{"x": 1}]}',
+                                     b'{"format": 1, "opens": [{"snapshot_bytes": -1}]}'])
+def test_a_bad_history_file_is_ignored(store_dir, garbage):
+    from rehydrate.plan import HISTORY_NAME, make_plan
+
+    _filled(store_dir, 10)
+    with open(os.path.join(store_dir, HISTORY_NAME), "wb") as f:
+        f.write(garbage)
+    assert make_plan(store_dir)["history_opens"] == 0
+    Store.open(store_dir).close()  # and the open rewrites it
+    assert make_plan(store_dir)["history_opens"] == 1
+
+
+def test_memory_preflight_refuses_before_loading_anything(store_dir):
+    from helpers import corrupt as C
+
+    _filled(store_dir, 100)
+    before = C.tree_hashes(store_dir)
+    with pytest.raises(rh.MemoryBudgetError) as ei:
+        Store.open(store_dir, max_memory_bytes=1024)
+    assert ei.value.reason == "memory_budget" and "max_memory_bytes" in str(ei.value)
+    assert C.tree_hashes(store_dir) == before
+    with Store.open(store_dir, max_memory_bytes=1 << 40) as s:  # and the lock is free
+        assert len(s.table("t")) == 100
+    with pytest.raises(ConfigError):
+        Store.open(store_dir, max_memory_bytes=0)
+
+
+def test_cli_plan_and_replay(store_dir, core_env):
+    import json
+    import subprocess
+    import sys
+
+    _filled(store_dir, 100)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "rehydrate", *a], env=core_env,
+                                    capture_output=True, text=True)
+    out = run("plan", store_dir, "--json")
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    assert plan["wal_bytes"] > 0 and plan["snapshot"]["lsn"] == 0
+    out = run("replay", store_dir, "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert [p["name"] for p in report["phases"]] == list(rh.PHASES)
+    assert report["phases"][2]["records"] == 100 and report["problems"] == []
+    human = run("replay", store_dir)
+    assert human.returncode == 0 and "replay" in human.stdout and "total" in human.stdout
+    assert run("plan", os.path.join(store_dir, "nope")).returncode == 2

@@ -1,4 +1,5 @@
-"""The ``rehydrate`` command: version, verify, inspect, dump, digest.
+"""The ``rehydrate`` command: version, verify, inspect, dump, digest, compact,
+repair, plan, replay.
 
 Exit codes: 0 clean (a tolerated torn tail is a warning), 1 damage or a failed
 check, 2 usage error or unreadable input. Every command takes ``--json``.
@@ -230,6 +231,58 @@ def _cmd_compact(args) -> int:
     return EXIT_OK
 
 
+def _cmd_plan(args) -> int:
+    from . import manifest
+    from .plan import make_plan
+    from .verify import _check_store_dir
+
+    _check_store_dir(args.dir)
+    plan = make_plan(args.dir, manifest.read(args.dir))
+    if args.json:
+        print(json.dumps(plan))
+        return EXIT_OK
+    snap = plan["snapshot"]
+    print(f"plan for {args.dir}:")
+    print(f"  snapshot   " + (f"LSN {snap['lsn']:,}, {snap['bytes'] / 1e6:,.1f} MB, "
+                              f"{snap['keys']:,} keys" if snap["lsn"] else "none"))
+    print(f"  log        {len(plan['segments'])} segments, {plan['wal_bytes'] / 1e6:,.1f} MB "
+          f"(~{plan['records_estimate'] - snap['keys']:,} records)")
+    print(f"  predicted  {plan['predicted_s']:.3f} s (rates from "
+          f"{plan['predicted_from']['replay']}, {plan['history_opens']} earlier opens), "
+          f"peak {plan['predicted_peak_bytes'] / 2**20:,.0f} MiB (from {plan['memory_from']})")
+    return EXIT_OK
+
+
+def _cmd_replay(args) -> int:
+    from .store import Store
+    from .warmup import Warmup
+
+    bar, update = _progress_bar("replay", not args.json)
+
+    class Timeline:
+        def on_phase_end(self, phase, stats):
+            if not args.json:
+                extra = "".join(f"  {stats[k]:,} {k}" for k in ("records", "bytes")
+                                if stats.get(k))
+                print(f"  {phase:<9} {stats['duration_s'] * 1000:9.1f} ms{extra}",
+                      file=sys.stderr if bar is not None else sys.stdout)
+
+    try:
+        with Store.open(args.dir, create=False, recovery=args.recovery, progress=update,
+                        warmup=Warmup(listeners=[Timeline()])) as store:
+            report = store.warmup_report
+            problems = [p.as_dict() for p in store.recovery_report.problems]
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        print(json.dumps({**report, "problems": problems}))
+    else:
+        print(f"  total     {report['total_s'] * 1000:9.1f} ms "
+              f"(predicted {report['predicted_s'] * 1000:.1f} ms)")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .recovery import MODES
 
@@ -261,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--to-lsn", type=int, default=None, metavar="N")
     dir_cmd("digest", _cmd_digest, "content digest of the replayed state (docs/FORMAT.md)")
     dir_cmd("compact", _cmd_compact, "write a snapshot now (offline checkpoint)")
+    dir_cmd("plan", _cmd_plan, "what an open would read, its predicted time and memory",
+            recovery=False)
+    dir_cmd("replay", _cmd_replay, "a cold open, timed phase by phase (the warmup report)")
     r = dir_cmd("repair", _cmd_repair, "cut a damaged log at its first problem, keeping evidence",
                 recovery=False)
     r.add_argument("--dry-run", action="store_true", help="report what would be cut; change nothing")

@@ -202,6 +202,13 @@ class PhaseTimeout(WarmupError):
     default_reason = "phase_timeout"
 
 
+class MemoryBudgetError(WarmupError):
+    """The open is predicted to need more memory than allowed or available
+    (raised in the plan phase, before anything is loaded)."""
+
+    default_reason = "memory_budget"
+
+
 class CriteriaError(WarmupError):
     """A phase's success criterion returned something other than True, or raised."""
 
@@ -227,4 +234,5 @@ __all__ = [
     "StallError",
     "PhaseTimeout",
     "CriteriaError",
+    "MemoryBudgetError",
 ]

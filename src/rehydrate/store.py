@@ -24,6 +24,7 @@ from . import _offsets
 from . import hints as _hints
 from . import snapshot as _snapshot
 from . import manifest as _manifest
+from . import plan as _plan
 from ._backend import core as _core
 from .errors import (
     ConfigError,
@@ -102,6 +103,7 @@ class Store:
         checkpoint_every_bytes: Optional[int] = None,
         checkpoint_every_s: Optional[float] = None,
         warmup=None,
+        max_memory_bytes: Optional[int] = None,
     ) -> "Store":
         """Lock ``path``, replay its log into memory, and return the live store.
 
@@ -111,7 +113,10 @@ class Store:
         (docs/tables.md); any other table is a KVTable. ``warmup`` (a
         ``rehydrate.Warmup``) sets the phases' budgets, stall watchdog,
         hooks, criteria and listeners (docs/warmup.md); the phases are
-        reported in ``store.warmup_report`` either way. A log that declares another kind for a name, or a custom
+        reported in ``store.warmup_report`` either way. ``max_memory_bytes``:
+        refuse (MemoryBudgetError, before loading anything) an open predicted
+        to need more; one predicted to need more than the memory available
+        is refused either way. A log that declares another kind for a name, or a custom
         table with no class here, is a ConfigError naming the table.
         Raises ConfigError (bad argument, before touching anything),
         NotAStoreError, LockedError, CorruptionError / TornTailError (as the
@@ -136,8 +141,12 @@ class Store:
         kinds = resolve_kinds(tables)
         if warmup is not None and not isinstance(warmup, Warmup):
             raise ConfigError("warmup must be a rehydrate.Warmup")
+        if max_memory_bytes is not None and (type(max_memory_bytes) is not int
+                                             or max_memory_bytes < 1):
+            raise ConfigError("max_memory_bytes must be a positive int or None")
         self = object.__new__(cls)
         self._warmup = WarmupRun(warmup, os.fspath(path))
+        self._max_memory_bytes = max_memory_bytes
         self._keep_snapshots = keep_snapshots
         self._checkpoint_lock = threading.Lock()
         self._auto_bytes, self._auto_s = checkpoint_every_bytes, checkpoint_every_s
@@ -164,6 +173,9 @@ class Store:
         for phase in ("populate", "prime"):
             run.run_hooks(phase, self)
         self.warmup_report = run.report()
+        self.warmup_report["predicted_s"] = self._plan["predicted_s"]
+        self.warmup_report["plan"] = self._plan
+        _plan.record_open(self.path, self._plan, self.warmup_report)
 
     def _init(self, path, create, sync, recovery, segment_bytes, sync_interval_ms, progress,
               kinds=None):
@@ -190,6 +202,8 @@ class Store:
         self._dirlock = DirLock(path)
         try:
             self._manifest = _manifest.read(path)
+            self._plan = _plan.make_plan(path, self._manifest)
+            _plan.preflight(self._plan, self._max_memory_bytes)
             t_plan = time.perf_counter()
             waldir = os.path.join(path, WAL_DIR)
             for name in list_segments(waldir)[2]:  # tmp files of an interrupted create
@@ -197,7 +211,8 @@ class Store:
             self._registry = TableRegistry(self._core, size_hints=self._size_hints(path),
                                            kinds=kinds if kinds is not None else {})
             self._log_start = _manifest.log_start(self._manifest, path)
-            run.end(self)
+            run.end(self, bytes=self._plan["bytes"], predicted_s=self._plan["predicted_s"],
+                    predicted_peak_bytes=self._plan["predicted_peak_bytes"])
             run.start("snapshot", snapshots=list(self._manifest.get("snapshots") or []))
             snap_lsn, snap_offsets, snap_problems = self._load_snapshot(recovery)
             if snap_lsn + 1 < self._log_start:

@@ -1,0 +1,165 @@
+"""The open plan: what an open will read, how long it should take and how
+much memory it should need, decided before anything is loaded
+(docs/warmup.md, "Plan and memory preflight").
+
+The prediction comes from HISTORY, the last opens of this directory (bytes
+read and seconds per phase), or, with no history, from rates measured on
+this kind of machine. HISTORY is like HINTS: not authoritative, written
+without fsync, and untrusted when read (a bad file is ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+from . import _fileio
+from . import hints as _hints
+from . import manifest as _manifest
+from .errors import MemoryBudgetError
+from .snapshot import SNAPSHOTS_DIR, read_meta, snapshot_name
+from .wal import WAL_DIR, list_segments
+
+HISTORY_NAME = "HISTORY"
+HISTORY_FORMAT = 1
+HISTORY_KEEP = 20
+MAX_HISTORY_BYTES = 1 << 20
+# Without history: rates measured here (docs/benchmarks.md): a snapshot's
+# files at ~2 GB/s (1.8M keys, 210 MB, 0.09 s), the log at ~0.25 GB/s
+# (10M ops, 368 MB, ~1.4 s).
+DEFAULT_SNAPSHOT_BPS = 2.0e9
+DEFAULT_REPLAY_BPS = 2.5e8
+BASE_MEMORY_BYTES = 64 << 20  # the interpreter and the library, roughly
+
+
+def _read_history(path: str) -> list:
+    hpath = os.path.join(path, HISTORY_NAME)
+    try:
+        if os.path.getsize(hpath) > MAX_HISTORY_BYTES:
+            return []
+        data = json.loads(_fileio.read_file(hpath))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(data, dict) or data.get("format") != HISTORY_FORMAT or \
+            not isinstance(data.get("opens"), list):
+        return []
+    keys = ("snapshot_bytes", "snapshot_s", "wal_bytes", "replay_s", "total_s")
+    return [o for o in data["opens"] if isinstance(o, dict) and
+            all(type(o.get(k)) in (int, float) and o[k] >= 0 for k in keys)]
+
+
+def record_open(path: str, plan: dict, report: dict) -> None:
+    """Append this open to HISTORY (best effort: a failure is ignored)."""
+    phases = {p["name"]: p["duration_s"] for p in report["phases"]}
+    entry = {"at": time.time(), "snapshot_bytes": plan["snapshot"]["bytes"],
+             "snapshot_s": phases.get("snapshot", 0.0), "wal_bytes": plan["wal_bytes"],
+             "replay_s": phases.get("replay", 0.0), "total_s": report["total_s"]}
+    opens = (_read_history(path) + [entry])[-HISTORY_KEEP:]
+    hpath = os.path.join(path, HISTORY_NAME)
+    try:
+        with open(hpath + ".tmp", "w") as f:
+            json.dump({"format": HISTORY_FORMAT, "opens": opens}, f)
+        _fileio.rename(hpath + ".tmp", hpath)
+    except OSError:
+        pass
+
+
+def _snapshot_part(path: str, man: dict) -> dict:
+    """The newest listed snapshot whose META reads: {lsn, bytes, keys}."""
+    for lsn in sorted(man.get("snapshots") or [], reverse=True):
+        if type(lsn) is not int:
+            continue
+        spath = os.path.join(path, SNAPSHOTS_DIR, snapshot_name(lsn))
+        try:
+            meta = read_meta(spath)
+        except (OSError, ValueError):
+            continue
+        tables = [t for t in meta["tables"] if isinstance(t, dict)]
+        # A native open reads a kv table's image, not its Arrow copy.
+        size = sum((t["image"] if isinstance(t.get("image"), dict) else t).get("bytes") or 0
+                   for t in tables)
+        keys = sum(t.get("keys") or 0 for t in tables if type(t.get("keys")) is int)
+        return {"lsn": lsn, "bytes": int(size), "keys": keys}
+    return {"lsn": 0, "bytes": 0, "keys": 0}
+
+
+def _median_rate(opens, nbytes: str, secs: str, default: float) -> tuple:
+    rates = [o[nbytes] / o[secs] for o in opens if o[nbytes] > 0 and o[secs] > 0]
+    if not rates:
+        return default, "calibrated"
+    return statistics.median(rates), "history"
+
+
+def make_plan(path: str, man=None) -> dict:
+    """What an open of ``path`` will do: the snapshot and segments it reads,
+    their bytes, an estimate of records, the predicted duration and the
+    predicted peak memory. Reads no table data."""
+    man = _manifest.read(path) if man is None else man
+    snap = _snapshot_part(path, man)
+    segs = list_segments(os.path.join(path, WAL_DIR))[0]
+    todo = []
+    for seg, nxt in zip(segs, segs[1:] + [None]):
+        if nxt is not None and nxt.first_lsn - 1 <= snap["lsn"]:
+            continue  # wholly in the snapshot: not read
+        todo.append({"path": seg.path, "first_lsn": seg.first_lsn, "bytes": seg.size})
+    wal_bytes = sum(s["bytes"] for s in todo)
+    opens = _read_history(path)
+    snap_bps, snap_src = _median_rate(opens, "snapshot_bytes", "snapshot_s",
+                                      DEFAULT_SNAPSHOT_BPS)
+    replay_bps, replay_src = _median_rate(opens, "wal_bytes", "replay_s", DEFAULT_REPLAY_BPS)
+    overhead = statistics.median([max(0.0, o["total_s"] - o["snapshot_s"] - o["replay_s"])
+                                  for o in opens]) if opens else 0.01
+    predicted_s = snap["bytes"] / snap_bps + wal_bytes / replay_bps + overhead
+    found = _hints.read(path)
+    if found:
+        # Capped by what the files could hold, as the size hints are (HINTS
+        # is untrusted): a hostile hint must not refuse an open.
+        memory = 0
+        for h in found.values():
+            keys, arena = _hints.capped(h, snap["bytes"] + wal_bytes)
+            memory += arena + 16 * _slots_for(keys)
+        memory_src = "hints"
+    else:
+        memory = int(1.5 * (snap["bytes"] + wal_bytes))
+        memory_src = "file sizes"
+    return {"path": path, "snapshot": snap, "segments": todo, "wal_bytes": wal_bytes,
+            "bytes": snap["bytes"] + wal_bytes,
+            "records_estimate": snap["keys"] + wal_bytes // 40,
+            "predicted_s": predicted_s,
+            "predicted_from": {"snapshot": snap_src, "replay": replay_src},
+            "predicted_peak_bytes": BASE_MEMORY_BYTES + memory,
+            "memory_from": memory_src, "history_opens": len(opens)}
+
+
+def _slots_for(keys: int) -> int:
+    cap = 8
+    while keys * 10 > cap * 7:
+        cap <<= 1
+    return cap
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (None where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def preflight(plan: dict, max_memory_bytes=None) -> None:
+    """MemoryBudgetError when the predicted peak passes ``max_memory_bytes``
+    or the memory available now, before anything is loaded."""
+    need = plan["predicted_peak_bytes"]
+    avail = available_memory_bytes()
+    for limit, what in ((max_memory_bytes, "max_memory_bytes"), (avail, "available memory")):
+        if limit is not None and need > limit:
+            raise MemoryBudgetError(
+                f"the open is predicted to need {need / 2**20:,.0f} MiB "
+                f"(from {plan['memory_from']}), more than {what} "
+                f"({limit / 2**20:,.0f} MiB)", path=plan["path"])
