@@ -291,6 +291,9 @@ class Store:
             self._thread.start()
         self._bytes_since_checkpoint = 0
         self._cp_wake = threading.Event()
+        self._metrics_registry = None
+        self.checkpoint_stats = {"count": 0, "last_duration_s": 0.0, "last_pause_s": 0.0,
+                                 "last_lsn": 0}
         self.auto_checkpoint_error: Optional[BaseException] = None
         if self._auto_bytes or self._auto_s:
             self._cp_thread = threading.Thread(target=self._auto_checkpoint,
@@ -440,7 +443,11 @@ class Store:
                     shutil.rmtree(os.path.join(sdir, _snapshot.snapshot_name(old)))
             _fileio.fsync_dir(sdir)
             self._trim_log(min(kept))
-            return {"lsn": lsn, "bytes": info.bytes, "duration_s": time.perf_counter() - t0,
+            duration = time.perf_counter() - t0
+            self.checkpoint_stats = {"count": self.checkpoint_stats["count"] + 1,
+                                     "last_duration_s": duration, "last_pause_s": pause_s,
+                                     "last_lsn": lsn}
+            return {"lsn": lsn, "bytes": info.bytes, "duration_s": duration,
                     "pause_s": pause_s, "path": info.path, "digest": info.digest}
 
     def _trim_log(self, oldest_snapshot_lsn: int) -> None:
@@ -724,6 +731,38 @@ class Store:
         with self._lock:
             return state_digest({n: self._registry.by_name[n].table
                                  for n in self._registry.names()})
+
+    # ------------------------------------------------------ observability
+    def readiness(self) -> dict:
+        """{"ready", "phase", "progress", "eta_s"}: an open store is ready
+        (``Store.open`` returns once warm)."""
+        return {"ready": not self._closed, "phase": "ready" if not self._closed else "closed",
+                "progress": 1.0, "eta_s": 0.0}
+
+    @property
+    def failed(self) -> Optional[BaseException]:
+        """The I/O error that put the store in fail-stop, or None."""
+        return self._failed
+
+    def metrics(self, registry=None):
+        """A prometheus_client registry with this store's metrics (read at
+        scrape time; docs/warmup.md). Pass ``registry`` to add them to yours
+        (one store per registry: the metric names are the store's)."""
+        from . import observe
+
+        if self._metrics_registry is None or registry is not None:
+            self._metrics_registry = observe.register(self, registry)
+        return self._metrics_registry
+
+    def serve_http(self, port: int = 0, host: str = "127.0.0.1", registry=None):
+        """Serve ``/readyz``, ``/livez`` and ``/metrics`` from a thread; returns
+        a server with ``.port`` and ``.close()``. ConfigError when the port
+        cannot be had (in use, not allowed)."""
+        from . import observe
+
+        if type(port) is not int or not 0 <= port <= 65535:
+            raise ConfigError(f"port must be an int in 0..65535, not {port!r}")
+        return observe.ReadinessServer(self, host, port, self.metrics(registry))
 
     def tables(self) -> list:
         """Table names, in order of creation."""

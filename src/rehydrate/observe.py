@@ -1,0 +1,156 @@
+"""Observability: Prometheus metrics of a store and its readiness over HTTP
+(docs/warmup.md, "Metrics and HTTP").
+
+Metrics are read from the store when scraped (a collector, nothing counted
+on the write path): the warmup's phases, replay records, bytes and rate,
+writes not yet durable, problems by kind, last and durable LSN, and the
+last checkpoint. ``store.serve_http()`` serves ``/readyz``, ``/livez`` and
+``/metrics`` on 127.0.0.1 by default, from a thread. prometheus_client is
+imported here only, when metrics are asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from .errors import ConfigError
+
+
+class StoreCollector:
+    """A prometheus_client collector reading one store at scrape time."""
+
+    def __init__(self, store):
+        self._store = store
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: F401
+
+        s = self._store
+        labels = ["store"]
+        at = [s.path]
+
+        def gauge(name, doc, value, extra=None):
+            g = GaugeMetricFamily(name, doc, labels=labels + list(extra or {}))
+            g.add_metric(at + list((extra or {}).values()), value)
+            return g
+
+        report = getattr(s, "warmup_report", None) or {"phases": [], "total_s": 0.0}
+        phases = GaugeMetricFamily("rehydrate_warmup_phase_seconds",
+                                   "seconds each warmup phase of the last open took",
+                                   labels=labels + ["phase"])
+        for p in report["phases"]:
+            phases.add_metric(at + [p["name"]], p["duration_s"])
+        yield phases
+        yield gauge("rehydrate_warmup_seconds", "seconds the last open took", report["total_s"])
+        replay = next((p for p in report["phases"] if p["name"] == "replay"), {})
+        yield gauge("rehydrate_replay_records", "records the last open replayed",
+                    replay.get("records", 0))
+        yield gauge("rehydrate_replay_bytes", "log bytes the last open read",
+                    replay.get("bytes", 0))
+        yield gauge("rehydrate_replay_records_per_second", "replay rate of the last open",
+                    replay.get("rate", 0.0))
+        yield gauge("rehydrate_ready", "1 once the store is open and warm", 1.0 if
+                    s.readiness()["ready"] else 0.0)
+        yield gauge("rehydrate_last_lsn", "LSN of the last write applied", s.lsn)
+        yield gauge("rehydrate_durable_lsn", "every write up to this LSN survives power loss",
+                    s.durable_lsn)
+        yield gauge("rehydrate_pending_writes", "writes applied but not yet durable",
+                    max(0, s.lsn - s.durable_lsn))
+        problems = CounterMetricFamily("rehydrate_recovery_problems",
+                                       "problems the last open's recovery found, by kind",
+                                       labels=labels + ["kind"])
+        for kind, n in sorted(Counter(p.kind for p in s.recovery_report.problems).items()):
+            problems.add_metric(at + [kind], n)
+        yield problems
+        cp = s.checkpoint_stats
+        yield _counter("rehydrate_checkpoints", "checkpoints written since open", at,
+                       cp["count"])
+        yield gauge("rehydrate_checkpoint_seconds", "duration of the last checkpoint",
+                    cp["last_duration_s"])
+        yield gauge("rehydrate_checkpoint_pause_seconds",
+                    "how long the last checkpoint paused writers", cp["last_pause_s"])
+        yield gauge("rehydrate_checkpoint_lsn", "LSN of the last checkpoint", cp["last_lsn"])
+
+
+def _counter(name, doc, at, value):
+    from prometheus_client.core import CounterMetricFamily
+
+    c = CounterMetricFamily(name, doc, labels=["store"])
+    c.add_metric(at, value)
+    return c
+
+
+def register(store, registry=None):
+    """The store's collector registered in ``registry`` (a new one if None)."""
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry() if registry is None else registry
+    registry.register(StoreCollector(store))
+    return registry
+
+
+class ReadinessServer:
+    """``/readyz`` (200 when ready, else 503; JSON progress either way),
+    ``/livez`` (200 while the store is sound, 503 once it failed),
+    ``/metrics`` (Prometheus text); anything else 404. ``port``, ``close()``."""
+
+    def __init__(self, store, host: str, port: int, registry):
+        handler = _handler(store, registry)
+        try:
+            self._httpd = ThreadingHTTPServer((host, port), handler)
+        except OSError as e:
+            raise ConfigError(f"cannot serve on {host}:{port}: {e.strerror or e}") from e
+        self._httpd.daemon_threads = True
+        self.host, self.port = host, self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever,
+                                        name=f"rehydrate-http:{self.port}", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _handler(store, registry):
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, code: int, body: bytes, ctype: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, code: int, data: dict) -> None:
+            self._send(code, json.dumps(data).encode(), "application/json")
+
+        def do_GET(self):  # noqa: N802 - http.server's name
+            path = self.path.split("?", 1)[0]
+            if path == "/readyz":
+                r = store.readiness()
+                self._json(200 if r["ready"] else 503, r)
+            elif path == "/livez":
+                failed = store.failed
+                self._json(503 if failed else 200,
+                           {"live": not failed, "error": repr(failed) if failed else None})
+            elif path == "/metrics":
+                from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            else:
+                self._json(404, {"error": f"no such path {path!r}",
+                                 "paths": ["/readyz", "/livez", "/metrics"]})
+
+        def log_message(self, fmt, *args) -> None:  # quiet: no stderr per request
+            pass
+
+    return Handler
