@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/snapshot.py
 	$(BIN)/python benchmarks/snapshot.py --keys 10000000 --repeat 3
 	$(BIN)/python benchmarks/numeric.py
+	$(BIN)/python benchmarks/warmup.py
 	$(BIN)/python benchmarks/digest.py
 
 FUZZ_RUNS ?= 200000

@@ -62,6 +62,7 @@ def test_phases_run_in_order_and_are_reported(store_dir):
     assert seen == [("populate", 200), ("prime", 5)]
     replay = report["phases"][2]
     assert replay["records"] == 200 and replay["bytes"] > 0
+    assert all(p["rss_bytes"] > 0 for p in report["phases"])
     assert report["total_s"] >= sum(p["duration_s"] for p in report["phases"])
 
 

@@ -174,6 +174,9 @@ class WarmupRun:
                 raise CriteriaError(f"criterion {_name(fn)} of phase {phase} returned {ok!r}",
                                     phase=phase, elapsed_s=elapsed, path=self.path)
         entry = {"name": phase, "duration_s": elapsed, **stats}
+        rss = _rss_bytes()
+        if rss is not None:
+            entry["rss_bytes"] = rss
         self.phases.append(entry)
         budget = self.w.budgets.get(phase)
         if budget is not None and elapsed > budget:
@@ -255,6 +258,18 @@ class WarmupRun:
                 "predicted_s": None}
 
 
+def _rss_bytes() -> Optional[int]:
+    """This process's resident memory now (VmRSS), or None where unknown."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def _stack_of(thread: threading.Thread) -> Optional[str]:
     frame = sys._current_frames().get(thread.ident)
     return "".join(traceback.format_stack(frame)) if frame is not None else None
@@ -279,7 +294,11 @@ class _Watch:
 
     def _loop(self) -> None:
         run = self.run
-        while not self._stop.wait(0.05):
+        # Checks 20 times per limit (at least every 1 s, at most every 50 ms):
+        # prompt enough, and a long replay is not woken for nothing.
+        limits = [x for x in (self._stall, self._budget) if x is not None]
+        every = min(1.0, max(0.05, min(limits) / 20))
+        while not self._stop.wait(every):
             now = time.perf_counter()
             elapsed = now - run._phase_t0
             if self._stall is not None and now - run._last_tick > self._stall:

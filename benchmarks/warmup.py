@@ -1,0 +1,117 @@
+"""What the warmup machinery costs, and how good its prediction is.
+
+    .venv/bin/python benchmarks/warmup.py [--ops 10000000] [--repeat 5] [--json]
+
+Builds the 10M-op log of ``benchmarks/replay.py``, then, alternating, in
+fresh processes:
+
+- ``plain``: ``Store.open`` with no listener, no budget, no stall watch
+  (``Warmup(listeners=[])``), so the phases are only timed;
+- ``watched``: ``Store.open`` with a budget for every phase, ``stall_s``, a
+  listener on every event, and metrics scraped once after.
+
+Targets (issue): watched costs <= 2% more than plain (medians); the
+predicted duration of an open (from HISTORY, after earlier opens of the same
+directory) is within +-30% of the actual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import machine, median, run_child  # noqa: E402
+
+
+def child(path: str, watched: bool) -> dict:
+    import rehydrate as rh
+
+    events = [0]
+
+    class Count:
+        def on_phase_start(self, phase, info):
+            events[0] += 1
+
+        def on_progress(self, phase, done, total):
+            events[0] += 1
+
+        def on_phase_end(self, phase, stats):
+            events[0] += 1
+
+        def on_corruption(self, problem):
+            events[0] += 1
+
+    if watched:
+        w = rh.Warmup(budgets={p: 600 for p in rh.PHASES}, stall_s=60, listeners=[Count()])
+    else:
+        w = rh.Warmup(listeners=[])
+    t0 = time.perf_counter()
+    s = rh.Store.open(path, warmup=w)
+    open_s = time.perf_counter() - t0
+    if watched:
+        from prometheus_client import generate_latest
+
+        generate_latest(s.metrics())
+    out = {"open_s": open_s, "predicted_s": s.warmup_report["predicted_s"],
+           "events": events[0]}
+    s.close()
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ops", type=int, default=10_000_000)
+    p.add_argument("--keys", type=int, default=2_000_000)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--watched", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        print(json.dumps(child(a.child, a.watched)))
+        return 0
+    import replay  # the 10M-op log of benchmarks/replay.py
+
+    work = tempfile.mkdtemp(prefix="rh-warmup-")
+    try:
+        path = os.path.join(work, "state")
+        print(f"building {a.ops:,} ops ...", file=sys.stderr)
+        replay.build(path, os.path.join(work, "ops.msgpack"), a.ops, a.keys)
+        me = os.path.abspath(__file__)
+        run_child([me, "--child", path])  # a first open: HISTORY for the predictions
+        plain, watched = [], []
+        for i in range(a.repeat):
+            plain.append(run_child([me, "--child", path]))
+            watched.append(run_child([me, "--child", path, "--watched"]))
+            print(f"  run {i + 1}: plain {plain[-1]['open_s']:.3f} s, watched "
+                  f"{watched[-1]['open_s']:.3f} s (predicted {plain[-1]['predicted_s']:.3f}"
+                  f" / {watched[-1]['predicted_s']:.3f} s)", file=sys.stderr)
+        m_plain = median([r["open_s"] for r in plain])
+        m_watched = median([r["open_s"] for r in watched])
+        errors = [r["predicted_s"] / r["open_s"] - 1 for r in plain + watched]
+        out = {"ops": a.ops, "plain_open_s": m_plain, "watched_open_s": m_watched,
+               "overhead": m_watched / m_plain - 1, "overhead_target": 0.02,
+               "prediction_errors": errors, "prediction_error_median": median(errors),
+               "prediction_error_max": max(errors, key=abs), "prediction_target": 0.30,
+               "events_per_watched_open": watched[0]["events"], "machine": machine()}
+        if a.json:
+            print(json.dumps(out, indent=2))
+        else:
+            print(f"plain open     {m_plain:.3f} s (median of {a.repeat})")
+            print(f"watched open   {m_watched:.3f} s: overhead {out['overhead']:+.1%} "
+                  "(target <= +2%)")
+            print(f"prediction     median error {out['prediction_error_median']:+.1%}, worst "
+                  f"{out['prediction_error_max']:+.1%} (target within +-30%)")
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
