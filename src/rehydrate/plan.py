@@ -18,6 +18,7 @@ import time
 from . import _fileio
 from . import hints as _hints
 from . import manifest as _manifest
+from ._sysinfo import proc_kb_field
 from .errors import MemoryBudgetError
 from .snapshot import SNAPSHOTS_DIR, read_meta, snapshot_name
 from .wal import WAL_DIR, list_segments
@@ -142,14 +143,7 @@ def _slots_for(keys: int) -> int:
 
 def available_memory_bytes() -> int | None:
     """MemAvailable from /proc/meminfo (None where there is none)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    return proc_kb_field("/proc/meminfo", "MemAvailable")
 
 
 def preflight(plan: dict, max_memory_bytes=None) -> None:

@@ -27,6 +27,7 @@ import time
 import traceback
 from typing import Optional
 
+from ._sysinfo import proc_kb_field
 from .errors import ConfigError, CriteriaError, PhaseTimeout, StallError, WarmupError
 
 PHASES = ("plan", "snapshot", "replay", "migrate", "populate", "prime")
@@ -260,14 +261,7 @@ class WarmupRun:
 
 def _rss_bytes() -> Optional[int]:
     """This process's resident memory now (VmRSS), or None where unknown."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    return proc_kb_field("/proc/self/status", "VmRSS")
 
 
 def _stack_of(thread: threading.Thread) -> Optional[str]:
