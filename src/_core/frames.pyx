@@ -1034,6 +1034,7 @@ cdef class _Scanner:
     cdef PyObject **tab_obj
     cdef rh_kv **tab_kv
     cdef rh_numtab **tab_num
+    cdef uint8_t *tab_many
     cdef uint32_t *tab_gen
     cdef uint32_t gen
 
@@ -1046,6 +1047,7 @@ cdef class _Scanner:
         self.tab_obj = NULL
         self.tab_kv = NULL
         self.tab_num = NULL
+        self.tab_many = NULL
         self.tab_gen = NULL
         self.gen = 0
 
@@ -1070,6 +1072,8 @@ cdef class _Scanner:
         self.tab_kv = NULL
         free(self.tab_num)
         self.tab_num = NULL
+        free(self.tab_many)
+        self.tab_many = NULL
         free(self.tab_gen)
         self.tab_gen = NULL
 
@@ -1210,8 +1214,10 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
         sc.tab_obj = <PyObject **>calloc(RH_TID_SPACE, sizeof(PyObject *))
         sc.tab_kv = <rh_kv **>calloc(RH_TID_SPACE, sizeof(rh_kv *))
         sc.tab_num = <rh_numtab **>calloc(RH_TID_SPACE, sizeof(rh_numtab *))
+        sc.tab_many = <uint8_t *>calloc(RH_TID_SPACE, 1)
         sc.tab_gen = <uint32_t *>calloc(RH_TID_SPACE, sizeof(uint32_t))
-        if sc.tab_obj == NULL or sc.tab_kv == NULL or sc.tab_num == NULL or sc.tab_gen == NULL:
+        if (sc.tab_obj == NULL or sc.tab_kv == NULL or sc.tab_num == NULL
+                or sc.tab_many == NULL or sc.tab_gen == NULL):
             raise MemoryError()
     try:
         while off < end:
@@ -1352,6 +1358,10 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
                         alive.append(t)
                         sc.tab_obj[tid] = <PyObject *>t
                         sc.tab_kv[tid] = &(<KVTable>t).kv if type(t) is KVTable else NULL
+                        # A custom table with its own apply_many (looked up
+                        # once per frame, not per record).
+                        sc.tab_many[tid] = sc.tab_kv[tid] == NULL and bool(
+                            getattr(t, "_rh_many", False))
                         sc.tab_num[tid] = NULL
                         if type(t) is NumericTable:
                             nv = _num_view(t)
@@ -1401,7 +1411,7 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
                             elif r.num != NULL:
                                 if rh_num_apply_run(r, 1) == 0:
                                     _apply_py(r, <object>r.obj)
-                            elif kv == NULL and getattr(<object>r.obj, "_rh_many", False):
+                            elif kv == NULL and sc.tab_many[r.tid]:
                                 # A custom table with its own apply_many: the run
                                 # of its records, in one call.
                                 j = i

@@ -862,6 +862,29 @@ static int rh_arena_copy(const rh_kv *src, rh_kv *dst)
     return 0;
 }
 
+/* Puts the entry at `off` (whose key hashes to `hash`) into the first empty
+ * slot of its probe sequence: 0, or 1 when an entry with the same key is
+ * already there (the key is compared only on a full-hash match). For bulk
+ * loads, which build the slots without rh_put: the arena already holds the
+ * entry and the slot array has room. */
+static inline int rh_slot_place(rh_kv *kv, uint64_t hash, uint64_t off)
+{
+    uint64_t mask = kv->mask, j = hash & mask;
+    while (kv->slots[j].off) {
+        if (kv->slots[j].hash == hash) {
+            const rh_entry *e = rh_entry_at(kv, off);
+            rh_key k;
+            rh_key_from_bytes(&k, (const unsigned char *)(e + 1), e->klen);
+            if (rh_key_eq(kv, kv->slots[j].off, &k))
+                return 1;
+        }
+        j = (j + 1) & mask;
+    }
+    kv->slots[j].hash = hash;
+    kv->slots[j].off = off;
+    return 0;
+}
+
 /* Adds n pairs of Arrow-style binary columns (already checked: offsets in
  * bounds and ordered, keys well formed) to a table, adding each pair's
  * entry hash to *acc when it is not NULL. 0, -1 (no memory) or 1 (a key twice, new or already there); on
@@ -968,22 +991,11 @@ static int rh_bulk_load(rh_kv *kv, uint64_t n, const int32_t *koff,
         free(scratch);
     /* Pass 3: slots, bucket by bucket. */
     for (i = 0; i < n; i++) {
-        uint64_t h = sorted[i].hash, j = h & mask;
-        while (kv->slots[j].off) {
-            if (kv->slots[j].hash == h) {
-                const rh_entry *e = rh_entry_at(kv, sorted[i].off);
-                rh_key k;
-                rh_key_from_bytes(&k, (const unsigned char *)(e + 1), e->klen);
-                k.hash = h;
-                if (rh_key_eq(kv, kv->slots[j].off, &k)) {
-                    free(sorted);
-                    rh_clear(kv);
-                    return 1;
-                }
-            }
-            j = (j + 1) & mask;
+        if (rh_slot_place(kv, sorted[i].hash, sorted[i].off)) {
+            free(sorted);
+            rh_clear(kv);
+            return 1;
         }
-        kv->slots[j] = sorted[i];
     }
     free(sorted);
     kv->count += n;

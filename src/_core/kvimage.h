@@ -261,14 +261,8 @@ static int rh_img_index(rh_kv *kv, const rh_img_header *h)
         last_home = home;
         if (++n > h->count)
             return RH_IMG_COUNT;
-        uint64_t j = home;
-        while (kv->slots[j].off) {
-            if (kv->slots[j].hash == k.hash && rh_key_eq(kv, kv->slots[j].off, &k))
-                return RH_IMG_DUPLICATE;
-            j = (j + 1) & mask;
-        }
-        kv->slots[j].hash = k.hash;
-        kv->slots[j].off = off;
+        if (rh_slot_place(kv, k.hash, off))
+            return RH_IMG_DUPLICATE;
         off += size;
     }
     if (n != h->count)

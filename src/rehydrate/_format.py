@@ -90,3 +90,13 @@ SCAN_STATUS_NAMES = {
     SCAN_APPLY_ERROR: "apply_error",
     SCAN_CANCELLED: "cancelled",
 }
+
+
+def slot_capacity(keys: int) -> int:
+    """The native table's slot count for ``keys`` entries (a power of two from
+    8, load <= 0.7): what a snapshot image records (docs/FORMAT.md) and what
+    a plan counts as memory. kvcore.h's rh_capacity_for is the same rule."""
+    cap = 8
+    while keys * 10 > cap * 7:
+        cap <<= 1
+    return cap

@@ -16,6 +16,7 @@ import statistics
 import time
 
 from . import _fileio
+from . import _format as F
 from . import hints as _hints
 from . import manifest as _manifest
 from ._sysinfo import proc_kb_field
@@ -120,7 +121,7 @@ def make_plan(path: str, man=None) -> dict:
         memory = 0
         for h in found.values():
             keys, arena = _hints.capped(h, snap["bytes"] + wal_bytes)
-            memory += arena + 16 * _slots_for(keys)
+            memory += arena + 16 * F.slot_capacity(keys)
         memory_src = "hints"
     else:
         memory = int(1.5 * (snap["bytes"] + wal_bytes))
@@ -132,13 +133,6 @@ def make_plan(path: str, man=None) -> dict:
             "predicted_from": {"snapshot": snap_src, "replay": replay_src},
             "predicted_peak_bytes": BASE_MEMORY_BYTES + memory,
             "memory_from": memory_src, "history_opens": len(opens)}
-
-
-def _slots_for(keys: int) -> int:
-    cap = 8
-    while keys * 10 > cap * 7:
-        cap <<= 1
-    return cap
 
 
 def available_memory_bytes() -> int | None:

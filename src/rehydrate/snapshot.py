@@ -355,8 +355,7 @@ def _load_kv(table, e: dict, data, fpath: str) -> int:
         raise CorruptionError("snapshot META has no key count for a table", path=fpath,
                               reason="bad_snapshot")
     if len(data) != e.get("bytes"):
-        raise CorruptionError("snapshot table file fails its size or checksum", path=fpath,
-                              reason="bad_snapshot")
+        raise _bad_file(fpath)
     batches = _kv_columns(data, fpath)
     checks = _Checks(data, _batches_sum(batches))
     try:
@@ -371,8 +370,7 @@ def _load_kv(table, e: dict, data, fpath: str) -> int:
     finally:
         checks.join()
     if checks.crc32c != e.get("crc32c"):
-        raise CorruptionError("snapshot table file fails its size or checksum", path=fpath,
-                              reason="bad_snapshot")
+        raise _bad_file(fpath)
     rows = sum(b[0] for b in batches)
     if len(table) != rows or keys != rows or checks.total is None:
         # The same key twice in a snapshot, or not the count META recorded.
@@ -381,23 +379,31 @@ def _load_kv(table, e: dict, data, fpath: str) -> int:
     return finish_digest(checks.total, rows)
 
 
+def _bad_file(fpath: str) -> CorruptionError:
+    return CorruptionError("snapshot table file fails its size or checksum", path=fpath,
+                           reason="bad_snapshot")
+
+
+def _check_bytes(data, size, crc, fpath: str) -> None:
+    """``data`` (a file's bytes) against META's size and CRC32C."""
+    if len(data) != size or _core().crc32c(data) != crc:
+        raise _bad_file(fpath)
+
+
 def _check_file(fpath: str, size, crc) -> None:
     """A snapshot file's size and CRC32C against META's; CorruptionError if not."""
     data = _fileio.map_file(fpath)
     try:
-        if len(data) != size or _core().crc32c(data) != crc:
-            raise CorruptionError("snapshot table file fails its size or checksum", path=fpath,
-                                  reason="bad_snapshot")
+        _check_bytes(data, size, crc, fpath)
     finally:
         _release(data)
 
 
-def check_files(path: str, meta: dict) -> None:
-    """Every file a snapshot's META lists (tables and images) against its
-    size and CRC32C: what ``verify --deep`` adds to a load, which checks an
-    image by its structure and digest rather than its checksum."""
+def check_images(path: str, meta: dict) -> None:
+    """Every image a snapshot's META lists against its size and CRC32C: what
+    ``verify --deep`` adds to a load, which checks every other file's
+    checksum but an image by its structure and digest."""
     for e in meta["tables"]:
-        _check_file(os.path.join(path, e["file"]), e.get("bytes"), e.get("crc32c"))
         if e.get("image") is not None:
             img = e["image"]
             _check_file(_check_image_entry(e, path), img.get("bytes"), img.get("crc32c"))
@@ -433,7 +439,7 @@ def _load_image(table, e: dict, spath: str) -> int:
         # No CRC32C of the image here: the load checks every byte of it
         # (header fields and zeros, entry fields, keys, padding) and the
         # digest covers every key and value, so it would find nothing more
-        # (verify --deep still checks it: check_files).
+        # (verify --deep still checks it: check_images).
         checks = _Checks(data, _core().image_digest_sum, crc=False,
                          also=lambda: _check_file(apath, e.get("bytes"), e.get("crc32c")))
         try:
@@ -529,9 +535,7 @@ def _load_table(e: dict, data, fpath: str, make_table):
     if e["kind"] == F.KIND_CUSTOM:
         import msgpack
 
-        if len(data) != e.get("bytes") or _core().crc32c(data) != e.get("crc32c"):
-            raise CorruptionError("snapshot table file fails its size or checksum", path=fpath,
-                                  reason="bad_snapshot")
+        _check_bytes(data, e.get("bytes"), e.get("crc32c"), fpath)
         try:
             return made.restore(msgpack.unpackb(data, raw=False, strict_map_key=False))
         except Exception as err:
@@ -555,11 +559,8 @@ def _load_numeric(e: dict, fpath: str, make_table):
 
     spec = make_table(e["name"], e["id"], e["kind"], e.get("schema"))
     data = _fileio.map_file(fpath, private=True)
-    if len(data) != e.get("bytes") or _core().crc32c(data) != e.get("crc32c"):
-        _release(data)
-        raise CorruptionError("snapshot table file fails its size or checksum", path=fpath,
-                              reason="bad_snapshot")
     try:
+        _check_bytes(data, e.get("bytes"), e.get("crc32c"), fpath)
         arrow = read_file(data, fpath)
         want = [(name, dtype) for name, dtype in spec.columns.items()]
         if arrow.fields != want or len(arrow.batches) != 1 or \

@@ -107,7 +107,7 @@ def _check_snapshots(path: str, report: RecoveryReport) -> None:
     """
     from .digest import _combine, format_digest, table_digest
     from .errors import ConfigError
-    from .snapshot import SNAPSHOTS_DIR, check_files, list_snapshots, load, snapshot_name
+    from .snapshot import SNAPSHOTS_DIR, check_images, list_snapshots, load, snapshot_name
 
     start = _manifest.log_start(_manifest.read(path), path)
     for lsn in list_snapshots(path):
@@ -115,7 +115,7 @@ def _check_snapshots(path: str, report: RecoveryReport) -> None:
         registry = TableRegistry(_core())
         try:
             meta, tables = load(spath, registry.snapshot_table)
-            check_files(spath, meta)
+            check_images(spath, meta)
             for name, tid, kind, table in tables:
                 registry.add_loaded(name, tid, kind, table)
             tail = walk(_core(), path, mode="skip-corrupted", registry=registry, apply=True,

@@ -202,6 +202,20 @@ class WarmupRun:
     def _limits(self):
         return self.w.budgets.get(self.current), self.w.stall_s
 
+    def _limit_error(self, what: str, stall, budget, thread=None) -> Optional[WarmupError]:
+        """StallError or PhaseTimeout when ``what`` (the current phase, or a
+        hook in it, run by ``thread``) is past a limit now, else None."""
+        now = time.perf_counter()
+        elapsed = now - self._phase_t0
+        where = {"phase": self.current, "elapsed_s": elapsed, "path": self.path,
+                 "stack": _stack_of(thread) if thread is not None else None}
+        if stall is not None and now - self._last_tick > stall:
+            return StallError(f"{what} made no progress for {now - self._last_tick:.1f} s "
+                              f"(stall_s {stall})", **where)
+        if budget is not None and elapsed > budget:
+            return PhaseTimeout(f"{what} is past the budget of {budget} s", **where)
+        return None
+
     # -- hooks ---------------------------------------------------------------
     def run_hooks(self, phase: str, store) -> dict:
         self.start(phase, hooks=[_name(f) for f in self.w.hooks[phase]])
@@ -229,18 +243,7 @@ class WarmupRun:
             t.join(0.05)
             if not t.is_alive():
                 break
-            now = time.perf_counter()
-            elapsed = now - self._phase_t0
-            err = None
-            if stall is not None and now - self._last_tick > stall:
-                err = StallError(f"hook {_name(fn)} of phase {phase} made no progress for "
-                                 f"{now - self._last_tick:.1f} s (stall_s {stall})",
-                                 phase=phase, elapsed_s=elapsed, stack=_stack_of(t),
-                                 path=self.path)
-            elif budget is not None and elapsed > budget:
-                err = PhaseTimeout(f"hook {_name(fn)} of phase {phase} is past the phase's "
-                                   f"budget of {budget} s", phase=phase, elapsed_s=elapsed,
-                                   stack=_stack_of(t), path=self.path)
+            err = self._limit_error(f"hook {_name(fn)} of phase {phase}", stall, budget, t)
             if err is not None:
                 if self.w.policy.get(phase, "fail") == "warn":
                     log.warning("%s (policy warn: waiting on)", err.detail)
@@ -293,16 +296,7 @@ class _Watch:
         limits = [x for x in (self._stall, self._budget) if x is not None]
         every = min(1.0, max(0.05, min(limits) / 20))
         while not self._stop.wait(every):
-            now = time.perf_counter()
-            elapsed = now - run._phase_t0
-            if self._stall is not None and now - run._last_tick > self._stall:
-                self.error = StallError(f"phase {run.current} made no progress for "
-                                        f"{now - run._last_tick:.1f} s (stall_s {self._stall})",
-                                        phase=run.current, elapsed_s=elapsed, path=run.path)
-            elif self._budget is not None and elapsed > self._budget:
-                self.error = PhaseTimeout(f"phase {run.current} is past its budget of "
-                                          f"{self._budget} s", phase=run.current,
-                                          elapsed_s=elapsed, path=run.path)
+            self.error = run._limit_error(f"phase {run.current}", self._stall, self._budget)
             if self.error is not None:
                 self.cancel[0] = 1
                 return

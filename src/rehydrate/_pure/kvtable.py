@@ -15,6 +15,7 @@ from collections.abc import ItemsView, KeysView, Mapping, ValuesView
 
 import xxhash
 
+from .. import _format as F
 from .._hashing import MASK64, entry_hash, pairs_digest
 from ..errors import CorruptionError, UnsupportedKeyError
 from .codec import decode_key, encode_key, incr_value, unpack_value
@@ -64,13 +65,6 @@ def pairs_digest_sum(koff, kdata, voff, vdata):
     return total & MASK64
 
 
-def _capacity_for(n: int) -> int:
-    cap = 8
-    while n * 10 > cap * 7:
-        cap <<= 1
-    return cap
-
-
 def image_digest_sum(data):
     """The native image_digest_sum: the entry-hash sum (mod 2^64) of a KV
     snapshot image (docs/FORMAT.md), or None when its header or an entry
@@ -83,7 +77,7 @@ def image_digest_sum(data):
     version, bbits, count, alen, slots = struct.unpack_from("<IIQQQ", v, 8)
     sbits = (slots - 1).bit_length() if slots > 1 else 0
     if version != 1 or alen < 8 or alen != len(v) - 4096 or alen % 8 or \
-            count > (alen - 8) // 16 or slots != _capacity_for(count) or \
+            count > (alen - 8) // 16 or slots != F.slot_capacity(count) or \
             bbits != sbits or any(v[40:4096]) or any(v[4096:4104]):
         return None
     off, end, total, n = 4104, len(v), 0, 0
