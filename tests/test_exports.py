@@ -79,6 +79,7 @@ def test_the_documented_api_is_exported():
     (InvalidOperationError, TypeError),
     (BatchTooLargeError, ValueError),
     (rehydrate.StorageIOError, OSError),
+    (rehydrate.BackpressureError, TimeoutError),
 ], ids=lambda v: v.__name__)
 def test_each_error_subclasses_rehydrate_error_and_its_builtin(cls, builtin):
     assert issubclass(cls, RehydrateError) and issubclass(cls, builtin)
@@ -87,7 +88,7 @@ def test_each_error_subclasses_rehydrate_error_and_its_builtin(cls, builtin):
 def test_every_exported_exception_is_a_rehydrate_error():
     exported = [getattr(rehydrate, n) for n in rehydrate.__all__]
     errors = [e for e in exported if isinstance(e, type) and issubclass(e, BaseException)]
-    assert len(errors) == 19
+    assert len(errors) == 20
     for e in errors:
         assert issubclass(e, RehydrateError), e
     reasons = [e.default_reason for e in errors]

@@ -182,6 +182,16 @@ cdef class KVTable:
         return f"<KVTable {self.kv.count} keys>"
 
     @property
+    def ready(self):
+        """True: the store hands out a table object only once its state is in
+        (a background open's not-ready tables are views; docs/warmup.md)."""
+        return True
+
+    def wait_ready(self, timeout=None):
+        """True at once (see ``ready``)."""
+        return True
+
+    @property
     def memory_bytes(self):
         """Bytes this table holds: arena capacity plus the slot array."""
         return rh_memory_bytes(&self.kv)

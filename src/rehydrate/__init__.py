@@ -11,6 +11,7 @@
 """rehydrate: fast, safe, observable rebuilds of in-memory state from a WAL."""
 
 from .errors import (
+    BackpressureError,
     BatchTooLargeError,
     ConfigError,
     CorruptionError,
@@ -45,6 +46,7 @@ __all__ = [
     "PHASES",
     "RECOVERY_MODES",
     "SYNC_MODES",
+    "BackpressureError",
     "Batch",
     "BatchTooLargeError",
     "ConfigError",

@@ -215,8 +215,17 @@ class CriteriaError(WarmupError):
     default_reason = "criteria"
 
 
+class BackpressureError(RehydrateError, TimeoutError):
+    """A write during a background open waited ``admission_timeout_s`` for
+    room (the pending-write limits), for the log's end to be known, or for
+    its table to be ready, and was refused: nothing of it was logged."""
+
+    default_reason = "backpressure"
+
+
 __all__ = [
     "RehydrateError",
+    "BackpressureError",
     "CorruptionError",
     "TornTailError",
     "UnsupportedFormatError",

@@ -36,9 +36,24 @@ def _default_core():
     return core()
 
 
+class Ready:
+    """``ready`` / ``wait_ready`` of a table object the store hands out: it
+    is given only once the table's state is in (during a background open a
+    table not yet in is a view that waits; docs/warmup.md)."""
+
+    __slots__ = ()
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    def wait_ready(self, timeout=None) -> bool:
+        return True
+
+
 # --------------------------------------------------------------- DictTable
 
-class DictTable(Mapping):
+class DictTable(Ready, Mapping):
     """A table kept as a plain dict of decoded keys and live Python values.
 
     For small tables and code that wants live objects: a read returns the
@@ -202,7 +217,7 @@ class _Undo:
         self.base = base
 
 
-class StateType:
+class StateType(Ready):
     """Base of a custom table type: a Python object fed the table's records.
 
     Subclass it and name the class in ``Store.open(..., tables={"top": TopK})``;

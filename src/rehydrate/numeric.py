@@ -25,6 +25,7 @@ import math
 
 from . import _format as F
 from .errors import ConfigError, CorruptionError, InvalidOperationError
+from .kinds import Ready
 
 DTYPES = ("int64", "float64")
 MAX_COLUMNS = 1024
@@ -55,7 +56,7 @@ def _check_rows(rows) -> int:
     return rows
 
 
-class NumericTable:
+class NumericTable(Ready):
     """Numeric columns indexed by row: a declaration for ``tables=`` and the
     live table ``store.table(name)`` returns (reads only; writes go through
     the store, so they are logged)."""
@@ -220,16 +221,22 @@ class NumericTable:
             raise InvalidOperationError(f"numeric table {self._name!r} takes int row keys")
         return self._row_index(int.from_bytes(kb[1:], "little", signed=True))
 
-    def _put_raw(self, kb, vb) -> None:
+    def _check_put_raw(self, kb, vb):
+        """(row, [(column index, value)]) of a put, checked; nothing is set
+        (a background open checks writes to a table not yet ready with it)."""
         from ._values import unpack_container
 
-        arrays = self._live()
         r = self._row_of_key(kb)
         try:
             value = unpack_container(bytes(vb))
         except Exception as e:  # noqa: BLE001 - any decode failure is the value's fault
             raise InvalidOperationError(f"numeric put value does not decode: {e}") from None
-        for i, v in self._cells(value):
+        return r, self._cells(value)
+
+    def _put_raw(self, kb, vb) -> None:
+        arrays = self._live()
+        r, cells = self._check_put_raw(kb, vb)
+        for i, v in cells:
             arrays[i][r] = v
 
     def _get_raw(self, kb):

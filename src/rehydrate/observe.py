@@ -59,6 +59,17 @@ class StoreCollector:
                     s.durable_lsn)
         yield gauge("rehydrate_pending_writes", "writes applied but not yet durable",
                     max(0, s.lsn - s.durable_lsn))
+        ready = s.readiness()
+        yield gauge("rehydrate_warmup_progress", "how far the open is, 0..1",
+                    ready["progress"])
+        yield gauge("rehydrate_intake_pending_records",
+                    "writes taken during a background open, waiting for their table",
+                    ready.get("pending_records", 0))
+        yield gauge("rehydrate_intake_pending_bytes",
+                    "bytes of the writes waiting for their table", ready.get("pending_bytes", 0))
+        tables = ready.get("tables")
+        yield gauge("rehydrate_tables_ready", "tables whose state is in",
+                    sum(tables.values()) if tables is not None else len(s.tables()))
         problems = CounterMetricFamily("rehydrate_recovery_problems",
                                        "problems the last open's recovery found, by kind",
                                        labels=labels + ["kind"])

@@ -14,7 +14,7 @@ import json
 import os
 import struct
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
 from . import _fileio
@@ -278,6 +278,12 @@ class _Walker:
         self.bytes_before = 0  # bytes of segments already done, for progress
         self.offsets: dict = {}  # source -> offset, merged frame by frame
         self.skip_covered = False
+        # A background open's replay reads the log only up to where it ended
+        # when the open began: (last LSN, {segment path: size then}); what
+        # writers appended since is theirs to apply (docs/warmup.md).
+        self.end: Optional[tuple] = None
+        # on_chunk(segment path, next LSN): every record below it is applied.
+        self.on_chunk = None
 
     # -- problem handling ------------------------------------------------
     def _problem(self, kind, path, offset, detail, nbytes=0, lsn=None, lsn_end=None,
@@ -311,6 +317,10 @@ class _Walker:
             p = self._problem("missing_wal", waldir, None, "the wal/ directory is missing")
             self._fatal(p)
         segments, foreign, _tmp = list_segments(waldir)
+        if self.end is not None:
+            end_lsn, sizes = self.end
+            segments = [replace(s, size=sizes.get(s.path, s.size)) for s in segments
+                        if s.first_lsn <= end_lsn]
         for name in foreign:
             self._problem("foreign_file", os.path.join(waldir, name), None,
                           "not a segment; left alone", action="ignored")
@@ -344,7 +354,7 @@ class _Walker:
 
     def _segment(self, seg, newest: bool) -> None:
         core = self.core
-        size = os.path.getsize(seg.path)
+        size = seg.size if self.end is not None else os.path.getsize(seg.path)
         # The header (and, for a tiny torn segment, the whole file) first; the
         # frames stream in chunks, and the whole file is read only to handle a
         # problem.
@@ -387,6 +397,8 @@ class _Walker:
             p.action = "skipped"
             self._quarantine(seg.path, 0, p.bytes, "bad_segment_header", why)
         header_ok = why is None
+        if self.on_chunk is not None:
+            self.on_chunk(seg.path, None)  # a new segment starts
         ctx = core.SegmentContext(self.registry, self.offsets)
         if self.mode == "skip-corrupted" and self.apply:
             ctx.on_apply_error = self._record_skipper(seg.path)
@@ -428,6 +440,8 @@ class _Walker:
             # frame in it, that is this file's own name; moving it aside
             # loses nothing (its bytes are already in quarantine/).
             self.actions.append(Action("move_aside", seg.path, kind="bad_segment_header"))
+        if self.on_chunk is not None:
+            self.on_chunk(seg.path, self.next_lsn)
         if user_progress is not None:
             user_progress(base + size, total)
 
@@ -495,6 +509,8 @@ class _Walker:
                 # A frame cut by the chunk's end waits for the next chunk.
                 carry = data[r.offset:] if r.status == F.SCAN_TRUNCATED else b""
                 pos += r.offset
+                if self.on_chunk is not None:
+                    self.on_chunk(seg.path, self.next_lsn)
                 if user_progress is not None:
                     user_progress(self.bytes_before + pos, self.total_bytes)
         return pos
@@ -620,19 +636,24 @@ class CancelledError(RehydrateError):
 
 def walk(core, directory, *, mode="tolerate-tail", registry, apply=True, start_lsn=1,
          applied_lsn=0, cancel=None, progress=None, offsets=None,
-         skip_covered=False) -> WalkResult:
+         skip_covered=False, end=None, on_chunk=None) -> WalkResult:
     """Read every segment of ``directory`` under ``mode``; see the module docstring.
 
     ``applied_lsn``: the state already holds every record up to it (a
     snapshot); those are checked, not applied, and with ``skip_covered`` a
     segment wholly below it is not read at all. ``offsets``: the source
-    offsets the state starts from. Raises CorruptionError (TornTailError for a
+    offsets the state starts from. ``end`` = (last LSN, {path: size}) reads
+    the log only as it was then (segments past that LSN are not read, the
+    named ones only up to their size). ``on_chunk(path, next_lsn)`` is called
+    as the walk goes, whenever every record below ``next_lsn`` is in, and
+    with ``next_lsn`` None as each segment's frames start. Raises CorruptionError (TornTailError for a
     torn tail under strict) where the mode does not allow going on;
     UnsupportedFormatError for a newer format.
     """
     w = _Walker(core, directory, mode, registry, apply, start_lsn, applied_lsn, cancel, progress)
     w.offsets.update(offsets or {})
     w.skip_covered = skip_covered
+    w.end, w.on_chunk = end, on_chunk
     return w.run()
 
 

@@ -22,6 +22,7 @@ from . import _fileio
 from . import _format as F
 from . import _offsets
 from . import hints as _hints
+from . import intake as _intake
 from . import snapshot as _snapshot
 from . import manifest as _manifest
 from . import plan as _plan
@@ -122,6 +123,66 @@ class Store:
         NotAStoreError, LockedError, CorruptionError / TornTailError (as the
         recovery mode decides), UnsupportedFormatError.
         """
+        self = cls._configured(path, create=create, sync=sync, recovery=recovery,
+                               segment_bytes=segment_bytes, sync_interval_ms=sync_interval_ms,
+                               progress=progress, tables=tables, keep_snapshots=keep_snapshots,
+                               checkpoint_every_bytes=checkpoint_every_bytes,
+                               checkpoint_every_s=checkpoint_every_s, warmup=warmup,
+                               max_memory_bytes=max_memory_bytes)
+        self._open_now()
+        return self
+
+    @classmethod
+    def open_background(
+        cls,
+        path,
+        *,
+        max_pending_records: int = _intake.DEFAULT_MAX_PENDING_RECORDS,
+        max_pending_bytes: int = _intake.DEFAULT_MAX_PENDING_BYTES,
+        admission_timeout_s: float = _intake.DEFAULT_ADMISSION_TIMEOUT_S,
+        **options,
+    ) -> "Store":
+        """Like ``Store.open`` (same options), but returns at once, with the
+        open running on a thread (docs/warmup.md, "Background open").
+
+        ``store.readiness()`` says how far it is, ``store.wait_ready(timeout)``
+        waits for it. Writes are taken as soon as the log's end is known:
+        logged (durable as ``sync`` says) and applied in LSN order once their
+        table's state is in. At most ``max_pending_records`` /
+        ``max_pending_bytes`` of them wait to be applied; beyond that, or
+        before writes are taken, a writer waits up to ``admission_timeout_s``
+        and then gets BackpressureError. ``store.table(name)`` of a table not
+        yet ready is a view whose reads wait for it. Errors the open can find
+        at once (ConfigError, NotAStoreError, LockedError) raise here; the
+        rest come from ``wait_ready`` (and refuse writes).
+        """
+        _intake.check_limits(max_pending_records, max_pending_bytes, admission_timeout_s)
+        self = cls._configured(path, **options)
+        self._intake = _intake.Intake(self._lock, max_pending_records, max_pending_bytes,
+                                      admission_timeout_s)
+        self._warming = True
+        try:
+            _prepare_directory(self.path, self._options["create"])
+            self._dirlock = DirLock(self.path)
+        except RehydrateError:
+            raise
+        except OSError as e:
+            raise StorageIOError.wrap(e, self.path) from e
+        self._opener = threading.Thread(target=self._open_in_background,
+                                        name=f"rehydrate-open:{self.path}", daemon=True)
+        self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
+        atexit.register(self._atexit)
+        self._opener.start()
+        return self
+
+    @classmethod
+    def _configured(cls, path, *, create=True, sync="interval", recovery="tolerate-tail",
+                    segment_bytes=DEFAULT_SEGMENT_BYTES,
+                    sync_interval_ms=DEFAULT_SYNC_INTERVAL_MS, progress=None, tables=None,
+                    keep_snapshots=2, checkpoint_every_bytes=None, checkpoint_every_s=None,
+                    warmup=None, max_memory_bytes=None) -> "Store":
+        """A Store with its options checked and its fields set; nothing on
+        disk touched yet. ConfigError for a bad option."""
         if sync not in SYNC_MODES:
             raise ConfigError(f"unknown sync mode {sync!r}; expected one of {', '.join(SYNC_MODES)}")
         check_mode(recovery)
@@ -145,24 +206,80 @@ class Store:
                                              or max_memory_bytes < 1):
             raise ConfigError("max_memory_bytes must be a positive int or None")
         self = object.__new__(cls)
-        self._warmup = WarmupRun(warmup, os.fspath(path))
+        self.path = os.fspath(path)
+        self._options = {"create": create, "sync": sync, "recovery": recovery,
+                         "segment_bytes": segment_bytes, "sync_interval_ms": sync_interval_ms,
+                         "progress": progress, "kinds": kinds}
+        self._cancel = bytearray(1)  # set: stop the open (a watchdog, or close())
+        self._warmup = WarmupRun(warmup, self.path, self._cancel)
         self._max_memory_bytes = max_memory_bytes
         self._keep_snapshots = keep_snapshots
         self._checkpoint_lock = threading.Lock()
         self._auto_bytes, self._auto_s = checkpoint_every_bytes, checkpoint_every_s
+        self._lock = threading.Lock()
+        self._io_lock = threading.Lock()
+        self._failed: Optional[BaseException] = None
+        self._open_error: Optional[BaseException] = None
+        self._closed = False
+        self._dirlock = None
+        self._wal = None
+        # Writers bind the buffer's methods before they are admitted: until
+        # a background open takes writes they bind this stand-in, and are
+        # rebound to the real buffer when let in (_write_warming).
+        self._buf = _core().LogBuffer(1)
+        self._thread = None
+        self._cp_thread = None
+        self._opener = None
+        self._atexit = None
+        self._intake = None
+        self._warming = False  # a background open whose tables are not all in
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._cp_wake = threading.Event()
+        self._targets: dict = {}
+        self._pending_offsets: dict = {}  # offsets of records not yet framed
+        self._offsets: dict = {}
+        self._registry = None
+        self._plan = None
+        self._metrics_registry = None
+        self._bytes_since_checkpoint = 0
+        self._durable_lsn = self._written_lsn = 0
+        self.recovery_report = RecoveryReport(mode=recovery)
+        self.warmup_report = None
+        self.open_stats = None
+        self.checkpoint_stats = {"count": 0, "last_duration_s": 0.0, "last_pause_s": 0.0,
+                                 "last_lsn": 0}
+        self.auto_checkpoint_error: Optional[BaseException] = None
+        return self
+
+    def _open_now(self) -> None:
+        """The open itself, on this thread: state in, writer open, warm up."""
+        o = self._options
         try:
-            self._init(os.fspath(path), create, sync, recovery, segment_bytes,
-                       sync_interval_ms, progress, kinds)
+            self._init(self.path, o["create"], o["sync"], o["recovery"], o["segment_bytes"],
+                       o["sync_interval_ms"], o["progress"], o["kinds"])
         except RehydrateError:
             raise
         except OSError as e:
-            raise StorageIOError.wrap(e, path) from e
+            raise StorageIOError.wrap(e, self.path) from e
         try:
             self._warm_up()
         except BaseException:
             self.close()
             raise
-        return self
+        self._ready.set()
+
+    def _open_in_background(self) -> None:
+        try:
+            self._open_now()
+        except BaseException as e:  # noqa: BLE001 - kept for wait_ready and writers
+            with self._lock:
+                self._open_error = e
+                self._warming = False
+                self._closed = True
+                self._targets.clear()
+                self._intake.cv.notify_all()
+            self._ready.set()
 
     def _warm_up(self) -> None:
         """The phases that run on the open store: migrate (nothing yet),
@@ -180,26 +297,17 @@ class Store:
     def _init(self, path, create, sync, recovery, segment_bytes, sync_interval_ms, progress,
               kinds=None):
         t0 = time.perf_counter()
-        self.path = path
         self._core = _core()
         self._sync_mode = sync
         self._sync_always = sync == "always"
         self._buffered = not self._sync_always
-        self._targets: dict = {}
-        self._pending_offsets: dict = {}  # offsets of records not yet framed
         self._interval_s = sync_interval_ms / 1000.0
-        self._lock = threading.Lock()
-        self._io_lock = threading.Lock()
-        self._failed: Optional[BaseException] = None
-        self._closed = False
-        self._dirlock = None
-        self._wal = None
-        self._thread = None
-        self._cp_thread = None
+        self._segment_bytes = segment_bytes
         run = self._warmup
         run.start("plan")
-        _prepare_directory(path, create)
-        self._dirlock = DirLock(path)
+        if self._dirlock is None:  # (a background open took it already)
+            _prepare_directory(path, create)
+            self._dirlock = DirLock(path)
         try:
             self._manifest = _manifest.read(path)
             self._plan = _plan.make_plan(path, self._manifest)
@@ -227,13 +335,21 @@ class Store:
                 run.tick(done, total)
                 if progress is not None:
                     progress(done, total)
-            cancel = bytearray(1)
-            watch = run.watch(cancel)
+            walk_args = dict(mode=recovery, registry=self._registry, apply=True,
+                             progress=replay_progress, applied_lsn=snap_lsn,
+                             offsets=snap_offsets, skip_covered=True,
+                             start_lsn=self._log_start, cancel=self._cancel)
+            watch = run.watch(self._cancel)
             try:
-                result = walk(self._core, path, mode=recovery, registry=self._registry,
-                              apply=True, progress=replay_progress, applied_lsn=snap_lsn,
-                              offsets=snap_offsets, skip_covered=True,
-                              start_lsn=self._log_start, cancel=cancel)
+                early = None
+                if self._intake is not None and recovery != "point-in-time":
+                    early = self._index_log(walk_args)
+                if early is not None:
+                    # Writers go on from the log's end while the replay reads
+                    # the log as it was (docs/warmup.md, "Background open").
+                    walk_args["end"] = early
+                    walk_args["on_chunk"] = self._replayed_through
+                result = walk(self._core, path, **walk_args)
             except CancelledError:
                 if watch.error is None:
                     raise
@@ -256,20 +372,24 @@ class Store:
                 run.corruption(p)
             result.report.problems[:0] = snap_problems
             run.end(self, records=result.report.applied, bytes=result.report.bytes_read,
-                    rate=(result.report.applied / max(time.perf_counter() - t_snapshot, 1e-9)))
+                    rate=(result.report.applied / max(time.perf_counter() - t_snapshot, 1e-9)),
+                    **({"writes_taken_after_s": self._intake.early_s}
+                       if self._intake is not None else {}))
             t_replay = time.perf_counter()
-            apply_actions(path, result.actions)
             self.recovery_report: RecoveryReport = result.report
-            self._offsets = dict(result.offsets)
-            self._buf = self._core.LogBuffer(result.next_lsn)
-            self._durable_lsn = self._written_lsn = result.next_lsn - 1
-            self._wal = WalWriter(waldir, segment_bytes)
-            if result.resume_path is not None and result.resume_size < segment_bytes:
-                first = parse_segment_name(os.path.basename(result.resume_path))
-                self._wal.open_existing(SegmentFile(first, result.resume_path,
-                                                    result.resume_size), result.resume_size)
+            if early is not None:
+                if result.actions or result.next_lsn != early[0] + 1:
+                    # The checking pass found this log clean up to there.
+                    raise CorruptionError("the log changed while the store was opening",
+                                          path=waldir, lsn=result.next_lsn,
+                                          reason="log_changed")
+                with self._lock:
+                    self._offsets = dict(result.offsets)
             else:
-                self._wal.create(result.next_lsn)
+                apply_actions(path, result.actions)
+                self._offsets = dict(result.offsets)
+                self._open_writer(result.next_lsn, result.resume_path, result.resume_size)
+            self._all_ready()
             t_end = time.perf_counter()
             self.open_stats = {
                 "phases": [
@@ -282,27 +402,172 @@ class Store:
                 "total_s": t_end - t0,
             }
         except BaseException:
-            self._release()
+            self._abandon()
             raise
-        self._stop = threading.Event()
-        if sync != "always":
-            self._thread = threading.Thread(target=self._background_flush,
-                                            name=f"rehydrate-sync:{path}", daemon=True)
-            self._thread.start()
-        self._bytes_since_checkpoint = 0
-        self._cp_wake = threading.Event()
-        self._metrics_registry = None
-        self.checkpoint_stats = {"count": 0, "last_duration_s": 0.0, "last_pause_s": 0.0,
-                                 "last_lsn": 0}
-        self.auto_checkpoint_error: Optional[BaseException] = None
         if self._auto_bytes or self._auto_s:
             self._cp_thread = threading.Thread(target=self._auto_checkpoint,
                                                name=f"rehydrate-checkpoint:{path}", daemon=True)
             self._cp_thread.start()
-        # A store left open when the interpreter exits is closed then (its
-        # buffered writes written and fsynced), as a file object would be.
-        self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
-        atexit.register(self._atexit)
+        if self._atexit is None:
+            # A store left open when the interpreter exits is closed then (its
+            # buffered writes written and fsynced), as a file object would be.
+            self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
+            atexit.register(self._atexit)
+
+    def _open_writer(self, next_lsn: int, resume_path, resume_size: int) -> None:
+        """Open the log for appending at ``next_lsn`` and start taking writes."""
+        self._buf = self._core.LogBuffer(next_lsn)
+        self._durable_lsn = self._written_lsn = next_lsn - 1
+        self._wal = WalWriter(os.path.join(self.path, WAL_DIR), self._segment_bytes)
+        if resume_path is not None and resume_size < self._segment_bytes:
+            first = parse_segment_name(os.path.basename(resume_path))
+            self._wal.open_existing(SegmentFile(first, resume_path, resume_size), resume_size)
+        else:
+            self._wal.create(next_lsn)
+        if self._sync_mode != "always":
+            self._thread = threading.Thread(target=self._background_flush,
+                                            name=f"rehydrate-sync:{self.path}", daemon=True)
+            self._thread.start()
+
+    def _abandon(self) -> None:
+        """An open that failed: make the writes it took durable, let go."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            if self._wal is not None and self._failed is None:
+                self._flush_out(fsync=True)
+        finally:
+            self._release()
+
+    # ------------------------------------------------- background open
+    def _index_log(self, walk_args: dict):
+        """The checking pass of a background open over the log after the
+        snapshot: if it is clean, declare every table it names, open the
+        writer at its end and take writes; returns (last LSN, {newest segment:
+        size}) for the replay to stop at. None (writes wait for the replay's
+        end) when the log has anything a recovery mode must decide on."""
+        t0 = time.perf_counter()
+        reader = TableRegistry(self._core, materialize=False)
+        last_lsn: dict = {}  # table id -> LSN by which its records are all in
+        in_segment: set = set()
+        declare = reader.declare
+
+        def declare_noting(tid, kind, name_bytes, schema=b""):
+            in_segment.add(tid)
+            return declare(tid, kind, name_bytes, schema)
+
+        def on_chunk(path, next_lsn):
+            # Segment-grained: a table declared in a segment is taken to have
+            # records up to that segment's end.
+            if next_lsn is None:
+                in_segment.clear()
+            for tid in in_segment if next_lsn is not None else ():
+                last_lsn[tid] = next_lsn - 1
+
+        reader.declare = declare_noting
+        # (Progress is the replay's to report; this pass only tells the
+        # stall watchdog it is alive.)
+        args = dict(walk_args, registry=reader, apply=False, mode="skip-corrupted",
+                    on_chunk=on_chunk, progress=lambda done, total: self._warmup.tick(n=0))
+        result = walk(self._core, self.path, **args)
+        clean = (not result.actions and result.next_lsn > walk_args["applied_lsn"]
+                 and all(p.kind == "foreign_file" for p in result.report.problems))
+        if not clean:
+            return None
+        for tid in sorted(reader.by_id):
+            info = reader.by_id[tid]
+            self._registry.declare(tid, info.kind, info.name.encode("utf-8"), info.schema)
+        end_lsn = result.next_lsn - 1
+        self._open_writer(result.next_lsn, result.resume_path, result.resume_size)
+        intake = self._intake
+        with self._lock:
+            for name in self._registry.names():
+                tid = self._registry.by_name[name].tid
+                if tid in last_lsn:
+                    intake.waiting[name] = last_lsn[tid]
+                else:
+                    self._mark_ready(name)
+            intake.open = True
+            intake.early_s = time.perf_counter() - t0
+            intake.cv.notify_all()
+        sizes = {result.resume_path: result.resume_size} if result.resume_path else {}
+        return end_lsn, sizes
+
+    def _replayed_through(self, path, next_lsn) -> None:
+        """The replay's on_chunk: tables whose records are all in get their
+        pending writes and become ready."""
+        if next_lsn is None:
+            return
+        intake = self._intake
+        done = [n for n, last in list(intake.waiting.items()) if last < next_lsn]
+        if done:
+            with self._lock:
+                for name in done:
+                    self._mark_ready(name)
+                intake.cv.notify_all()
+
+    def _mark_ready(self, name: str) -> None:
+        """(``_lock`` held) ``name``'s state is in: apply what waits for it."""
+        intake = self._intake
+        info = self._registry.by_name[name]
+        sink = intake.sinks.pop(name, None)
+        if sink is not None:
+            sink.apply_to(info.table)
+        intake.waiting.pop(name, None)
+        intake.ready.add(name)
+        if not self._closed and self._failed is None:
+            self._targets[name] = (info.table, info.tid)
+
+    def _all_ready(self) -> None:
+        """The replay is over: every table's state is in."""
+        intake = self._intake
+        if intake is None:
+            return
+        with self._lock:
+            for name in self._registry.names():
+                if name not in intake.ready:
+                    self._mark_ready(name)
+            intake.open = intake.all_ready = True
+            self._warming = False
+            intake.cv.notify_all()
+
+    def _table_ready(self, name: str) -> bool:
+        intake = self._intake
+        if intake is None or intake.all_ready:
+            return True
+        return name in intake.ready
+
+    def _wait_table(self, name: str, timeout: Optional[float]) -> bool:
+        """Wait until ``name`` is ready (True) or ``timeout`` passes (False);
+        raises what a background open failed with."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        intake = self._intake
+        with self._lock:
+            while True:
+                if self._open_error is not None:
+                    raise self._open_failed()
+                if intake is None or intake.all_ready or name in intake.ready:
+                    return True
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                intake.cv.wait(left)
+
+    def _open_failed(self) -> RehydrateError:
+        e = self._open_error
+        return StoreFailedError(f"the background open failed: {type(e).__name__}: {e}",
+                                path=self.path)
+
+    def wait_ready(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the store is open and warm: True, or False when
+        ``timeout`` seconds pass first. Raises the error a background open
+        failed with (a WarmupError, CorruptionError, ...)."""
+        if not self._ready.wait(timeout):
+            return False
+        if self._open_error is not None:
+            raise self._open_error
+        return True
 
     def _load_snapshot(self, recovery: str):
         """(LSN, source offsets, problems) of the newest snapshot that loads.
@@ -388,6 +653,7 @@ class Store:
         """
         from .digest import format_digest, table_digest
 
+        self._wait_whole()
         with self._checkpoint_lock:
             t0 = time.perf_counter()
             # Before the lock: memory for the native tables' copies, faulted
@@ -485,6 +751,8 @@ class Store:
 
     # ---------------------------------------------------------------- writes
     def _writable(self) -> None:
+        if self._open_error is not None:
+            raise self._open_failed() from self._open_error
         if self._failed is not None:
             raise StoreFailedError(f"store failed and refuses writes: {self._failed}",
                                    path=self.path, lsn=self._durable_lsn) from self._failed
@@ -498,6 +766,11 @@ class Store:
     def _write_locked(self, method, table, args) -> int:
         """One write with ``_lock`` held: check, create the table, apply, log."""
         self._writable()
+        if self._warming:
+            return self._write_warming(method, table, args)
+        return self._write_plain(method, table, args)
+
+    def _write_plain(self, method, table, args) -> int:
         info = self._registry.by_name.get(table)
         new = info is None
         if new:
@@ -510,6 +783,44 @@ class Store:
             raise
         self._targets[table] = (info.table, info.tid)
         return lsn
+
+    def _write_warming(self, method, table, args) -> int:
+        """A write during a background open (``_lock`` held): applied now to a
+        ready table, kept for one that is not, or waited with (intake.py)."""
+        intake = self._intake
+        wait = _intake.Deadline(intake, self.path)
+        while True:
+            self._writable()
+            if not self._warming:
+                return self._write_plain(self._rebound(method), table, args)
+            if not intake.open:
+                wait.wait("the open has not yet found the log's end")
+                continue
+            info = self._registry.by_name.get(table)
+            if info is None or table in intake.ready:
+                # Every table of the log is known once writes are taken: a
+                # name not among them is a new table, ready at once.
+                lsn = self._write_plain(self._rebound(method), table, args)
+                intake.ready.add(table)
+                return lsn
+            if intake.full():
+                wait.wait(f"{intake.records} pending writes ({intake.nbytes} bytes) wait "
+                          f"for their tables (max_pending_records {intake.max_records}, "
+                          f"max_pending_bytes {intake.max_bytes})")
+                continue
+            sink = intake.sink(table, info.table, info.kind == F.KIND_CUSTOM)
+            method = self._rebound(method)
+            try:
+                return method(sink, info.tid, *args)
+            except _intake.NotReady:
+                wait.wait(f"this write needs table {table!r}, whose state is not in yet")
+
+    def _rebound(self, method):
+        """``method`` of the log buffer writes go to now (see ``_buf``)."""
+        owner = getattr(method, "__self__", None)
+        if owner is self or owner is self._buf:
+            return method
+        return getattr(self._buf, method.__name__)
 
     def _after_write(self, lsn: int) -> None:
         if self._sync_always:
@@ -560,6 +871,8 @@ class Store:
     def _incr_column(self, t, tid, row, delta, column) -> int:
         # Logged as a put of the cell's new value (computed here, under the
         # lock): replay then only sets cells, and every record is idempotent.
+        if getattr(t, "_pending", False):
+            raise _intake.NotReady()  # the new value needs the cell's state
         if not isinstance(t, NumericTable):
             raise ConfigError(f"column= is for NumericTable tables, not {type(t).__name__}")
         return self._buf.put(t, tid, row, {column: t._added(row, column, delta)})
@@ -607,6 +920,7 @@ class Store:
         offsets = _offsets.check_offsets({source: offset})
         with self._lock:
             self._writable()
+            self._wait_offsets_locked()
             if self._already_consumed(offsets):
                 return None
         return Batch(self, offsets, consume=True)
@@ -616,9 +930,27 @@ class Store:
 
     @property
     def offsets(self) -> dict:
-        """The latest upstream offset per source included in the state."""
+        """The latest upstream offset per source included in the state
+        (during a background open, waits for the replay to end)."""
         with self._lock:
+            self._wait_offsets_locked(raise_timeout=False)
             return dict(self._offsets)
+
+    def _wait_offsets_locked(self, raise_timeout: bool = True) -> None:
+        """(``_lock`` held) Source offsets are whole only once the replay is
+        over: wait for that (up to admission_timeout_s; then
+        BackpressureError, or for a reader, wait on)."""
+        intake = self._intake
+        if not self._warming:
+            return
+        wait = _intake.Deadline(intake, self.path)
+        while self._warming:
+            if self._open_error is not None:
+                raise self._open_failed() from self._open_error
+            if raise_timeout:
+                wait.wait("source offsets are known once the replay is over")
+            else:
+                intake.cv.wait()
 
     def _commit(self, staging, offsets=None, consume=False):
         """(last LSN or None, skipped): apply and log a batch."""
@@ -630,6 +962,10 @@ class Store:
 
     def _commit_locked(self, staging, offsets, consume):
         self._writable()
+        if offsets:
+            self._wait_offsets_locked()
+        if self._warming:
+            return self._commit_warming(staging)
         if consume and self._already_consumed(offsets):
             return None, True
         if offsets and not len(staging):
@@ -657,6 +993,53 @@ class Store:
             self._pending_offsets.update(offsets)
             self._offsets.update(offsets)
         return lsn, False
+
+    def _commit_warming(self, staging):
+        """A batch (without offsets) during a background open, ``_lock``
+        held: its tables not yet ready get their ops kept (PendingSink); a
+        batch that needs a table's state waits for it. All or nothing."""
+        intake = self._intake
+        wait = _intake.Deadline(intake, self.path)
+        while True:
+            self._writable()
+            if not self._warming:
+                return self._commit_locked(staging, None, False)
+            if not intake.open:
+                wait.wait("the open has not yet found the log's end")
+                continue
+            if intake.full():
+                wait.wait(f"{intake.records} pending writes wait for their tables")
+                continue
+            created, tables, tids, sinks = [], [], [], []
+            for name in staging.names:
+                info = self._registry.by_name.get(name)
+                if info is None:
+                    info = self._registry.create(name)
+                    created.append(info)
+                if name in intake.ready or info in created:
+                    tables.append(info.table)
+                else:
+                    sink = intake.sink(name, info.table, info.kind == F.KIND_CUSTOM)
+                    sinks.append((sink, len(sink.ops)))
+                    tables.append(sink)
+                tids.append(info.tid)
+            try:
+                lsn = self._buf.commit(staging, tables, tids)
+            except BaseException as e:
+                # The core undid the batch on real tables; a sink is undone
+                # by cutting its ops back (its undo entries are stand-ins).
+                for sink, n in sinks:
+                    sink.truncate(n)
+                for info in reversed(created):
+                    self._registry.drop_if_new(info)
+                if isinstance(e, _intake.NotReady):
+                    wait.wait("this batch needs the state of a table not ready yet")
+                    continue
+                raise
+            for info in created:
+                intake.ready.add(info.name)
+                self._targets[info.name] = (info.table, info.tid)
+            return lsn, False
 
     # ------------------------------------------------------------ durability
     def _flush_locked_io(self, fsync: bool) -> None:
@@ -701,6 +1084,8 @@ class Store:
         """Make every earlier write durable; returns the durable LSN."""
         with self._lock:
             self._writable()
+            if self._wal is None:
+                return self._durable_lsn  # nothing taken yet
             lsn = self._buf.next_lsn - 1
         self._make_durable(lsn)
         return self._durable_lsn
@@ -715,7 +1100,20 @@ class Store:
 
     # ------------------------------------------------------------- reads
     def table(self, name: str):
-        """The live, read-only mapping of ``name``; KeyError if never written."""
+        """The live, read-only mapping of ``name``; KeyError if never written.
+
+        During a background open, a table whose state is not in yet is a
+        view (``ready`` False) whose reads wait for it; so is any name
+        before the open knows the log's tables.
+        """
+        if self._warming:
+            intake = self._intake
+            with self._lock:
+                if not intake.open or (name in self._registry.by_name
+                                       and name not in intake.ready):
+                    return _intake.TableView(self, name)
+        if self._open_error is not None:
+            raise self._open_failed() from self._open_error
         info = self._registry.by_name.get(name)
         if info is None:
             raise KeyError(f"no table {name!r} in {self.path}")
@@ -728,21 +1126,53 @@ class Store:
         digest of one consistent state."""
         from .digest import state_digest
 
+        self._wait_whole()
         with self._lock:
             return state_digest({n: self._registry.by_name[n].table
                                  for n in self._registry.names()})
 
     # ------------------------------------------------------ observability
     def readiness(self) -> dict:
-        """{"ready", "phase", "progress", "eta_s"}: an open store is ready
-        (``Store.open`` returns once warm)."""
-        return {"ready": not self._closed, "phase": "ready" if not self._closed else "closed",
-                "progress": 1.0, "eta_s": 0.0}
+        """{"ready", "phase", "progress", "eta_s", "writes", "tables", ...}.
 
-    @property
-    def failed(self) -> Optional[BaseException]:
-        """The I/O error that put the store in fail-stop, or None."""
-        return self._failed
+        ``phase`` is the warmup phase running, "ready", "failed" or
+        "closed"; ``progress`` (0..1) and ``eta_s`` come from the replay's
+        bytes and the plan's prediction; ``writes`` is "taken" or "waiting"
+        (for the log's end); ``tables`` maps each known table to whether its
+        state is in. A store from ``Store.open`` is ready as it is returned.
+        """
+        ready = self._ready.is_set() and self._open_error is None and not self._closed
+        run = self._warmup
+        if self._open_error is not None:
+            phase = "failed"
+        elif self._closed:
+            phase = "closed"
+        elif ready:
+            phase = "ready"
+        else:
+            phase = run.current or "plan"
+        progress, eta = run.progress(self._plan, done=ready)
+        out = {"ready": ready, "phase": phase, "progress": progress, "eta_s": eta}
+        intake = self._intake
+        if intake is not None:
+            with self._lock:
+                out["writes"] = "taken" if intake.open else "waiting"
+                out["pending_records"], out["pending_bytes"] = intake.records, intake.nbytes
+                names = self._registry.names() if self._registry is not None else []
+                out["tables"] = {n: intake.all_ready or n in intake.ready for n in names}
+        if self._open_error is not None:
+            out["error"] = f"{type(self._open_error).__name__}: {self._open_error}"
+        return out
+
+    def _wait_whole(self) -> None:
+        """What needs every table (digest, checkpoint) waits for a background
+        open's replay; raises if the open failed."""
+        if self._warming:
+            with self._lock:
+                while self._warming:
+                    self._intake.cv.wait()
+        if self._open_error is not None:
+            raise self._open_failed() from self._open_error
 
     def metrics(self, registry=None):
         """A prometheus_client registry with this store's metrics (read at
@@ -765,12 +1195,14 @@ class Store:
         return observe.ReadinessServer(self, host, port, self.metrics(registry))
 
     def tables(self) -> list:
-        """Table names, in order of creation."""
-        return self._registry.names()
+        """Table names, in order of creation (during a background open, those
+        known so far)."""
+        return self._registry.names() if self._registry is not None else []
 
     @property
     def lsn(self) -> int:
-        """LSN of the last write applied (0 for an empty store)."""
+        """LSN of the last write logged (0 for an empty store, or a
+        background open that takes no writes yet)."""
         return self._buf.next_lsn - 1
 
     @property
@@ -796,20 +1228,30 @@ class Store:
 
         Closing twice is fine. A failed store closes without writing.
         """
+        opener = self._opener
+        if opener is not None and opener is not threading.current_thread() \
+                and opener.is_alive():
+            # Stop a background open first (its replay polls this flag, its
+            # hook wait too); the writes it took are flushed below.
+            self._cancel[0] = 1
+            opener.join()
         with self._lock:
             if self._closed:
                 return
             # From here no write is accepted, so the flush below is the last.
             self._closed = True
             self._targets.clear()
-        atexit.unregister(self._atexit)
+            if self._intake is not None:
+                self._intake.cv.notify_all()
+        if self._atexit is not None:
+            atexit.unregister(self._atexit)
         self._stop.set()
         self._cp_wake.set()
         for thread in (self._thread, self._cp_thread):
             if thread is not None:
                 thread.join()
         try:
-            if self._failed is None:
+            if self._failed is None and self._wal is not None:
                 self._flush_out(fsync=True)
                 _hints.write(self.path, [(n, self._registry.by_name[n].table)
                                          for n in self._registry.names()])

@@ -34,7 +34,11 @@ PHASES = ("plan", "snapshot", "replay", "migrate", "populate", "prime")
 _HOOK_PHASES = ("populate", "prime")
 _POLICIES = ("fail", "warn")
 _LISTENER_EVENTS = ("on_phase_start", "on_progress", "on_phase_end", "on_corruption")
-_PROGRESS_EVERY_S = 0.1  # on_progress is rate-limited to this
+_PROGRESS_EVERY_S = 0.1
+# Where each phase starts on readiness's 0..1 progress scale (the replay,
+# measured by bytes, spans most of it).
+_PHASE_START = {"plan": 0.0, "snapshot": 0.05, "replay": 0.1, "migrate": 0.9,
+                "populate": 0.93, "prime": 0.96}  # on_progress is rate-limited to this
 
 log = logging.getLogger("rehydrate")
 
@@ -116,9 +120,13 @@ class Warmup:
 class WarmupRun:
     """One open's warmup: phase timings, listeners, the watchdog."""
 
-    def __init__(self, warmup: Optional[Warmup], path: str):
+    def __init__(self, warmup: Optional[Warmup], path: str,
+                 cancel: Optional[bytearray] = None):
         self.w = warmup if warmup is not None else Warmup()
         self.path = path
+        # Set by the store's close(): a hook's wait gives up (the hook's
+        # thread runs on), as the replay does.
+        self.cancel = cancel if cancel is not None else bytearray(1)
         self.t0 = time.perf_counter()
         self.phases: list = []
         self.current: Optional[str] = None
@@ -243,6 +251,11 @@ class WarmupRun:
             t.join(0.05)
             if not t.is_alive():
                 break
+            if self.cancel[0]:
+                raise WarmupError(f"hook {_name(fn)} of phase {phase} given up on: the store "
+                                  "is closing", phase=phase, path=self.path, reason="cancelled",
+                                  elapsed_s=time.perf_counter() - self._phase_t0,
+                                  stack=_stack_of(t))
             err = self._limit_error(f"hook {_name(fn)} of phase {phase}", stall, budget, t)
             if err is not None:
                 if self.w.policy.get(phase, "fail") == "warn":
@@ -256,6 +269,21 @@ class WarmupRun:
                               f"{type(e).__name__}: {e}", phase=phase,
                               elapsed_s=time.perf_counter() - self._phase_t0,
                               path=self.path, reason="hook_error") from e
+
+    def progress(self, plan: Optional[dict], done: bool):
+        """(fraction 0..1, seconds left or None) of the whole open, for
+        readiness: the replay's share by bytes, the rest by phase; the time
+        left from the plan's prediction, or the replay's rate once known."""
+        if done:
+            return 1.0, 0.0
+        if self.current == "replay" and self._total:
+            frac = min(1.0, self._done / self._total)
+            spent = time.perf_counter() - self._phase_t0
+            return round(0.1 + 0.8 * frac, 4), (spent * (1 - frac) / frac if frac else None)
+        predicted = (plan or {}).get("predicted_s")
+        elapsed = time.perf_counter() - self.t0
+        left = max(0.0, predicted - elapsed) if predicted is not None else None
+        return _PHASE_START.get(self.current, 0.0), left
 
     def report(self) -> dict:
         return {"phases": list(self.phases), "total_s": time.perf_counter() - self.t0,

@@ -169,6 +169,15 @@ class KVTable:
         return f"<KVTable {len(self._d)} keys>"
 
     @property
+    def ready(self) -> bool:
+        """True: the store hands out a table object only once its state is in."""
+        return True
+
+    def wait_ready(self, timeout=None) -> bool:
+        """True at once (see ``ready``)."""
+        return True
+
+    @property
     def memory_bytes(self) -> int:
         """Bytes this table holds: the dict, its keys and its values."""
         return shallow_dict_bytes(self._d)
