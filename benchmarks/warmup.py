@@ -8,7 +8,10 @@ fresh processes:
 - ``plain``: ``Store.open`` with no listener, no budget, no stall watch
   (``Warmup(listeners=[])``), so the phases are only timed;
 - ``watched``: ``Store.open`` with a budget for every phase, ``stall_s``, a
-  listener on every event, and metrics scraped once after.
+  listener on every event, and metrics scraped once after;
+- ``background``: ``Store.open_background``: how long the call takes, when
+  the first write is taken (a write to a new table, tried at once and held
+  until the store takes writes) and when the store is ready.
 
 Targets (issue): watched costs <= 2% more than plain (medians); the
 predicted duration of an open (from HISTORY, after earlier opens of the same
@@ -27,6 +30,20 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import machine, median, run_child  # noqa: E402
+
+
+def background_child(path: str) -> dict:
+    import rehydrate as rh
+
+    t0 = time.perf_counter()
+    s = rh.Store.open_background(path, warmup=rh.Warmup(listeners=[]))
+    returned_s = time.perf_counter() - t0
+    s.put("probe", 0, 0)  # waits until writes are taken
+    write_s = time.perf_counter() - t0
+    s.wait_ready()
+    ready_s = time.perf_counter() - t0
+    s.close()
+    return {"returned_s": returned_s, "first_write_s": write_s, "ready_s": ready_s}
 
 
 def child(path: str, watched: bool) -> dict:
@@ -72,7 +89,11 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--watched", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--background", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.child and a.background:
+        print(json.dumps(background_child(a.child)))
+        return 0
     if a.child:
         print(json.dumps(child(a.child, a.watched)))
         return 0
@@ -85,10 +106,11 @@ def main(argv=None) -> int:
         replay.build(path, os.path.join(work, "ops.msgpack"), a.ops, a.keys)
         me = os.path.abspath(__file__)
         run_child([me, "--child", path])  # a first open: HISTORY for the predictions
-        plain, watched = [], []
+        plain, watched, bg = [], [], []
         for i in range(a.repeat):
             plain.append(run_child([me, "--child", path]))
             watched.append(run_child([me, "--child", path, "--watched"]))
+            bg.append(run_child([me, "--child", path, "--background"]))
             print(f"  run {i + 1}: plain {plain[-1]['open_s']:.3f} s, watched "
                   f"{watched[-1]['open_s']:.3f} s (predicted {plain[-1]['predicted_s']:.3f}"
                   f" / {watched[-1]['predicted_s']:.3f} s)", file=sys.stderr)
@@ -99,7 +121,10 @@ def main(argv=None) -> int:
                "overhead": m_watched / m_plain - 1, "overhead_target": 0.02,
                "prediction_errors": errors, "prediction_error_median": median(errors),
                "prediction_error_max": max(errors, key=abs), "prediction_target": 0.30,
-               "events_per_watched_open": watched[0]["events"], "machine": machine()}
+               "events_per_watched_open": watched[0]["events"],
+               "background": {k: median([r[k] for r in bg])
+                              for k in ("returned_s", "first_write_s", "ready_s")},
+               "machine": machine()}
         if a.json:
             print(json.dumps(out, indent=2))
         else:
@@ -108,6 +133,10 @@ def main(argv=None) -> int:
                   "(target <= +2%)")
             print(f"prediction     median error {out['prediction_error_median']:+.1%}, worst "
                   f"{out['prediction_error_max']:+.1%} (target within +-30%)")
+            b = out["background"]
+            print(f"background     returns in {b['returned_s'] * 1e3:.1f} ms, takes writes "
+                  f"after {b['first_write_s']:.3f} s, ready after {b['ready_s']:.3f} s "
+                  f"({b['ready_s'] / m_plain:.2f} x plain)")
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
