@@ -80,6 +80,7 @@ def test_the_documented_api_is_exported():
     (BatchTooLargeError, ValueError),
     (rehydrate.StorageIOError, OSError),
     (rehydrate.BackpressureError, TimeoutError),
+    (rehydrate.MigrationError, RuntimeError),
 ], ids=lambda v: v.__name__)
 def test_each_error_subclasses_rehydrate_error_and_its_builtin(cls, builtin):
     assert issubclass(cls, RehydrateError) and issubclass(cls, builtin)
@@ -87,12 +88,21 @@ def test_each_error_subclasses_rehydrate_error_and_its_builtin(cls, builtin):
 
 def test_every_exported_exception_is_a_rehydrate_error():
     exported = [getattr(rehydrate, n) for n in rehydrate.__all__]
-    errors = [e for e in exported if isinstance(e, type) and issubclass(e, BaseException)]
-    assert len(errors) == 20
+    errors = [e for e in exported if isinstance(e, type) and issubclass(e, BaseException)
+              and not issubclass(e, Warning)]
+    assert len(errors) == 21
     for e in errors:
         assert issubclass(e, RehydrateError), e
     reasons = [e.default_reason for e in errors]
     assert len(set(reasons)) == len(reasons), "reason codes must be distinct"
+
+
+def test_the_one_exported_warning_is_a_user_warning():
+    warns = [getattr(rehydrate, n) for n in rehydrate.__all__
+             if isinstance(getattr(rehydrate, n), type)
+             and issubclass(getattr(rehydrate, n), Warning)]
+    assert warns == [rehydrate.MigrationDriftWarning]
+    assert issubclass(rehydrate.MigrationDriftWarning, UserWarning)
 
 
 # Real errors, raised by the library, for the data/message/pickle checks.

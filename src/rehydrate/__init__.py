@@ -19,6 +19,7 @@ from .errors import (
     InvalidOperationError,
     LockedError,
     MemoryBudgetError,
+    MigrationError,
     NotAStoreError,
     PhaseTimeout,
     RehydrateError,
@@ -33,10 +34,12 @@ from .errors import (
     WarmupError,
 )
 from .kinds import DictTable, StateType
+from .migrations import MigrationDriftWarning, Migrations
 from .numeric import NumericTable
 from .recovery import MODES as RECOVERY_MODES
 from .recovery import Problem, RecoveryReport
 from .store import SYNC_MODES, Batch, Store
+from .rollback import rollback
 from .verify import inspect, verify
 from .warmup import PHASES, Warmup
 
@@ -56,6 +59,9 @@ __all__ = [
     "InvalidOperationError",
     "LockedError",
     "MemoryBudgetError",
+    "MigrationDriftWarning",
+    "MigrationError",
+    "Migrations",
     "NotAStoreError",
     "NumericTable",
     "PhaseTimeout",
@@ -76,5 +82,6 @@ __all__ = [
     "WarmupError",
     "__version__",
     "inspect",
+    "rollback",
     "verify",
 ]

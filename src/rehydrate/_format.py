@@ -31,6 +31,9 @@ MAX_FRAME_PAYLOAD_BYTES = 64 * 1024 * 1024
 MAX_KEY_BYTES = 1024 * 1024
 MAX_TABLE_NAME_BYTES = 255
 MAX_TABLE_ID = 65535
+# A table's schema version (docs/migrations.md): 1 until a migration or an
+# upcaster says otherwise; frames stamp it in their declarations.
+MAX_TABLE_VERSION = (1 << 32) - 1
 MIN_RECORD_BYTES = 4  # op + table id + key length + value length, all empty
 
 # Writer policy (not format): frames are cut near this many raw payload bytes,

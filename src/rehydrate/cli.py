@@ -1,5 +1,5 @@
 """The ``rehydrate`` command: version, verify, inspect, dump, digest, compact,
-repair, plan, replay.
+repair, plan, replay, migrate (status, apply, rollback, confirm).
 
 Exit codes: 0 clean (a tolerated torn tail is a warning), 1 damage or a failed
 check, 2 usage error or unreadable input. Every command takes ``--json``.
@@ -283,6 +283,106 @@ def _cmd_replay(args) -> int:
     return EXIT_OK
 
 
+def _print_ledger(ledger) -> None:
+    for e in ledger:
+        state = "confirmed" if e.get("confirmed") else \
+            f"rollback to LSN {e['snapshot_before']} possible"
+        print(f"  {e['id']}: table {e['table']} v{e['from_version']} -> v{e['to_version']} "
+              f"at LSN {e['lsn']}, digest {e.get('digest_before')} -> "
+              f"{e.get('digest_after')} ({state})")
+
+
+def _cmd_migrate_status(args) -> int:
+    from .rollback import status
+
+    st = status(args.dir)
+    if args.json:
+        print(json.dumps(st))
+        return EXIT_OK
+    print(f"{args.dir}: last LSN {st['last_lsn']}")
+    for name, t in st["tables"].items():
+        old = [v for v in t["log_versions"] if v < t["version"]]
+        print(f"  table {name}: version {t['version']}, snapshot at "
+              f"{t['snapshot_version'] if t['snapshot_version'] is not None else '-'}, log "
+              f"records at {', '.join(map(str, t['log_versions'])) or '-'}"
+              + (f" (older than the table: {', '.join(map(str, old))}; read through "
+                 "upcasters)" if old else ""))
+    print(f"ledger: {len(st['ledger'])} migration(s)")
+    _print_ledger(st["ledger"])
+    return EXIT_OK
+
+
+def _load_migrations(spec: str):
+    import importlib
+
+    from .errors import ConfigError
+    from .migrations import Migrations
+
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(spec)
+    except Exception as e:  # noqa: BLE001 - any import failure is the module's
+        raise ConfigError(f"cannot import {spec!r}: {type(e).__name__}: {e}") from e
+    mig = getattr(module, "migrations", None)
+    if not isinstance(mig, Migrations):
+        raise ConfigError(f"module {spec!r} has no Migrations object named 'migrations'")
+    return mig
+
+
+def _cmd_migrate_apply(args) -> int:
+    from .store import Store
+
+    mig = _load_migrations(args.module)
+    with Store.open(args.dir, create=False, recovery=args.recovery, migrations=mig) as s:
+        applied = next(p for p in s.warmup_report["phases"] if p["name"] == "migrate")
+        ids = applied.get("migrations") or []
+        entries = [e for e in s.ledger if e["id"] in ids]
+    if args.json:
+        print(json.dumps({"applied": entries}))
+    else:
+        print(f"applied {len(entries)} migration(s)" + (":" if entries else ""))
+        _print_ledger(entries)
+    return EXIT_OK
+
+
+def _cmd_migrate_rollback(args) -> int:
+    from .errors import MigrationError
+    from .rollback import rollback
+
+    try:
+        plan = rollback(args.dir, steps=args.steps, to=args.to, dry_run=args.dry_run,
+                        force=args.force)
+    except MigrationError as e:
+        if args.json:
+            print(json.dumps({"error": str(e), "reason": e.reason}))
+        else:
+            print(f"rehydrate migrate rollback: {e}", file=sys.stderr)
+        return EXIT_DAMAGE
+    if args.json:
+        print(json.dumps(plan))
+        return EXIT_OK
+    spans = ", ".join(f"{a}..{b}" for a, b in plan["boundary"]) or "none"
+    verb = "rolled back" if plan["done"] else "would roll back"
+    print(f"{verb} {', '.join(plan['migrations'])} to the snapshot at LSN {plan['to_lsn']} "
+          f"(digest {plan['digest']})")
+    print(f"  boundary: {plan['dropped_records']} record(s) after the migration (LSN {spans})")
+    if plan["segments"]:
+        print(f"  segments set aside in quarantine/: {', '.join(plan['segments'])}")
+    return EXIT_OK
+
+
+def _cmd_migrate_confirm(args) -> int:
+    from .rollback import confirm
+
+    newly = confirm(args.dir)
+    if args.json:
+        print(json.dumps({"confirmed": newly}))
+    else:
+        print(f"confirmed {len(newly)} migration(s)" + (f": {', '.join(newly)}" if newly else "")
+              + "; their rollback snapshots go at the next checkpoint")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .recovery import MODES
 
@@ -320,6 +420,33 @@ def build_parser() -> argparse.ArgumentParser:
     r = dir_cmd("repair", _cmd_repair, "cut a damaged log at its first problem, keeping evidence",
                 recovery=False)
     r.add_argument("--dry-run", action="store_true", help="report what would be cut; change nothing")
+
+    m = sub.add_parser("migrate", help="table versions, migrations, rollback (docs/migrations.md)")
+    msub = m.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    msub.required = True
+
+    def mig_cmd(name, func, help_text):
+        c = msub.add_parser(name, help=help_text)
+        c.add_argument("dir", metavar="DIR")
+        c.add_argument("--json", action="store_true", help="machine-readable output")
+        c.set_defaults(func=func)
+        return c
+
+    mig_cmd("status", _cmd_migrate_status, "versions per table, the ledger")
+    ma = mig_cmd("apply", _cmd_migrate_apply, "run the pending migrations of a module")
+    ma.add_argument("--module", required=True, metavar="PKG.MOD",
+                    help="a module with a rehydrate.Migrations named 'migrations'")
+    ma.add_argument("--recovery", choices=MODES, default="tolerate-tail")
+    mr = mig_cmd("rollback", _cmd_migrate_rollback,
+                 "return to the state before the last migration(s)")
+    which = mr.add_mutually_exclusive_group()
+    which.add_argument("--steps", type=int, default=None, metavar="N")
+    which.add_argument("--to", default=None, metavar="ID",
+                       help="roll back this migration and every one after it")
+    mr.add_argument("--dry-run", action="store_true", help="show the plan; change nothing")
+    mr.add_argument("--force", action="store_true",
+                    help="drop records written after the migration (kept in quarantine/)")
+    mig_cmd("confirm", _cmd_migrate_confirm, "confirm the migrations: no rollback after")
     return p
 
 

@@ -215,6 +215,20 @@ class CriteriaError(WarmupError):
     default_reason = "criteria"
 
 
+class MigrationError(RehydrateError, RuntimeError):
+    """A migration failed or was refused (docs/migrations.md): ``migration``
+    names it, ``invariant`` the invariant that failed (or None). The state
+    and the directory are as they were before it."""
+
+    default_reason = "migration"
+
+    def __init__(self, detail: str = "", *, migration: Optional[str] = None,
+                 invariant: Optional[str] = None, **where) -> None:
+        self.migration = migration
+        self.invariant = invariant
+        super().__init__(detail, **where)
+
+
 class BackpressureError(RehydrateError, TimeoutError):
     """A write during a background open waited ``admission_timeout_s`` for
     room (the pending-write limits), for the log's end to be known, or for
@@ -226,6 +240,7 @@ class BackpressureError(RehydrateError, TimeoutError):
 __all__ = [
     "RehydrateError",
     "BackpressureError",
+    "MigrationError",
     "CorruptionError",
     "TornTailError",
     "UnsupportedFormatError",

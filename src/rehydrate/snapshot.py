@@ -21,7 +21,7 @@ import os
 import shutil
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import _fileio
 from . import _format as F
@@ -53,6 +53,8 @@ class Capture:
     # (name, tid, kind, payload): payload = a table copy (``_copy()``), a
     # list of (key, value) bytes, or a custom table's snapshot() data
     tables: list
+    # name -> schema version (docs/migrations.md); absent: 1
+    versions: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -238,7 +240,7 @@ def write(directory: str, capture: Capture, digests: dict) -> SnapshotInfo:
         total += size
         entries.append({"name": name, "id": tid, "kind": kind, "file": fname,
                         "bytes": size, "crc32c": crc, "keys": keys,
-                        "digest": digests.get(name)})
+                        "digest": digests.get(name), "version": capture.versions.get(name, 1)})
         if kind == F.KIND_NUMERIC:
             entries[-1]["schema"] = payload[0]
         if image_entry is not None:
@@ -470,6 +472,16 @@ def _release(data) -> None:
             pass
 
 
+def entry_version(e: dict, path: str) -> int:
+    """A META table entry's schema version (1 when absent); CorruptionError
+    when it is not one."""
+    v = e.get("version", 1)
+    if type(v) is not int or not 1 <= v <= F.MAX_TABLE_VERSION:
+        raise CorruptionError(f"snapshot META has a bad version {v!r} for table "
+                              f"{e.get('name')!r}", path=path, reason="bad_snapshot")
+    return v
+
+
 def load(path: str, make_table) -> tuple:
     """(meta, [(name, tid, kind, table)]) of the snapshot folder ``path``.
 
@@ -595,14 +607,27 @@ def list_snapshots(directory: str) -> list:
     return sorted(out, reverse=True)
 
 
+def migration_floor(manifest: dict) -> int:
+    """The LSN of the newest migration in the ledger (0 without one). The
+    log before it no longer makes the state (the migration reshaped it
+    whole), so an open or a reader starts from a snapshot at or after it."""
+    ledger = manifest.get("ledger") or []
+    return max((e["lsn"] for e in ledger if isinstance(e, dict) and type(e.get("lsn")) is int),
+               default=0)
+
+
 def load_base(directory: str, manifest: dict, registry) -> tuple:
     """For a reader (verify, inspect, digest): load the newest snapshot that
     passes its checks into ``registry``, changing nothing on disk.
 
     Returns (LSN, source offsets), or (0, {}) when none loads. A reader needs
-    this only when the log no longer starts at LSN 1 (MANIFEST ``log_start``).
+    this only when the log no longer starts at LSN 1 (MANIFEST ``log_start``)
+    or a migration reshaped the state (only snapshots from it on will do).
     """
+    floor = migration_floor(manifest)
     for lsn in sorted(manifest.get("snapshots") or [], reverse=True):
+        if lsn < floor:
+            break
         path = os.path.join(directory, SNAPSHOTS_DIR, snapshot_name(lsn))
         try:
             meta, tables = load(path, registry.snapshot_table)

@@ -29,6 +29,8 @@ from . import plan as _plan
 from ._backend import core as _core
 from .errors import (
     ConfigError,
+    InvalidOperationError,
+    MigrationError,
     CorruptionError,
     NotAStoreError,
     RehydrateError,
@@ -39,6 +41,8 @@ from .errors import (
 from .kinds import resolve_kinds
 from .numeric import NumericTable
 from .lockfile import DirLock
+from . import migrations as _migrations
+from .migrations import Migrations, Versions
 from .recovery import CancelledError, Problem, RecoveryReport, apply_actions, check_mode, walk
 from .tables import TableRegistry
 from .warmup import Warmup, WarmupRun
@@ -105,6 +109,8 @@ class Store:
         checkpoint_every_s: Optional[float] = None,
         warmup=None,
         max_memory_bytes: Optional[int] = None,
+        migrations=None,
+        strict_migrations: bool = False,
     ) -> "Store":
         """Lock ``path``, replay its log into memory, and return the live store.
 
@@ -119,6 +125,10 @@ class Store:
         to need more; one predicted to need more than the memory available
         is refused either way. A log that declares another kind for a name, or a custom
         table with no class here, is a ConfigError naming the table.
+        ``migrations`` (a ``rehydrate.Migrations``): upcasters for older
+        versions' records, and migrations run once in the migrate phase
+        (docs/migrations.md); a migration whose code changed since it ran is a
+        MigrationDriftWarning, or with ``strict_migrations`` a MigrationError.
         Raises ConfigError (bad argument, before touching anything),
         NotAStoreError, LockedError, CorruptionError / TornTailError (as the
         recovery mode decides), UnsupportedFormatError.
@@ -128,7 +138,8 @@ class Store:
                                progress=progress, tables=tables, keep_snapshots=keep_snapshots,
                                checkpoint_every_bytes=checkpoint_every_bytes,
                                checkpoint_every_s=checkpoint_every_s, warmup=warmup,
-                               max_memory_bytes=max_memory_bytes)
+                               max_memory_bytes=max_memory_bytes, migrations=migrations,
+                               strict_migrations=strict_migrations)
         self._open_now()
         return self
 
@@ -180,7 +191,8 @@ class Store:
                     segment_bytes=DEFAULT_SEGMENT_BYTES,
                     sync_interval_ms=DEFAULT_SYNC_INTERVAL_MS, progress=None, tables=None,
                     keep_snapshots=2, checkpoint_every_bytes=None, checkpoint_every_s=None,
-                    warmup=None, max_memory_bytes=None) -> "Store":
+                    warmup=None, max_memory_bytes=None, migrations=None,
+                    strict_migrations=False) -> "Store":
         """A Store with its options checked and its fields set; nothing on
         disk touched yet. ConfigError for a bad option."""
         if sync not in SYNC_MODES:
@@ -205,7 +217,14 @@ class Store:
         if max_memory_bytes is not None and (type(max_memory_bytes) is not int
                                              or max_memory_bytes < 1):
             raise ConfigError("max_memory_bytes must be a positive int or None")
+        if migrations is not None:
+            if not isinstance(migrations, Migrations):
+                raise ConfigError("migrations must be a rehydrate.Migrations")
+            migrations.check()
+        if type(strict_migrations) is not bool:
+            raise ConfigError("strict_migrations must be True or False")
         self = object.__new__(cls)
+        self._migrations, self._strict_migrations = migrations, strict_migrations
         self.path = os.fspath(path)
         self._options = {"create": create, "sync": sync, "recovery": recovery,
                          "segment_bytes": segment_bytes, "sync_interval_ms": sync_interval_ms,
@@ -282,11 +301,17 @@ class Store:
             self._ready.set()
 
     def _warm_up(self) -> None:
-        """The phases that run on the open store: migrate (nothing yet),
-        populate and prime (the hooks); then the store is ready."""
+        """The phases that run on the open store: migrate (the pending
+        migrations), populate and prime (the hooks); then the store is ready."""
         run = self._warmup
         run.start("migrate")
-        run.end(self)
+        applied = []
+        if self._migrations is not None:
+            from .migrate import run_pending
+
+            applied = run_pending(self, self._migrations, run)
+        self._all_ready()
+        run.end(self, migrations=applied)
         for phase in ("populate", "prime"):
             run.run_hooks(phase, self)
         self.warmup_report = run.report()
@@ -310,6 +335,18 @@ class Store:
             self._dirlock = DirLock(path)
         try:
             self._manifest = _manifest.read(path)
+            if self._manifest.get("log_end") is not None:
+                from .rollback import finish_rollback
+
+                self._manifest = finish_rollback(path, self._manifest)
+            from .rollback import check_ledger
+
+            check_ledger(self._manifest, path)
+            self._versions = Versions(self._manifest, self._migrations)
+            if self._migrations is not None:
+                from .migrations import warn_drift
+
+                warn_drift(self.ledger, self._migrations, self._strict_migrations, path)
             self._plan = _plan.make_plan(path, self._manifest)
             _plan.preflight(self._plan, self._max_memory_bytes)
             t_plan = time.perf_counter()
@@ -317,7 +354,8 @@ class Store:
             for name in list_segments(waldir)[2]:  # tmp files of an interrupted create
                 _fileio.unlink(os.path.join(waldir, name))
             self._registry = TableRegistry(self._core, size_hints=self._size_hints(path),
-                                           kinds=kinds if kinds is not None else {})
+                                           kinds=kinds if kinds is not None else {},
+                                           versions=self._versions)
             self._log_start = _manifest.log_start(self._manifest, path)
             run.end(self, bytes=self._plan["bytes"], predicted_s=self._plan["predicted_s"],
                     predicted_peak_bytes=self._plan["predicted_peak_bytes"])
@@ -325,6 +363,10 @@ class Store:
             snap_lsn, snap_offsets, snap_problems = self._load_snapshot(recovery)
             if snap_lsn + 1 < self._log_start:
                 raise _snapshot.no_base_error(path, self._log_start)
+            if snap_lsn < _snapshot.migration_floor(self._manifest):
+                # The migration's snapshot is the only way to its state.
+                raise _snapshot.no_base_error(
+                    path, _snapshot.migration_floor(self._manifest) + 1)
             for p in snap_problems:
                 run.corruption(p)
             run.end(self, lsn=snap_lsn)
@@ -342,7 +384,8 @@ class Store:
             watch = run.watch(self._cancel)
             try:
                 early = None
-                if self._intake is not None and recovery != "point-in-time":
+                if (self._intake is not None and recovery != "point-in-time"
+                        and not self._migrations_pending()):
                     early = self._index_log(walk_args)
                 if early is not None:
                     # Writers go on from the log's end while the replay reads
@@ -389,7 +432,8 @@ class Store:
                 apply_actions(path, result.actions)
                 self._offsets = dict(result.offsets)
                 self._open_writer(result.next_lsn, result.resume_path, result.resume_size)
-            self._all_ready()
+            if not self._migrations_pending():
+                self._all_ready()  # (else once the migrate phase is over)
             t_end = time.perf_counter()
             self.open_stats = {
                 "phases": [
@@ -413,6 +457,14 @@ class Store:
             # buffered writes written and fsynced), as a file object would be.
             self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
             atexit.register(self._atexit)
+
+    def _migrations_pending(self) -> bool:
+        """Registered migrations not in the ledger: a background open then
+        takes writes only once they have run."""
+        if self._migrations is None:
+            return False
+        done = {e.get("id") for e in self._manifest.get("ledger") or []}
+        return any(m.id not in done for m in self._migrations.migrations)
 
     def _open_writer(self, next_lsn: int, resume_path, resume_size: int) -> None:
         """Open the log for appending at ``next_lsn`` and start taking writes."""
@@ -583,7 +635,10 @@ class Store:
                                   path=os.path.join(self.path, _manifest.MANIFEST_NAME),
                                   reason="bad_manifest")
         problems = []
+        floor = _snapshot.migration_floor(self._manifest)
         for lsn in sorted(listed, reverse=True):
+            if lsn < floor:
+                break  # from before a migration: the log after it is another version's
             spath = os.path.join(self.path, _snapshot.SNAPSHOTS_DIR, _snapshot.snapshot_name(lsn))
             try:
                 meta, tables = _snapshot.load(spath, self._registry.snapshot_table)
@@ -600,10 +655,32 @@ class Store:
                                         action="skipped"))
                 self._drop_snapshot(lsn, spath)
                 continue
+            versions = {e["name"]: _snapshot.entry_version(e, spath) for e in meta["tables"]}
             for name, tid, kind, table in tables:
+                table = self._read_at_version(name, kind, table, versions[name], spath, lsn)
                 self._registry.add_loaded(name, tid, kind, table)
             return lsn, dict(meta["offsets"]), problems
         return 0, {}, problems
+
+    def _read_at_version(self, name, kind, table, version, spath, lsn):
+        """A loaded snapshot table at this table's current version: as it is,
+        or with every value through the upcasters (a new table). An
+        upcaster that raises fails the open (MigrationError): the snapshot
+        is sound, the code is not."""
+        from .migrations import upcast_table
+
+        fns = self._versions.reader(name, version)  # ConfigError: ahead, or a gap
+        if fns is None:
+            return table
+        if kind not in (F.KIND_KV, F.KIND_DICT):
+            raise ConfigError(f"table {name!r} is at version {version} in snapshot {lsn}; "
+                              "upcasters are for kv and dict tables", reason="upcaster_kind")
+        try:
+            return upcast_table(table, name, fns, self._core,
+                                lambda: self._registry._make(name, kind, hinted=False))
+        except InvalidOperationError as e:
+            raise MigrationError(f"{e.detail} (snapshot at LSN {lsn})", path=spath, lsn=lsn,
+                                 reason="upcaster_error") from e.__cause__
 
     def _drop_snapshot(self, lsn: int, spath: str) -> None:
         """Take a failed snapshot out of use, keeping its files as evidence."""
@@ -648,73 +725,100 @@ class Store:
         Writers pause only while the tables are copied (``pause_s``); the files
         are written after. The snapshot is published (MANIFEST) only once it
         and the log up to its LSN are durable; then snapshots beyond
-        ``keep_snapshots`` are deleted. The log itself is kept whole.
+        ``keep_snapshots`` are deleted (not one a migration may still roll
+        back to: docs/migrations.md). The log itself is kept whole.
         Returns {"lsn", "bytes", "duration_s", "pause_s", "path", "digest"}.
         """
-        from .digest import format_digest, table_digest
-
         self._wait_whole()
         with self._checkpoint_lock:
-            t0 = time.perf_counter()
-            # Before the lock: memory for the native tables' copies, faulted
-            # in now, so that under the lock a copy is one memcpy.
-            prepared = {name: info.table._copy_prepare()
-                        for name, info in list(self._registry.by_name.items())
-                        if hasattr(info.table, "_copy_prepare")}
-            t_lock = time.perf_counter()
-            with self._lock:
-                self._writable()
-                lsn = self.lsn
-                captured, digests = [], {}
-                for name in self._registry.names():
-                    info = self._registry.by_name[name]
-                    if info.kind == F.KIND_CUSTOM:
-                        payload = info.table.snapshot()
-                    elif info.kind == F.KIND_NUMERIC:
-                        payload = (info.table.schema(),
-                                   [a.copy() for a in info.table._live()])  # memcpys
-                        digests[name] = format_digest(info.table._digest())
-                    elif hasattr(info.table, "_copy"):
-                        payload = info.table._copy(prepared.pop(name, None))
-                    else:  # a DictTable (small by intent): its pairs, now
-                        payload = info.table._items_raw()
-                        digests[name] = format_digest(table_digest(info.table))
-                    captured.append((name, info.tid, info.kind, payload))
-                offsets = dict(self._offsets)
-                self._bytes_since_checkpoint = 0
-            pause_s = time.perf_counter() - t_lock
-            del prepared
-            # Outside the lock: the copies' digests (their columns are made
-            # as the files are written).
-            for name, _tid, kind, payload in captured:
-                if name not in digests and kind != F.KIND_CUSTOM:
-                    digests[name] = format_digest(payload._digest())
-            if lsn in (self._manifest.get("snapshots") or []):
-                # Nothing written since the last snapshot: that one stands.
-                spath = os.path.join(self.path, _snapshot.SNAPSHOTS_DIR,
-                                     _snapshot.snapshot_name(lsn))
-                return {"lsn": lsn, "bytes": 0, "duration_s": 0.0, "pause_s": pause_s,
-                        "path": spath, "digest": _snapshot.read_meta(spath).get("digest"),
-                        "existing": True}
-            self._make_durable(lsn)  # the log holds everything the snapshot does
-            info = _snapshot.write(self.path, _snapshot.Capture(lsn, offsets, captured), digests)
-            kept = sorted(set(self._manifest.get("snapshots") or []) | {lsn},
-                          reverse=True)[:self._keep_snapshots]
-            self._manifest["snapshots"] = kept
-            _manifest.write(self.path, self._manifest)
-            # Only now, with the MANIFEST that drops them durable, go the old ones.
-            sdir = os.path.join(self.path, _snapshot.SNAPSHOTS_DIR)
-            for old in _snapshot.list_snapshots(self.path):
-                if old not in kept:
-                    shutil.rmtree(os.path.join(sdir, _snapshot.snapshot_name(old)))
-            _fileio.fsync_dir(sdir)
-            self._trim_log(min(kept))
-            duration = time.perf_counter() - t0
-            self.checkpoint_stats = {"count": self.checkpoint_stats["count"] + 1,
-                                     "last_duration_s": duration, "last_pause_s": pause_s,
-                                     "last_lsn": lsn}
-            return {"lsn": lsn, "bytes": info.bytes, "duration_s": duration,
-                    "pause_s": pause_s, "path": info.path, "digest": info.digest}
+            return self._checkpoint_locked()
+
+    def _checkpoint_locked(self, commit=None) -> dict:
+        """A checkpoint (``_checkpoint_lock`` held). ``commit(manifest)``, if
+        given, changes the MANIFEST that publishes the snapshot (a
+        migration's ledger entry goes in with it, in the same write)."""
+        from .digest import format_digest, table_digest
+
+        t0 = time.perf_counter()
+        # Before the lock: memory for the native tables' copies, faulted
+        # in now, so that under the lock a copy is one memcpy.
+        prepared = {name: info.table._copy_prepare()
+                    for name, info in list(self._registry.by_name.items())
+                    if hasattr(info.table, "_copy_prepare")}
+        t_lock = time.perf_counter()
+        with self._lock:
+            self._writable()
+            lsn = self.lsn
+            captured, digests = [], {}
+            for name in self._registry.names():
+                info = self._registry.by_name[name]
+                if info.kind == F.KIND_CUSTOM:
+                    payload = info.table.snapshot()
+                elif info.kind == F.KIND_NUMERIC:
+                    payload = (info.table.schema(),
+                               [a.copy() for a in info.table._live()])  # memcpys
+                    digests[name] = format_digest(info.table._digest())
+                elif hasattr(info.table, "_copy"):
+                    payload = info.table._copy(prepared.pop(name, None))
+                else:  # a DictTable (small by intent): its pairs, now
+                    payload = info.table._items_raw()
+                    digests[name] = format_digest(table_digest(info.table))
+                captured.append((name, info.tid, info.kind, payload))
+            versions = {name: self._registry.version(name) for name in self._registry.names()}
+            offsets = dict(self._offsets)
+            self._bytes_since_checkpoint = 0
+        pause_s = time.perf_counter() - t_lock
+        del prepared
+        # Outside the lock: the copies' digests (their columns are made
+        # as the files are written).
+        for name, _tid, kind, payload in captured:
+            if name not in digests and kind != F.KIND_CUSTOM:
+                digests[name] = format_digest(payload._digest())
+        sdir = os.path.join(self.path, _snapshot.SNAPSHOTS_DIR)
+        spath = os.path.join(sdir, _snapshot.snapshot_name(lsn))
+        if lsn in (self._manifest.get("snapshots") or []) and commit is None:
+            # Nothing written since the last snapshot: that one stands.
+            return {"lsn": lsn, "bytes": 0, "duration_s": 0.0, "pause_s": pause_s,
+                    "path": spath, "digest": _snapshot.read_meta(spath).get("digest"),
+                    "existing": True}
+        self._make_durable(lsn)  # the log holds everything the snapshot does
+        if os.path.isdir(spath) and lsn not in (self._manifest.get("snapshots") or []):
+            shutil.rmtree(spath)  # written, never published (a crash before the MANIFEST)
+        info = _snapshot.write(self.path, _snapshot.Capture(lsn, offsets, captured, versions),
+                               digests)
+        man = dict(self._manifest)
+        if commit is None:
+            _migrations.count_checkpoint(man)
+        else:
+            commit(man)
+        pinned = _migrations.pinned_snapshots(man)
+        kept = sorted(set(man.get("snapshots") or []) | {lsn},
+                      reverse=True)[:self._keep_snapshots]
+        man["snapshots"] = sorted(set(kept) | (pinned & set(man.get("snapshots") or [])),
+                                  reverse=True)
+        _manifest.write(self.path, man)
+        self._manifest = man
+        kept = man["snapshots"]
+        # Only now, with the MANIFEST that drops them durable, go the old ones.
+        for old in _snapshot.list_snapshots(self.path):
+            if old not in kept:
+                shutil.rmtree(os.path.join(sdir, _snapshot.snapshot_name(old)))
+        _fileio.fsync_dir(sdir)
+        self._trim_log(min(kept))
+        duration = time.perf_counter() - t0
+        self.checkpoint_stats = {"count": self.checkpoint_stats["count"] + 1,
+                                 "last_duration_s": duration, "last_pause_s": pause_s,
+                                 "last_lsn": lsn}
+        return {"lsn": lsn, "bytes": info.bytes, "duration_s": duration,
+                "pause_s": pause_s, "path": info.path, "digest": info.digest}
+
+    @property
+    def ledger(self) -> list:
+        """The migrations applied to this store, oldest first: the MANIFEST's
+        ledger entries (docs/migrations.md), as dicts."""
+        import copy
+
+        return copy.deepcopy(self._manifest.get("ledger") or [])
 
     def _trim_log(self, oldest_snapshot_lsn: int) -> None:
         """Delete the segments every kept snapshot has made unneeded.
@@ -1124,9 +1228,12 @@ class Store:
         equal for equal states whatever their history; ``rehydrate digest``
         prints it as 16 hex digits. Taken under the write lock, so it is the
         digest of one consistent state."""
+        self._wait_whole()
+        return self._state_digest()
+
+    def _state_digest(self) -> int:
         from .digest import state_digest
 
-        self._wait_whole()
         with self._lock:
             return state_digest({n: self._registry.by_name[n].table
                                  for n in self._registry.names()})

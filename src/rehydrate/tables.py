@@ -43,8 +43,12 @@ class TableRegistry:
     """
 
     def __init__(self, core, materialize: bool = True, size_hints=None,
-                 kinds: Optional[dict] = None) -> None:
+                 kinds: Optional[dict] = None, versions=None) -> None:
         self._core = core
+        # A store's migrations.Versions: each table's version now, and the
+        # upcasters for records of older ones. None: versions are not read.
+        self.versions = versions
+        self._upcasting: dict = {}  # (tid, version) -> migrations.Upcasting
         self._materialize = materialize
         # name -> (kind, StateType subclass or None), from kinds.resolve_kinds;
         # None: a reader, which takes each kind from the log.
@@ -120,8 +124,38 @@ class TableRegistry:
         self.order.append((tid, kind, name.encode("utf-8")))
         return info
 
-    def declare(self, tid: int, kind: int, name_bytes: bytes, schema: bytes = b""):
-        """Bind a declaration from the log; CorruptionError if it contradicts one seen before."""
+    def declare(self, tid: int, kind: int, name_bytes: bytes, schema: bytes = b"",
+                version: int = 1):
+        """Bind a declaration from the log; CorruptionError if it contradicts
+        one seen before. The table to apply to: the table itself, or for
+        records of an older version an upcasting stand-in (migrations.py)."""
+        info = self._declare(tid, kind, name_bytes, schema)
+        if self.versions is None or info.table is None:
+            return info.table
+        key = (tid, version)
+        target = self._upcasting.get(key)
+        if target is None:
+            target = self._upcasting[key] = self._reader(info, version)
+        return target
+
+    def _reader(self, info: TableInfo, version: int):
+        from .migrations import Upcasting
+
+        try:
+            fns = self.versions.reader(info.name, version)
+            if fns is not None and info.kind not in (F.KIND_KV, F.KIND_DICT):
+                raise ConfigError(f"table {info.name!r} has version {version} records; "
+                                  "upcasters are for kv and dict tables", reason="upcaster_kind")
+        except ConfigError as e:
+            return RefusedTable(e)
+        if fns is None:
+            return info.table
+        return Upcasting(info.table, info.name, version, fns, self._core)
+
+    def version(self, name: str) -> int:
+        return self.versions.current(name) if self.versions is not None else 1
+
+    def _declare(self, tid: int, kind: int, name_bytes: bytes, schema: bytes = b""):
         try:
             name = bytes(name_bytes).decode("utf-8")
         except UnicodeDecodeError:
@@ -133,7 +167,7 @@ class TableRegistry:
                 raise CorruptionError(
                     f"table {name!r} declared as id {tid}, earlier as id {other.tid}",
                     reason="bad_declaration")
-            info = self._add(name, tid, kind, from_log=True, schema=bytes(schema))
+            return self._add(name, tid, kind, from_log=True, schema=bytes(schema))
         elif info.name != name or info.kind != kind:
             raise CorruptionError(
                 f"table id {tid} declared as {name!r}, earlier as {info.name!r}",
@@ -141,7 +175,7 @@ class TableRegistry:
         elif info.schema != bytes(schema):
             raise CorruptionError(f"numeric table {name!r} declared with another schema",
                                   reason="bad_declaration")
-        return info.table
+        return info
 
     def create(self, name: str) -> TableInfo:
         """A new table for a first write; its id is one above any id in use."""
@@ -221,12 +255,15 @@ class TableRegistry:
         self.by_id[tid] = info
         self.order.append((tid, kind, name.encode("utf-8")))
 
-    def decls(self, tids) -> list[tuple[int, int, bytes, bytes]]:
-        """(tid, kind, name bytes, schema) of each table id, as frames declare them."""
+    def decls(self, tids) -> list[tuple]:
+        """(tid, kind, name bytes, schema[, version]) of each table id, as
+        frames declare them (the version only when it is not 1)."""
         out = []
         for tid in tids:
             info = self.by_id[tid]
-            out.append((tid, info.kind, info.name.encode("utf-8"), info.schema))
+            decl = (tid, info.kind, info.name.encode("utf-8"), info.schema)
+            version = self.version(info.name)
+            out.append(decl if version == 1 else decl + (version,))
         return out
 
     def names(self) -> list[str]:

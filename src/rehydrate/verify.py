@@ -15,7 +15,7 @@ from . import manifest as _manifest
 from ._backend import core as _core
 from .errors import CorruptionError, NotAStoreError, typed_io_errors
 from .recovery import Problem, RecoveryReport, _Walker, check_mode, walk
-from .snapshot import load_base, no_base_error
+from .snapshot import load_base, migration_floor, no_base_error
 from .tables import KIND_NAMES, TableRegistry
 
 
@@ -49,10 +49,11 @@ def verify(path, *, recovery: str = "tolerate-tail", deep: bool = False,
     start = _manifest.log_start(man, path)
     registry = TableRegistry(_core(), materialize=deep)
     base_lsn, base_offsets = 0, {}
-    if deep and start > 1:  # the log alone no longer holds the whole state
+    floor = migration_floor(man)
+    if deep and (start > 1 or floor):  # the log alone no longer makes the state
         base_lsn, base_offsets = load_base(path, man, registry)
-        if base_lsn + 1 < start:
-            raise no_base_error(path, start)
+        if base_lsn + 1 < start or base_lsn < floor:
+            raise no_base_error(path, max(start, floor + 1))
     walker = _Walker(_core(), path, "skip-corrupted", registry, deep, start, base_lsn, None,
                      progress)
     walker.offsets.update(base_offsets)
@@ -87,14 +88,37 @@ def replay_readonly(path: str, man: dict, mode: str, registry, progress=None):
     the log no longer starts at LSN 1."""
     start = _manifest.log_start(man, path)
     base_lsn, base_offsets = 0, {}
-    if start > 1:
+    floor = migration_floor(man)
+    if start > 1 or floor:
         base_lsn, base_offsets = load_base(path, man, registry)
-        if base_lsn + 1 < start:
-            raise no_base_error(path, start)
+        if base_lsn + 1 < start or base_lsn < floor:
+            raise no_base_error(path, max(start, floor + 1))
     # Every segment from the log's start is read and checked (a reader reports
     # what is there), though records the snapshot holds are not applied.
     return walk(_core(), path, mode=mode, registry=registry, apply=True, progress=progress,
                 start_lsn=start, applied_lsn=base_lsn, offsets=base_offsets)
+
+
+def _check_ledger_digests(path: str, man: dict, report: RecoveryReport) -> None:
+    """Each ledger entry's digests against the snapshots it names (those
+    still there): ``ledger_mismatch`` (damage) when they differ."""
+    from .snapshot import SNAPSHOTS_DIR, read_meta, snapshot_name
+
+    for e in man.get("ledger") or []:
+        for lsn, want, what in ((e.get("snapshot_before"), e.get("digest_before"), "before"),
+                                (e.get("lsn"), e.get("digest_after"), "after")):
+            spath = os.path.join(path, SNAPSHOTS_DIR, snapshot_name(lsn))
+            if type(lsn) is not int or not os.path.isdir(spath):
+                continue
+            try:
+                got = read_meta(spath).get("digest")
+            except (CorruptionError, OSError):
+                continue  # reported as bad_snapshot by the load
+            if got != want:
+                report.problems.append(Problem(
+                    "ledger_mismatch", spath, None, lsn,
+                    f"migration {e.get('id')!r} recorded digest {want} {what} it; the "
+                    f"snapshot holds {got}"))
 
 
 def _check_snapshots(path: str, report: RecoveryReport) -> None:
@@ -109,9 +133,18 @@ def _check_snapshots(path: str, report: RecoveryReport) -> None:
     from .errors import ConfigError
     from .snapshot import SNAPSHOTS_DIR, check_images, list_snapshots, load, snapshot_name
 
-    start = _manifest.log_start(_manifest.read(path), path)
+    man = _manifest.read(path)
+    start = _manifest.log_start(man, path)
+    floor = migration_floor(man)
+    _check_ledger_digests(path, man, report)
     for lsn in list_snapshots(path):
         spath = os.path.join(path, SNAPSHOTS_DIR, snapshot_name(lsn))
+        if lsn < floor:
+            report.problems.append(Problem(
+                "snapshot_unchecked", spath, None, lsn,
+                "from before the newest migration: a rollback point, checked by the "
+                "ledger's digest", action="ignored"))
+            continue
         registry = TableRegistry(_core())
         try:
             meta, tables = load(spath, registry.snapshot_table)

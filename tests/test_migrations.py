@@ -1,0 +1,358 @@
+"""Migrations (docs/migrations.md): checked state migrations, the ledger,
+drift, rollback and its boundary, crashes at every step; every test on both
+cores. Upcasters and versions stamped in the log: tests/test_upcasters.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+import rehydrate as rh
+from rehydrate import ConfigError, MigrationDriftWarning, MigrationError, Migrations, Store
+from rehydrate.digest import format_digest
+
+
+def _v1(path, n=20):
+    with Store.open(path) as s:
+        for i in range(n):
+            s.put("users", i, {"name": f"user {i}", "age": 20 + i})
+        s.put("other", "k", "untouched")
+        return format_digest(s.digest())
+
+
+def _split_names():
+    mig = Migrations()
+
+    @mig.invariant("users")
+    def every_user_has_a_name(t):
+        return all(("name" in v) or ("first" in v) for v in t.values())
+
+    @mig.migration("split-name", table="users", to_version=2)
+    def split(t):
+        for v in t.values():
+            v["first"], v["last"] = v.pop("name").split(" ")
+
+    return mig
+
+
+def _listing(path):
+    """Every file under ``path`` with its bytes (the directory, exactly)."""
+    out = {}
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            if f in ("LOCK", "HISTORY", "HINTS"):
+                continue  # an open's own bookkeeping, not state
+            p = os.path.join(root, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, path)] = fh.read()
+    return out
+
+
+def test_a_migration_runs_once_and_is_in_the_ledger(store_dir):
+    before = _v1(store_dir)
+    with Store.open(store_dir, migrations=_split_names()) as s:
+        assert s.table("users")[3] == {"first": "user", "last": "3", "age": 23}
+        assert s.table("other")["k"] == "untouched"
+        (entry,) = s.ledger
+        after = format_digest(s.digest())
+        phase = next(p for p in s.warmup_report["phases"] if p["name"] == "migrate")
+        assert phase["migrations"] == ["split-name"]
+    assert entry["id"] == "split-name" and entry["table"] == "users"
+    assert (entry["from_version"], entry["to_version"]) == (1, 2)
+    assert entry["digest_before"] == before and entry["digest_after"] == after != before
+    assert entry["invariants"] == ["_split_names.<locals>.every_user_has_a_name"]
+    assert entry["code_hash"].startswith("sha256:") and entry["applied_at"] > 0
+    assert entry["lsn"] == entry["snapshot_before"] + 1
+    with Store.open(store_dir, migrations=_split_names()) as s:  # not run again
+        assert len(s.ledger) == 1 and format_digest(s.digest()) == after
+        phase = next(p for p in s.warmup_report["phases"] if p["name"] == "migrate")
+        assert phase["migrations"] == []
+    with Store.open(store_dir) as s:  # code without migrations reads the state as it is
+        assert s.table("users")[3]["first"] == "user"
+
+
+def test_a_migration_may_return_a_new_dict(store_dir):
+    _v1(store_dir)
+    mig = Migrations()
+
+    @mig.migration("by-name", table="users", to_version=2)
+    def by_name(t):
+        return {v["name"]: v["age"] for v in t.values()}
+
+    with Store.open(store_dir, migrations=mig) as s:
+        assert s.table("users").to_dict() == {f"user {i}": 20 + i for i in range(20)}
+
+
+@pytest.mark.parametrize("case", ["raises", "invariant_false", "invariant_raises",
+                                  "invariant_before", "unencodable", "bad_return"])
+def test_a_failed_migration_changes_nothing(store_dir, case):
+    before = _v1(store_dir)
+    listing = _listing(store_dir)
+    mig = Migrations()
+
+    @mig.invariant("users")
+    def ages_positive(t):
+        if case == "invariant_raises" and any("broken" in v for v in t.values()):
+            raise RuntimeError("cannot tell")
+        return all(v.get("age", 1) > 0 for v in t.values())
+
+    if case == "invariant_before":
+        @mig.invariant("users")
+        def never_holds(t):
+            return len(t) > 1000
+
+    @mig.migration("bad", table="users", to_version=2)
+    def bad(t):
+        t[0]["age"] = -1 if case == "invariant_false" else 1
+        t[1]["broken"] = True
+        if case == "raises":
+            raise KeyError("oops")
+        if case == "unencodable":
+            t[2] = object()
+        if case == "bad_return":
+            return [1, 2]
+
+    with pytest.raises(MigrationError) as e:
+        Store.open(store_dir, migrations=mig)
+    assert e.value.migration == "bad"
+    if case.startswith("invariant"):
+        assert e.value.invariant.endswith("ages_positive" if case != "invariant_before"
+                                          else "never_holds")
+    assert _listing(store_dir) == listing  # the directory, byte for byte
+    with Store.open(store_dir) as s:
+        assert format_digest(s.digest()) == before and s.ledger == []
+
+
+def test_to_version_must_be_above_the_current(store_dir):
+    _v1(store_dir)
+    with Store.open(store_dir, migrations=_split_names()):
+        pass
+    mig = _split_names()
+
+    @mig.migration("again-to-2", table="users", to_version=2)
+    def noop(t):
+        pass
+
+    with pytest.raises(MigrationError, match="not above table 'users'.s version 2"):
+        Store.open(store_dir, migrations=mig)
+
+
+def test_registrations_are_checked():
+    mig = Migrations()
+
+    @mig.migration("m", table="t", to_version=2)
+    def m(t):
+        pass
+
+    with pytest.raises(ConfigError, match="two migrations"):
+        mig.migration("m", table="t", to_version=3)(m)
+    with pytest.raises(ConfigError):
+        mig.migration("x", table="t", to_version=1)
+    with pytest.raises(ConfigError):
+        mig.upcaster("t", from_version=0)
+    with pytest.raises(ConfigError):
+        mig.migration("", table="t", to_version=2)
+    with pytest.raises(ConfigError):
+        mig.invariant("t")(42)
+    with pytest.raises(ConfigError):
+        Store.open("/nonexistent/never", migrations="not a registry")
+
+
+def test_drift_is_warned_and_strict_refuses(store_dir):
+    _v1(store_dir)
+    with Store.open(store_dir, migrations=_split_names()):
+        pass
+    changed = Migrations()
+
+    @changed.migration("split-name", table="users", to_version=2)
+    def split(t):  # another body: another code hash
+        pass
+
+    with pytest.warns(MigrationDriftWarning, match="split-name"):
+        Store.open(store_dir, migrations=changed).close()
+    with pytest.raises(MigrationError, match="changed since it ran"):
+        Store.open(store_dir, migrations=changed, strict_migrations=True)
+    with pytest.warns(MigrationDriftWarning, match="no registered migration"):
+        Store.open(store_dir, migrations=Migrations()).close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Store.open(store_dir, migrations=_split_names()).close()  # the same code: quiet
+        Store.open(store_dir).close()  # no migrations given: nothing to compare
+
+
+def test_rollback_restores_the_digest_exactly(store_dir):
+    before = _v1(store_dir)
+    with Store.open(store_dir, migrations=_split_names()) as s:
+        after = format_digest(s.digest())
+    plan = rh.rollback(store_dir, dry_run=True)
+    assert plan["done"] is False and plan["boundary"] == [] and plan["migrations"] == ["split-name"]
+    with Store.open(store_dir) as s:  # a dry run changed nothing
+        assert format_digest(s.digest()) == after
+    plan = rh.rollback(store_dir)
+    assert plan["done"] is True and plan["digest"] == before
+    with Store.open(store_dir) as s:
+        assert format_digest(s.digest()) == before and s.ledger == []
+        assert s.table("users")[3] == {"name": "user 3", "age": 23}
+        s.put("users", 99, {"name": "after rollback", "age": 1})
+    with Store.open(store_dir) as s:
+        assert s.table("users")[99]["name"] == "after rollback"
+    with pytest.raises(MigrationError, match="nothing to roll back"):
+        rh.rollback(store_dir)
+
+
+def test_the_boundary_refuses_unless_forced(store_dir):
+    before = _v1(store_dir)
+    with Store.open(store_dir, migrations=_split_names()) as s:
+        marker = s.ledger[0]["lsn"]
+        lsns = [s.put("users", 100 + i, {"first": "new", "last": str(i), "age": 1})
+                for i in range(3)]
+    with pytest.raises(MigrationError, match=f"LSN {lsns[0]}..{lsns[-1]}") as e:
+        rh.rollback(store_dir)
+    assert e.value.reason == "rollback_boundary"
+    plan = rh.rollback(store_dir, dry_run=True)
+    assert plan["boundary"] == [[marker + 1, lsns[-1]]] and plan["dropped_records"] == 3
+    plan = rh.rollback(store_dir, force=True)
+    q = os.listdir(os.path.join(store_dir, "quarantine"))
+    assert any(".rolled-back." in name and name.endswith(tuple("0123456789")) for name in q)
+    with Store.open(store_dir) as s:
+        assert format_digest(s.digest()) == before and 100 not in s.table("users")
+
+
+def test_rollback_of_several_and_by_id(store_dir):
+    before = _v1(store_dir)
+    mig = _split_names()
+
+    @mig.migration("ages-as-text", table="users", to_version=3)
+    def text(t):
+        for v in t.values():
+            v["age"] = str(v["age"])
+
+    with Store.open(store_dir, migrations=mig) as s:
+        assert [e["id"] for e in s.ledger] == ["split-name", "ages-as-text"]
+        assert s.table("users")[0]["age"] == "20"
+    with pytest.raises(MigrationError, match="no migration 'nope'"):
+        rh.rollback(store_dir, to="nope")
+    with pytest.raises(MigrationError, match="holds 2"):
+        rh.rollback(store_dir, steps=3)
+    plan = rh.rollback(store_dir, to="split-name")
+    assert plan["migrations"] == ["split-name", "ages-as-text"] and plan["boundary"] == []
+    with Store.open(store_dir) as s:
+        assert format_digest(s.digest()) == before and s.ledger == []
+
+
+def test_confirmed_migrations_cannot_be_rolled_back(store_dir, core_env):
+    _v1(store_dir)
+    with Store.open(store_dir, migrations=_split_names(), keep_snapshots=1) as s:
+        pinned = s.ledger[0]["snapshot_before"]
+        s.put("users", 500, {"first": "a", "last": "b", "age": 3})
+        s.checkpoint()  # the first after it: the rollback snapshot stays
+        assert pinned in rh.snapshot.list_snapshots(store_dir)
+        s.put("users", 501, {"first": "a", "last": "b", "age": 3})
+        s.checkpoint()  # the next-but-one confirms it: now it may go
+        assert s.ledger[0]["confirmed"] is True
+        assert pinned not in rh.snapshot.list_snapshots(store_dir)
+    with pytest.raises(MigrationError, match="confirmed"):
+        rh.rollback(store_dir, force=True)
+
+
+def test_cli_migrate_status_apply_rollback_confirm(store_dir, core_env, tmp_path):
+    _v1(store_dir)
+    mod = tmp_path / "my_migs.py"
+    mod.write_text(
+        "import rehydrate as rh\n"
+        "migrations = rh.Migrations()\n"
+        "@migrations.migration('add-flag', table='users', to_version=2)\n"
+        "def add_flag(t):\n"
+        "    for v in t.values():\n"
+        "        v['flag'] = True\n")
+    env = dict(core_env, PYTHONPATH=str(tmp_path))
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "rehydrate", "migrate", *args],
+                              env=env, capture_output=True, text=True)
+
+    r = cli("status", store_dir, "--json")
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    assert st["tables"]["users"]["version"] == 1 and st["ledger"] == []
+    r = cli("apply", store_dir, "--module", "my_migs", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [e["id"] for e in json.loads(r.stdout)["applied"]] == ["add-flag"]
+    r = cli("status", store_dir)
+    assert r.returncode == 0 and "table users: version 2" in r.stdout and "add-flag" in r.stdout
+    r = cli("rollback", store_dir, "--dry-run", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["done"] is False
+    r = cli("apply", store_dir, "--module", "no_such_module")
+    assert r.returncode == 2 and "cannot import" in r.stderr
+    with Store.open(store_dir) as s:
+        s.put("users", 1000, {"late": True})
+    r = cli("rollback", store_dir)
+    assert r.returncode == 1 and "would drop 1 record" in r.stderr
+    r = cli("confirm", store_dir, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["confirmed"] == ["add-flag"]
+    r = cli("rollback", store_dir, "--force")
+    assert r.returncode == 1 and "confirmed" in r.stderr
+
+
+def test_verify_deep_checks_the_ledger_against_the_snapshots(store_dir):
+    _v1(store_dir)
+    with Store.open(store_dir, migrations=_split_names()) as s:
+        s.put("users", 7, {"first": "x", "last": "y", "age": 1})
+    report = rh.verify(store_dir, deep=True)
+    assert report.ok, [p for p in report.problems]
+    with Store.open(store_dir) as s:
+        assert report.digest == format_digest(s.digest())
+    man = rh.manifest.read(store_dir)
+    man["ledger"][0]["digest_after"] = "0" * 16
+    rh.manifest.write(store_dir, man)
+    report = rh.verify(store_dir, deep=True)
+    assert not report.ok and any(p.kind == "ledger_mismatch" for p in report.problems)
+
+
+def test_a_damaged_migration_snapshot_is_not_replaced_by_an_older_one(store_dir):
+    _v1(store_dir)
+    with Store.open(store_dir, migrations=_split_names()) as s:
+        lsn = s.ledger[0]["lsn"]
+    spath = os.path.join(store_dir, "snapshots", rh.snapshot.snapshot_name(lsn))
+    victim = next(f for f in os.listdir(spath) if f.endswith(".arrow"))
+    with open(os.path.join(spath, victim), "r+b") as f:
+        f.seek(100)
+        f.write(b"\xff\xff\xff\xff")
+    # The log before the migration is another version's state: no fallback.
+    with pytest.raises(rh.CorruptionError) as e:
+        Store.open(store_dir)
+    assert e.value.reason == "no_base"
+
+
+def test_sigkill_at_every_step_of_a_migration_leaves_old_or_new(tmp_path, core_env):
+    script = os.path.join(os.path.dirname(__file__), "helpers", "migration_crash.py")
+    base = str(tmp_path / "base")
+    old = subprocess.run([sys.executable, script, base, "prepare"], env=core_env,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    probe = str(tmp_path / "probe")
+    shutil.copytree(base, probe)
+    subprocess.run([sys.executable, script, probe, "1000000"], env=core_env, check=True)
+    new = subprocess.run([sys.executable, script, probe, "digest"], env=core_env,
+                         capture_output=True, text=True, check=True).stdout.split()[0]
+    assert new != old
+    n, outcomes = 1, set()
+    while True:
+        path = str(tmp_path / f"run{n}")
+        shutil.copytree(base, path)
+        r = subprocess.run([sys.executable, script, path, str(n)], env=core_env,
+                           capture_output=True, text=True)
+        got = subprocess.run([sys.executable, script, path, "digest"], env=core_env,
+                             capture_output=True, text=True, check=True).stdout.split()
+        assert got in ([old, "0"], [new, "1"]), (n, got, r.stderr)
+        outcomes.add(got[1])
+        shutil.rmtree(path)
+        if r.returncode == 0:
+            break
+        n += 1
+    assert outcomes == {"0", "1"} and n > 10
