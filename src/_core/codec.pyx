@@ -90,6 +90,8 @@ def _format_constants():
         "KIND_CUSTOM": _format.KIND_CUSTOM,
         "KIND_NUMERIC": _format.KIND_NUMERIC,
         "MAX_SCHEMA_BYTES": _format.MAX_SCHEMA_BYTES,
+        "DECL_VERSION_FLAG": _format.DECL_VERSION_FLAG,
+        "DECL_KIND_MASK": _format.DECL_KIND_MASK,
         "KEY_TAG_BYTES": _format.KEY_TAG_BYTES,
         "KEY_TAG_STR": _format.KEY_TAG_STR,
         "KEY_TAG_INT": _format.KEY_TAG_INT,

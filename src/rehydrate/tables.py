@@ -120,8 +120,12 @@ class TableRegistry:
         self.order.append((tid, kind, name.encode("utf-8")))
         return info
 
-    def declare(self, tid: int, kind: int, name_bytes: bytes, schema: bytes = b""):
-        """Bind a declaration from the log; CorruptionError if it contradicts one seen before."""
+    def declare(self, tid: int, kind: int, name_bytes: bytes, schema: bytes = b"",
+                version: int = 1):
+        """Bind a declaration from the log; CorruptionError if it contradicts one seen before.
+
+        ``version`` (the table's schema version in the frame) is accepted and
+        not yet used."""
         try:
             name = bytes(name_bytes).decode("utf-8")
         except UnicodeDecodeError:
