@@ -166,7 +166,7 @@ class Registry:
         self.mod = mod
         self.tables = {}
 
-    def declare(self, tid, kind, name, schema=b""):
+    def declare(self, tid, kind, name, schema=b"", version=1):
         return self.tables.setdefault(name, self.mod.KVTable())
 
 

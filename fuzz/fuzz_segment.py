@@ -23,7 +23,7 @@ class _Registry:
         self.core = core
         self.names = {}
 
-    def declare(self, tid, kind, name, schema=b""):
+    def declare(self, tid, kind, name, schema=b"", version=1):
         if self.names.setdefault(tid, name) != name:
             raise RehydrateError("conflict", reason="bad_declaration")
         return self.core.KVTable()

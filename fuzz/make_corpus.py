@@ -7,7 +7,7 @@ from rehydrate import _pure as core
 from rehydrate import _format as F
 
 
-def frames(ops, offsets=None):
+def frames(ops, offsets=None, decls=((0, F.KIND_KV, b"t"),)):
     t = core.KVTable()
     buf = core.LogBuffer(1)
     for op in ops:
@@ -16,7 +16,7 @@ def frames(ops, offsets=None):
         else:
             getattr(buf, op[0])(t, 0, *op[1:])
     first, count, records = buf.take()
-    return core.encode_frame(first, count, [(0, F.KIND_KV, b"t")], records, offsets)
+    return core.encode_frame(first, count, list(decls), records, offsets)
 
 
 def main(out="fuzz/corpus/segment"):
@@ -29,6 +29,8 @@ def main(out="fuzz/corpus/segment"):
     }
     seeds["two"] = seeds["put"] + frames([("put", "b", 1)])
     seeds["offsets"] = frames([("put", "a", 1), ("noop",)], {"orders/3": 1200, "q": -1})
+    seeds["versioned"] = frames([("put", "a", 1), ("clear",)],
+                                decls=[(0, F.KIND_KV, b"t", b"", 300)])
     for name, data in seeds.items():
         with open(os.path.join(out, name), "wb") as f:
             f.write(data)

@@ -283,8 +283,8 @@ class Registry:
         self.by_name = {}
         self.calls = []
 
-    def declare(self, tid, kind, name, schema=b""):
-        self.calls.append((tid, kind, name, schema))
+    def declare(self, tid, kind, name, schema=b"", version=1):
+        self.calls.append((tid, kind, name, schema, version))
         if name == b"bad":
             from rehydrate.errors import ConfigError
 

@@ -168,7 +168,7 @@ class _Registry:
     def __init__(self, core):
         self.core = core
 
-    def declare(self, tid, kind, name, schema=b""):
+    def declare(self, tid, kind, name, schema=b"", version=1):
         return self.core.KVTable()
 
 

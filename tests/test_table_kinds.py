@@ -506,7 +506,7 @@ def test_unknown_kinds_are_still_bad_payload(core):
     rec = bytes((F.OP_PUT,)) + core.encode_varint(0) + core.encode_varint(2) + \
         core.encode_key("a") + core.encode_varint(1) + core.pack_value(1)
     for kind, ok in ((F.KIND_KV, True), (F.KIND_DICT, True), (F.KIND_CUSTOM, True),
-                     (0, False), (5, False), (255, False)):
+                     (0, False), (5, False), (127, False)):
         frame = core.encode_frame(1, 1, [(0, kind, b"t")], rec)
         ctx = core.SegmentContext(TableRegistry(core, materialize=False))
         r = core.scan_frames(frame, 0, 1, 0, ctx, False)

@@ -41,6 +41,8 @@ cdef enum:
     KIND_CUSTOM = 3
     KIND_NUMERIC = 4
     MAX_SCHEMA_BYTES = 65536
+    DECL_VERSION_FLAG = 0x80
+    DECL_KIND_MASK = 0x7F
 
     KEY_TAG_BYTES = 0x01
     KEY_TAG_STR = 0x02
@@ -59,3 +61,10 @@ cdef enum:
     SCAN_BAD_PAYLOAD = 7
     SCAN_APPLY_ERROR = 8
     SCAN_CANCELLED = 9
+
+# Wider than a C enum (an int) holds, so a typed constant.
+cdef extern from *:
+    """
+    #define RH_MAX_TABLE_VERSION 0xFFFFFFFFu
+    """
+    const unsigned int MAX_TABLE_VERSION "RH_MAX_TABLE_VERSION"  # a declaration's version

@@ -23,9 +23,10 @@ from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
 from _format cimport (
-    CODEC_LZ4, CODEC_NONE, FLAG_OFFSETS, FRAME_HEADER_BYTES, FRAME_MAGIC, KIND_CUSTOM,
-    KIND_DICT, KIND_KV, KIND_NUMERIC,
-    KNOWN_FLAGS, MAX_FRAME_PAYLOAD_BYTES, MAX_TABLE_ID, MIN_RECORD_BYTES, OP_CLEAR,
+    CODEC_LZ4, CODEC_NONE, DECL_KIND_MASK, DECL_VERSION_FLAG, FLAG_OFFSETS,
+    FRAME_HEADER_BYTES, FRAME_MAGIC, KIND_CUSTOM, KIND_DICT, KIND_KV, KIND_NUMERIC,
+    KNOWN_FLAGS, MAX_FRAME_PAYLOAD_BYTES, MAX_TABLE_ID, MAX_TABLE_VERSION,
+    MIN_RECORD_BYTES, OP_CLEAR,
     OP_CUSTOM, OP_DELETE, OP_INCR, OP_NOOP, OP_PUT, SCAN_APPLY_ERROR, SCAN_BAD_CRC, SCAN_BAD_HEADER, SCAN_BAD_MAGIC,
     SCAN_BAD_PAYLOAD, SCAN_CANCELLED, SCAN_LSN_GAP, SCAN_LSN_OVERLAP, SCAN_OK,
     SCAN_TRUNCATED,
@@ -70,7 +71,9 @@ from rehydrate.errors import (
 
 _FRAME_HEADER = struct.Struct("<IIQIIIBBH")
 
-# A batch's records must fit one frame with room for every table declaration.
+# A batch's records must fit one frame with room for every table declaration:
+# 65536 of at most 266 bytes (id 3, kind 1, name 2 + 255, version 5) take
+# under 17 MiB of the other half (a numeric table's schema comes on top).
 MAX_BATCH_RECORD_BYTES = F.MAX_FRAME_PAYLOAD_BYTES // 2
 
 cdef enum:
@@ -685,8 +688,9 @@ cdef class LogBuffer:
 def encode_frame(first_lsn, count, decls, records, offsets=None):
     """One frame: header + payload (offsets, decls, then records), LZ4 when it pays.
 
-    ``decls`` is a sequence of (table_id, kind, name_bytes[, schema_bytes])
-    (the schema of a numeric table; none for other kinds); ``offsets`` a
+    ``decls`` is a sequence of (table_id, kind, name_bytes[, schema_bytes
+    [, version]]) (the schema of a numeric table, ignored for other kinds; the
+    table's version, 1 when absent, written only when >= 2); ``offsets`` a
     dict {source: int64} stored with the frame (FLAG_OFFSETS), or None.
     """
     cdef bytes payload, out
@@ -699,14 +703,22 @@ def encode_frame(first_lsn, count, decls, records, offsets=None):
     pieces.append(encode_varint(len(decls)))
     for decl in decls:
         tid, kind, name = decl[0], decl[1], decl[2]
+        version = decl[4] if len(decl) > 4 else 1
+        if not 0 <= kind <= DECL_KIND_MASK:
+            raise ValueError(f"table kind must be 0..{DECL_KIND_MASK}")
+        if type(version) is not int or not 1 <= version <= MAX_TABLE_VERSION:
+            raise ValueError("table version must be an int in 1..4294967295")
+        flag = DECL_VERSION_FLAG if version > 1 else 0
         pieces.append(encode_varint(tid))
-        pieces.append(bytes((kind,)))
+        pieces.append(bytes((kind | flag,)))
         pieces.append(encode_varint(len(name)))
         pieces.append(name)
         if kind == KIND_NUMERIC:
             schema = decl[3] if len(decl) > 3 else b""
             pieces.append(encode_varint(len(schema)))
             pieces.append(schema)
+        if flag:
+            pieces.append(encode_varint(version))
     pieces.append(records)
     payload = b"".join(pieces)
     raw_len = PyBytes_GET_SIZE(payload)
@@ -915,7 +927,8 @@ def decode_payload(payload, count, seg_tids):
     """(decls, records) of a raw payload, or raise ValueError naming the fault.
 
     ``seg_tids`` is the set of table ids already declared in this segment;
-    a record may use those or any id this payload declares. records are
+    a record may use those or any id this payload declares. decls are
+    (tid, kind, name_bytes, schema_bytes, version); records are
     (op, tid, key_bytes, value_bytes).
     """
     cdef Py_buffer view
@@ -945,7 +958,7 @@ def decode_payload(payload, count, seg_tids):
             d = &dec.decls[i]
             decls.append((d.tid, d.kind, PyBytes_FromStringAndSize(<const char *>d.name, d.nlen),
                           PyBytes_FromStringAndSize(<const char *>d.schema, d.slen)
-                          if d.slen else b""))
+                          if d.slen else b"", d.version))
         records = []
         for i in range(dec.nrecs):
             r = &dec.recs[i]
@@ -988,8 +1001,9 @@ class ScanResult:
 class SegmentContext:
     """Per-segment table declarations seen so far, bound to a registry.
 
-    ``registry.declare(tid, kind, name_bytes, schema)`` returns the table to apply to
-    (or None when not applying) and raises RehydrateError on a conflict.
+    ``registry.declare(tid, kind, name_bytes, schema, version)`` returns the
+    table to apply to (or None when not applying) and raises RehydrateError on
+    a conflict.
     ``tables`` is a plain dict tid -> table; scan_frames resolves it into a C
     array once per frame, so callers may read and change it freely between
     frames.
@@ -1325,7 +1339,7 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
                     tables[dc.tid] = ctx.registry.declare(
                         dc.tid, dc.kind, PyBytes_FromStringAndSize(<const char *>dc.name, dc.nlen),
                         PyBytes_FromStringAndSize(<const char *>dc.schema, dc.slen)
-                        if dc.slen else b"")
+                        if dc.slen else b"", dc.version)
             except (ValueError, RehydrateError) as e:
                 return ScanResult(SCAN_BAD_PAYLOAD, off, nlsn, frames, records, applied,
                                   frame_end, str(e))

@@ -1,11 +1,12 @@
 /* Decoding a frame's raw payload into declaration and record descriptors.
  *
  * Payload grammar (docs/FORMAT.md): varint ndecls, ndecls x (varint tid, u8
- * kind, varint name_len, name, and for kind 4 varint schema_len, schema), then records: u8 op, varint tid, varint
- * key_len, key, varint value_len, value. The decoder checks every record's
- * structure before replay applies any of them (a frame is all or nothing) and
- * reports the first fault as a code + argument; frames.pyx turns that into
- * the same message the pure twin's decode_payload raises.
+ * kind, varint name_len, name, and for kind 4 varint schema_len, schema, and
+ * when kind has bit 0x80 varint version >= 2), then records: u8 op, varint
+ * tid, varint key_len, key, varint value_len, value. The decoder checks every
+ * record's structure before replay applies any of them (a frame is all or
+ * nothing) and reports the first fault as a code + argument; frames.pyx turns
+ * that into the same message the pure twin's decode_payload raises.
  */
 #ifndef RH_PAYLOAD_H
 #define RH_PAYLOAD_H
@@ -19,12 +20,15 @@
 #include "valcodec.h"
 
 #define RH_TID_SPACE 65536u  /* MAX_TABLE_ID + 1 */
+#define RH_DECL_VERSION_FLAG 0x80u  /* DECL_VERSION_FLAG: a version follows */
+#define RH_DECL_KIND_MASK 0x7Fu     /* DECL_KIND_MASK */
 
 typedef struct {
     uint32_t tid;
     uint32_t nlen;
     unsigned kind;
     uint32_t slen;                /* schema bytes: kind 4 (numeric) only, else 0 */
+    uint32_t version;             /* 2..2^32-1 when declared, else 1 */
     const unsigned char *name;
     const unsigned char *schema;
 } rh_decl;
@@ -145,7 +149,8 @@ static int rh_decode_payload(const unsigned char *p, size_t n, int64_t count,
         int64_t tid = rh_read_varint(p, &i, n);
         if (tid < 0 || tid > (int64_t)RH_TID_SPACE - 1 || i >= n)
             return RH_P_DECL;
-        unsigned kind = p[i++];
+        unsigned kbyte = p[i++];
+        unsigned kind = kbyte & RH_DECL_KIND_MASK;
         int64_t nlen = rh_read_varint(p, &i, n);
         if (nlen < 1 || nlen > 255 || i + (size_t)nlen > n)
             return RH_P_DECL_NAME;
@@ -164,6 +169,13 @@ static int rh_decode_payload(const unsigned char *p, size_t n, int64_t count,
             dc->schema = p + i;
             dc->slen = (uint32_t)slen;
             i += (size_t)slen;
+        }
+        dc->version = 1;
+        if (kbyte & RH_DECL_VERSION_FLAG) { /* then the table's version, >= 2 */
+            int64_t version = rh_read_varint(p, &i, n);
+            if (version < 2)
+                return RH_P_DECL;
+            dc->version = (uint32_t)version;
         }
         known[tid >> 3] |= (uint8_t)(1u << (tid & 7));
     }

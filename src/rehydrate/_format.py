@@ -55,6 +55,10 @@ KIND_DICT = 2  # a Python dict of decoded values; same records as KV
 KIND_CUSTOM = 3  # a user StateType; the class is found by table name at open
 KIND_NUMERIC = 4  # fixed-schema numeric columns; its declaration carries the schema
 MAX_SCHEMA_BYTES = 65536  # a numeric table's schema in a declaration
+# A declaration's kind byte with this bit set ends with version:varint (>= 2);
+# the low 7 bits are the kind. Without it the table's version is 1.
+DECL_VERSION_FLAG = 0x80
+DECL_KIND_MASK = 0x7F
 
 # Canonical key encoding: one tag byte, then the key's bytes.
 KEY_TAG_BYTES = 0x01

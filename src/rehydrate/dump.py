@@ -69,7 +69,7 @@ def dump_records(path, *, table=None, from_lsn=None, to_lsn=None, recovery="tole
                 if to_lsn is not None and h.first_lsn > to_lsn:
                     return
                 decls, records = core.decode_payload(payload, h.count, names.keys())
-                for tid, _kind, name, _schema in decls:
+                for tid, _kind, name, _schema, _version in decls:
                     names[tid] = name.decode("utf-8")
                 for i, (op, tid, kb, vb) in enumerate(records):
                     lsn = h.first_lsn + i

@@ -505,9 +505,9 @@ class Store:
         in_segment: set = set()
         declare = reader.declare
 
-        def declare_noting(tid, kind, name_bytes, schema=b""):
+        def declare_noting(tid, kind, name_bytes, schema=b"", version=1):
             in_segment.add(tid)
-            return declare(tid, kind, name_bytes, schema)
+            return declare(tid, kind, name_bytes, schema, version)
 
         def on_chunk(path, next_lsn):
             # Segment-grained: a table declared in a segment is taken to have

@@ -139,7 +139,8 @@ class WalWriter:
                     offsets=None) -> int:
         """Frame and append ``count`` records; returns the frame's byte size.
 
-        ``decls``: (tid, kind, name bytes) of every table the records use;
+        ``decls``: (tid, kind, name bytes[, schema[, version]]) of every table
+        the records use (encode_frame's form);
         ``offsets``: source offsets that become durable with these records.
         """
         frame = core().encode_frame(first_lsn, count, decls, records, offsets)

@@ -25,6 +25,7 @@ cdef extern from "payload.h":
         uint32_t nlen
         unsigned kind
         uint32_t slen
+        uint32_t version
         const unsigned char *name
         const unsigned char *schema
     ctypedef struct rh_rec:

@@ -30,7 +30,9 @@ from .codec import (
 FRAME_HEADER = struct.Struct("<IIQIIIBBH")
 assert FRAME_HEADER.size == F.FRAME_HEADER_BYTES
 
-# A batch's records must fit one frame with room for every table declaration.
+# A batch's records must fit one frame with room for every table declaration:
+# 65536 of at most 266 bytes (id 3, kind 1, name 2 + 255, version 5) take
+# under 17 MiB of the other half (a numeric table's schema comes on top).
 MAX_BATCH_RECORD_BYTES = F.MAX_FRAME_PAYLOAD_BYTES // 2
 
 
@@ -233,8 +235,9 @@ class Staging:
 def encode_frame(first_lsn: int, count: int, decls, records: bytes, offsets=None) -> bytes:
     """One frame: header + payload (offsets, decls, then records), LZ4 when it pays.
 
-    ``decls`` is a sequence of (table_id, kind, name_bytes[, schema_bytes])
-    (the schema of a numeric table; none for other kinds); ``offsets`` a
+    ``decls`` is a sequence of (table_id, kind, name_bytes[, schema_bytes
+    [, version]]) (the schema of a numeric table, ignored for other kinds; the
+    table's version, 1 when absent, written only when >= 2); ``offsets`` a
     dict {source: int64} stored with the frame (FLAG_OFFSETS), or None.
     """
     flags = F.FLAG_OFFSETS if offsets else 0
@@ -242,10 +245,18 @@ def encode_frame(first_lsn: int, count: int, decls, records: bytes, offsets=None
     parts.append(encode_varint(len(decls)))
     for decl in decls:
         tid, kind, name = decl[0], decl[1], decl[2]
-        parts += [encode_varint(tid), bytes((kind,)), encode_varint(len(name)), name]
+        version = decl[4] if len(decl) > 4 else 1
+        if not 0 <= kind <= F.DECL_KIND_MASK:
+            raise ValueError(f"table kind must be 0..{F.DECL_KIND_MASK}")
+        if type(version) is not int or not 1 <= version <= F.MAX_TABLE_VERSION:
+            raise ValueError("table version must be an int in 1..4294967295")
+        flag = F.DECL_VERSION_FLAG if version > 1 else 0
+        parts += [encode_varint(tid), bytes((kind | flag,)), encode_varint(len(name)), name]
         if kind == F.KIND_NUMERIC:
             schema = decl[3] if len(decl) > 3 else b""
             parts += [encode_varint(len(schema)), schema]
+        if flag:
+            parts.append(encode_varint(version))
     parts.append(records)
     payload = b"".join(parts)
     raw_len = len(payload)
@@ -301,7 +312,8 @@ def decode_payload(payload, count: int, seg_tids):
     """(decls, records) of a raw payload, or raise ValueError naming the fault.
 
     ``seg_tids`` is the set of table ids already declared in this segment;
-    a record may use those or any id this payload declares. records are
+    a record may use those or any id this payload declares. decls are
+    (tid, kind, name_bytes, schema_bytes, version); records are
     (op, tid, key_bytes, value_bytes).
     """
     end = len(payload)
@@ -314,7 +326,8 @@ def decode_payload(payload, count: int, seg_tids):
         tid, i = decode_varint(payload, i, end)
         if tid < 0 or tid > F.MAX_TABLE_ID or i >= end:
             raise ValueError("bad table declaration")
-        kind = payload[i]
+        kind = payload[i] & F.DECL_KIND_MASK
+        versioned = payload[i] & F.DECL_VERSION_FLAG
         i += 1
         nlen, i = decode_varint(payload, i, end)
         if nlen < 1 or nlen > F.MAX_TABLE_NAME_BYTES or i + nlen > end:
@@ -328,7 +341,12 @@ def decode_payload(payload, count: int, seg_tids):
                 raise ValueError("bad table declaration")
             schema = bytes(payload[i:i + slen])
             i += slen
-        decls.append((tid, kind, name, schema))
+        version = 1
+        if versioned:  # then the table's version, >= 2
+            version, i = decode_varint(payload, i, end)
+            if version < 2:
+                raise ValueError("bad table declaration")
+        decls.append((tid, kind, name, schema, version))
         known.add(tid)
     records = []
     while i < end:
@@ -401,8 +419,9 @@ class ScanResult:
 class SegmentContext:
     """Per-segment table declarations seen so far, bound to a registry.
 
-    ``registry.declare(tid, kind, name_bytes, schema)`` returns the table to apply to
-    (or None when not applying) and raises RehydrateError on a conflict.
+    ``registry.declare(tid, kind, name_bytes, schema, version)`` returns the
+    table to apply to (or None when not applying) and raises RehydrateError on
+    a conflict.
     """
 
     def __init__(self, registry, offsets=None) -> None:
@@ -520,12 +539,12 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
         except ValueError as e:
             return stop(F.SCAN_BAD_PAYLOAD, offset, frame_end, str(e))
         try:
-            for tid, kind, name, schema in decls:
+            for tid, kind, name, schema, version in decls:
                 # Every kind decodes the same records; what a kind means
                 # is the registry's business (rehydrate/tables.py).
                 if not F.KIND_KV <= kind <= F.KIND_NUMERIC:
                     raise ValueError(f"unknown table kind {kind}")
-                ctx.tables[tid] = ctx.registry.declare(tid, kind, name, schema)
+                ctx.tables[tid] = ctx.registry.declare(tid, kind, name, schema, version)
         except (ValueError, RehydrateError) as e:
             return stop(F.SCAN_BAD_PAYLOAD, offset, frame_end, str(e))
         if apply:
