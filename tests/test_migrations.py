@@ -356,3 +356,35 @@ def test_sigkill_at_every_step_of_a_migration_leaves_old_or_new(tmp_path, core_e
             break
         n += 1
     assert outcomes == {"0", "1"} and n > 10
+
+
+def test_a_background_open_takes_writes_only_after_pending_migrations(store_dir):
+    import threading
+
+    _v1(store_dir)
+    entered, go = threading.Event(), threading.Event()
+    mig = Migrations()
+
+    @mig.migration("slow", table="users", to_version=2)
+    def slow(t):
+        entered.set()
+        go.wait()
+        for v in t.values():
+            v["v"] = 2
+
+    s = Store.open_background(store_dir, migrations=mig, admission_timeout_s=0.05)
+    try:
+        assert entered.wait(30)
+        r = s.readiness()
+        assert r["phase"] == "migrate" and r["writes"] == "waiting"
+        with pytest.raises(rh.BackpressureError):
+            s.put("users", 1, {"too": "early"})
+        go.set()
+        assert s.wait_ready(30)
+        s.put("users", 1, {"v": 2, "late": True})
+        assert s.table("users")[2]["v"] == 2 and s.table("users")[1]["late"] is True
+    finally:
+        go.set()
+        s.close()
+    with Store.open(store_dir, migrations=mig) as again:
+        assert again.table("users")[1] == {"v": 2, "late": True}
