@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.rehydrate-installed
 SOURCES := pyproject.toml setup.py $(shell find src -name '*.py' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.c' -o -name '*.h' 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: all install demo test bench fuzz clean
+.PHONY: all install demo test bench fuzz clean redis
 
 all: test
 
@@ -24,15 +24,21 @@ $(STAMP): $(BIN)/python $(SOURCES)
 
 install: $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/python -m rehydrate.demo
+# Some tests and the demo compare against a real Redis (Debian's redis-server).
+redis:
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server) \
+		|| echo "redis-server could not be installed: the Redis baselines are skipped"
 
-test: $(STAMP)
+# The main job: cold starts of a synthetic state, phase by phase, next to the
+# baselines (rehydrate bench; docs/bench.md).
+demo: $(STAMP) redis
+	$(BIN)/python -m rehydrate bench --records 2000000 --keys 400000 --snapshot-at 0.5 \
+		--repeat 3 --plot $(VENV)/bench.png
+
+test: $(STAMP) redis
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
-bench: $(STAMP)
-	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server) \
-		|| echo "redis-server could not be installed: the Redis baseline is skipped"
+bench: $(STAMP) redis
 	$(BIN)/python benchmarks/replay.py
 	$(BIN)/python benchmarks/write_read.py
 	$(BIN)/python benchmarks/snapshot.py

@@ -1,5 +1,5 @@
 """The ``rehydrate`` command: version, verify, inspect, dump, digest, compact,
-repair, plan, replay, migrate (status, apply, rollback, confirm).
+repair, plan, replay, migrate (status, apply, rollback, confirm), bench.
 
 Exit codes: 0 clean (a tolerated torn tail is a warning), 1 damage or a failed
 check, 2 usage error or unreadable input. Every command takes ``--json``.
@@ -383,6 +383,21 @@ def _cmd_migrate_confirm(args) -> int:
     return EXIT_OK
 
 
+def _cmd_bench(args) -> int:
+    from .bench.run import main as bench_main
+
+    return bench_main(args)
+
+
+def _mix(text: str):
+    from .bench.workload import parse_mix
+
+    try:
+        return parse_mix(text)
+    except ValueError as e:  # ConfigError: argparse reports it as a usage error
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .recovery import MODES
 
@@ -447,6 +462,22 @@ def build_parser() -> argparse.ArgumentParser:
     mr.add_argument("--force", action="store_true",
                     help="drop records written after the migration (kept in quarantine/)")
     mig_cmd("confirm", _cmd_migrate_confirm, "confirm the migrations: no rollback after")
+
+    b = sub.add_parser("bench", help="cold starts on synthetic data, next to the usual baselines")
+    b.add_argument("--records", type=int, default=1_000_000, metavar="N", help="ops to write")
+    b.add_argument("--keys", type=int, default=200_000, metavar="K")
+    b.add_argument("--value-bytes", type=int, default=32, metavar="B")
+    b.add_argument("--mix", type=_mix, default=(80, 10, 10), metavar="PUT:INCR:DELETE",
+                   help="proportions of the ops (default 80:10:10)")
+    b.add_argument("--snapshot-at", type=float, default=None, metavar="FRACTION",
+                   help="checkpoint this fraction of the way (default: log only)")
+    b.add_argument("--repeat", type=int, default=3, metavar="R")
+    b.add_argument("--dir", default=None, metavar="D",
+                   help="work here (empty, or an earlier bench's) instead of a temp dir")
+    b.add_argument("--keep", action="store_true", help="keep the data afterwards")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--plot", default=None, metavar="FILE.png")
+    b.set_defaults(func=_cmd_bench)
     return p
 
 
@@ -472,6 +503,9 @@ def main(argv=None) -> int:
         return EXIT_DAMAGE
     except BrokenPipeError:  # `rehydrate dump | head`
         return EXIT_OK
+    except KeyboardInterrupt:  # Ctrl-C: what was started has been cleaned up
+        print(f"rehydrate {args.command}: interrupted", file=sys.stderr)
+        return 130
     except OSError as e:
         print(f"rehydrate {args.command}: cannot read: {e}", file=sys.stderr)
         return EXIT_USAGE
