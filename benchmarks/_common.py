@@ -41,6 +41,11 @@ def machine() -> dict:
             "platform": platform.platform(), "processor": platform.processor()}
 
 
+def rss_budget(memory_bytes: int) -> float:
+    """The cold-open peak-RSS target: 1.5 x the tables' memory_bytes + 150 MiB."""
+    return 1.5 * memory_bytes + 150 * 2**20
+
+
 def fmt_s(x: float) -> str:
     return f"{x:.3f} s"
 

@@ -7,7 +7,9 @@
 - random reads ``table[key]`` on K keys with 32-byte bytes values, against a
   Python dict's ``get`` on the same keys in the same loop shape (target: >= 0.8x).
 
-Medians over ``--repeat`` runs; the machine is shared and noisy.
+Medians over ``--repeat`` runs; the machine is shared and noisy. Puts and
+batches under each sync mode, ``always`` included, in fresh processes:
+``benchmarks/write_throughput.py``.
 """
 
 from __future__ import annotations
