@@ -39,6 +39,8 @@ test: $(STAMP) redis
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: $(STAMP) redis
+	$(BIN)/python -m rehydrate bench --records 10000000 --keys 2000000 --repeat 3 \
+		--plot docs/img/bench-10m.png
 	$(BIN)/python benchmarks/replay.py
 	$(BIN)/python benchmarks/write_read.py
 	$(BIN)/python benchmarks/snapshot.py

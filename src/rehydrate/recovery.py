@@ -492,28 +492,57 @@ class _Walker:
         whole file to judge (a bad frame, or a partial one at the end).
         """
         core = self.core
-        pos = start  # file offset of carry[0]
+        pos = start  # file offset of carry[0] (or of the next byte to scan)
         carry = b""
         user_progress = self.progress
+
+        def scan(data, off: int, base: int):
+            """Scan ``data`` (file offset ``base``) from ``off``."""
+            r = core.scan_frames(data, off, self.next_lsn, self.applied_lsn, ctx,
+                                 self.apply, self.cancel, None)
+            self._count(summary, r, off, off, shift=base)
+            if r.status == F.SCAN_CANCELLED:
+                raise CancelledError("replay cancelled", path=seg.path,
+                                     offset=base + r.offset, lsn=r.next_lsn)
+            return r
+
         with _ChunkReader(seg.path, pos, size) as chunks:
             for chunk in chunks:
-                data = carry + chunk if carry else chunk
-                r = core.scan_frames(data, 0, self.next_lsn, self.applied_lsn, ctx,
-                                     self.apply, self.cancel, None)
-                self._count(summary, r, 0, 0, shift=pos)
-                if r.status == F.SCAN_CANCELLED:
-                    raise CancelledError("replay cancelled", path=seg.path,
-                                         offset=pos + r.offset, lsn=r.next_lsn)
+                data, off, base = chunk, 0, pos
+                need = self._rest_of_frame(carry) if carry else None
+                if need is not None and need <= len(chunk):
+                    # The frame cut by the last chunk's end, finished with the
+                    # head of this one: a copy of one frame, not of the chunk.
+                    head = carry + chunk[:need]
+                    r = scan(head, 0, pos)
+                    if r.status != F.SCAN_OK or r.offset != len(head):
+                        return pos + r.offset
+                    base, off = pos + len(carry), need
+                elif carry:
+                    data = carry + chunk  # a header cut in two, or a frame beyond a chunk
+                r = scan(data, off, base)
                 if r.status not in (F.SCAN_OK, F.SCAN_TRUNCATED):
-                    return pos + r.offset
+                    return base + r.offset
                 # A frame cut by the chunk's end waits for the next chunk.
                 carry = data[r.offset:] if r.status == F.SCAN_TRUNCATED else b""
-                pos += r.offset
+                pos = base + r.offset
                 if self.on_chunk is not None:
                     self.on_chunk(seg.path, self.next_lsn)
                 if user_progress is not None:
                     user_progress(self.bytes_before + pos, self.total_bytes)
         return pos
+
+    def _rest_of_frame(self, carry: bytes):
+        """How many more bytes finish the frame that ``carry`` starts, or
+        None when its header is not whole or not plausible (the scan of the
+        joined bytes then judges it)."""
+        if len(carry) < F.FRAME_HEADER_BYTES:
+            return None
+        h = self.core.parse_frame_header(carry, 0)
+        if h is None or self.core.header_problem(h) is not None:
+            return None
+        need = F.FRAME_HEADER_BYTES + h.stored_len - len(carry)
+        return need if need > 0 else None
 
     def _frame_problem(self, seg, buf, r, newest: bool):
         """Handle a scan stop; the offset to resume scanning at, or None."""
