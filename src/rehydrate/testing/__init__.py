@@ -1,0 +1,14 @@
+"""Helpers to check a store the way rehydrate's own reliability harness
+does (docs/reliability.md): a model of the state, and one oracle for every
+crash, power-loss, I/O-error and corruption scenario.
+
+    from rehydrate.testing import Model, check_recovery
+
+Imported only by tests: nothing here is loaded by ``import rehydrate``.
+"""
+
+from .model import Model, apply_to_store, canon_state, record_count, store_state
+from .oracle import OracleFailure, check_recovery
+
+__all__ = ["Model", "OracleFailure", "apply_to_store", "canon_state", "check_recovery",
+           "record_count", "store_state"]
