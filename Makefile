@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.rehydrate-installed
 SOURCES := pyproject.toml setup.py $(shell find src -name '*.py' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.c' -o -name '*.h' 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: all install demo test bench fuzz clean redis
+.PHONY: all install demo test bench fuzz clean redis reliability
 
 all: test
 
@@ -52,6 +52,11 @@ bench: $(STAMP) redis
 	$(BIN)/python benchmarks/scaling.py --plot docs/img/scaling.png
 	$(BIN)/python benchmarks/verify_throughput.py
 	$(BIN)/python benchmarks/write_throughput.py
+
+# The full reliability tier (docs/reliability.md): the CI tier's scenarios,
+# many more runs each. Figures in the doc come from this target.
+reliability: $(STAMP) redis
+	REHYDRATE_TIER=full $(BIN)/python -m pytest -p no:cacheprovider -m reliability $(PYTEST_ARGS)
 
 FUZZ_RUNS ?= 200000
 fuzz: $(STAMP)
