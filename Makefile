@@ -66,6 +66,9 @@ fuzz: $(STAMP)
 	$(BIN)/python fuzz/fuzz_segment.py fuzz/work fuzz/corpus/segment -runs=$(FUZZ_RUNS) -max_len=8192
 	mkdir -p fuzz/work-arrow
 	$(BIN)/python fuzz/fuzz_arrow_ipc.py fuzz/work-arrow fuzz/corpus/arrow_ipc -runs=$(FUZZ_RUNS) -max_len=8192
+	mkdir -p fuzz/work-payload fuzz/work-manifest
+	$(BIN)/python fuzz/fuzz_payload.py fuzz/work-payload fuzz/corpus/payload -runs=$(FUZZ_RUNS) -max_len=8192
+	$(BIN)/python fuzz/fuzz_manifest.py fuzz/work-manifest fuzz/corpus/manifest -runs=$(FUZZ_RUNS) -max_len=8192
 	mkdir -p fuzz/work-kvimage
 	$(BIN)/python fuzz/fuzz_kvimage.py fuzz/work-kvimage fuzz/corpus/kvimage -runs=$(FUZZ_RUNS) -max_len=16384
 

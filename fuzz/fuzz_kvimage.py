@@ -29,13 +29,10 @@ import shutil
 import sys
 import tempfile
 
-import atheris
-
-with atheris.instrument_imports():
-    from rehydrate import _core as native
-    from rehydrate import _pure as pure
-    from rehydrate._hashing import finish_digest
-    from rehydrate.errors import CorruptionError
+from rehydrate import _core as native
+from rehydrate import _pure as pure
+from rehydrate._hashing import finish_digest
+from rehydrate.errors import CorruptionError
 
 HEADER = 4096
 MAGIC = b"RHKVIMG1"
@@ -129,6 +126,9 @@ def main() -> None:
     if sys.argv[1:2] == ["--seeds"]:
         write_seeds(sys.argv[2] if len(sys.argv) > 2 else "fuzz/corpus/kvimage")
         return
+    import atheris
+
+    atheris.instrument_all()  # coverage for everything imported above
     atheris.Setup(sys.argv, test_one_input)
     atheris.Fuzz()
 

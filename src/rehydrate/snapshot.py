@@ -264,7 +264,11 @@ def write(directory: str, capture: Capture, digests: dict) -> SnapshotInfo:
 def read_meta(path: str) -> dict:
     """META of the snapshot folder ``path``; CorruptionError if unusable."""
     mpath = os.path.join(path, META_NAME)
-    raw = _fileio.read_file(mpath)
+    return decode_meta(_fileio.read_file(mpath), mpath)
+
+
+def decode_meta(raw: bytes, mpath: str) -> dict:
+    """META's fields from its bytes; CorruptionError naming ``mpath`` if unusable."""
     if len(raw) < _META_HEADER.size:
         raise CorruptionError("snapshot META shorter than its header", path=mpath,
                               reason="bad_snapshot")

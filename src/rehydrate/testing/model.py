@@ -114,9 +114,17 @@ class Model:
         self.lsn += 1
         return self.lsn
 
+    def migrate(self, table, fn) -> int:
+        """A state migration: ``fn(rows)`` reshapes the table's dict in
+        place; it takes one LSN (its marker record; docs/migrations.md)."""
+        fn(self._t(table))
+        self.lsn += 1
+        return self.lsn
+
     def apply(self, op) -> int:
         """Apply one op tuple: ("put", t, k, v), ("delete", t, k),
-        ("incr", t, k, d), ("clear", t) or ("batch", [ops]) (all or nothing)."""
+        ("incr", t, k, d), ("clear", t), ("batch", [ops]) (all or nothing)
+        or ("migrate", t, fn)."""
         kind = op[0]
         if kind == "batch":
             trial = self.copy()
