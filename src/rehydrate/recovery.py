@@ -10,6 +10,7 @@ unapplied segments aside) comes back as a list of actions, which
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -208,10 +209,19 @@ class _ChunkReader:
 
 
 def _zeros_to(path: str, start: int, end: int) -> bool:
-    """Is every byte of the file from ``start`` to ``end`` zero? (a chunk at a time)"""
+    """Is every byte of the file from ``start`` to ``end`` zero? Read a chunk
+    at a time, holes skipped (SEEK_DATA): a sparse file of any size is quick."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         while start < end:
+            try:
+                start = os.lseek(fd, start, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:  # a hole to the end of the file
+                    return True
+                raise
+            if start >= end:
+                return True
             data = os.pread(fd, min(STREAM_CHUNK_BYTES, end - start), start)
             if not data or data.count(0) != len(data):
                 return False
