@@ -27,6 +27,18 @@ def create_exclusive(path: str) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
 
 
+def private(path: str, flags: int) -> int:
+    """An ``opener`` for ``open()``: the file is 0600 whatever the umask,
+    also when it was already there (a leftover tmp file)."""
+    fd = os.open(path, flags | os.O_CLOEXEC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 def write_all(fd: int, data) -> None:
     """Write every byte or raise: a short write is retried, never ignored."""
     view = memoryview(data)

@@ -65,7 +65,7 @@ def write(directory: str, tables) -> None:
     try:
         # Atomic but not fsynced: after a power loss a missing or empty file
         # is as good as a stale one.
-        with open(tmp, "w") as f:
+        with open(tmp, "w", opener=_fileio.private) as f:
             json.dump(data, f)
         _fileio.rename(tmp, path)
     except OSError:

@@ -53,6 +53,11 @@ def decode(raw: bytes, path: str) -> dict:
         raise UnsupportedFormatError(
             f"store format {data['format']} is newer than this rehydrate reads "
             f"({F.FORMAT_VERSION}); upgrade rehydrate", path=path)
+    listed = data.get("snapshots") or []
+    # Checked here, for every reader: each becomes a folder name (snapshot_name).
+    if not isinstance(listed, list) or not all(type(x) is int and x >= 0 for x in listed):
+        raise CorruptionError("MANIFEST lists snapshots it cannot name", path=path,
+                              offset=F.MANIFEST_HEADER_BYTES, reason="bad_manifest")
     return data
 
 

@@ -66,7 +66,7 @@ def record_open(path: str, plan: dict, report: dict) -> None:
     opens = (_read_history(path) + [entry])[-HISTORY_KEEP:]
     hpath = os.path.join(path, HISTORY_NAME)
     try:
-        with open(hpath + ".tmp", "w") as f:
+        with open(hpath + ".tmp", "w", opener=_fileio.private) as f:
             json.dump({"format": HISTORY_FORMAT, "opens": opens}, f)
         _fileio.rename(hpath + ".tmp", hpath)
     except OSError:

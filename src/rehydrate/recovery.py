@@ -10,6 +10,7 @@ unapplied segments aside) comes back as a list of actions, which
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -205,6 +206,29 @@ class _ChunkReader:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         os.close(self._fd)
+
+
+def _zeros_to(path: str, start: int, end: int) -> bool:
+    """Is every byte of the file from ``start`` to ``end`` zero? Read a chunk
+    at a time, holes skipped (SEEK_DATA): a sparse file of any size is quick."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        while start < end:
+            try:
+                start = os.lseek(fd, start, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:  # a hole to the end of the file
+                    return True
+                raise
+            if start >= end:
+                return True
+            data = os.pread(fd, min(STREAM_CHUNK_BYTES, end - start), start)
+            if not data or data.count(0) != len(data):
+                return False
+            start += len(data)
+        return True
+    finally:
+        os.close(fd)
 
 
 def _all_zero(buf, start: int, end: int) -> bool:
@@ -410,8 +434,15 @@ class _Walker:
         offset = self._stream(seg, ctx, summary, size, start)
         if offset < size:
             # Something is wrong at ``offset``: take the whole file and let
-            # the problem handling see it as it is.
-            buf = _fileio.read_file(seg.path)
+            # the problem handling see it as it is. When nothing but zeros
+            # follow (a preallocated or sparse tail, of any size), the bytes
+            # before ``offset`` and a header's worth of zeros stand for the
+            # file: no frame can be in zeros, and memory stays bounded.
+            if size - offset > STREAM_CHUNK_BYTES and _zeros_to(seg.path, offset, size):
+                buf, end = _read_range(seg.path, 0, offset) + bytes(F.FRAME_HEADER_BYTES), size
+            else:
+                buf = _fileio.read_file(seg.path)
+                end = len(buf)
             range_start = offset
             progress = None
             if user_progress is not None:
@@ -422,7 +453,7 @@ class _Walker:
                 self._count(summary, r, range_start, offset)
                 if r.status == F.SCAN_OK:
                     break
-                offset = self._frame_problem(seg, buf, r, newest)
+                offset = self._frame_problem(seg, buf, r, newest, end)
                 if offset is None:
                     break
                 if self.mode == "skip-corrupted":
@@ -544,9 +575,9 @@ class _Walker:
         need = F.FRAME_HEADER_BYTES + h.stored_len - len(carry)
         return need if need > 0 else None
 
-    def _frame_problem(self, seg, buf, r, newest: bool):
-        """Handle a scan stop; the offset to resume scanning at, or None."""
-        end = len(buf)
+    def _frame_problem(self, seg, buf, r, newest: bool, end: int):
+        """Handle a scan stop; the offset to resume scanning at, or None.
+        ``end``: the file's size (``buf`` may stand for its zero tail)."""
         status_name = F.SCAN_STATUS_NAMES[r.status]
         if r.status == F.SCAN_CANCELLED:
             raise CancelledError("replay cancelled", path=seg.path, offset=r.offset,

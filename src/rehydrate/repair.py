@@ -56,7 +56,8 @@ def _broken_copy(path: str, qdir: str) -> str:
         dst = os.path.join(qdir, f"{os.path.basename(path)}.broken.{n}")
         n += 1
     tmp = dst + ".tmp"
-    shutil.copyfile(path, tmp)
+    with open(path, "rb") as src, open(tmp, "wb", opener=_fileio.private) as out:
+        shutil.copyfileobj(src, out)  # (copyfile would make it 0666 less the umask)
     fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
     try:
         _fileio.fsync(fd)

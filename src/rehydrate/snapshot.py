@@ -415,11 +415,19 @@ def check_images(path: str, meta: dict) -> None:
             _check_file(_check_image_entry(e, path), img.get("bytes"), img.get("crc32c"))
 
 
+def _plain_name(name) -> bool:
+    """Is META's file name one of the snapshot folder's own files? Never a
+    path out of it (a separator, "." or ".."), nor a name the OS refuses
+    (empty, a NUL byte), which would fail a check by raising instead of
+    saying so."""
+    return isinstance(name, str) and name != "" and os.sep not in name \
+        and "\x00" not in name and not name.startswith(".")
+
+
 def _check_image_entry(e: dict, spath: str) -> str:
     """The image file's path from META entry ``e`` (checked)."""
     img = e["image"]
-    if not isinstance(img, dict) or not isinstance(img.get("file"), str) or \
-            os.sep in img["file"] or img["file"].startswith(".") or \
+    if not isinstance(img, dict) or not _plain_name(img.get("file")) or \
             type(img.get("bytes")) is not int or type(img.get("crc32c")) is not int:
         raise CorruptionError("snapshot META has a malformed image entry", path=spath,
                               reason="bad_snapshot")
@@ -502,8 +510,7 @@ def load(path: str, make_table) -> tuple:
     for e in meta["tables"]:
         if not isinstance(e, dict) or type(e.get("id")) is not int or \
                 not isinstance(e.get("name"), str) or type(e.get("kind")) is not int or \
-                not isinstance(e.get("file"), str) or os.sep in e["file"] or \
-                e["file"].startswith("."):
+                not _plain_name(e.get("file")):
             raise CorruptionError("snapshot META has a malformed table entry", path=path,
                                   reason="bad_snapshot")
         fpath = os.path.join(path, e["file"])

@@ -629,11 +629,7 @@ class Store:
         none, the whole log is replayed (the log is kept whole, so nothing is
         lost). ``recovery="strict"`` refuses instead.
         """
-        listed = self._manifest.get("snapshots") or []
-        if not isinstance(listed, list) or not all(type(x) is int and x >= 0 for x in listed):
-            raise CorruptionError("MANIFEST lists snapshots it cannot name",
-                                  path=os.path.join(self.path, _manifest.MANIFEST_NAME),
-                                  reason="bad_manifest")
+        listed = self._manifest.get("snapshots") or []  # (LSNs: manifest.decode checks them)
         problems = []
         floor = _snapshot.migration_floor(self._manifest)
         for lsn in sorted(listed, reverse=True):

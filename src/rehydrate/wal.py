@@ -10,6 +10,7 @@ half-made segment under a real name.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from dataclasses import dataclass
 
@@ -83,8 +84,14 @@ def list_segments(waldir: str):
     for name in names:
         path = os.path.join(waldir, name)
         first = parse_segment_name(name)
-        if first is not None and os.path.isfile(path):
-            segments.append(SegmentFile(first, path, os.path.getsize(path)))
+        # Only a regular file is a segment (lstat: rehydrate makes no links,
+        # and one is never followed out of the directory, nor to a FIFO).
+        try:
+            st = os.lstat(path) if first is not None else None
+        except FileNotFoundError:
+            continue  # unlinked since the listing (a live store's trim)
+        if st is not None and stat.S_ISREG(st.st_mode):
+            segments.append(SegmentFile(first, path, st.st_size))
         elif name.endswith(".tmp"):
             tmp.append(name)
         else:
