@@ -224,8 +224,10 @@ def is_torn(buf, status: int, offset: int, frame_end: int) -> bool:
     """Does a problem at ``offset`` of the newest segment look like a crash's tail?
 
     A partial frame, zeros to the end of file, or a frame that fails its CRC,
-    reaches the end of the file and has a zeroed sector (a write the disk only
-    partly made, as etcd's isTornEntry reasons). Anything else is damage.
+    has only zeros after it and has a zeroed sector (a write the disk only
+    partly made, as etcd's isTornEntry reasons); or a header that does not
+    read because a sector it lies in is zeros (the same write, its header's
+    sector one of those not made). Anything else is damage.
     """
     end = len(buf)
     if status == F.SCAN_TRUNCATED:
@@ -233,7 +235,18 @@ def is_torn(buf, status: int, offset: int, frame_end: int) -> bool:
     if status in (F.SCAN_BAD_MAGIC, F.SCAN_BAD_HEADER, F.SCAN_BAD_CRC):
         if _all_zero(buf, offset, end):
             return True
-        if status == F.SCAN_BAD_CRC and frame_end >= end and _has_zero_sector(buf, offset, end):
+        if status != F.SCAN_BAD_CRC:
+            # The header lies in one sector or two: one of them not made (zeros
+            # from the frame's start, or the whole next sector) is a torn write.
+            boundary = min((offset // SECTOR_BYTES + 1) * SECTOR_BYTES, end)
+            if _all_zero(buf, offset, boundary) or (
+                    boundary < offset + F.FRAME_HEADER_BYTES
+                    and _all_zero(buf, boundary, min(boundary + SECTOR_BYTES, end))):
+                return True
+        # (zeros after the frame: the write's last sectors, not made, held
+        # the end of this frame and all of the next)
+        if (status == F.SCAN_BAD_CRC and (frame_end >= end or _all_zero(buf, frame_end, end))
+                and _has_zero_sector(buf, offset, min(frame_end, end))):
             return True
     return False
 
