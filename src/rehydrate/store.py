@@ -53,6 +53,8 @@ _FRAME_TARGET = F.FRAME_TARGET_BYTES
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 DEFAULT_SYNC_INTERVAL_MS = 50
 MIN_SEGMENT_BYTES = 4096
+# OS errors that mean a snapshot's file or folder is not there: damage.
+_MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
 def _prepare_directory(path: str, create: bool) -> None:
@@ -627,7 +629,8 @@ class Store:
         A snapshot that fails a check is renamed ``<lsn>.broken``, dropped
         from the MANIFEST and reported, and the next older one is tried; with
         none, the whole log is replayed (the log is kept whole, so nothing is
-        lost). ``recovery="strict"`` refuses instead.
+        lost). ``recovery="strict"`` refuses instead. An I/O error other than
+        a missing file changes nothing and fails the open (StorageIOError).
         """
         listed = self._manifest.get("snapshots") or []
         if not isinstance(listed, list) or not all(type(x) is int and x >= 0 for x in listed):
@@ -646,6 +649,11 @@ class Store:
                     raise CorruptionError(f"snapshot META says LSN {meta['lsn']}", path=spath,
                                           reason="bad_snapshot")
             except (CorruptionError, OSError) as e:
+                if isinstance(e, OSError) and not isinstance(e, _MISSING):
+                    # An I/O error (EIO, EACCES, ENOMEM, ...) says nothing of the
+                    # snapshot's bytes: dropping it could leave a trimmed log no
+                    # base. Keep it, fail this open; the next one can load it.
+                    raise StorageIOError.wrap(e, spath) from e
                 if recovery == "strict":
                     if isinstance(e, OSError):
                         raise CorruptionError(f"snapshot unreadable: {e}", path=spath, lsn=lsn,
