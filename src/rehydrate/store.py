@@ -285,8 +285,10 @@ class Store:
             raise StorageIOError.wrap(e, self.path) from e
         try:
             self._warm_up()
-        except BaseException:
+        except BaseException as e:
             self.close()
+            if isinstance(e, OSError) and not isinstance(e, RehydrateError):
+                raise StorageIOError.wrap(e, self.path) from e  # (a migration's checkpoint)
             raise
         self._ready.set()
 
@@ -736,10 +738,17 @@ class Store:
         ``keep_snapshots`` are deleted (not one a migration may still roll
         back to: docs/migrations.md). The log itself is kept whole.
         Returns {"lsn", "bytes", "duration_s", "pause_s", "path", "digest"}.
+        A failed file operation raises StorageIOError (the store goes on: the
+        log was not at risk), or StoreFailedError if it was the log's.
         """
         self._wait_whole()
         with self._checkpoint_lock:
-            return self._checkpoint_locked()
+            try:
+                return self._checkpoint_locked()
+            except RehydrateError:
+                raise
+            except OSError as e:  # a snapshot file, the MANIFEST: the log is not at risk
+                raise StorageIOError.wrap(e, self.path) from e
 
     def _checkpoint_locked(self, commit=None) -> dict:
         """A checkpoint (``_checkpoint_lock`` held). ``commit(manifest)``, if
