@@ -712,7 +712,7 @@ def apply_actions(directory: str, actions) -> None:
     if not actions:
         return
     qdir = os.path.join(directory, QUARANTINE_DIR)
-    _fileio.makedirs(qdir)
+    _fileio.makedir_durable(qdir)
     for a in actions:
         if a.op == "evidence":
             with open(a.path, "rb") as f:
@@ -747,5 +747,7 @@ def apply_actions(directory: str, actions) -> None:
             suffix = ".not-applied" if a.kind == "not_applied" else f".{a.kind}"
             dst = os.path.join(qdir, os.path.basename(a.path) + suffix)
             _fileio.rename(a.path, dst)
-            _fileio.fsync_dir(os.path.dirname(a.path))
+            # quarantine/ first: a power cut between the two leaves the file
+            # in both directories, never in neither
             _fileio.fsync_dir(qdir)
+            _fileio.fsync_dir(os.path.dirname(a.path))
