@@ -2,18 +2,19 @@
 then recover again.
 
 Recovery writes too (evidence into quarantine/, a torn tail cut, a torn
-segment removed, segments moved aside): a SIGKILL or an EIO at each of its
-file operations in turn, then an open with no fault, must give the state a
-clean recovery gives, keep every piece of evidence it keeps, and leave a
-log that opens clean. An EIO at each file operation of a checkpoint or a
-migration must raise a typed error (or fail-stop the store), and a reopen
-gives the old state or the new one, never a mix.
+segment removed, segments moved aside): a SIGKILL, an EIO or a power cut
+at each of its file operations in turn, then an open with no fault, must
+give the state a clean recovery gives, keep every piece of evidence it
+keeps, and leave a log that opens clean. An EIO at each file operation of
+a checkpoint or a migration must raise a typed error (or fail-stop the
+store), and a reopen gives the old state or the new one, never a mix.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from rehydrate import RehydrateError, Store
 from rehydrate import manifest as _manifest
 from rehydrate.digest import format_digest
 from rehydrate.testing import apply_to_store, check_recovery
+from rehydrate.testing.faultfs import FaultFS
 from rehydrate.wal import encode_segment_header, segment_name
 
 from helpers import checkpoint_crash, corrupt as C, crash_sequence, migration_crash
@@ -133,8 +135,8 @@ def test_a_kill_at_each_file_operation_of_a_recovery_then_the_same_state(
 
 
 def _best_effort(hit) -> bool:
-    """The HISTORY and HINTS files are written best effort: an error there
-    is dropped by design (docs/warmup.md)."""
+    """HISTORY and HINTS are written best effort (docs/warmup.md, hints.py):
+    an error there is dropped by design."""
     name, args = hit
     return name == "rename" and os.path.basename(args[1]) in ("HISTORY", "HINTS")
 
@@ -168,6 +170,31 @@ def test_an_io_error_at_each_file_operation_of_a_recovery_then_the_same_state(
     assert errors > 5
     print(f"\n{damage.__name__[1:]}, {mode}: {n - 1} EIOs, {errors} typed errors, {dropped} "
           "dropped (best effort); each then recovered the clean state")
+
+
+@pytest.mark.parametrize("damage,mode", SCENARIOS, ids=IDS)
+def test_a_power_cut_at_each_file_operation_of_a_recovery_then_the_same_state(
+        tmp_path, damage, mode):
+    # What the disk holds then (rehydrate.testing.faultfs, directories
+    # rolled back to their last fsync too), opened again.
+    base = _damaged(tmp_path, damage)
+    clean = _state(_copy(base, tmp_path / "clean"), mode)
+    for n in itertools.count(1):
+        path, cut = _copy(base, tmp_path / f"run{n}"), str(tmp_path / f"cut{n}")
+
+        def before(calls, name, n=n):
+            if calls == n:
+                fs.power_loss("no_dir_sync", random.Random(n), cut)
+        with FaultFS(path, before=before) as fs:
+            Store.open(path, recovery=mode).close()
+        if fs.calls < n:
+            break
+        _judge(cut, mode, clean, f"power cut before file operation {n}")
+        shutil.rmtree(path)
+        shutil.rmtree(cut)
+    assert n > 5
+    print(f"\n{damage.__name__[1:]}, {mode}: {n - 1} power cuts, each then recovered the "
+          "clean state")
 
 
 # ------------------------------------------------------------ checkpoint
