@@ -388,6 +388,47 @@ def test_a_last_frame_with_a_zeroed_sector_is_a_torn_tail(big_tail_log, tmp_path
     check_damage(log, tmp_path, damage)
 
 
+def test_a_last_frame_whose_first_sector_was_not_written_is_a_torn_tail(big_tail_log, tmp_path):
+    # The same torn write with the header's sector the one lost (found by
+    # the power-loss harness): the header does not read, the rest is there.
+    log = big_tail_log
+    newest = log.segments()[-1]
+    last = log.frames_in(newest)[-1]
+    boundary = -(-(last.offset + 1) // C.SECTOR) * C.SECTOR
+    assert boundary < last.end
+
+    def damage(d):
+        C.zero_range(os.path.join(d, newest), last.offset, boundary)
+        return _torn_expect(log, last)
+
+    check_damage(log, tmp_path, damage)
+
+
+@pytest.mark.parametrize("boundary_in", ["header", "payload"])
+def test_zeros_from_a_sector_inside_a_frame_to_the_end_are_a_torn_tail(tmp_path, boundary_in):
+    # A write of several frames whose last sectors were not made: the frame
+    # the first such sector cuts is bad (its header, or its CRC) and only
+    # zeros follow it (found by the power-loss harness).
+    d = str(tmp_path / "s")
+    with Store.open(d, sync="none") as s:
+        for i in range(60):
+            s.put("t", i, "x" * (20 + i % 7))
+            s.sync()  # a frame each
+    seg = C.segment_paths(d)[-1]
+    frame, boundary = next(
+        (f, b) for f in C.frames_of(seg)[:-1]
+        for b in [-(-(f.offset + 1) // C.SECTOR) * C.SECTOR]
+        if b < f.end and (b < f.offset + F.FRAME_HEADER_BYTES) == (boundary_in == "header"))
+    C.zero_range(seg, boundary, os.path.getsize(seg))
+    shutil.copytree(d, str(tmp_path / "strict"))
+    with pytest.raises(TornTailError):
+        Store.open(str(tmp_path / "strict"), recovery="strict")
+    with Store.open(d) as s:
+        assert s.lsn == frame.first_lsn - 1
+        assert [(p.kind, p.offset) for p in s.recovery_report.problems] == \
+            [("torn_tail", frame.offset)]
+
+
 def test_a_last_frame_zeroed_from_its_middle_to_the_end_is_a_torn_tail(big_tail_log, tmp_path):
     log = big_tail_log
     newest = log.segments()[-1]

@@ -2,13 +2,16 @@
 
 The writer (helpers/crash_writer.py) prints each LSN after its write returns.
 The parent reads N acknowledgements (N from a seeded RNG), kills the writer
-with SIGKILL, and reopens the store: every acknowledged LSN must be there,
-the state must be exactly the model replay of the recovered prefix (never
-part of a batch), and the next writer continues the sequence from there.
+with SIGKILL, and reopens the store; the oracle (rehydrate.testing) judges
+the open: every acknowledged LSN is there, nothing beyond what the writer
+can have sent, the state is exactly the model replay of the recovered
+prefix (never part of a batch); the only problem is a torn tail; and the
+next writer continues the sequence from there.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -18,21 +21,35 @@ import sys
 import pytest
 
 from rehydrate import Store
+from rehydrate.testing import check_recovery
 
 from helpers import crash_sequence
 from helpers.model import Model, apply_to_store, canon_state, store_state
+from helpers.tier import scale
 
 WRITER = os.path.join(os.path.dirname(__file__), "helpers", "crash_writer.py")
-DIRECTORIES = 3
-KILLS_PER_DIRECTORY = 17  # 51 kills per core
+KILLS = scale(150, 1000)  # per core
+KILLS_PER_DIRECTORY = 25
 
 
-def _expected_state(seed: int, lsn: int) -> dict:
-    m = Model()
-    for op in crash_sequence.ops_up_to(seed, lsn):
-        m.apply(op)
-    assert m.lsn == lsn
-    return canon_state(m.tables)
+def _judge(path, seed, acked):
+    """Open ``path`` under tolerate-tail and judge it with the oracle against
+    the sequence of ``seed`` with ``acked`` acknowledged; returns (the
+    recovered LSN, whether a torn tail was cut).
+
+    The writer can have sent two ops past its last printed acknowledgement:
+    one returned but not yet printed, one in flight."""
+    opened = []
+
+    def open_store():
+        opened.append(Store.open(path, recovery="tolerate-tail"))
+        return opened[-1]
+    sent = len(crash_sequence.ops_up_to(seed, acked)) + 2
+    out = check_recovery(open_store, list(itertools.islice(crash_sequence.ops(seed), sent)),
+                         acked)
+    report = opened[0].recovery_report
+    assert all(p.kind == "torn_tail" for p in report.problems), report.as_dict()
+    return out["lsn"], bool(report.problems)
 
 
 def _run_and_kill(path, seed, segment_bytes, acks_before_kill, env):
@@ -64,12 +81,13 @@ def _run_and_kill(path, seed, segment_bytes, acks_before_kill, env):
     return start, acked
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.reliability
+@pytest.mark.timeout(scale(240, 1800))
 def test_sigkilled_writer_loses_no_acknowledged_write_and_leaves_an_exact_prefix(
         tmp_path, core_env):
     rng = random.Random(20261127)
-    kills = 0
-    for d in range(DIRECTORIES):
+    kills, torn, beyond = 0, 0, 0
+    for d in range(KILLS // KILLS_PER_DIRECTORY):
         path = str(tmp_path / f"state{d}")
         seed = 1000 + d
         segment_bytes = rng.choice([4096, 8192])
@@ -80,13 +98,9 @@ def test_sigkilled_writer_loses_no_acknowledged_write_and_leaves_an_exact_prefix
             start, acked = _run_and_kill(path, seed, segment_bytes, n, core_env)
             kills += 1
             assert start == previous, "the writer starts from the last recovered LSN"
-            with Store.open(path, recovery="tolerate-tail") as s:
-                report = s.recovery_report
-                assert report.ok, report.as_dict()
-                assert all(p.kind == "torn_tail" for p in report.problems), report.as_dict()
-                assert s.lsn >= acked, f"acknowledged LSN {acked} lost (recovered {s.lsn})"
-                assert canon_state(store_state(s)) == _expected_state(seed, s.lsn)
-                previous = s.lsn
+            previous, cut = _judge(path, seed, acked)
+            torn += cut
+            beyond += previous > acked
         # Writing resumes after the last crash: append, reopen, check.
         with Store.open(path, sync="none", segment_bytes=segment_bytes) as s:
             gen = crash_sequence.ops(seed)
@@ -103,7 +117,9 @@ def test_sigkilled_writer_loses_no_acknowledged_write_and_leaves_an_exact_prefix
             assert s.lsn == m.lsn
             assert canon_state(store_state(s)) == canon_state(m.tables)
         assert len(os.listdir(os.path.join(path, "wal"))) >= 2, "segments rolled"
-    assert kills >= 50
+    assert kills == KILLS
+    print(f"\n{kills} kills: all recovered, {torn} with a torn tail cut, "
+          f"{beyond} with writes after the last acknowledged one")
 
 
 # ------------------------------------------- crashes at exact file operations
@@ -128,10 +144,8 @@ def _crash_at(path, seed, n, env, max_ops=60):
 
 
 def _check_recovers(path, seed, acked):
-    with Store.open(path) as s:
-        assert s.recovery_report.ok, s.recovery_report.as_dict()
-        assert s.lsn >= acked
-        assert canon_state(store_state(s)) == _expected_state(seed, s.lsn)
+    _judge(path, seed, acked)
+    with Store.open(path) as s:  # and writing goes on from there
         s.put("after", 1, 1)
         lsn = s.lsn
     with Store.open(path, recovery="strict") as s:
@@ -172,27 +186,3 @@ def test_a_crash_at_every_file_operation_of_a_writer_loses_no_ack(tmp_path, core
         acked, crashed = _crash_at(path, seed, n, core_env)
         assert crashed
         _check_recovers(path, seed, acked)
-
-
-def test_a_crash_during_recovery_of_a_torn_tail_is_recovered_next_time(tmp_path, core_env):
-    import shutil
-
-    from helpers import corrupt as C
-
-    seed = 3
-    base = str(tmp_path / "base")
-    acked, crashed = _crash_at(base, seed, 10_000, core_env, max_ops=40)
-    assert not crashed
-    seg = C.segment_paths(base)[-1]
-    last = C.frames_of(seg)[-1]
-    C.truncate(seg, last.end - 3)  # a torn tail: recovery must save evidence and cut
-    for n in range(1, 16):
-        path = str(tmp_path / f"rec{n}")
-        shutil.copytree(base, path)
-        _, crashed = _crash_at(path, seed, n, core_env, max_ops=0)
-        with Store.open(path) as s:
-            assert s.lsn == last.first_lsn - 1
-            assert canon_state(store_state(s)) == _expected_state(seed, s.lsn)
-            s.put("after", 1, 1)
-        with Store.open(path, recovery="strict") as s:
-            assert s.recovery_report.problems == [] and s.table("after")[1] == 1

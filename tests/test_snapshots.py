@@ -557,6 +557,30 @@ def test_with_a_trimmed_log_and_no_snapshot_that_loads_open_refuses(store_dir):
         assert ei.value.reason in ("no_base", "bad_snapshot")
 
 
+def test_an_io_error_reading_a_snapshot_fails_the_open_and_drops_nothing(store_dir,
+                                                                         monkeypatch):
+    # Found by tests/test_recovery_faults.py: an EIO while loading was taken
+    # for damage, the snapshot dropped, and a trimmed log left with no base.
+    import errno
+
+    from rehydrate import StorageIOError, manifest
+
+    digest, lsn = _trimmed(store_dir)
+    before = manifest.read(store_dir)
+
+    def failing(*args, **kw):
+        raise OSError(errno.EIO, "injected I/O error")
+
+    monkeypatch.setattr(_fileio, "map_file", failing)
+    with pytest.raises(StorageIOError):
+        Store.open(store_dir)
+    monkeypatch.undo()
+    assert manifest.read(store_dir) == before
+    assert not [n for n in os.listdir(os.path.join(store_dir, SNAPSHOTS_DIR)) if "broken" in n]
+    with Store.open(store_dir, recovery="strict") as s:
+        assert (s.digest(), s.lsn) == (digest, lsn)
+
+
 def test_open_steps_over_frames_the_snapshot_holds_but_checks_the_rest(store_dir):
     with Store.open(store_dir, sync="always") as s:  # one segment, many frames
         for i in range(100):

@@ -82,6 +82,14 @@ def makedirs(path: str) -> None:
     os.makedirs(path, mode=DIR_MODE, exist_ok=True)
 
 
+def makedir_durable(path: str) -> None:
+    """``makedirs``, and if the directory is new, fsync its parent: a new
+    directory's own entry survives a power cut only then."""
+    if not os.path.isdir(path):
+        makedirs(path)
+        fsync_dir(os.path.dirname(path))
+
+
 def read_file(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()

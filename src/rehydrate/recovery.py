@@ -248,8 +248,10 @@ def is_torn(buf, status: int, offset: int, frame_end: int) -> bool:
     """Does a problem at ``offset`` of the newest segment look like a crash's tail?
 
     A partial frame, zeros to the end of file, or a frame that fails its CRC,
-    reaches the end of the file and has a zeroed sector (a write the disk only
-    partly made, as etcd's isTornEntry reasons). Anything else is damage.
+    has only zeros after it and has a zeroed sector (a write the disk only
+    partly made, as etcd's isTornEntry reasons); or a header that does not
+    read because a sector it lies in is zeros (the same write, its header's
+    sector one of those not made). Anything else is damage.
     """
     end = len(buf)
     if status == F.SCAN_TRUNCATED:
@@ -257,7 +259,18 @@ def is_torn(buf, status: int, offset: int, frame_end: int) -> bool:
     if status in (F.SCAN_BAD_MAGIC, F.SCAN_BAD_HEADER, F.SCAN_BAD_CRC):
         if _all_zero(buf, offset, end):
             return True
-        if status == F.SCAN_BAD_CRC and frame_end >= end and _has_zero_sector(buf, offset, end):
+        if status != F.SCAN_BAD_CRC:
+            # The header lies in one sector or two: one of them not made (zeros
+            # from the frame's start, or the whole next sector) is a torn write.
+            boundary = min((offset // SECTOR_BYTES + 1) * SECTOR_BYTES, end)
+            if _all_zero(buf, offset, boundary) or (
+                    boundary < offset + F.FRAME_HEADER_BYTES
+                    and _all_zero(buf, boundary, min(boundary + SECTOR_BYTES, end))):
+                return True
+        # (zeros after the frame: the write's last sectors, not made, held
+        # the end of this frame and all of the next)
+        if (status == F.SCAN_BAD_CRC and (frame_end >= end or _all_zero(buf, frame_end, end))
+                and _has_zero_sector(buf, offset, min(frame_end, end))):
             return True
     return False
 
@@ -730,7 +743,7 @@ def apply_actions(directory: str, actions) -> None:
     if not actions:
         return
     qdir = os.path.join(directory, QUARANTINE_DIR)
-    _fileio.makedirs(qdir)
+    _fileio.makedir_durable(qdir)
     for a in actions:
         if a.op == "evidence":
             with open(a.path, "rb") as f:
@@ -765,5 +778,7 @@ def apply_actions(directory: str, actions) -> None:
             suffix = ".not-applied" if a.kind == "not_applied" else f".{a.kind}"
             dst = os.path.join(qdir, os.path.basename(a.path) + suffix)
             _fileio.rename(a.path, dst)
-            _fileio.fsync_dir(os.path.dirname(a.path))
+            # quarantine/ first: a power cut between the two leaves the file
+            # in both directories, never in neither
             _fileio.fsync_dir(qdir)
+            _fileio.fsync_dir(os.path.dirname(a.path))

@@ -104,7 +104,7 @@ def repair(path, *, dry_run: bool = False) -> RepairReport:
         report.changed = bool(plan)
         if dry_run or not plan:
             return report
-        _fileio.makedirs(qdir)
+        _fileio.makedir_durable(qdir)
         for item in report.cut + report.removed:
             item["evidence"] = _broken_copy(item["path"], qdir)
         apply_actions(path, plan)

@@ -175,7 +175,7 @@ def finish_rollback(path: str, man: dict) -> dict:
                               path=os.path.join(path, _manifest.MANIFEST_NAME),
                               reason="bad_manifest")
     qdir = os.path.join(path, QUARANTINE_DIR)
-    _fileio.makedirs(qdir)
+    _fileio.makedir_durable(qdir)
     stamp = time.time_ns()
     waldir = os.path.join(path, WAL_DIR)
     moved = False
@@ -192,10 +192,10 @@ def finish_rollback(path: str, man: dict) -> dict:
                                               f"{stamp}"))
             moved = True
     if moved:
+        _fileio.fsync_dir(qdir)  # first: a power cut then leaves both copies, not neither
         _fileio.fsync_dir(waldir)
         if os.path.isdir(sdir):
             _fileio.fsync_dir(sdir)
-        _fileio.fsync_dir(qdir)
     man = dict(man)
     del man["log_end"]
     _manifest.write(path, man)

@@ -53,6 +53,8 @@ _FRAME_TARGET = F.FRAME_TARGET_BYTES
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 DEFAULT_SYNC_INTERVAL_MS = 50
 MIN_SEGMENT_BYTES = 4096
+# OS errors that mean a snapshot's file or folder is not there: damage.
+_MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
 def _prepare_directory(path: str, create: bool) -> None:
@@ -283,8 +285,10 @@ class Store:
             raise StorageIOError.wrap(e, self.path) from e
         try:
             self._warm_up()
-        except BaseException:
+        except BaseException as e:
             self.close()
+            if isinstance(e, OSError) and not isinstance(e, RehydrateError):
+                raise StorageIOError.wrap(e, self.path) from e  # (a migration's checkpoint)
             raise
         self._ready.set()
 
@@ -627,7 +631,8 @@ class Store:
         A snapshot that fails a check is renamed ``<lsn>.broken``, dropped
         from the MANIFEST and reported, and the next older one is tried; with
         none, the whole log is replayed (the log is kept whole, so nothing is
-        lost). ``recovery="strict"`` refuses instead.
+        lost). ``recovery="strict"`` refuses instead. An I/O error other than
+        a missing file changes nothing and fails the open (StorageIOError).
         """
         listed = self._manifest.get("snapshots") or []  # (LSNs: manifest.decode checks them)
         problems = []
@@ -642,6 +647,11 @@ class Store:
                     raise CorruptionError(f"snapshot META says LSN {meta['lsn']}", path=spath,
                                           reason="bad_snapshot")
             except (CorruptionError, OSError) as e:
+                if isinstance(e, OSError) and not isinstance(e, _MISSING):
+                    # An I/O error (EIO, EACCES, ENOMEM, ...) says nothing of the
+                    # snapshot's bytes: dropping it could leave a trimmed log no
+                    # base. Keep it, fail this open; the next one can load it.
+                    raise StorageIOError.wrap(e, spath) from e
                 if recovery == "strict":
                     if isinstance(e, OSError):
                         raise CorruptionError(f"snapshot unreadable: {e}", path=spath, lsn=lsn,
@@ -724,10 +734,17 @@ class Store:
         ``keep_snapshots`` are deleted (not one a migration may still roll
         back to: docs/migrations.md). The log itself is kept whole.
         Returns {"lsn", "bytes", "duration_s", "pause_s", "path", "digest"}.
+        A failed file operation raises StorageIOError (the store goes on: the
+        log was not at risk), or StoreFailedError if it was the log's.
         """
         self._wait_whole()
         with self._checkpoint_lock:
-            return self._checkpoint_locked()
+            try:
+                return self._checkpoint_locked()
+            except RehydrateError:
+                raise
+            except OSError as e:  # a snapshot file, the MANIFEST: the log is not at risk
+                raise StorageIOError.wrap(e, self.path) from e
 
     def _checkpoint_locked(self, commit=None) -> dict:
         """A checkpoint (``_checkpoint_lock`` held). ``commit(manifest)``, if
