@@ -160,6 +160,27 @@ def test_a_failed_fsync_on_close_raises_once_and_leaves_a_prefix(store_dir, monk
         assert canon_state(store_state(again)) == states[again.lsn]
 
 
+def test_an_io_error_closing_the_log_file_still_releases_the_lock(store_dir, monkeypatch):
+    # Found by tests/test_recovery_faults.py: the EIO left as a bare OSError,
+    # and the store's lock stayed held, refusing every later open here.
+    from rehydrate import StorageIOError
+
+    s = Store.open(store_dir, sync="always")
+    lsn = s.put("t", 1, 1)
+    real = _fileio.close
+
+    def failing(fd):
+        real(fd)
+        raise OSError(errno.EIO, "simulated I/O error")
+
+    monkeypatch.setattr(_fileio, "close", failing)
+    with pytest.raises(StorageIOError):
+        s.close()
+    monkeypatch.undo()
+    with Store.open(store_dir) as again:
+        assert again.lsn == lsn and again.table("t")[1] == 1
+
+
 def test_concurrent_writers_see_the_failure_and_acks_stay_durable(store_dir, monkeypatch):
     s = Store.open(store_dir, sync="always")
     flaky = Flaky(_fileio.fsync, 40)

@@ -1379,11 +1379,16 @@ class Store:
             self._release()
 
     def _release(self) -> None:
-        if self._wal is not None:
-            self._wal.close()
-        if self._dirlock is not None:
-            self._dirlock.release()
-            self._dirlock = None
+        try:
+            if self._wal is not None:
+                self._wal.close()
+        except OSError as e:  # (everything was fsynced: nothing is lost)
+            raise StorageIOError.wrap(e, self.path) from e
+        finally:
+            # Always: a lock left held would refuse every later open here.
+            if self._dirlock is not None:
+                self._dirlock.release()
+                self._dirlock = None
 
     def __enter__(self) -> "Store":
         return self
