@@ -30,9 +30,11 @@ from rehydrate.testing.oracle import prefix_ends
 
 from helpers import corrupt as C
 from helpers import sweep
-from helpers.tier import FULL
+from helpers.tier import FULL, scale
 
-pytestmark = pytest.mark.reliability
+# The full tier's sweeps run for minutes each (every byte of every snapshot
+# file: 11 minutes on 2 cores): past the suite's 300 s default.
+pytestmark = [pytest.mark.reliability, pytest.mark.timeout(scale(300, 3600))]
 
 MODES = ("strict", "tolerate-tail", "point-in-time", "skip-corrupted")
 
