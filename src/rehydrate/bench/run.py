@@ -176,9 +176,10 @@ def main(args) -> int:
         raise ConfigError(f"--repeat must be >= 1, not {args.repeat}")
     work, made = _work_dir(args.dir)
     log = (lambda msg: print(msg, file=sys.stderr))
-    log(f"rehydrate bench: working in {work}")
-    bar = _bar(w.records, not args.json)
-    try:
+    bar = None
+    try:  # from here on, whatever happens (Ctrl-C too), the data goes
+        log(f"rehydrate bench: working in {work}")
+        bar = _bar(w.records, not args.json)
         try:
             r = measure(w, args.repeat, work, log=log, bar=bar.update if bar else None)
         except OSError as e:
