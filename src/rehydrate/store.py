@@ -728,10 +728,17 @@ class Store:
         ``keep_snapshots`` are deleted (not one a migration may still roll
         back to: docs/migrations.md). The log itself is kept whole.
         Returns {"lsn", "bytes", "duration_s", "pause_s", "path", "digest"}.
+        A failed file operation raises StorageIOError; the store goes on
+        (nothing is published before every file of the snapshot is durable).
         """
         self._wait_whole()
         with self._checkpoint_lock:
-            return self._checkpoint_locked()
+            try:
+                return self._checkpoint_locked()
+            except RehydrateError:
+                raise
+            except OSError as e:  # those raised through pyarrow's writer too
+                raise StorageIOError.wrap(e, self.path) from e
 
     def _checkpoint_locked(self, commit=None) -> dict:
         """A checkpoint (``_checkpoint_lock`` held). ``commit(manifest)``, if
