@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.rehydrate-installed
 SOURCES := pyproject.toml setup.py $(shell find src -name '*.py' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.c' -o -name '*.h' 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: all install demo test bench fuzz clean redis reliability
+.PHONY: all install demo test bench fuzz clean redis fiu strace reliability
 
 all: test
 
@@ -29,13 +29,23 @@ redis:
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server) \
 		|| echo "redis-server could not be installed: the Redis baselines are skipped"
 
+# The reliability harness injects I/O errors through libfiu (Debian's
+# fiu-utils) and checks the on-disk protocol on an strace of a writer.
+fiu:
+	@command -v fiu-run >/dev/null || (apt-get update -qq && apt-get install -y -qq fiu-utils) \
+		|| echo "fiu-utils could not be installed: the libfiu I/O-error tests are skipped"
+
+strace:
+	@command -v strace >/dev/null || (apt-get update -qq && apt-get install -y -qq strace) \
+		|| echo "strace could not be installed: the protocol trace test is skipped"
+
 # The main job: cold starts of a synthetic state, phase by phase, next to the
 # baselines (rehydrate bench; docs/bench.md).
 demo: $(STAMP) redis
 	$(BIN)/python -m rehydrate bench --records 2000000 --keys 400000 --snapshot-at 0.5 \
 		--repeat 3 --plot $(VENV)/bench.png
 
-test: $(STAMP) redis
+test: $(STAMP) redis fiu strace
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: $(STAMP) redis
@@ -55,7 +65,7 @@ bench: $(STAMP) redis
 
 # The full reliability tier (docs/reliability.md): the CI tier's scenarios,
 # many more runs each. Figures in the doc come from this target.
-reliability: $(STAMP) redis
+reliability: $(STAMP) redis fiu strace
 	REHYDRATE_TIER=full $(BIN)/python -m pytest -p no:cacheprovider -m reliability $(PYTEST_ARGS)
 
 FUZZ_RUNS ?= 200000

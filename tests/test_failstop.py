@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from rehydrate import Store, StoreClosedError, StoreFailedError, _fileio
+from rehydrate import Store, StorageIOError, StoreClosedError, StoreFailedError, _fileio
 
 from helpers.model import Model, apply_to_store, canon_state, store_state, record_count
 
@@ -236,3 +236,20 @@ def test_a_background_fsync_failure_fails_the_next_write(store_dir, monkeypatch)
     with Store.open(store_dir) as again:
         assert again.lsn in (1, 2)
         assert again.table("t")[0] == 0
+
+
+def test_a_failed_checkpoint_raises_a_typed_error_and_the_store_goes_on(store_dir, monkeypatch):
+    # The snapshot is published only once its files are durable, and the log
+    # has everything: a checkpoint's I/O error fails the checkpoint alone.
+    s = Store.open(store_dir, sync="always")
+    s.put("t", 1, 1)
+    monkeypatch.setattr(_fileio, "fsync", Flaky(_fileio.fsync, 1))
+    with pytest.raises(StorageIOError) as caught:
+        s.checkpoint()
+    assert caught.value.errno == errno.EIO
+    monkeypatch.undo()
+    assert not s.failed and s.put("t", 2, 2) == 2
+    assert s.checkpoint()["lsn"] == 2
+    s.close()
+    with Store.open(store_dir) as again:
+        assert again.table("t").to_dict() == {1: 1, 2: 2}
