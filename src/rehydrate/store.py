@@ -732,7 +732,8 @@ class Store:
         are written after. The snapshot is published (MANIFEST) only once it
         and the log up to its LSN are durable; then snapshots beyond
         ``keep_snapshots`` are deleted (not one a migration may still roll
-        back to: docs/migrations.md). The log itself is kept whole.
+        back to: docs/migrations.md), and the log is trimmed to what the kept
+        snapshots need.
         Returns {"lsn", "bytes", "duration_s", "pause_s", "path", "digest"}.
         A failed file operation raises StorageIOError (the store goes on: the
         log was not at risk), or StoreFailedError if it was the log's.
