@@ -78,6 +78,14 @@ def truncate(fd: int, length: int) -> None:
     os.ftruncate(fd, length)
 
 
+def remove_tree(path: str) -> None:
+    """Delete a directory and everything in it (an old or unpublished
+    snapshot): one operation to this layer, so a fault layer sees it."""
+    import shutil
+
+    shutil.rmtree(path)
+
+
 def makedirs(path: str) -> None:
     os.makedirs(path, mode=DIR_MODE, exist_ok=True)
 

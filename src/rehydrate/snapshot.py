@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
 import time
 from dataclasses import dataclass, field
@@ -207,7 +206,7 @@ def write(directory: str, capture: Capture, digests: dict) -> SnapshotInfo:
     final = os.path.join(sdir, snapshot_name(capture.lsn))
     tmp = final + ".tmp"
     if os.path.exists(tmp):
-        shutil.rmtree(tmp)  # left by a checkpoint that crashed: never published
+        _fileio.remove_tree(tmp)  # left by a checkpoint that crashed: never published
     _fileio.makedirs(tmp)
     entries, total = [], 0
     for name, tid, kind, payload in capture.tables:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import functools
 import os
-import shutil
 import threading
 import weakref
 import time
@@ -797,7 +796,7 @@ class Store:
                     "existing": True}
         self._make_durable(lsn)  # the log holds everything the snapshot does
         if os.path.isdir(spath) and lsn not in (self._manifest.get("snapshots") or []):
-            shutil.rmtree(spath)  # written, never published (a crash before the MANIFEST)
+            _fileio.remove_tree(spath)  # written, never published (a crash before the MANIFEST)
         info = _snapshot.write(self.path, _snapshot.Capture(lsn, offsets, captured, versions),
                                digests)
         man = dict(self._manifest)
@@ -816,7 +815,7 @@ class Store:
         # Only now, with the MANIFEST that drops them durable, go the old ones.
         for old in _snapshot.list_snapshots(self.path):
             if old not in kept:
-                shutil.rmtree(os.path.join(sdir, _snapshot.snapshot_name(old)))
+                _fileio.remove_tree(os.path.join(sdir, _snapshot.snapshot_name(old)))
         _fileio.fsync_dir(sdir)
         self._trim_log(min(kept))
         duration = time.perf_counter() - t0
