@@ -10,10 +10,10 @@ within the values buffer and non-decreasing, primitive buffers of exactly
 rewrites the seed files committed in ``fuzz/corpus/arrow_ipc``.
 """
 
-import sys
-
 from rehydrate._arrow_ipc import read_file
 from rehydrate.errors import CorruptionError
+
+from _fuzzing import run  # (the harnesses run as scripts, from fuzz/)
 
 PATH = "fuzz.arrow"
 
@@ -80,14 +80,7 @@ def write_seeds(out: str) -> None:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--seeds"]:
-        write_seeds(sys.argv[2] if len(sys.argv) > 2 else "fuzz/corpus/arrow_ipc")
-        return
-    import atheris
-
-    atheris.instrument_all()  # coverage for everything imported above
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    run(test_one_input, write_seeds, "fuzz/corpus/arrow_ipc")
 
 
 if __name__ == "__main__":

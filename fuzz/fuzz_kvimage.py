@@ -26,13 +26,14 @@ rewrites the seeds.
 import atexit
 import os
 import shutil
-import sys
 import tempfile
 
 from rehydrate import _core as native
 from rehydrate import _pure as pure
 from rehydrate._hashing import finish_digest
 from rehydrate.errors import CorruptionError
+
+from _fuzzing import run  # (the harnesses run as scripts, from fuzz/)
 
 HEADER = 4096
 MAGIC = b"RHKVIMG1"
@@ -123,14 +124,7 @@ def write_seeds(out: str) -> None:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--seeds"]:
-        write_seeds(sys.argv[2] if len(sys.argv) > 2 else "fuzz/corpus/kvimage")
-        return
-    import atheris
-
-    atheris.instrument_all()  # coverage for everything imported above
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    run(test_one_input, write_seeds, "fuzz/corpus/kvimage")
 
 
 if __name__ == "__main__":

@@ -12,13 +12,13 @@ ConfigError for malformed versions), each naming its file.
 
 import json
 import struct
-import sys
-
 from rehydrate import _core as native
 from rehydrate import manifest, migrations
 from rehydrate import snapshot as snap
 from rehydrate.errors import ConfigError, CorruptionError, UnsupportedFormatError
 from rehydrate.rollback import check_ledger  # (rehydrate.rollback is the function)
+
+from _fuzzing import run  # (the harnesses run as scripts, from fuzz/)
 
 TYPED = (CorruptionError, UnsupportedFormatError, ConfigError)
 PATH = "/nonexistent/MANIFEST"
@@ -64,11 +64,7 @@ def seeds() -> dict:
 
 
 def main() -> None:
-    import atheris
-
-    atheris.instrument_all()  # coverage for everything imported above
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    run(test_one_input)
 
 
 if __name__ == "__main__":

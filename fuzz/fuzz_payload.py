@@ -9,10 +9,10 @@ crash, no hang, only ValueError for a bad payload, and both cores decode it
 to the same declarations and records or refuse it with the same message.
 """
 
-import sys
-
 from rehydrate import _core as native
 from rehydrate import _pure as pure
+
+from _fuzzing import run  # (the harnesses run as scripts, from fuzz/)
 
 
 def _decode(core, payload, count, tids):
@@ -64,11 +64,7 @@ def seeds() -> dict:
 
 
 def main() -> None:
-    import atheris
-
-    atheris.instrument_all()  # coverage for everything imported above
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    run(test_one_input)
 
 
 if __name__ == "__main__":

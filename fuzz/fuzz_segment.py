@@ -7,12 +7,12 @@ ones, and the native core and the pure twin agree on the scan result and the
 resulting state. ``make fuzz`` runs it; ``fuzz/make_corpus.py`` writes seeds.
 """
 
-import sys
-
 from rehydrate import _format as F
 from rehydrate import _core as native
 from rehydrate import _pure as pure
 from rehydrate.errors import RehydrateError
+
+from _fuzzing import run  # (the harnesses run as scripts, from fuzz/)
 
 
 class _Registry:
@@ -43,11 +43,7 @@ def test_one_input(data: bytes) -> None:
 
 
 def main() -> None:
-    import atheris
-
-    atheris.instrument_all()  # coverage for everything imported above
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    run(test_one_input)
 
 
 if __name__ == "__main__":
