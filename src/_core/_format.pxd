@@ -6,13 +6,17 @@
 # Byte-string constants (magics) stay in Python only.
 
 cdef enum:
-    FORMAT_VERSION = 1
+    FORMAT_VERSION = 2
+    MIN_FORMAT_VERSION = 1
 
     SEGMENT_HEADER_BYTES = 32
     SEGMENT_NAME_DIGITS = 20
 
-    FRAME_MAGIC = 0x31424852  # b"RHB1" little-endian
-    FRAME_HEADER_BYTES = 32
+    FRAME_MAGIC = 0x32424852  # b"RHB2" little-endian (format 2)
+    FRAME_HEADER_BYTES = 36
+    FRAME_MAGIC_V1 = 0x31424852  # b"RHB1" little-endian (format 1, read only)
+    FRAME_HEADER_BYTES_V1 = 32
+    FRAME_HEADER_CRC_SPAN = 24
     CODEC_NONE = 0
     CODEC_LZ4 = 1
     FLAG_OFFSETS = 0x01

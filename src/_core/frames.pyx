@@ -24,7 +24,8 @@ from libc.string cimport memcpy, memset
 
 from _format cimport (
     CODEC_LZ4, CODEC_NONE, DECL_KIND_MASK, DECL_VERSION_FLAG, FLAG_OFFSETS,
-    FRAME_HEADER_BYTES, FRAME_MAGIC, KIND_CUSTOM, KIND_DICT, KIND_KV, KIND_NUMERIC,
+    FORMAT_VERSION, FRAME_HEADER_BYTES, FRAME_HEADER_BYTES_V1, FRAME_HEADER_CRC_SPAN,
+    FRAME_MAGIC, FRAME_MAGIC_V1, KIND_CUSTOM, KIND_DICT, KIND_KV, KIND_NUMERIC,
     KNOWN_FLAGS, MAX_FRAME_PAYLOAD_BYTES, MAX_TABLE_ID, MAX_TABLE_VERSION,
     MIN_RECORD_BYTES, OP_CLEAR,
     OP_CUSTOM, OP_DELETE, OP_INCR, OP_NOOP, OP_PUT, SCAN_APPLY_ERROR, SCAN_BAD_CRC, SCAN_BAD_HEADER, SCAN_BAD_MAGIC,
@@ -69,7 +70,7 @@ from rehydrate.errors import (
     RehydrateError,
 )
 
-_FRAME_HEADER = struct.Struct("<IIQIIIBBH")
+_FRAME_HEADER = struct.Struct("<IIQIIIBBH")  # the fields both formats share
 
 # A batch's records must fit one frame with room for every table declaration:
 # 65536 of at most 266 bytes (id 3, kind 1, name 2 + 255, version 5) take
@@ -685,15 +686,18 @@ cdef class LogBuffer:
 
 # ---------------------------------------------------------------- frames
 
-def encode_frame(first_lsn, count, decls, records, offsets=None):
+def encode_frame(first_lsn, count, decls, records, offsets=None, version=FORMAT_VERSION):
     """One frame: header + payload (offsets, decls, then records), LZ4 when it pays.
 
     ``decls`` is a sequence of (table_id, kind, name_bytes[, schema_bytes
     [, version]]) (the schema of a numeric table, ignored for other kinds; the
     table's version, 1 when absent, written only when >= 2); ``offsets`` a
     dict {source: int64} stored with the frame (FLAG_OFFSETS), or None.
+    ``version``: the segment format the frame goes into (1 only to make
+    format-1 test data; rehydrate writes format 2).
     """
     cdef bytes payload, out
+    cdef Py_ssize_t hb = _header_bytes_of(version)
     cdef Py_ssize_t raw_len, stored_len
     cdef unsigned codec = CODEC_NONE
     cdef unsigned flags = FLAG_OFFSETS if offsets else 0
@@ -703,12 +707,12 @@ def encode_frame(first_lsn, count, decls, records, offsets=None):
     pieces.append(encode_varint(len(decls)))
     for decl in decls:
         tid, kind, name = decl[0], decl[1], decl[2]
-        version = decl[4] if len(decl) > 4 else 1
+        table_version = decl[4] if len(decl) > 4 else 1
         if not 0 <= kind <= DECL_KIND_MASK:
             raise ValueError(f"table kind must be 0..{DECL_KIND_MASK}")
-        if type(version) is not int or not 1 <= version <= MAX_TABLE_VERSION:
+        if type(table_version) is not int or not 1 <= table_version <= MAX_TABLE_VERSION:
             raise ValueError("table version must be an int in 1..4294967295")
-        flag = DECL_VERSION_FLAG if version > 1 else 0
+        flag = DECL_VERSION_FLAG if table_version > 1 else 0
         pieces.append(encode_varint(tid))
         pieces.append(bytes((kind | flag,)))
         pieces.append(encode_varint(len(name)))
@@ -718,7 +722,7 @@ def encode_frame(first_lsn, count, decls, records, offsets=None):
             pieces.append(encode_varint(len(schema)))
             pieces.append(schema)
         if flag:
-            pieces.append(encode_varint(version))
+            pieces.append(encode_varint(table_version))
     pieces.append(records)
     payload = b"".join(pieces)
     raw_len = PyBytes_GET_SIZE(payload)
@@ -734,9 +738,9 @@ def encode_frame(first_lsn, count, decls, records, offsets=None):
             and 0 <= first_lsn <= 0xFFFFFFFFFFFFFFFF and 0 <= count <= 0xFFFFFFFF):
         # Let struct raise exactly what the twin's header packing raises.
         _FRAME_HEADER.pack(0, 0, first_lsn, count, stored_len, raw_len, codec, flags, 0)
-    out = PyBytes_FromStringAndSize(NULL, FRAME_HEADER_BYTES + stored_len)
+    out = PyBytes_FromStringAndSize(NULL, hb + stored_len)
     p = <unsigned char *>PyBytes_AS_STRING(out)
-    _put_le32(p, FRAME_MAGIC)
+    _put_le32(p, FRAME_MAGIC if hb == FRAME_HEADER_BYTES else FRAME_MAGIC_V1)
     _put_le32(p + 8, <uint32_t>(<uint64_t>first_lsn))
     _put_le32(p + 12, <uint32_t>((<uint64_t>first_lsn) >> 32))
     _put_le32(p + 16, <uint32_t>count)
@@ -746,9 +750,13 @@ def encode_frame(first_lsn, count, decls, records, offsets=None):
     p[29] = <unsigned char>flags
     p[30] = 0
     p[31] = 0
-    memcpy(p + FRAME_HEADER_BYTES, PyBytes_AS_STRING(payload), <size_t>stored_len)
-    # The CRC covers header bytes [8, 32) and the payload: one contiguous run.
-    crc = crc32c_raw(0, p + 8, <size_t>(FRAME_HEADER_BYTES - 8 + stored_len))
+    if hb == FRAME_HEADER_BYTES:
+        # The header's own check, over every field after the frame CRC: a
+        # damaged length is caught before it decides where the next frame is.
+        _put_le32(p + 32, crc32c_raw(0, p + 8, FRAME_HEADER_CRC_SPAN))
+    memcpy(p + hb, PyBytes_AS_STRING(payload), <size_t>stored_len)
+    # The CRC covers header bytes [8, hb) and the payload: one contiguous run.
+    crc = crc32c_raw(0, p + 8, <size_t>(hb - 8 + stored_len))
     _put_le32(p + 4, crc)
     return out
 
@@ -757,7 +765,7 @@ class FrameHeader:
     """The fields of a frame header, in on-disk order."""
 
     __slots__ = ("magic", "crc", "first_lsn", "count", "stored_len", "raw_len",
-                 "codec", "flags", "reserved")
+                 "codec", "flags", "reserved", "header_crc", "version", "header_crc_ok")
 
     def __init__(self, fields):
         for slot, value in zip(FrameHeader.__slots__, fields):
@@ -777,9 +785,20 @@ ctypedef struct rh_hdr:
     uint32_t codec
     uint32_t flags
     uint32_t reserved
+    uint32_t header_crc  # format 2; 0 in format 1
+    uint32_t header_crc_ok  # format 2: header_crc matches; always 1 in format 1
+    uint32_t magic_want  # the magic of the segment's format
 
 
-cdef inline void _read_hdr(const unsigned char *p, rh_hdr *h) noexcept nogil:
+cdef Py_ssize_t _header_bytes_of(object version) except -1:
+    if version == 1:
+        return FRAME_HEADER_BYTES_V1
+    if version == FORMAT_VERSION:
+        return FRAME_HEADER_BYTES
+    raise ValueError(f"no frame format {version!r}")
+
+
+cdef inline void _read_hdr(const unsigned char *p, rh_hdr *h, Py_ssize_t hb) noexcept nogil:
     h.magic = _le32(p)
     h.crc = _le32(p + 4)
     h.first_lsn = _le64(p + 8)
@@ -789,28 +808,42 @@ cdef inline void _read_hdr(const unsigned char *p, rh_hdr *h) noexcept nogil:
     h.codec = p[28]
     h.flags = p[29]
     h.reserved = p[30] | (<uint32_t>p[31] << 8)
+    if hb == FRAME_HEADER_BYTES:
+        h.header_crc = _le32(p + 32)
+        h.header_crc_ok = crc32c_raw(0, p + 8, FRAME_HEADER_CRC_SPAN) == h.header_crc
+        h.magic_want = FRAME_MAGIC
+    else:
+        h.header_crc = 0
+        h.header_crc_ok = 1
+        h.magic_want = FRAME_MAGIC_V1
 
 
-def parse_frame_header(buf, offset):
-    """The FrameHeader at ``offset`` (no checks), or None if fewer than 32 bytes remain."""
+def parse_frame_header(buf, offset, version=FORMAT_VERSION):
+    """The FrameHeader at ``offset`` of a segment of format ``version`` (no
+    checks but the header checksum's, recorded as ``header_crc_ok``), or None
+    if fewer than a header's bytes remain."""
     cdef Py_buffer view
     cdef rh_hdr h
-    if len(buf) - offset < FRAME_HEADER_BYTES:
+    cdef Py_ssize_t hb = _header_bytes_of(version)
+    if len(buf) - offset < hb:
         return None
-    if type(offset) is int and offset >= 0 and PyObject_CheckBuffer(buf):
-        PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
-        try:
-            _read_hdr(<const unsigned char *>view.buf + <Py_ssize_t>offset, &h)
-        finally:
-            PyBuffer_Release(&view)
-        return FrameHeader((h.magic, h.crc, h.first_lsn, h.count, h.stored_len, h.raw_len,
-                            h.codec, h.flags, h.reserved))
-    return FrameHeader(_FRAME_HEADER.unpack_from(buf, offset))
+    if not (type(offset) is int and offset >= 0 and PyObject_CheckBuffer(buf)):
+        buf = bytes(buf[offset:offset + hb])
+        offset = 0
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    try:
+        _read_hdr(<const unsigned char *>view.buf + <Py_ssize_t>offset, &h, hb)
+    finally:
+        PyBuffer_Release(&view)
+    return FrameHeader((h.magic, h.crc, h.first_lsn, h.count, h.stored_len, h.raw_len,
+                        h.codec, h.flags, h.reserved, h.header_crc, version,
+                        bool(h.header_crc_ok)))
 
 
 cdef enum:
     HP_OK = 0
     HP_MAGIC
+    HP_HEADER_CRC
     HP_CODEC
     HP_CAP
     HP_LENGTHS
@@ -819,8 +852,10 @@ cdef enum:
 
 
 cdef int _header_problem(const rh_hdr *h) noexcept nogil:
-    if h.magic != FRAME_MAGIC:
+    if h.magic != h.magic_want:
         return HP_MAGIC
+    if not h.header_crc_ok:
+        return HP_HEADER_CRC
     if (h.codec != CODEC_NONE and h.codec != CODEC_LZ4) or (h.flags & ~KNOWN_FLAGS) \
             or h.reserved != 0:
         return HP_CODEC
@@ -839,6 +874,8 @@ cdef int _header_problem(const rh_hdr *h) noexcept nogil:
 cdef str _header_problem_text(int code, const rh_hdr *h):
     if code == HP_MAGIC:
         return "bad magic"
+    if code == HP_HEADER_CRC:
+        return "frame header checksum mismatch"
     if code == HP_CODEC:
         return f"unknown codec {h.codec} or flags {h.flags:#x}/{h.reserved:#x}"
     if code == HP_CAP:
@@ -853,8 +890,10 @@ cdef str _header_problem_text(int code, const rh_hdr *h):
 def header_problem(h):
     """Why a header is impossible (its fields alone), or None."""
     # Fields may be any ints here (a caller-built FrameHeader), so Python math.
-    if h.magic != F.FRAME_MAGIC:
+    if h.magic != F.frame_magic(h.version):
         return "bad magic"
+    if not h.header_crc_ok:
+        return "frame header checksum mismatch"
     if h.codec not in (F.CODEC_NONE, F.CODEC_LZ4) or h.flags & ~F.KNOWN_FLAGS or h.reserved != 0:
         return f"unknown codec {h.codec} or flags {h.flags:#x}/{h.reserved:#x}"
     if h.raw_len > F.MAX_FRAME_PAYLOAD_BYTES or h.stored_len > F.MAX_FRAME_PAYLOAD_BYTES:
@@ -1161,7 +1200,7 @@ cdef inline int _apply_py(rh_rec *r, object t) except -1:
 
 
 def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
-                cancel=None, progress=None, progress_every=4 << 20):
+                cancel=None, progress=None, progress_every=4 << 20, version=FORMAT_VERSION):
     """Check, decode and (if ``apply``) replay frames from ``offset`` to the end.
 
     Records with LSN <= ``applied_lsn`` are checked but not applied, so a
@@ -1171,8 +1210,10 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
     at every frame and every 8192 records while a frame is decoded; never in
     the middle of applying a frame, which would break its atomicity).
     ``progress(offset)`` is called about every ``progress_every`` bytes.
+    ``version``: the format of the segment the frames are in.
     """
     cdef _Scanner sc = _Scanner()
+    cdef Py_ssize_t hb = _header_bytes_of(version)
     cdef const unsigned char *base
     cdef const char *cancel_ptr = NULL
     cdef int64_t off, end, frame_end, body
@@ -1238,16 +1279,16 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
             tables = ctx.tables
             if (cancel_ptr != NULL and cancel_ptr[0]) or (py_cancel and cancel[0]):
                 return ScanResult(SCAN_CANCELLED, off, nlsn, frames, records, applied, -1, "cancelled")
-            if end - off < FRAME_HEADER_BYTES:
+            if end - off < hb:
                 return ScanResult(SCAN_TRUNCATED, off, nlsn, frames, records, applied, -1,
                                   "partial frame header")
-            _read_hdr(base + off, &h)
+            _read_hdr(base + off, &h, hb)
             code = _header_problem(&h)
             if code != HP_OK:
                 return ScanResult(SCAN_BAD_MAGIC if code == HP_MAGIC else SCAN_BAD_HEADER,
                                   off, nlsn, frames, records, applied, -1,
                                   _header_problem_text(code, &h))
-            body = off + FRAME_HEADER_BYTES
+            body = off + hb
             frame_end = body + h.stored_len
             if frame_end > end:
                 return ScanResult(SCAN_TRUNCATED, off, nlsn, frames, records, applied,

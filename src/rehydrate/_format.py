@@ -4,7 +4,11 @@ docs/FORMAT.md is the spec; this module and the ``.pxd`` are its only two
 spellings in code, and ``tests/test_format_constants.py`` checks they agree.
 """
 
-FORMAT_VERSION = 1
+# 2: frame headers carry their own checksum (docs/FORMAT.md, "Frames");
+# a clean close records where the log ends (MANIFEST clean_end). Format 1
+# logs and stores are still read; only format 2 is written.
+FORMAT_VERSION = 2
+MIN_FORMAT_VERSION = 1
 
 # Segment header: magic[8] version:u16 flags:u16 header_bytes:u32
 #                 first_lsn:u64 reserved:u32 crc32c:u32   (32 bytes)
@@ -13,11 +17,18 @@ SEGMENT_HEADER_BYTES = 32
 SEGMENT_SUFFIX = ".wal"
 SEGMENT_NAME_DIGITS = 20
 
-# Frame (physical batch) header: magic:u32 crc32c:u32 first_lsn:u64 count:u32
-#                 stored_len:u32 raw_len:u32 codec:u8 flags:u8 reserved:u16 (32 bytes)
-# The CRC covers header bytes [8, 32) and the stored payload.
-FRAME_MAGIC = 0x31424852  # b"RHB1" little-endian
-FRAME_HEADER_BYTES = 32
+# Frame (physical batch) header, format 2: magic:u32 crc32c:u32 first_lsn:u64
+#   count:u32 stored_len:u32 raw_len:u32 codec:u8 flags:u8 reserved:u16
+#   header_crc32c:u32 (36 bytes). header_crc32c covers header bytes [8, 32),
+#   so a damaged length is caught before it is used; crc32c covers header
+#   bytes [8, 36) and the stored payload.
+# Format 1 (read only): the same without header_crc32c (32 bytes), magic
+#   "RHB1", crc32c over header bytes [8, 32) and the payload.
+FRAME_MAGIC = 0x32424852  # b"RHB2" little-endian
+FRAME_HEADER_BYTES = 36
+FRAME_MAGIC_V1 = 0x31424852  # b"RHB1" little-endian
+FRAME_HEADER_BYTES_V1 = 32
+FRAME_HEADER_CRC_SPAN = 24  # header bytes [8, 32): every field after the frame CRC
 CODEC_NONE = 0
 CODEC_LZ4 = 1
 # Frame flags: bit 0, the payload starts with a source offsets section.
@@ -97,6 +108,16 @@ SCAN_STATUS_NAMES = {
     SCAN_APPLY_ERROR: "apply_error",
     SCAN_CANCELLED: "cancelled",
 }
+
+
+def frame_magic(version: int) -> int:
+    """The frame magic of a segment of format ``version``."""
+    return FRAME_MAGIC_V1 if version == 1 else FRAME_MAGIC
+
+
+def frame_header_bytes(version: int) -> int:
+    """The frame header size of a segment of format ``version``."""
+    return FRAME_HEADER_BYTES_V1 if version == 1 else FRAME_HEADER_BYTES
 
 
 def slot_capacity(keys: int) -> int:

@@ -13,8 +13,9 @@ from . import manifest as _manifest
 from ._offsets import split_offsets
 from ._backend import core as _core
 from .errors import NotAStoreError
-from .recovery import check_mode, walk
+from .recovery import check_mode, clean_end_of, walk
 from .tables import TableRegistry
+from .wal import segment_version
 
 OP_NAMES = {F.OP_PUT: "put", F.OP_DELETE: "delete", F.OP_INCR: "incr", F.OP_CLEAR: "clear",
             F.OP_NOOP: "noop", F.OP_CUSTOM: "custom"}
@@ -22,10 +23,11 @@ OP_NAMES = {F.OP_PUT: "put", F.OP_DELETE: "delete", F.OP_INCR: "incr", F.OP_CLEA
 
 def _frames_in(core, buf, start, end):
     """(header, source offsets or None, payload after them) of checked frames."""
+    version = segment_version(buf)
     off = start
     while off < end:
-        h = core.parse_frame_header(buf, off)
-        body = off + F.FRAME_HEADER_BYTES
+        h = core.parse_frame_header(buf, off, version)
+        body = off + F.frame_header_bytes(version)
         payload = buf[body:body + h.stored_len]
         if h.codec == F.CODEC_LZ4:
             payload = core.lz4_decompress(payload, h.raw_len)
@@ -52,7 +54,8 @@ def dump_records(path, *, table=None, from_lsn=None, to_lsn=None, recovery="tole
     # From where the log starts (records before it live only in snapshots).
     report = walk(core, path, mode="skip-corrupted",
                   registry=TableRegistry(core, materialize=False), apply=False,
-                  start_lsn=_manifest.log_start(man, path)).report
+                  start_lsn=_manifest.log_start(man, path),
+                  clean_end=clean_end_of(man, path)).report
     for p in report.problems:
         if p.is_damage or (recovery == "strict" and p.kind == "torn_tail"):
             p.action = "error"

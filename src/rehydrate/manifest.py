@@ -67,6 +67,10 @@ def read(directory: str) -> dict:
 
 
 def write(directory: str, data: dict) -> None:
+    """Replace the MANIFEST, durably. It is stamped with this code's format:
+    a store written by it may hold format-2 segments, which older code
+    must not read."""
+    data["format"] = F.FORMAT_VERSION
     _fileio.write_file_atomic(os.path.join(directory, MANIFEST_NAME), encode(data))
 
 

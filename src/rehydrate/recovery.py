@@ -21,12 +21,11 @@ from typing import Optional
 from . import _fileio
 from . import _format as F
 from .errors import ConfigError, CorruptionError, RehydrateError, TornTailError
-from .wal import WAL_DIR, list_segments, segment_header_problem
+from .wal import WAL_DIR, list_segments, segment_header_problem, segment_version
 
 MODES = ("strict", "tolerate-tail", "point-in-time", "skip-corrupted")
 QUARANTINE_DIR = "quarantine"
 SECTOR_BYTES = 512
-_MAGIC_BYTES = struct.pack("<I", F.FRAME_MAGIC)
 
 # Problems that are not damage: reported, but a clean verify still exits 0.
 WARNING_KINDS = frozenset({"torn_tail", "foreign_file", "snapshot_unchecked"})
@@ -244,14 +243,18 @@ def _has_zero_sector(buf, start: int, end: int) -> bool:
     return False
 
 
-def is_torn(buf, status: int, offset: int, frame_end: int) -> bool:
+def is_torn(buf, status: int, offset: int, frame_end: int,
+            header_bytes: int = F.FRAME_HEADER_BYTES) -> bool:
     """Does a problem at ``offset`` of the newest segment look like a crash's tail?
 
     A partial frame, zeros to the end of file, or a frame that fails its CRC,
     has only zeros after it and has a zeroed sector (a write the disk only
     partly made, as etcd's isTornEntry reasons); or a header that does not
     read because a sector it lies in is zeros (the same write, its header's
-    sector one of those not made). Anything else is damage.
+    sector one of those not made). Anything else is damage. A frame runs
+    past the end only behind a header that passed its own checksum (format
+    2), so a damaged length is never taken for a torn write; after a
+    recorded clean close the caller does not ask (nothing there is torn).
     """
     end = len(buf)
     if status == F.SCAN_TRUNCATED:
@@ -264,7 +267,7 @@ def is_torn(buf, status: int, offset: int, frame_end: int) -> bool:
             # from the frame's start, or the whole next sector) is a torn write.
             boundary = min((offset // SECTOR_BYTES + 1) * SECTOR_BYTES, end)
             if _all_zero(buf, offset, boundary) or (
-                    boundary < offset + F.FRAME_HEADER_BYTES
+                    boundary < offset + header_bytes
                     and _all_zero(buf, boundary, min(boundary + SECTOR_BYTES, end))):
                 return True
         # (zeros after the frame: the write's last sectors, not made, held
@@ -275,23 +278,24 @@ def is_torn(buf, status: int, offset: int, frame_end: int) -> bool:
     return False
 
 
-def find_next_frame(core, buf, start: int, min_lsn: int):
+def find_next_frame(core, buf, start: int, min_lsn: int, version: int = F.FORMAT_VERSION):
     """(offset, header) of the next whole, checksummed frame at or after ``start``
     whose first LSN is >= ``min_lsn``; None when there is none. Used only by
     skip-corrupted, where a bad frame's length field cannot be trusted."""
     end = len(buf)
-    pos = buf.find(_MAGIC_BYTES, start)
+    magic = struct.pack("<I", F.frame_magic(version))
+    pos = buf.find(magic, start)
     while pos != -1:
-        h = core.parse_frame_header(buf, pos)
+        h = core.parse_frame_header(buf, pos, version)
         if h is None:
             return None
-        body = pos + F.FRAME_HEADER_BYTES
+        body = pos + F.frame_header_bytes(version)
         if (core.header_problem(h) is None and body + h.stored_len <= end
                 and h.first_lsn >= min_lsn
                 and core.crc32c(buf[body:body + h.stored_len],
                                 core.crc32c(buf[pos + 8:body])) == h.crc):
             return pos, h
-        pos = buf.find(_MAGIC_BYTES, pos + 1)
+        pos = buf.find(magic, pos + 1)
     return None
 
 
@@ -321,6 +325,10 @@ class _Walker:
         self.end: Optional[tuple] = None
         # on_chunk(segment path, next LSN): every record below it is applied.
         self.on_chunk = None
+        # Where the last clean close left the log (MANIFEST clean_end), or
+        # None: with it, nothing at the end is a torn tail (no crash made it).
+        self.clean_end: Optional[dict] = None
+        self.version = F.FORMAT_VERSION  # the format of the segment being read
 
     # -- problem handling ------------------------------------------------
     def _problem(self, kind, path, offset, detail, nbytes=0, lsn=None, lsn_end=None,
@@ -383,11 +391,37 @@ class _Walker:
                 continue
             self._segment(seg, newest=(i == len(segments) - 1))
             self.bytes_before += seg.size
+        if self.clean_end is not None and not self.stopped:
+            self._check_clean_end(segments)
         r = self.report
         r.last_lsn = self.next_lsn - 1
         r.duration_s = time.perf_counter() - t0
         return WalkResult(r, self.actions, self.next_lsn, self.resume_path, self.resume_size,
                           self.offsets)
+
+    def _check_clean_end(self, segments) -> None:
+        """The log must end exactly where its last clean close left it: a
+        shorter log lost acknowledged records (a cut, a lost segment, a
+        truncated copy), a longer or different one is not the log that was
+        closed. Either is damage, whatever the frames say."""
+        want = self.clean_end
+        last = segments[-1] if segments else None
+        name = os.path.basename(last.path) if last is not None else None
+        size = last.size if last is not None else None
+        if self.end is None and last is not None:
+            size = os.path.getsize(last.path)
+        if self.next_lsn - 1 == want["lsn"] and (name, size) == (want["segment"],
+                                                              want["offset"]):
+            return
+        where = last.path if last is not None else os.path.join(self.directory, WAL_DIR)
+        short = self.next_lsn - 1 < want["lsn"]
+        p = self._problem(
+            "clean_end_mismatch", where, size,
+            f"the log ends at LSN {self.next_lsn - 1} ({name}, {size} bytes); its last "
+            f"clean close recorded LSN {want['lsn']} ({want['segment']}, "
+            f"{want['offset']} bytes)", lsn=self.next_lsn,
+            lsn_end=want["lsn"] if short else None)
+        p.action = "stopped" if self._damage(p) == "stop" else "skipped"
 
     def _segment(self, seg, newest: bool) -> None:
         core = self.core
@@ -415,9 +449,10 @@ class _Walker:
             if gap:
                 self.next_lsn = seg.first_lsn
         why = segment_header_problem(buf, seg.path, seg.first_lsn)
+        self.version = segment_version(buf)
         if why is not None:
-            if newest and (size < F.SEGMENT_HEADER_BYTES or _all_zero(buf, 0, size)) \
-                    and size < 4096:
+            if newest and self.clean_end is None and (
+                    size < F.SEGMENT_HEADER_BYTES or _all_zero(buf, 0, size)) and size < 4096:
                 p = self._problem("torn_tail", seg.path, 0, f"torn segment: {why}",
                                   size, lsn=self.next_lsn, action="dropped")
                 if self.mode == "strict":
@@ -462,7 +497,7 @@ class _Walker:
                 progress = lambda off: user_progress(base + off, total)  # noqa: E731
             while True:
                 r = core.scan_frames(buf, offset, self.next_lsn, self.applied_lsn, ctx,
-                                     self.apply, self.cancel, progress)
+                                     self.apply, self.cancel, progress, version=self.version)
                 self._count(summary, r, range_start, offset)
                 if r.status == F.SCAN_OK:
                     break
@@ -514,14 +549,15 @@ class _Walker:
         header that is not plainly a covered frame; the scan goes on from there.
         """
         core = self.core
+        hb = F.frame_header_bytes(self.version)
         with open(path, "rb") as f:
-            while offset + F.FRAME_HEADER_BYTES <= size and self.next_lsn <= self.applied_lsn:
-                raw = os.pread(f.fileno(), F.FRAME_HEADER_BYTES, offset)
-                h = core.parse_frame_header(raw, 0)
+            while offset + hb <= size and self.next_lsn <= self.applied_lsn:
+                raw = os.pread(f.fileno(), hb, offset)
+                h = core.parse_frame_header(raw, 0, self.version)
                 if h is None or core.header_problem(h) is not None \
                         or h.first_lsn != self.next_lsn:
                     break
-                end = offset + F.FRAME_HEADER_BYTES + h.stored_len
+                end = offset + hb + h.stored_len
                 if h.first_lsn + h.count - 1 > self.applied_lsn or end > size:
                     break
                 self.next_lsn = h.first_lsn + h.count
@@ -543,7 +579,7 @@ class _Walker:
         def scan(data, off: int, base: int):
             """Scan ``data`` (file offset ``base``) from ``off``."""
             r = core.scan_frames(data, off, self.next_lsn, self.applied_lsn, ctx,
-                                 self.apply, self.cancel, None)
+                                 self.apply, self.cancel, None, version=self.version)
             self._count(summary, r, off, off, shift=base)
             if r.status == F.SCAN_CANCELLED:
                 raise CancelledError("replay cancelled", path=seg.path,
@@ -580,12 +616,13 @@ class _Walker:
         """How many more bytes finish the frame that ``carry`` starts, or
         None when its header is not whole or not plausible (the scan of the
         joined bytes then judges it)."""
-        if len(carry) < F.FRAME_HEADER_BYTES:
+        hb = F.frame_header_bytes(self.version)
+        if len(carry) < hb:
             return None
-        h = self.core.parse_frame_header(carry, 0)
+        h = self.core.parse_frame_header(carry, 0, self.version)
         if h is None or self.core.header_problem(h) is not None:
             return None
-        need = F.FRAME_HEADER_BYTES + h.stored_len - len(carry)
+        need = hb + h.stored_len - len(carry)
         return need if need > 0 else None
 
     def _frame_problem(self, seg, buf, r, newest: bool, end: int):
@@ -601,8 +638,10 @@ class _Walker:
             p = self._problem("apply_error", seg.path, r.offset, r.detail,
                               r.frame_end - r.offset, lsn=r.next_lsn)
             self._fatal(p)
-        if (newest and is_torn(buf, r.status, r.offset, r.frame_end)
-                and find_next_frame(self.core, buf, r.offset + 1, 0) is None):
+        if (newest and self.clean_end is None
+                and is_torn(buf, r.status, r.offset, r.frame_end,
+                            F.frame_header_bytes(self.version))
+                and find_next_frame(self.core, buf, r.offset + 1, 0, self.version) is None):
             # (a whole, checksummed frame further on means the bad bytes are
             # not where a crash stopped writing: e.g. a flipped length field)
             p = self._problem("torn_tail", seg.path, r.offset, r.detail, end - r.offset,
@@ -613,7 +652,8 @@ class _Walker:
             return None
         if r.status == F.SCAN_TRUNCATED:
             # Not the end of a crash's write: a length that runs past the end
-            # of the file with good data after it (or in an older segment).
+            # of the file with good data after it (or in an older segment, or
+            # after a recorded clean close).
             status_name = "bad_length"
         crc_ok = r.status in (F.SCAN_LSN_GAP, F.SCAN_LSN_OVERLAP, F.SCAN_BAD_PAYLOAD)
         p = self._problem(status_name, seg.path, r.offset, r.detail,
@@ -626,7 +666,7 @@ class _Walker:
         if r.status == F.SCAN_LSN_GAP:
             # The frame itself is whole; the LSNs before it are lost. Accept
             # the gap and replay the frame.
-            h = self.core.parse_frame_header(buf, r.offset)
+            h = self.core.parse_frame_header(buf, r.offset, self.version)
             p.lsn_end = h.first_lsn - 1
             p.bytes = 0
             self.next_lsn = h.first_lsn
@@ -634,12 +674,12 @@ class _Walker:
         if crc_ok:
             if r.status == F.SCAN_BAD_PAYLOAD:
                 # The checksum vouches for the header: these LSNs are the ones lost.
-                h = self.core.parse_frame_header(buf, r.offset)
+                h = self.core.parse_frame_header(buf, r.offset, self.version)
                 p.lsn, p.lsn_end = h.first_lsn, h.first_lsn + h.count - 1
                 self.next_lsn = h.first_lsn + h.count
             self._quarantine(seg.path, r.offset, r.frame_end, status_name, r.detail)
             return r.frame_end
-        found = find_next_frame(self.core, buf, r.offset + 1, self.next_lsn)
+        found = find_next_frame(self.core, buf, r.offset + 1, self.next_lsn, self.version)
         if found is None:
             p.bytes = end - r.offset
             if newest:
@@ -709,7 +749,7 @@ class CancelledError(RehydrateError):
 
 def walk(core, directory, *, mode="tolerate-tail", registry, apply=True, start_lsn=1,
          applied_lsn=0, cancel=None, progress=None, offsets=None,
-         skip_covered=False, end=None, on_chunk=None) -> WalkResult:
+         skip_covered=False, end=None, on_chunk=None, clean_end=None) -> WalkResult:
     """Read every segment of ``directory`` under ``mode``; see the module docstring.
 
     ``applied_lsn``: the state already holds every record up to it (a
@@ -719,7 +759,10 @@ def walk(core, directory, *, mode="tolerate-tail", registry, apply=True, start_l
     the log only as it was then (segments past that LSN are not read, the
     named ones only up to their size). ``on_chunk(path, next_lsn)`` is called
     as the walk goes, whenever every record below ``next_lsn`` is in, and
-    with ``next_lsn`` None as each segment's frames start. Raises CorruptionError (TornTailError for a
+    with ``next_lsn`` None as each segment's frames start. ``clean_end``:
+    the MANIFEST's record of the last clean close (``clean_end_of``); the
+    log must then end exactly there, and nothing at its end is a torn
+    tail. Raises CorruptionError (TornTailError for a
     torn tail under strict) where the mode does not allow going on;
     UnsupportedFormatError for a newer format.
     """
@@ -727,7 +770,23 @@ def walk(core, directory, *, mode="tolerate-tail", registry, apply=True, start_l
     w.offsets.update(offsets or {})
     w.skip_covered = skip_covered
     w.end, w.on_chunk = end, on_chunk
+    w.clean_end = clean_end
     return w.run()
+
+
+def clean_end_of(manifest: dict, directory: str) -> Optional[dict]:
+    """The MANIFEST's record of where the last clean close left the log
+    ({"lsn", "segment", "offset"}), checked; None when the last run did not
+    close cleanly (or the store was written since)."""
+    value = manifest.get("clean_end")
+    if value is None:
+        return None
+    if not (isinstance(value, dict) and type(value.get("lsn")) is int and value["lsn"] >= 0
+            and (value.get("segment") is None or isinstance(value.get("segment"), str))
+            and (value.get("offset") is None or type(value.get("offset")) is int)):
+        raise CorruptionError(f"MANIFEST clean_end {value!r} is not a log position",
+                              path=os.path.join(directory, "MANIFEST"), reason="bad_manifest")
+    return {"lsn": value["lsn"], "segment": value.get("segment"), "offset": value.get("offset")}
 
 
 def evidence_name(path: str, start: int, kind: str) -> str:

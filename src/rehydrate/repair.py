@@ -20,7 +20,7 @@ from . import manifest as _manifest
 from ._backend import core as _core
 from .errors import NotAStoreError, typed_io_errors
 from .lockfile import DirLock
-from .recovery import QUARANTINE_DIR, apply_actions, walk
+from .recovery import QUARANTINE_DIR, apply_actions, clean_end_of, walk
 from .tables import TableRegistry
 
 
@@ -81,9 +81,10 @@ def repair(path, *, dry_run: bool = False) -> RepairReport:
     lock = DirLock(path)
     try:
         man = _manifest.read(path)
+        clean_end = clean_end_of(man, path)
         result = walk(_core(), path, mode="point-in-time",
                       registry=TableRegistry(_core(), materialize=False), apply=False,
-                      start_lsn=_manifest.log_start(man, path))
+                      start_lsn=_manifest.log_start(man, path), clean_end=clean_end)
         report = RepairReport(path=path, dry_run=dry_run, last_lsn=result.report.last_lsn,
                               problems=[p.as_dict() for p in result.report.problems
                                         if p.kind != "foreign_file"])
@@ -101,12 +102,19 @@ def repair(path, *, dry_run: bool = False) -> RepairReport:
                 report.removed.append({"path": a.path, "bytes": size})
             if a.op != "evidence":
                 plan.append(a)
-        report.changed = bool(plan)
-        if dry_run or not plan:
+        # A log that is not where its clean close left it (records lost
+        # at a frame boundary, say) is repaired by accepting where it ends.
+        moved_end = any(p["kind"] == "clean_end_mismatch" for p in report.problems)
+        report.changed = bool(plan) or moved_end
+        if dry_run or not report.changed:
             return report
         _fileio.makedir_durable(qdir)
         for item in report.cut + report.removed:
             item["evidence"] = _broken_copy(item["path"], qdir)
+        if clean_end is not None:
+            # First: the log is about to end somewhere else than recorded.
+            man.pop("clean_end", None)
+            _manifest.write(path, man)
         apply_actions(path, plan)
         return report
     finally:

@@ -158,6 +158,7 @@ def rollback(path, *, steps: Optional[int] = None, to: Optional[str] = None,
         man["snapshots"] = [x for x in (man.get("snapshots") or []) if x <= base]
         man["versions"] = plan["versions"]
         man["log_end"] = base
+        man.pop("clean_end", None)  # the log will end elsewhere than the last close left it
         _manifest.write(path, man)  # the commit: from here the log ends at base
         finish_rollback(path, man)
         plan["done"] = True

@@ -42,7 +42,9 @@ from .numeric import NumericTable
 from .lockfile import DirLock
 from . import migrations as _migrations
 from .migrations import Migrations, Versions
-from .recovery import CancelledError, Problem, RecoveryReport, apply_actions, check_mode, walk
+from .recovery import (
+    CancelledError, Problem, RecoveryReport, apply_actions, check_mode, clean_end_of, walk,
+)
 from .tables import TableRegistry
 from .warmup import Warmup, WarmupRun
 from .wal import WAL_DIR, SegmentFile, WalWriter, list_segments, parse_segment_name
@@ -383,7 +385,8 @@ class Store:
             walk_args = dict(mode=recovery, registry=self._registry, apply=True,
                              progress=replay_progress, applied_lsn=snap_lsn,
                              offsets=snap_offsets, skip_covered=True,
-                             start_lsn=self._log_start, cancel=self._cancel)
+                             start_lsn=self._log_start, cancel=self._cancel,
+                             clean_end=clean_end_of(self._manifest, path))
             watch = run.watch(self._cancel)
             try:
                 early = None
@@ -471,10 +474,19 @@ class Store:
 
     def _open_writer(self, next_lsn: int, resume_path, resume_size: int) -> None:
         """Open the log for appending at ``next_lsn`` and start taking writes."""
+        if "clean_end" in self._manifest:
+            # The record of the last clean close goes, durably, before the
+            # log can grow: a crash from here on is a crash (docs/recovery.md).
+            del self._manifest["clean_end"]
+            try:
+                _manifest.write(self.path, self._manifest)
+            except OSError as e:
+                raise StorageIOError.wrap(e, self.path) from e
         self._buf = self._core.LogBuffer(next_lsn)
         self._durable_lsn = self._written_lsn = next_lsn - 1
         self._wal = WalWriter(os.path.join(self.path, WAL_DIR), self._segment_bytes)
-        if resume_path is not None and resume_size < self._segment_bytes:
+        if (resume_path is not None and resume_size < self._segment_bytes
+                and WalWriter.can_append(resume_path)):
             first = parse_segment_name(os.path.basename(resume_path))
             self._wal.open_existing(SegmentFile(first, resume_path, resume_size), resume_size)
         else:
@@ -1375,8 +1387,24 @@ class Store:
                 self._flush_out(fsync=True)
                 _hints.write(self.path, [(n, self._registry.by_name[n].table)
                                          for n in self._registry.names()])
+                self._record_clean_end()
         finally:
             self._release()
+
+    def _record_clean_end(self) -> None:
+        """Write down, durably, where this clean close leaves the log: the
+        next open then holds the log to it, so a cut or a damaged length at
+        the end is damage, never a torn tail (no crash can have made it)."""
+        wal = self._wal
+        self._manifest["clean_end"] = {
+            "lsn": self.lsn,
+            "segment": os.path.basename(wal.path) if wal.path is not None else None,
+            "offset": wal.size if wal.path is not None else None,
+        }
+        try:
+            _manifest.write(self.path, self._manifest)
+        except OSError as e:
+            raise StorageIOError.wrap(e, self.path) from e
 
     def _release(self) -> None:
         try:

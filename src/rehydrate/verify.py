@@ -14,7 +14,7 @@ from . import _format as F
 from . import manifest as _manifest
 from ._backend import core as _core
 from .errors import CorruptionError, NotAStoreError, typed_io_errors
-from .recovery import Problem, RecoveryReport, _Walker, check_mode, walk
+from .recovery import Problem, RecoveryReport, _Walker, check_mode, clean_end_of, walk
 from .snapshot import load_base, migration_floor, no_base_error
 from .tables import KIND_NAMES, TableRegistry
 
@@ -57,6 +57,7 @@ def verify(path, *, recovery: str = "tolerate-tail", deep: bool = False,
     walker = _Walker(_core(), path, "skip-corrupted", registry, deep, start, base_lsn, None,
                      progress)
     walker.offsets.update(base_offsets)
+    walker.clean_end = clean_end_of(man, path)
     try:
         report = walker.run().report
     except CorruptionError as e:
@@ -96,7 +97,8 @@ def replay_readonly(path: str, man: dict, mode: str, registry, progress=None):
     # Every segment from the log's start is read and checked (a reader reports
     # what is there), though records the snapshot holds are not applied.
     return walk(_core(), path, mode=mode, registry=registry, apply=True, progress=progress,
-                start_lsn=start, applied_lsn=base_lsn, offsets=base_offsets)
+                start_lsn=start, applied_lsn=base_lsn, offsets=base_offsets,
+                clean_end=clean_end_of(man, path))
 
 
 def _check_ledger_digests(path: str, man: dict, report: RecoveryReport) -> None:

@@ -60,11 +60,27 @@ def segment_header_problem(buf, path: str, expected_first_lsn: int):
         raise UnsupportedFormatError(
             f"segment format {version} is newer than this rehydrate reads "
             f"({F.FORMAT_VERSION})", path=path, offset=8)
-    if version < 1 or flags != 0 or reserved != 0 or header_bytes != F.SEGMENT_HEADER_BYTES:
+    if version < F.MIN_FORMAT_VERSION or flags != 0 or reserved != 0 or header_bytes != F.SEGMENT_HEADER_BYTES:
         return "unknown segment header fields"
     if first_lsn != expected_first_lsn:
         return f"header says first LSN {first_lsn}, the file name {expected_first_lsn}"
     return None
+
+
+def segment_version(buf) -> int:
+    """The format version a segment header states (its frames' layout):
+    what a reader passes to the core's frame functions. A header too short
+    or damaged to say is read as the current format."""
+    if len(buf) >= 10:
+        version = struct.unpack_from("<H", buf, 8)[0]
+        if F.MIN_FORMAT_VERSION <= version <= F.FORMAT_VERSION:
+            return version
+    return F.FORMAT_VERSION
+
+
+def read_segment_version(path: str) -> int:
+    with open(path, "rb") as f:
+        return segment_version(f.read(F.SEGMENT_HEADER_BYTES))
 
 
 @dataclass
@@ -116,8 +132,15 @@ class WalWriter:
         self.size = 0
 
     def open_existing(self, seg: SegmentFile, size: int) -> None:
+        """Append to ``seg`` from ``size``: only a segment of this format
+        (a store of an older one goes on in a new segment; see ``can_append``)."""
         self._fd = _fileio.open_append(seg.path)
         self.path, self.size = seg.path, size
+
+    @staticmethod
+    def can_append(path: str) -> bool:
+        """Can frames of the format this code writes go into this segment?"""
+        return read_segment_version(path) == F.FORMAT_VERSION
 
     def create(self, first_lsn: int) -> None:
         """A new segment starting at ``first_lsn``; durable before it is used."""

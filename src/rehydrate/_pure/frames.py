@@ -27,8 +27,17 @@ from .codec import (
     pack_value,
 )
 
-FRAME_HEADER = struct.Struct("<IIQIIIBBH")
-assert FRAME_HEADER.size == F.FRAME_HEADER_BYTES
+FRAME_HEADER = struct.Struct("<IIQIIIBBH")  # the fields both formats share
+assert FRAME_HEADER.size == F.FRAME_HEADER_BYTES_V1
+_U32 = struct.Struct("<I")
+
+
+def _header_bytes_of(version) -> int:
+    if version == 1:
+        return F.FRAME_HEADER_BYTES_V1
+    if version == F.FORMAT_VERSION:
+        return F.FRAME_HEADER_BYTES
+    raise ValueError(f"no frame format {version!r}")
 
 # A batch's records must fit one frame with room for every table declaration:
 # 65536 of at most 266 bytes (id 3, kind 1, name 2 + 255, version 5) take
@@ -232,31 +241,35 @@ class Staging:
         self._add(F.OP_CLEAR, table_name, b"", b"")
 
 
-def encode_frame(first_lsn: int, count: int, decls, records: bytes, offsets=None) -> bytes:
+def encode_frame(first_lsn: int, count: int, decls, records: bytes, offsets=None,
+                 version: int = F.FORMAT_VERSION) -> bytes:
     """One frame: header + payload (offsets, decls, then records), LZ4 when it pays.
 
     ``decls`` is a sequence of (table_id, kind, name_bytes[, schema_bytes
     [, version]]) (the schema of a numeric table, ignored for other kinds; the
     table's version, 1 when absent, written only when >= 2); ``offsets`` a
     dict {source: int64} stored with the frame (FLAG_OFFSETS), or None.
+    ``version``: the segment format the frame goes into (1 only to make
+    format-1 test data; rehydrate writes format 2).
     """
+    hb = _header_bytes_of(version)
     flags = F.FLAG_OFFSETS if offsets else 0
     parts = [encode_offsets(offsets)] if offsets else []
     parts.append(encode_varint(len(decls)))
     for decl in decls:
         tid, kind, name = decl[0], decl[1], decl[2]
-        version = decl[4] if len(decl) > 4 else 1
+        table_version = decl[4] if len(decl) > 4 else 1
         if not 0 <= kind <= F.DECL_KIND_MASK:
             raise ValueError(f"table kind must be 0..{F.DECL_KIND_MASK}")
-        if type(version) is not int or not 1 <= version <= F.MAX_TABLE_VERSION:
+        if type(table_version) is not int or not 1 <= table_version <= F.MAX_TABLE_VERSION:
             raise ValueError("table version must be an int in 1..4294967295")
-        flag = F.DECL_VERSION_FLAG if version > 1 else 0
+        flag = F.DECL_VERSION_FLAG if table_version > 1 else 0
         parts += [encode_varint(tid), bytes((kind | flag,)), encode_varint(len(name)), name]
         if kind == F.KIND_NUMERIC:
             schema = decl[3] if len(decl) > 3 else b""
             parts += [encode_varint(len(schema)), schema]
         if flag:
-            parts.append(encode_varint(version))
+            parts.append(encode_varint(table_version))
     parts.append(records)
     payload = b"".join(parts)
     raw_len = len(payload)
@@ -268,13 +281,16 @@ def encode_frame(first_lsn: int, count: int, decls, records: bytes, offsets=None
         if len(packed) <= raw_len - raw_len // 8:
             payload, codec = packed, F.CODEC_LZ4
     tail = FRAME_HEADER.pack(0, 0, first_lsn, count, len(payload), raw_len, codec, flags, 0)[8:]
+    if hb == F.FRAME_HEADER_BYTES:
+        # The header's own check: a damaged length is caught before it is used.
+        tail += _U32.pack(crc32c(tail))
     crc = crc32c(payload, crc32c(tail))
-    return struct.pack("<II", F.FRAME_MAGIC, crc) + tail + payload
+    return struct.pack("<II", F.frame_magic(version), crc) + tail + payload
 
 
 class FrameHeader:
     __slots__ = ("magic", "crc", "first_lsn", "count", "stored_len", "raw_len",
-                 "codec", "flags", "reserved")
+                 "codec", "flags", "reserved", "header_crc", "version", "header_crc_ok")
 
     def __init__(self, fields) -> None:
         for name, v in zip(self.__slots__, fields):
@@ -284,17 +300,29 @@ class FrameHeader:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
-def parse_frame_header(buf, offset: int):
-    """The FrameHeader at ``offset`` (no checks), or None if fewer than 32 bytes remain."""
-    if len(buf) - offset < F.FRAME_HEADER_BYTES:
+def parse_frame_header(buf, offset: int, version: int = F.FORMAT_VERSION):
+    """The FrameHeader at ``offset`` of a segment of format ``version`` (no
+    checks but the header checksum's, recorded as ``header_crc_ok``), or None
+    if fewer than a header's bytes remain."""
+    hb = _header_bytes_of(version)
+    if len(buf) - offset < hb:
         return None
-    return FrameHeader(FRAME_HEADER.unpack_from(buf, offset))
+    raw = bytes(buf[offset:offset + hb])
+    fields = FRAME_HEADER.unpack_from(raw, 0)
+    if hb == F.FRAME_HEADER_BYTES:
+        header_crc = _U32.unpack_from(raw, 32)[0]
+        ok = crc32c(raw[8:8 + F.FRAME_HEADER_CRC_SPAN]) == header_crc
+    else:
+        header_crc, ok = 0, True
+    return FrameHeader(fields + (header_crc, version, ok))
 
 
 def header_problem(h) -> str | None:
     """Why a header is impossible (its fields alone), or None."""
-    if h.magic != F.FRAME_MAGIC:
+    if h.magic != F.frame_magic(h.version):
         return "bad magic"
+    if not h.header_crc_ok:
+        return "frame header checksum mismatch"
     if h.codec not in (F.CODEC_NONE, F.CODEC_LZ4) or h.flags & ~F.KNOWN_FLAGS or h.reserved != 0:
         return f"unknown codec {h.codec} or flags {h.flags:#x}/{h.reserved:#x}"
     if h.raw_len > F.MAX_FRAME_PAYLOAD_BYTES or h.stored_len > F.MAX_FRAME_PAYLOAD_BYTES:
@@ -489,7 +517,8 @@ def _apply(records, tables, applied_lsn, first_lsn, on_error=None) -> int:
 
 
 def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
-                cancel=None, progress=None, progress_every=4 << 20):
+                cancel=None, progress=None, progress_every=4 << 20,
+                version=F.FORMAT_VERSION):
     """Check, decode and (if ``apply``) replay frames from ``offset`` to the end.
 
     Records with LSN <= ``applied_lsn`` are checked but not applied, so a
@@ -497,7 +526,10 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
     first frame that fails a check, leaving the state as of the frame before.
     ``cancel``: a writable buffer; a non-zero first byte stops the scan.
     ``progress(offset)`` is called about every ``progress_every`` bytes.
+    ``version``: the format of the segment the frames are in.
     """
+    hb = _header_bytes_of(version)
+    magic = F.frame_magic(version)
     end = len(buf)
     frames = records = applied = 0
     next_progress = offset + progress_every
@@ -508,14 +540,14 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
     while offset < end:
         if cancel is not None and cancel[0]:
             return stop(F.SCAN_CANCELLED, offset, detail="cancelled")
-        h = parse_frame_header(buf, offset)
+        h = parse_frame_header(buf, offset, version)
         if h is None:
             return stop(F.SCAN_TRUNCATED, offset, detail="partial frame header")
         why = header_problem(h)
         if why is not None:
-            status = F.SCAN_BAD_MAGIC if h.magic != F.FRAME_MAGIC else F.SCAN_BAD_HEADER
+            status = F.SCAN_BAD_MAGIC if h.magic != magic else F.SCAN_BAD_HEADER
             return stop(status, offset, detail=why)
-        body = offset + F.FRAME_HEADER_BYTES
+        body = offset + hb
         frame_end = body + h.stored_len
         if frame_end > end:
             return stop(F.SCAN_TRUNCATED, offset, frame_end, "frame runs past the end")
