@@ -571,12 +571,12 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
         except ValueError as e:
             return stop(F.SCAN_BAD_PAYLOAD, offset, frame_end, str(e))
         try:
-            for tid, kind, name, schema, version in decls:
+            for tid, kind, name, schema, table_version in decls:
                 # Every kind decodes the same records; what a kind means
                 # is the registry's business (rehydrate/tables.py).
                 if not F.KIND_KV <= kind <= F.KIND_NUMERIC:
                     raise ValueError(f"unknown table kind {kind}")
-                ctx.tables[tid] = ctx.registry.declare(tid, kind, name, schema, version)
+                ctx.tables[tid] = ctx.registry.declare(tid, kind, name, schema, table_version)
         except (ValueError, RehydrateError) as e:
             return stop(F.SCAN_BAD_PAYLOAD, offset, frame_end, str(e))
         if apply:
