@@ -7,7 +7,7 @@ from rehydrate import _pure as core
 from rehydrate import _format as F
 
 
-def frames(ops, offsets=None, decls=((0, F.KIND_KV, b"t"),)):
+def frames(ops, offsets=None, decls=((0, F.KIND_KV, b"t"),), version=F.FORMAT_VERSION):
     t = core.KVTable()
     buf = core.LogBuffer(1)
     for op in ops:
@@ -16,7 +16,7 @@ def frames(ops, offsets=None, decls=((0, F.KIND_KV, b"t"),)):
         else:
             getattr(buf, op[0])(t, 0, *op[1:])
     first, count, records = buf.take()
-    return core.encode_frame(first, count, list(decls), records, offsets)
+    return core.encode_frame(first, count, list(decls), records, offsets, version=version)
 
 
 def main(out="fuzz/corpus/segment"):
@@ -31,6 +31,7 @@ def main(out="fuzz/corpus/segment"):
     seeds["offsets"] = frames([("put", "a", 1), ("noop",)], {"orders/3": 1200, "q": -1})
     seeds["versioned"] = frames([("put", "a", 1), ("clear",)],
                                 decls=[(0, F.KIND_KV, b"t", b"", 300)])
+    seeds["format1"] = frames([("put", "a", b"x" * 32), ("incr", "n", 2)], version=1)
     for name, data in seeds.items():
         with open(os.path.join(out, name), "wb") as f:
             f.write(data)
