@@ -312,8 +312,9 @@ def _cmd_plan(args) -> int:
     print(f"plan for {args.dir}:")
     print(f"  snapshot   " + (f"LSN {snap['lsn']:,}, {snap['bytes'] / 1e6:,.1f} MB, "
                               f"{snap['keys']:,} keys" if snap["lsn"] else "none"))
+    approx = "" if plan["log_records_exact"] else "~"
     print(f"  log        {len(plan['segments'])} segments, {plan['wal_bytes'] / 1e6:,.1f} MB "
-          f"(~{plan['records_estimate'] - snap['keys']:,} records)")
+          f"({approx}{plan['log_records']:,} records after the snapshot)")
     print(f"  predicted  {plan['predicted_s']:.3f} s (rates from "
           f"{plan['predicted_from']['replay']}, {plan['history_opens']} earlier opens), "
           f"peak {plan['predicted_peak_bytes'] / 2**20:,.0f} MiB (from {plan['memory_from']})")
