@@ -21,7 +21,7 @@ from .recovery import check_mode
 from .tables import TableRegistry
 from .verify import _check_store_dir, replay_readonly
 
-__all__ = ["digest_dir", "format_digest", "state_digest", "table_digest"]
+__all__ = ["digest_dir", "format_digest", "parse_digest", "state_digest", "table_digest"]
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -72,6 +72,15 @@ def format_digest(value: int) -> str:
     if not 0 <= value < 1 << 64:
         raise ValueError(f"a digest is an unsigned 64-bit int, not {value!r}")
     return f"{value:016x}"
+
+
+def parse_digest(text: str) -> int:
+    """The int of a digest written as 16 hex digits (``format_digest``'s
+    inverse: what the CLI, META and the ledger show); ValueError otherwise."""
+    if not isinstance(text, str) or len(text) != 16 or \
+            any(c not in "0123456789abcdefABCDEF" for c in text):
+        raise ValueError(f"a digest is written as 16 hex digits, not {text!r}")
+    return int(text, 16)
 
 
 @typed_io_errors
