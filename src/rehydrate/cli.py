@@ -181,11 +181,13 @@ def _cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps(info))
         return EXIT_OK if info["ok"] else EXIT_DAMAGE
-    print(f"{info['path']}: format {info['format']}, LSN {info['first_lsn']}..{info['last_lsn']}, "
+    span = "-" if info["last_lsn"] is None else f"{info['first_lsn']}..{info['last_lsn']}"
+    print(f"{info['path']}: format {info['format']}, LSN {span}, "
           f"{info['records']} records, {info['wal_bytes']} WAL bytes")
     print("segments:")
     for s in info["segments"]:
-        print(f"  {os.path.basename(s['path'])}  LSN {s['first_lsn']}..{s['last_lsn']}  "
+        last = "-" if s["last_lsn"] is None else s["last_lsn"]  # a segment with no good frame
+        print(f"  {os.path.basename(s['path'])}  LSN {s['first_lsn']}..{last}  "
               f"{s['frames']} frames  {s['records']} records  {s['bytes']} bytes")
     print("tables:")
     for t in info["tables"]:
@@ -251,7 +253,7 @@ def _cmd_digest(args) -> int:
         return EXIT_DAMAGE
     if info["unavailable"]:
         print("rehydrate digest: no state digest: " + "; ".join(info["unavailable"].values())
-              + "; the other tables' digests are given", file=sys.stderr)
+              + "; the other tables' digests are given [no_digest]", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
 
