@@ -277,3 +277,13 @@ def test_cli_plan_and_replay(store_dir, core_env):
     human = run("replay", store_dir)
     assert human.returncode == 0 and "replay" in human.stdout and "total" in human.stdout
     assert run("plan", os.path.join(store_dir, "nope")).returncode == 2
+
+
+def test_readiness_after_close_keeps_the_finished_warmup(store_dir):
+    _filled(store_dir, 50)
+    s = rh.Store.open(store_dir)
+    before = s.readiness()
+    assert before["ready"] is True and before["progress"] == 1.0
+    s.close()
+    r = s.readiness()
+    assert (r["phase"], r["ready"], r["progress"], r["eta_s"]) == ("closed", False, 1.0, 0.0)

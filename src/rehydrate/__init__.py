@@ -33,6 +33,7 @@ from .errors import (
     ValueEncodingError,
     WarmupError,
 )
+from .digest import format_digest, parse_digest
 from .kinds import DictTable, StateType
 from .migrations import MigrationDriftWarning, Migrations
 from .numeric import NumericTable
@@ -81,7 +82,9 @@ __all__ = [
     "Warmup",
     "WarmupError",
     "__version__",
+    "format_digest",
     "inspect",
+    "parse_digest",
     "rollback",
     "verify",
 ]

@@ -56,6 +56,58 @@ def _jsonable(v):
     return {"repr": repr(v)}  # msgpack ext types and the like
 
 
+def _load_user_tables(spec: str) -> dict:
+    """The ``tables`` mapping (as ``Store.open(tables=...)`` takes) of module
+    ``spec``, imported from the current directory or sys.path; ConfigError
+    if it cannot be imported or has none."""
+    import importlib
+
+    from .errors import ConfigError
+    from .kinds import resolve_kinds
+
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(spec)
+    except Exception as e:  # noqa: BLE001 - any import failure is the module's
+        raise ConfigError(f"--tables: cannot import {spec!r}: {type(e).__name__}: {e}",
+                          reason="needs_class") from e
+    tables = getattr(module, "tables", None)
+    if not isinstance(tables, dict):
+        raise ConfigError(f"--tables: module {spec!r} has no dict named 'tables' "
+                          "(table name -> DictTable, NumericTable(...) or StateType subclass)",
+                          reason="needs_class")
+    resolve_kinds(tables)  # ConfigError for anything tables= would refuse
+    return tables
+
+
+def _user_tables(args) -> dict:
+    spec = getattr(args, "tables", None)
+    return _load_user_tables(spec) if spec else {}
+
+
+def _user_classes(args) -> dict:
+    """The StateType classes --tables gives (readers need nothing else)."""
+    from .catalog import state_classes
+
+    return state_classes(_user_tables(args))
+
+
+def _open_tables(args, command: str) -> dict:
+    """``tables=`` for a writer's open of args.dir: the kinds on disk, the
+    classes from --tables; ConfigError (exit 2) for a custom table without one."""
+    from .catalog import open_tables
+    from .verify import _check_store_dir
+
+    _check_store_dir(args.dir)
+    return open_tables(args.dir, _user_tables(args), f"rehydrate {command}")
+
+
+def _unavailable(table_digests) -> dict:
+    """{name: why} of the tables a deep verify could not digest."""
+    return {name: "a custom table: no content digest is defined for it (docs/tables.md)"
+            for name, dg in (table_digests or {}).items() if dg is None}
+
+
 def _cmd_version(args) -> int:
     from . import __version__
     from ._backend import core
@@ -84,7 +136,8 @@ def _cmd_verify(args) -> int:
 
     bar, update = _progress_bar("verify", not args.json)
     try:
-        report = verify(args.dir, recovery=args.recovery, deep=args.deep, progress=update)
+        report = verify(args.dir, recovery=args.recovery, deep=args.deep, progress=update,
+                        classes=_user_classes(args))
     finally:
         if bar is not None:
             bar.close()
@@ -97,15 +150,19 @@ def _cmd_verify(args) -> int:
             "problems": [{k: p[k] for k in ("kind", "path", "offset", "lsn", "detail",
                                               "bytes", "lsn_end", "action")}
                          for p in d["problems"]],
-            **({"digest": d["digest"], "tables": d["table_digests"]} if args.deep else {}),
+            **({"digest": d["digest"], "tables": d["table_digests"],
+                "unavailable": _unavailable(d["table_digests"])} if args.deep else {}),
         }))
     else:
         status = "OK" if d["ok"] else "DAMAGED"
         print(f"{status}: {args.dir}: {len(d['segments'])} segments, {d['frames']} frames, "
               f"{d['records']} records, last LSN {d['last_lsn']}, {d['bytes_read']} bytes")
         if args.deep:
-            print(f"digest {d.get('digest')}" + "".join(
-                f"\n  {name}: {dg}" for name, dg in (d.get("table_digests") or {}).items()))
+            tables = d.get("table_digests") or {}
+            print(f"digest {d.get('digest') or '-'}" + "".join(
+                f"\n  {name}: {dg or '-'}" for name, dg in tables.items()))
+            for name, why in _unavailable(tables).items():
+                print(f"  (no digest for {name!r}: {why})")
         if d["problems"]:
             print("problems:")
             _print_problems(d["problems"])
@@ -117,28 +174,31 @@ def _cmd_inspect(args) -> int:
 
     bar, update = _progress_bar("inspect", not args.json)
     try:
-        info = inspect(args.dir, progress=update)
+        info = inspect(args.dir, progress=update, classes=_user_classes(args))
     finally:
         if bar is not None:
             bar.close()
     if args.json:
         print(json.dumps(info))
         return EXIT_OK if info["ok"] else EXIT_DAMAGE
-    print(f"{info['path']}: format {info['format']}, LSN {info['first_lsn']}..{info['last_lsn']}, "
+    span = "-" if info["last_lsn"] is None else f"{info['first_lsn']}..{info['last_lsn']}"
+    print(f"{info['path']}: format {info['format']}, LSN {span}, "
           f"{info['records']} records, {info['wal_bytes']} WAL bytes")
     print("segments:")
     for s in info["segments"]:
-        print(f"  {os.path.basename(s['path'])}  LSN {s['first_lsn']}..{s['last_lsn']}  "
+        last = "-" if s["last_lsn"] is None else s["last_lsn"]  # a segment with no good frame
+        print(f"  {os.path.basename(s['path'])}  LSN {s['first_lsn']}..{last}  "
               f"{s['frames']} frames  {s['records']} records  {s['bytes']} bytes")
     print("tables:")
     for t in info["tables"]:
-        print(f"  {t['name']} (id {t['id']}, {t['kind']}): {t['keys']} keys, "
-              f"{t['memory_bytes']} bytes in memory")
+        keys = "unknown number of" if t["keys"] is None else t["keys"]
+        mem = "" if t["memory_bytes"] is None else f", {t['memory_bytes']} bytes in memory"
+        print(f"  {t['name']} (id {t['id']}, {t['kind']}): {keys} keys{mem}")
     if info["snapshots"]:
         print("snapshots:")
         for sn in info["snapshots"]:
             print(f"  LSN {sn['lsn']}: {sn['bytes']} bytes, {len(sn['tables'])} tables, "
-                  f"digest {sn['digest']}" + ("" if sn["listed"] else " (not in MANIFEST)"))
+                  f"digest {sn['digest'] or '-'}" + ("" if sn["listed"] else " (not in MANIFEST)"))
     if info["offsets"]:
         print("source offsets:")
         for source, off in sorted(info["offsets"].items()):
@@ -171,19 +231,31 @@ def _cmd_dump(args) -> int:
 def _cmd_digest(args) -> int:
     from .digest import digest_dir
 
-    info = digest_dir(args.dir, recovery=args.recovery)
+    info = digest_dir(args.dir, recovery=args.recovery, classes=_user_classes(args))
     if args.json:
         print(json.dumps({"digest": info["digest"], "tables": info["tables"],
+                          "unavailable": info["unavailable"],
                           "last_lsn": info["last_lsn"], "ok": info["ok"]}))
-    else:
+    elif info["digest"] is not None:
         # One line, the digest alone, so scripts can compare it as is.
         print(info["digest"])
+    else:
+        # No state digest to compare: each table's instead ("-" for none),
+        # and the exit code below says the digest asked for was not given.
+        for name, dg in info["tables"].items():
+            print(f"{name} {dg or '-'}")
     if info["problems"]:
         # stdout carries only the digest; what recovery dropped goes to stderr.
         for p in info["problems"]:
             print(f"rehydrate digest: {p['kind']} in {p['path']} @{p['offset']}: "
                   f"{p['detail']} ({p['bytes']} bytes, {p['action']})", file=sys.stderr)
-    return EXIT_OK if info["ok"] else EXIT_DAMAGE
+    if not info["ok"]:
+        return EXIT_DAMAGE
+    if info["unavailable"]:
+        print("rehydrate digest: no state digest: " + "; ".join(info["unavailable"].values())
+              + "; the other tables' digests are given [no_digest]", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 def _cmd_repair(args) -> int:
@@ -213,21 +285,18 @@ def _cmd_compact(args) -> int:
     from .store import Store
 
     # Offline: the store is opened as a writer (LOCK held), so a live one is
-    # refused with LockedError. Custom tables need their classes: compact
-    # is for stores whose tables are kv and dict.
-    with Store.open(args.dir, create=False, recovery=args.recovery) as store:
-        kinds = store._registry.by_name.values()
-        if any(i.kind == 3 for i in kinds):
-            from .errors import ConfigError
-
-            raise ConfigError("the store has custom tables; call store.checkpoint() from "
-                              "the service, which has their classes")
+    # refused with LockedError. Each table opens as the kind it was written
+    # with; custom tables need their classes (--tables), and nothing is
+    # opened without them.
+    tables = _open_tables(args, "compact")
+    with Store.open(args.dir, create=False, recovery=args.recovery, tables=tables) as store:
         info = store.checkpoint()
     if args.json:
         print(json.dumps(info))
     else:
+        digest = info["digest"] or "- (custom tables have no digest)"
         print(f"snapshot at LSN {info['lsn']}: {info['bytes']} bytes in {info['path']} "
-              f"({info['duration_s']:.2f} s, digest {info['digest']})")
+              f"({info['duration_s']:.2f} s, digest {digest})")
     return EXIT_OK
 
 
@@ -245,8 +314,9 @@ def _cmd_plan(args) -> int:
     print(f"plan for {args.dir}:")
     print(f"  snapshot   " + (f"LSN {snap['lsn']:,}, {snap['bytes'] / 1e6:,.1f} MB, "
                               f"{snap['keys']:,} keys" if snap["lsn"] else "none"))
+    approx = "" if plan["log_records_exact"] else "~"
     print(f"  log        {len(plan['segments'])} segments, {plan['wal_bytes'] / 1e6:,.1f} MB "
-          f"(~{plan['records_estimate'] - snap['keys']:,} records)")
+          f"({approx}{plan['log_records']:,} records after the snapshot)")
     print(f"  predicted  {plan['predicted_s']:.3f} s (rates from "
           f"{plan['predicted_from']['replay']}, {plan['history_opens']} earlier opens), "
           f"peak {plan['predicted_peak_bytes'] / 2**20:,.0f} MiB (from {plan['memory_from']})")
@@ -267,9 +337,10 @@ def _cmd_replay(args) -> int:
                 print(f"  {phase:<9} {stats['duration_s'] * 1000:9.1f} ms{extra}",
                       file=sys.stderr if bar is not None else sys.stdout)
 
+    tables = _open_tables(args, "replay")
     try:
         with Store.open(args.dir, create=False, recovery=args.recovery, progress=update,
-                        warmup=Warmup(listeners=[Timeline()])) as store:
+                        tables=tables, warmup=Warmup(listeners=[Timeline()])) as store:
             report = store.warmup_report
             problems = [p.as_dict() for p in store.recovery_report.problems]
     finally:
@@ -402,36 +473,45 @@ def build_parser() -> argparse.ArgumentParser:
     from .recovery import MODES
 
     p = _Parser(prog="rehydrate", description="Inspect and check rehydrate state directories.")
+    # `rehydrate --version` is `rehydrate version`, as users of other tools expect.
+    p.add_argument("--version", action="store_true", help="the same as `rehydrate version`")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
 
     v = sub.add_parser("version", help="versions of rehydrate and its core")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=_cmd_version)
 
-    def dir_cmd(name, func, help_text, recovery=True):
+    def dir_cmd(name, func, help_text, recovery=True, tables=False):
         c = sub.add_parser(name, help=help_text)
         c.add_argument("dir", metavar="DIR")
         c.add_argument("--json", action="store_true", help="machine-readable output")
         if recovery:
             c.add_argument("--recovery", choices=MODES, default="tolerate-tail",
                            help="judge problems as this recovery mode would (default %(default)s)")
+        if tables:
+            c.add_argument("--tables", default=None, metavar="PKG.MOD",
+                           help="a module whose 'tables' dict is what Store.open(tables=) "
+                                "takes: custom tables then run their own classes")
         c.set_defaults(func=func)
         return c
 
-    vc = dir_cmd("verify", _cmd_verify, "check segments, frames, checksums and LSN order")
+    vc = dir_cmd("verify", _cmd_verify, "check segments, frames, checksums and LSN order",
+                 tables=True)
     vc.add_argument("--deep", action="store_true",
                     help="also replay in memory, decode every key and value, print the digest")
-    dir_cmd("inspect", _cmd_inspect, "segments, LSN ranges, tables and sizes", recovery=False)
+    dir_cmd("inspect", _cmd_inspect, "segments, LSN ranges, tables and sizes", recovery=False,
+            tables=True)
     d = dir_cmd("dump", _cmd_dump, "records as JSON lines")
     d.add_argument("--table", help="only this table")
     d.add_argument("--from-lsn", type=int, default=None, metavar="N")
     d.add_argument("--to-lsn", type=int, default=None, metavar="N")
-    dir_cmd("digest", _cmd_digest, "content digest of the replayed state (docs/FORMAT.md)")
-    dir_cmd("compact", _cmd_compact, "write a snapshot now (offline checkpoint)")
+    dir_cmd("digest", _cmd_digest, "content digest of the replayed state (docs/FORMAT.md)",
+            tables=True)
+    dir_cmd("compact", _cmd_compact, "write a snapshot now (offline checkpoint)", tables=True)
     dir_cmd("plan", _cmd_plan, "what an open would read, its predicted time and memory",
             recovery=False)
-    dir_cmd("replay", _cmd_replay, "a cold open, timed phase by phase (the warmup report)")
+    dir_cmd("replay", _cmd_replay, "a cold open, timed phase by phase (the warmup report)",
+            tables=True)
     r = dir_cmd("repair", _cmd_repair, "cut a damaged log at its first problem, keeping evidence",
                 recovery=False)
     r.add_argument("--dry-run", action="store_true", help="report what would be cut; change nothing")
@@ -491,7 +571,14 @@ def main(argv=None) -> int:
         UnsupportedFormatError,
     )
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        if not args.version:
+            parser.error("the following arguments are required: COMMAND")
+        args = parser.parse_args(["version"])
+    elif args.version:
+        parser.error("--version takes no command")
     try:
         return args.func(args)
     except (NotAStoreError, UnsupportedFormatError, ConfigError, StorageIOError,

@@ -16,12 +16,12 @@ import xxhash
 
 from . import manifest as _manifest
 from ._backend import core as _core
-from .errors import typed_io_errors
+from .errors import ConfigError, typed_io_errors
 from .recovery import check_mode
 from .tables import TableRegistry
 from .verify import _check_store_dir, replay_readonly
 
-__all__ = ["digest_dir", "format_digest", "state_digest", "table_digest"]
+__all__ = ["digest_dir", "format_digest", "parse_digest", "state_digest", "table_digest"]
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -74,16 +74,30 @@ def format_digest(value: int) -> str:
     return f"{value:016x}"
 
 
+def parse_digest(text: str) -> int:
+    """The int of a digest written as 16 hex digits (``format_digest``'s
+    inverse: what the CLI, META and the ledger show); ValueError otherwise."""
+    if not isinstance(text, str) or len(text) != 16 or \
+            any(c not in "0123456789abcdefABCDEF" for c in text):
+        raise ValueError(f"a digest is written as 16 hex digits, not {text!r}")
+    return int(text, 16)
+
+
 @typed_io_errors
-def digest_dir(path, *, recovery: str = "tolerate-tail") -> dict:
+def digest_dir(path, *, recovery: str = "tolerate-tail", classes=None) -> dict:
     """Replay a state directory in memory and digest the state it holds.
 
     Reads like ``verify``/``inspect``: no LOCK, no byte written (what recovery
     would cut or move aside is only reported), so it is safe on a live store
     and on a copy. Returns ``{"digest": hex, "tables": {name: hex},
-    "last_lsn": n, "ok": bool, "problems": [...]}``; ``ok`` is False when the
-    mode went past damage (point-in-time, skip-corrupted), and the digest is
-    then that of the state such an open would produce.
+    "unavailable": {name: why}, "last_lsn": n, "ok": bool, "problems": [...]}``;
+    ``ok`` is False when the mode went past damage (point-in-time,
+    skip-corrupted), and the digest is then that of the state such an open
+    would produce. A table that has no digest (a custom table:
+    docs/tables.md) is None in ``tables`` with the reason in
+    ``unavailable``, and the state digest is then None: a state digest
+    covers every table or is not given. ``classes`` (name -> StateType
+    subclass) lets custom tables replay through their own class.
 
     Raises NotAStoreError, UnsupportedFormatError, ConfigError (unknown mode),
     CorruptionError / TornTailError where the mode does not go on, and
@@ -93,13 +107,20 @@ def digest_dir(path, *, recovery: str = "tolerate-tail") -> dict:
     path = os.fspath(path)
     _check_store_dir(path)
     man = _manifest.read(path)
-    registry = TableRegistry(_core())
+    registry = TableRegistry(_core(), classes=classes)
     report = replay_readonly(path, man, recovery, registry).report
     # Each table is digested once; the state digest is combined from those.
-    digests = {name: table_digest(info.table) for name, info in sorted(registry.by_name.items())}
+    digests, unavailable = {}, {}
+    for name, info in sorted(registry.by_name.items()):
+        try:
+            digests[name] = table_digest(info.table)
+        except ConfigError as e:
+            unavailable[name] = e.detail
     return {
-        "digest": format_digest(_combine(digests)),
-        "tables": {name: format_digest(d) for name, d in digests.items()},
+        "digest": None if unavailable else format_digest(_combine(digests)),
+        "tables": {name: (format_digest(digests[name]) if name in digests else None)
+                   for name in sorted(registry.by_name)},
+        "unavailable": unavailable,
         "last_lsn": report.last_lsn,
         "ok": report.ok,
         "problems": [p.as_dict() for p in report.problems],

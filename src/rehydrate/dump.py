@@ -12,7 +12,8 @@ from . import _format as F
 from . import manifest as _manifest
 from ._offsets import split_offsets
 from ._backend import core as _core
-from .errors import NotAStoreError
+from .catalog import snapshot_tables
+from .errors import ConfigError, NotAStoreError
 from .recovery import check_mode, clean_end_of, walk
 from .tables import TableRegistry
 from .wal import segment_version
@@ -44,6 +45,9 @@ def dump_records(path, *, table=None, from_lsn=None, to_lsn=None, recovery="tole
 
     A frame's source offsets follow its records as one item with op
     "offsets", the frame's last LSN and the offsets dict as value.
+    ConfigError (reason ``no_table``), before anything is yielded, when
+    ``table`` is in neither the log nor a listed snapshot: it names the
+    tables that are.
     """
     check_mode(recovery)
     path = os.fspath(path)
@@ -52,10 +56,18 @@ def dump_records(path, *, table=None, from_lsn=None, to_lsn=None, recovery="tole
     man = _manifest.read(path)
     core = _core()
     # From where the log starts (records before it live only in snapshots).
-    report = walk(core, path, mode="skip-corrupted",
-                  registry=TableRegistry(core, materialize=False), apply=False,
+    registry = TableRegistry(core, materialize=False)
+    report = walk(core, path, mode="skip-corrupted", registry=registry, apply=False,
                   start_lsn=_manifest.log_start(man, path),
                   clean_end=clean_end_of(man, path)).report
+    if table is not None and table not in registry.by_name:
+        # A table whose records the trimmed log no longer holds is still a
+        # table (its snapshot has it): an empty dump, not an error.
+        known = set(registry.by_name) | set(snapshot_tables(path, man))
+        if table not in known:
+            raise ConfigError(f"no table {table!r}; the tables are: "
+                              + (", ".join(sorted(known)) or "none"),
+                              path=path, reason="no_table")
     for p in report.problems:
         if p.is_damage or (recovery == "strict" and p.kind == "torn_tail"):
             p.action = "error"

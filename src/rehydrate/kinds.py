@@ -274,6 +274,13 @@ class StateType(Ready):
         # len() must not make it falsy.
         return True
 
+    def _digest(self) -> int:
+        # The digest is defined over entries (docs/FORMAT.md); a custom
+        # state's content is the class's own, so there is none to compute.
+        raise ConfigError(f"table {getattr(self, '_rh_name', '?')!r} is a custom type "
+                          f"({type(self).__name__}): a content digest is not defined for "
+                          "custom tables (docs/tables.md)", reason="no_digest")
+
     # -- raw surface for the cores ---------------------------------------
     def _rh_bind(self, name: str, core) -> None:
         self._rh_name = name
@@ -419,13 +426,16 @@ def _apply_error(name, op, key, exc, type_name="DictTable") -> InvalidOperationE
 class OpaqueTable:
     """A custom table read without its class (inspect, digest): records are
     checked but not interpreted; it tracks which keys the records leave
-    present, so ``len`` says how many keys the log addresses."""
+    present, so ``len`` says how many keys the log addresses. Restored from
+    a snapshot (whose data only the class can read), it cannot know its
+    keys: ``keys_known`` is then False."""
 
-    __slots__ = ("_keys", "_name")
+    __slots__ = ("_keys", "_name", "keys_known")
 
-    def __init__(self, name: str = "") -> None:
+    def __init__(self, name: str = "", keys_known: bool = True) -> None:
         self._keys: set = set()
         self._name = name
+        self.keys_known = keys_known
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -436,6 +446,9 @@ class OpaqueTable:
     @property
     def memory_bytes(self) -> int:
         return sys.getsizeof(self._keys) + sum(sys.getsizeof(k) for k in self._keys)
+
+    def _rh_bind(self, name: str, core) -> None:
+        self._name = name
 
     def _put_raw(self, kb, vb) -> None:
         self._keys.add(bytes(kb))
@@ -452,13 +465,28 @@ class OpaqueTable:
 
     def _clear(self) -> None:
         self._keys.clear()
+        # After a clear the table holds exactly what the records leave.
+        self.keys_known = True
 
     def _digest(self) -> int:
-        raise ConfigError(f"table {self._name!r} is a custom type: its content digest "
-                          f"needs its class (not available to readers yet)")
+        raise ConfigError(f"table {self._name!r} is a custom type: a content digest is not "
+                          "defined for custom tables (docs/tables.md)", reason="no_digest")
 
     def __repr__(self) -> str:
         return f"<custom table {self._name!r} (no class)>"
+
+
+class OpaqueRestorer:
+    """What a reader without the class loads a custom table's snapshot with:
+    ``restore`` keeps nothing of the data (only the class can read it)."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def restore(self, data) -> OpaqueTable:
+        return OpaqueTable(self._name, keys_known=False)
 
 
 class RefusedTable:

@@ -19,10 +19,11 @@ from . import _fileio
 from . import _format as F
 from . import hints as _hints
 from . import manifest as _manifest
+from ._backend import core as _core
 from ._sysinfo import proc_kb_field
 from .errors import MemoryBudgetError
 from .snapshot import SNAPSHOTS_DIR, read_meta, snapshot_name
-from .wal import WAL_DIR, list_segments
+from .wal import WAL_DIR, list_segments, segment_version
 
 HISTORY_NAME = "HISTORY"
 HISTORY_FORMAT = 1
@@ -34,6 +35,10 @@ MAX_HISTORY_BYTES = 1 << 20
 DEFAULT_SNAPSHOT_BPS = 2.0e9
 DEFAULT_REPLAY_BPS = 2.5e8
 BASE_MEMORY_BYTES = 64 << 20  # the interpreter and the library, roughly
+# The newest segment's frame headers read to count its records (a few ms);
+# past that, its records are extrapolated from the frames read.
+MAX_COUNTED_FRAMES = 256
+COUNT_READ_BYTES = 256 << 10
 
 
 def _read_history(path: str) -> list:
@@ -99,6 +104,63 @@ def _median_rate(opens, nbytes: str, secs: str, default: float) -> tuple:
     return statistics.median(rates), "history"
 
 
+def _count_newest(core, seg, after_lsn: int, max_frames: int) -> tuple:
+    """(records above ``after_lsn`` in the newest segment, exact?) from its
+    frame headers alone: nothing past a header is read. Frames past
+    ``max_frames`` are estimated by the records per byte of those read; a
+    header that fails its own checks (a torn tail, damage) ends the count,
+    as it ends a replay."""
+    records, last_lsn, read, capped = 0, None, 0, False
+    off = start = F.SEGMENT_HEADER_BYTES
+    try:
+        with open(seg.path, "rb") as f:
+            # Small frames' headers come from one read; a big frame's next
+            # header is read where it lies.
+            buf = os.pread(f.fileno(), min(seg.size, COUNT_READ_BYTES), 0)
+            version = segment_version(buf)  # its frames' layout
+            hb = F.frame_header_bytes(version)
+            while off + hb <= seg.size:
+                if read >= max(1, max_frames):
+                    capped = True
+                    break
+                if off + hb <= len(buf):
+                    h = core.parse_frame_header(buf, off, version)
+                else:
+                    h = core.parse_frame_header(os.pread(f.fileno(), hb, off), 0, version)
+                end = off + hb + (h.stored_len if h else 0)
+                if h is None or core.header_problem(h) is not None or end > seg.size:
+                    return records, True
+                records += max(0, h.first_lsn + h.count - 1 - max(h.first_lsn - 1, after_lsn))
+                last_lsn = h.first_lsn + h.count - 1
+                read += 1
+                off = end
+    except OSError:
+        return records, False  # an open will say what is wrong; this is a plan
+    if not capped:
+        return records, True
+    # Capped: the rest of the segment at the density of what was read.
+    rest = int((seg.size - off) * (last_lsn - seg.first_lsn + 1) / (off - start))
+    return records + max(0, rest - max(0, after_lsn - last_lsn)), False
+
+
+def log_records(segments, after_lsn: int,
+                max_frames: int = MAX_COUNTED_FRAMES) -> tuple:
+    """(records an open replays after a snapshot at ``after_lsn``, exact?).
+
+    Segments are named by their first LSN and LSNs have no gaps, so every
+    segment but the newest holds exactly the LSNs up to the next one's
+    first: counted from the names. The newest is counted from its frame
+    headers (``_count_newest``)."""
+    total, exact = 0, True
+    for seg, nxt in zip(segments, segments[1:] + [None]):
+        if nxt is not None:
+            total += max(0, nxt.first_lsn - max(seg.first_lsn, after_lsn + 1))
+        else:
+            n, exact = _count_newest(_core(), seg, after_lsn, max_frames)
+            total += n
+    return total, exact
+
+
 def make_plan(path: str, man=None) -> dict:
     """What an open of ``path`` will do: the snapshot and segments it reads,
     their bytes, an estimate of records, the predicted duration and the
@@ -106,11 +168,15 @@ def make_plan(path: str, man=None) -> dict:
     man = _manifest.read(path) if man is None else man
     snap = _snapshot_part(path, man)
     segs = list_segments(os.path.join(path, WAL_DIR))[0]
-    todo = []
+    todo, read = [], []
     for seg, nxt in zip(segs, segs[1:] + [None]):
         if nxt is not None and nxt.first_lsn - 1 <= snap["lsn"]:
             continue  # wholly in the snapshot: not read
         todo.append({"path": seg.path, "first_lsn": seg.first_lsn, "bytes": seg.size})
+        read.append(seg)
+    # Only the records after the snapshot replay (those before it in the
+    # first segment are read and checked, not applied).
+    n_log, log_exact = log_records(read, snap["lsn"])
     wal_bytes = sum(s["bytes"] for s in todo)
     opens = _read_history(path)
     snap_bps, snap_src = _median_rate(opens, "snapshot_bytes", "snapshot_s",
@@ -133,7 +199,8 @@ def make_plan(path: str, man=None) -> dict:
         memory_src = "file sizes"
     return {"path": path, "snapshot": snap, "segments": todo, "wal_bytes": wal_bytes,
             "bytes": snap["bytes"] + wal_bytes,
-            "records_estimate": snap["keys"] + wal_bytes // 40,
+            "records_estimate": snap["keys"] + n_log,
+            "log_records": n_log, "log_records_exact": log_exact,
             "predicted_s": predicted_s,
             "predicted_from": {"snapshot": snap_src, "replay": replay_src},
             "predicted_peak_bytes": BASE_MEMORY_BYTES + memory,

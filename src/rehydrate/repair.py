@@ -127,6 +127,7 @@ def summary_line(report: RepairReport, elapsed_s: float = 0.0) -> str:
     verb = "would cut" if report.dry_run else "cut"
     return (f"{report.path}: {verb} {report.bytes_removed} bytes "
             f"({len(report.cut)} truncated, {len(report.moved)} moved, "
-            f"{len(report.removed)} removed); log now ends at LSN {report.last_lsn}"
+            f"{len(report.removed)} removed); log "
+            f"{'would end' if report.dry_run else 'now ends'} at LSN {report.last_lsn}"
             + (f" [{elapsed_s:.2f} s]" if elapsed_s else ""))
 

@@ -1250,9 +1250,13 @@ class Store:
 
     def digest(self) -> int:
         """The state's content digest (docs/FORMAT.md, "Digest"): a 64-bit int,
-        equal for equal states whatever their history; ``rehydrate digest``
-        prints it as 16 hex digits. Taken under the write lock, so it is the
-        digest of one consistent state."""
+        equal for equal states whatever their history. Written down (the
+        CLI, snapshot META, the ledger, ``checkpoint()``'s dict) it is 16 hex
+        digits: ``rehydrate.format_digest(store.digest())`` is what
+        ``rehydrate digest`` prints, ``rehydrate.parse_digest`` the way back.
+        Taken under the write lock, so it is the digest of one consistent
+        state. ConfigError (reason ``no_digest``) for a store with a custom
+        table, which has no content digest (docs/tables.md)."""
         self._wait_whole()
         return self._state_digest()
 
@@ -1273,7 +1277,8 @@ class Store:
         (for the log's end); ``tables`` maps each known table to whether its
         state is in. A store from ``Store.open`` is ready as it is returned.
         """
-        ready = self._ready.is_set() and self._open_error is None and not self._closed
+        warm = self._ready.is_set() and self._open_error is None
+        ready = warm and not self._closed
         run = self._warmup
         if self._open_error is not None:
             phase = "failed"
@@ -1283,7 +1288,8 @@ class Store:
             phase = "ready"
         else:
             phase = run.current or "plan"
-        progress, eta = run.progress(self._plan, done=ready)
+        # A store closed after its warmup finished had finished it: 1.0.
+        progress, eta = run.progress(self._plan, done=warm)
         out = {"ready": ready, "phase": phase, "progress": progress, "eta_s": eta}
         intake = self._intake
         if intake is not None:

@@ -9,7 +9,8 @@ Kinds (docs/tables.md): a store's registry is given ``kinds`` (from
 that declares another kind for a name is a ConfigError, since replaying it
 as something else would change what the records mean. A reader's registry
 (``kinds=None``: verify, inspect, dump, digest) takes the log's word and needs
-no user code: a custom table becomes an ``OpaqueTable``.
+no user code: a custom table becomes an ``OpaqueTable``, unless the reader is
+given the table's class (``classes``, the CLI's ``--tables``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Optional
 
 from . import _format as F
 from .errors import ConfigError, CorruptionError
-from .kinds import KIND_NAMES, DictTable, OpaqueTable, RefusedTable
+from .kinds import KIND_NAMES, DictTable, OpaqueRestorer, OpaqueTable, RefusedTable
 from .numeric import NumericTable
 
 
@@ -43,7 +44,8 @@ class TableRegistry:
     """
 
     def __init__(self, core, materialize: bool = True, size_hints=None,
-                 kinds: Optional[dict] = None, versions=None) -> None:
+                 kinds: Optional[dict] = None, versions=None,
+                 classes: Optional[dict] = None) -> None:
         self._core = core
         # A store's migrations.Versions: each table's version now, and the
         # upcasters for records of older ones. None: versions are not read.
@@ -53,6 +55,9 @@ class TableRegistry:
         # name -> (kind, StateType subclass or None), from kinds.resolve_kinds;
         # None: a reader, which takes each kind from the log.
         self._kinds = kinds
+        # A reader's StateType classes by table name (used for custom tables
+        # only; every other kind still comes from the log).
+        self._classes = dict(classes or {})
         # name -> (keys, arena bytes) to reserve when the table first appears.
         self._size_hints = size_hints or {}
         self.by_name: dict[str, TableInfo] = {}
@@ -64,7 +69,7 @@ class TableRegistry:
         """(kind, class or NumericTable declaration) ``tables=`` asks for
         ``name``: KV unless named."""
         if self._kinds is None:
-            return None, None
+            return None, self._classes.get(name)
         return self._kinds.get(name, (F.KIND_KV, None))
 
     def _schema_for(self, name: str, kind: int) -> bytes:
@@ -190,12 +195,13 @@ class TableRegistry:
 
     def _mismatch(self, name: str, logged: int, want: int) -> ConfigError:
         logged_name = KIND_NAMES.get(logged, str(logged))
-        if logged == F.KIND_CUSTOM and name not in self._kinds:
+        named = self._kinds is not None and name in self._kinds
+        if logged == F.KIND_CUSTOM and not named:
             detail = (f"table {name!r} is a custom table (kind {logged}) in the log, but "
                       f"tables= gives no StateType class for it; pass "
                       f"tables={{{name!r}: YourStateType}}")
         else:
-            asked = (f"tables= asks for {KIND_NAMES[want]}" if name in self._kinds
+            asked = (f"tables= asks for {KIND_NAMES[want]}" if named
                      else "tables= does not name it (so it would be kv)")
             detail = (f"table {name!r} is {logged_name} (kind {logged}) in the log, but "
                       f"{asked}; a table keeps the kind it was created with")
@@ -227,9 +233,13 @@ class TableRegistry:
         if want is not None and kind != want:
             raise self._mismatch(name, kind, want)
         if kind == F.KIND_CUSTOM:
-            if spec is None:
-                raise self._mismatch(name, kind, F.KIND_KV)
-            return spec
+            if spec is not None:
+                return spec
+            if want is None:
+                # A reader without the class: the snapshot's data cannot be
+                # interpreted, only carried (keys unknown, no digest).
+                return OpaqueRestorer(name)
+            raise self._mismatch(name, kind, F.KIND_KV)
         if kind == F.KIND_NUMERIC:
             found = NumericTable._from_schema(schema)
             if isinstance(spec, NumericTable) and found._schema_bytes() != spec._schema_bytes():

@@ -28,7 +28,8 @@ def _check_store_dir(path: str) -> None:
 
 @typed_io_errors
 def verify(path, *, recovery: str = "tolerate-tail", deep: bool = False,
-           progress: Optional[Callable[[int, int], None]] = None) -> RecoveryReport:
+           progress: Optional[Callable[[int, int], None]] = None,
+           classes: Optional[dict] = None) -> RecoveryReport:
     """Check every segment's header, frames, checksums and LSN order.
 
     Reads past damage (as skip-corrupted would) so the report lists every
@@ -38,7 +39,9 @@ def verify(path, *, recovery: str = "tolerate-tail", deep: bool = False,
     every stored key and value (finding checksummed bytes msgpack refuses),
     and sets ``report.digest`` / ``report.table_digests``: the digest of the
     state an open in mode ``recovery`` would make, None when such an open
-    would stop at an op that cannot apply.
+    would stop at an op that cannot apply or a table has no digest (a custom
+    table: its entry in ``table_digests`` is None). ``classes`` (name ->
+    StateType subclass) lets a deep replay run custom tables' own classes.
     Raises NotAStoreError, UnsupportedFormatError, ConfigError for an unknown
     mode; never changes a byte.
     """
@@ -47,7 +50,7 @@ def verify(path, *, recovery: str = "tolerate-tail", deep: bool = False,
     _check_store_dir(path)
     man = _manifest.read(path)
     start = _manifest.log_start(man, path)
-    registry = TableRegistry(_core(), materialize=deep)
+    registry = TableRegistry(_core(), materialize=deep, classes=classes)
     base_lsn, base_offsets = 0, {}
     floor = migration_floor(man)
     if deep and (start > 1 or floor):  # the log alone no longer makes the state
@@ -215,26 +218,32 @@ def _decode_everything(path: str, registry, report: RecoveryReport) -> None:
         try:
             digests[name] = table_digest(info.table)
         except ConfigError:
-            pass  # a custom table read without its class: no digest to give
-    report.table_digests = {n: format_digest(d) for n, d in digests.items()}
+            pass  # a custom table: no digest to give (None below says so)
+    report.table_digests = {n: (format_digest(digests[n]) if n in digests else None)
+                            for n in sorted(registry.by_name)}
     if len(digests) == len(registry.by_name):
         report.digest = format_digest(_combine(digests))
 
 
 @typed_io_errors
-def inspect(path, *, progress=None) -> dict:
-    """Segments, LSN ranges, tables (keys, bytes) of a directory, replayed in memory."""
+def inspect(path, *, progress=None, classes: Optional[dict] = None) -> dict:
+    """Segments, LSN ranges, tables (keys, bytes) of a directory, replayed in
+    memory. A table's ``keys`` is None where a reader cannot know it (a
+    custom table restored from a snapshot without its class: ``classes``,
+    name -> StateType subclass, gives it)."""
     path = os.fspath(path)
     _check_store_dir(path)
     man = _manifest.read(path)
-    registry = TableRegistry(_core())
+    registry = TableRegistry(_core(), classes=classes)
     result = replay_readonly(path, man, "skip-corrupted", registry, progress)
     report = result.report
     tables = []
     for tid, kind, name in registry.order:
         info = registry.by_id[tid]
         tables.append({"name": info.name, "id": tid, "kind": KIND_NAMES.get(kind, str(kind)),
-                       "keys": len(info.table), "memory_bytes": info.table.memory_bytes})
+                       "keys": len(info.table) if getattr(info.table, "keys_known", True)
+                       else None,
+                       "memory_bytes": getattr(info.table, "memory_bytes", None)})
     return {
         "path": path,
         "format": man.get("format"),
