@@ -190,12 +190,13 @@ class TableRegistry:
 
     def _mismatch(self, name: str, logged: int, want: int) -> ConfigError:
         logged_name = KIND_NAMES.get(logged, str(logged))
-        if logged == F.KIND_CUSTOM and name not in self._kinds:
+        kinds = self._kinds or {}  # None: a reader (verify, inspect), which names no class
+        if logged == F.KIND_CUSTOM and name not in kinds:
             detail = (f"table {name!r} is a custom table (kind {logged}) in the log, but "
                       f"tables= gives no StateType class for it; pass "
                       f"tables={{{name!r}: YourStateType}}")
         else:
-            asked = (f"tables= asks for {KIND_NAMES[want]}" if name in self._kinds
+            asked = (f"tables= asks for {KIND_NAMES[want]}" if name in kinds
                      else "tables= does not name it (so it would be kv)")
             detail = (f"table {name!r} is {logged_name} (kind {logged}) in the log, but "
                       f"{asked}; a table keeps the kind it was created with")
