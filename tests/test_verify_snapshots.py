@@ -215,6 +215,44 @@ def test_a_listed_snapshot_that_is_gone_is_a_bad_snapshot(snap):
     assert [(p.kind, p.path) for p in _damage(report)] == [("bad_snapshot", spath)]
 
 
+def test_a_snapshot_retired_while_verify_reads_it_is_not_judged(tmp_path, monkeypatch):
+    # A live store's checkpoint writes the MANIFEST without the oldest
+    # snapshot, then removes its folder; verify read the MANIFEST before.
+    from rehydrate import snapshot
+
+    path = str(tmp_path / "s")
+    with Store.open(path) as s:
+        _fill_kv(s, 0, 50)
+        old = s.checkpoint()["lsn"]
+    real = snapshot.check
+    retired = []
+
+    def retire_then_check(spath, lsn=None):
+        if lsn == old and not retired:
+            # What a checkpoint's retirement does, in its order (the log is
+            # left alone, so the walk beside this thread reads what it read).
+            man = manifest.read(path)
+            man["snapshots"] = [x for x in man["snapshots"] if x != old]
+            manifest.write(path, man)
+            shutil.rmtree(spath)
+            retired.append(spath)
+        return real(spath, lsn)
+    monkeypatch.setattr(snapshot, "check", retire_then_check)
+    report = verify(path)
+    assert retired and report.ok and report.problems == [] and report.snapshots == []
+    monkeypatch.setattr(snapshot, "check", real)
+    # Without the retirement, a listed snapshot whose folder is gone is damage.
+    man = manifest.read(path)
+    man["snapshots"] = man["snapshots"] + [old]
+    manifest.write(path, man)
+    assert [(p.kind, p.lsn) for p in _damage(verify(path))] == [("bad_snapshot", old)]
+
+
+def _fill_kv(s, start, count):
+    for i in range(start, start + count):
+        s.put("kv", i, [i, "x" * 20])
+
+
 def _rewrite_meta(spath, change):
     """Rewrite META with ``change(meta)`` applied and a valid checksum: a
     META that passes its own checks but says something else."""

@@ -864,7 +864,11 @@ def check(path: str, lsn: Optional[int] = None) -> SnapshotCheck:
             result.bytes += size
             if err is not None:
                 result.damage.append(err)
-    result.stray = [os.path.join(path, n) for n in sorted(os.listdir(path)) if n not in named]
+    try:
+        names = os.listdir(path)
+    except FileNotFoundError:  # removed meanwhile (a live store's checkpoint retired it)
+        names = []
+    result.stray = [os.path.join(path, n) for n in sorted(names) if n not in named]
     return result
 
 
