@@ -198,6 +198,19 @@ def test_a_deleted_snapshot_file_is_a_bad_snapshot_problem_naming_it(snap, table
     assert "missing" in _damage(report)[0].detail
 
 
+def test_a_table_file_that_is_not_a_regular_file_is_never_opened(snap, core_env):
+    # A FIFO would block a reader that opened it: the check refuses it first.
+    path, spath = snap
+    target = _file_of(spath, "top")
+    os.unlink(target)
+    os.mkfifo(target)
+    out = _rehydrate("verify", path, "--json", env=core_env)
+    assert out.returncode == 1, out.stderr
+    problems = json.loads(out.stdout)["problems"]
+    assert [(p["kind"], p["path"], p["detail"]) for p in problems] == \
+        [("bad_snapshot", target, "not a regular file")]
+
+
 def test_every_damaged_file_of_one_snapshot_is_reported(snap):
     path, spath = snap
     targets = [_file_of(spath, "kv", True), _file_of(spath, "d"), _file_of(spath, "top")]
@@ -213,6 +226,8 @@ def test_a_listed_snapshot_that_is_gone_is_a_bad_snapshot(snap):
     shutil.rmtree(spath)
     report = verify(path)
     assert [(p.kind, p.path) for p in _damage(report)] == [("bad_snapshot", spath)]
+    assert [(s["lsn"], s["ok"], s["tables"]) for s in report.snapshots] == \
+        [(int(os.path.basename(spath)), False, [])]
 
 
 def test_a_snapshot_retired_while_verify_reads_it_is_not_judged(tmp_path, monkeypatch):
@@ -435,7 +450,8 @@ def test_the_command_exits_0_1_2_for_a_clean_a_damaged_and_a_foreign_folder(snap
     alone = _shipped(tmp_path, spath)
     ok = _rehydrate("verify", alone, env=core_env)
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.startswith(f"OK: {alone}: snapshot at LSN {os.path.basename(spath).lstrip('0')}")
+    lsn = int(os.path.basename(spath))
+    assert ok.stdout.startswith(f"OK: {alone}: snapshot at LSN {lsn}, 4 tables")
     target = _file_of(alone, "kv", image=True)
     C.truncate(target, 5000)
     bad = _rehydrate("verify", alone, env=core_env)

@@ -102,7 +102,7 @@ def verify(path, *, recovery: str = "tolerate-tail", deep: bool = False,
         checked = checking.result()
     report.problems.extend(_snapshot_problems(path, man, checked))
     report.problems.extend(_lsn_problems(path, man, checked, report))
-    report.snapshots = [_summary(c) for _, c in checked]
+    report.snapshots = [_summary(c, lsn) for lsn, c in checked]
     if deep:
         _decode_everything(path, registry, report)
         if recovery != "skip-corrupted" and any(p.kind == "apply_error"
@@ -145,9 +145,11 @@ def _check_listed(path: str, man: dict) -> list:
     return out
 
 
-def _summary(c) -> dict:
+def _summary(c, lsn: Optional[int]) -> dict:
+    """A snapshot checked, for the report: its LSN (the MANIFEST's or the
+    folder's when META is unusable), path, bytes checked, tables, verdict."""
     meta = c.meta or {}
-    return {"lsn": meta.get("lsn"), "path": c.path, "bytes": c.bytes,
+    return {"lsn": meta.get("lsn", lsn), "path": c.path, "bytes": c.bytes,
             "tables": [t["name"] for t in meta.get("tables", [])], "ok": c.ok}
 
 
@@ -235,7 +237,7 @@ def _verify_snapshot_dir(path: str, recovery: str, deep: bool) -> RecoveryReport
     report.problems.extend(Problem("foreign_file", f, None, None, "not a file of this "
                                    "snapshot (META does not name it); left alone",
                                    action="ignored") for f in c.stray)
-    report.snapshots = [_summary(c)]
+    report.snapshots = [_summary(c, lsn)]
     if c.meta is not None:
         report.last_lsn = c.meta["lsn"]
     if deep and c.ok:
