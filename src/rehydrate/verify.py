@@ -1,4 +1,5 @@
-"""Standalone checks of a state directory: ``verify`` and ``inspect``.
+"""Standalone checks of a state directory: ``verify`` (the log, the
+snapshots, how their LSNs meet; or one snapshot folder alone) and ``inspect``.
 
 Both read without the LOCK and never change a byte, so they are safe on a
 live store (a tail being written shows up as a torn tail) and on a copy from
