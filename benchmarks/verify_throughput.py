@@ -17,7 +17,10 @@ trim and ``log_start`` set back to 1), then, alternating, in fresh processes:
   only) over the segments already read into memory, and CRC32C alone over
   the same bytes: what the log's checks cost without reading;
 - ``snapshot``: ``rehydrate.snapshot.check`` of the snapshot alone (what
-  ``verify`` runs beside the log walk, on a second thread).
+  ``verify`` runs beside the log walk, on a second thread);
+- ``log_only``: ``verify`` of the same log in a store that lists no
+  snapshot (its segments hard-linked): the baseline, in the same run, that
+  says what the snapshot's checks add.
 
 GB/s = bytes checked (log: ``report.bytes_read``; snapshot: the bytes of its
 files) / wall seconds of the call; medians of ``--repeat``. Target: >= 1 GB/s
@@ -68,13 +71,14 @@ def _load_core():
     return rh
 
 
-def child_verify(path: str, deep: bool) -> dict:
+def child_verify(path: str, deep: bool, snapshots: bool = True) -> dict:
     rh = _load_core()
     t0 = time.perf_counter()
     report = rh.verify(path, deep=deep)
     seconds = time.perf_counter() - t0
-    if not report.ok or not report.snapshots:
-        raise SystemExit(f"verify found damage or no snapshot: {report.problems}")
+    if not report.ok or bool(report.snapshots) != snapshots:
+        raise SystemExit(f"verify found damage, or not the snapshots expected: "
+                         f"{report.problems}")
     snap_bytes = sum(s["bytes"] for s in report.snapshots)
     return {"s": seconds, "bytes": report.bytes_read + snap_bytes, "log_bytes": report.bytes_read,
             "snapshot_bytes": snap_bytes, "records": report.records,
@@ -119,6 +123,18 @@ def add_snapshot(path: str) -> int:
     man["log_start"] = 1
     manifest.write(path, man)
     return lsn
+
+
+def log_only_copy(path: str, dest: str) -> None:
+    """The same log (segments hard-linked) in a store that lists no snapshot."""
+    from rehydrate import manifest
+
+    os.makedirs(os.path.join(dest, "wal"))
+    for name in os.listdir(os.path.join(path, "wal")):
+        os.link(os.path.join(path, "wal", name), os.path.join(dest, "wal", name))
+    man = manifest.read(path)
+    man["snapshots"] = []
+    manifest.write(dest, man)
 
 
 def child_scan(path: str) -> dict:
@@ -173,12 +189,13 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--json", action="store_true")
     p.add_argument("--child", help=argparse.SUPPRESS)
-    p.add_argument("--kind", choices=["verify", "deep", "scan", "snapshot", "profile"],
-                   help=argparse.SUPPRESS)
+    p.add_argument("--kind", choices=["verify", "deep", "scan", "snapshot", "log_only",
+                                      "profile"], help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
         out = (child_scan(a.child) if a.kind == "scan" else child_profile(a.child)
                if a.kind == "profile" else child_snapshot(a.child) if a.kind == "snapshot"
+               else child_verify(a.child, False, snapshots=False) if a.kind == "log_only"
                else child_verify(a.child, a.kind == "deep"))
         print(json.dumps(out))
         return 0
@@ -191,11 +208,14 @@ def main(argv=None) -> int:
         replay.build(path, os.devnull, a.ops, a.ops // 5)  # no msgpack copy: no baseline here
         print("checkpoint at the log's end ...", file=sys.stderr)
         snapshot_lsn = add_snapshot(path)
+        log_only = os.path.join(work, "log-only")
+        log_only_copy(path, log_only)
         me = os.path.abspath(__file__)
-        runs = {"verify": [], "deep": [], "scan": [], "snapshot": []}
+        runs = {"verify": [], "log_only": [], "deep": [], "scan": [], "snapshot": []}
         for i in range(a.repeat):
             for kind, rs in runs.items():
-                rs.append(run_child([me, "--child", path, "--kind", kind]))
+                rs.append(run_child([me, "--child", log_only if kind == "log_only" else path,
+                                     "--kind", kind]))
             print(f"  run {i + 1}: " + ", ".join(f"{k} {rs[-1]['s']:.3f} s"
                                                  for k, rs in runs.items()), file=sys.stderr)
         nbytes = runs["verify"][0]["bytes"]
@@ -210,6 +230,8 @@ def main(argv=None) -> int:
                "verify_s": median([r["s"] for r in runs["verify"]]),
                "verify_gb_per_s": gbps["verify"], "deep_gb_per_s": gbps["deep"],
                "deep_s": median([r["s"] for r in runs["deep"]]),
+               "log_only_s": median([r["s"] for r in runs["log_only"]]),
+               "log_only_gb_per_s": gbps["log_only"],
                "snapshot_check_s": median([r["s"] for r in runs["snapshot"]]),
                "snapshot_check_gb_per_s": gbps["snapshot"],
                "scan_in_memory_gb_per_s": gbps["scan"], "crc32c_gb_per_s": crc_gbps,
@@ -232,6 +254,8 @@ def main(argv=None) -> int:
                   f"{out['records']:,} records, median of {a.repeat} fresh processes")
             print(f"verify                  {out['verify_s']:.3f} s  {gbps['verify']:.2f} GB/s  "
                   f"(target >= {TARGET_GBPS:.0f} GB/s: {'met' if out['met'] else 'MISSED'})")
+            print(f"verify, log only        {out['log_only_s']:.3f} s  "
+                  f"{gbps['log_only']:.2f} GB/s  (the same log, no snapshot listed)")
             print(f"verify --deep           {out['deep_s']:.3f} s  {gbps['deep']:.2f} GB/s  "
                   "(reference)")
             print(f"snapshot check alone    {out['snapshot_check_s']:.3f} s  "
