@@ -132,7 +132,7 @@ def _print_problems(problems) -> None:
 
 
 def _cmd_verify(args) -> int:
-    from .verify import verify
+    from .verify import is_snapshot_dir, verify
 
     bar, update = _progress_bar("verify", not args.json)
     try:
@@ -142,21 +142,28 @@ def _cmd_verify(args) -> int:
         if bar is not None:
             bar.close()
     d = report.as_dict()
+    snapshots = d.get("snapshots") or []
     if args.json:
         print(json.dumps({
             "ok": d["ok"], "last_lsn": d["last_lsn"], "records": d["records"],
             "mode": d["mode"], "frames": d["frames"], "bytes": d["bytes_read"],
-            "segments": d["segments"],
+            "segments": d["segments"], "snapshots": snapshots,
             "problems": [{k: p[k] for k in ("kind", "path", "offset", "lsn", "detail",
                                               "bytes", "lsn_end", "action")}
                          for p in d["problems"]],
-            **({"digest": d["digest"], "tables": d["table_digests"],
-                "unavailable": _unavailable(d["table_digests"])} if args.deep else {}),
+            **({"digest": d.get("digest"), "tables": d.get("table_digests"),
+                "unavailable": _unavailable(d.get("table_digests") or {})} if args.deep else {}),
         }))
     else:
         status = "OK" if d["ok"] else "DAMAGED"
-        print(f"{status}: {args.dir}: {len(d['segments'])} segments, {d['frames']} frames, "
-              f"{d['records']} records, last LSN {d['last_lsn']}, {d['bytes_read']} bytes")
+        if is_snapshot_dir(args.dir):
+            tables = snapshots[0]["tables"] if snapshots else []
+            print(f"{status}: {args.dir}: snapshot at LSN {d['last_lsn']}, {len(tables)} "
+                  f"tables, {sum(s['bytes'] for s in snapshots)} bytes")
+        else:
+            print(f"{status}: {args.dir}: {len(d['segments'])} segments, {d['frames']} frames, "
+                  f"{d['records']} records, last LSN {d['last_lsn']}, {d['bytes_read']} bytes; "
+                  f"{len(snapshots)} snapshots, {sum(s['bytes'] for s in snapshots)} bytes")
         if args.deep:
             tables = d.get("table_digests") or {}
             print(f"digest {d.get('digest') or '-'}" + "".join(
@@ -495,8 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
         c.set_defaults(func=func)
         return c
 
-    vc = dir_cmd("verify", _cmd_verify, "check segments, frames, checksums and LSN order",
-                 tables=True)
+    vc = dir_cmd("verify", _cmd_verify, "check segments, frames, checksums, LSN order and "
+                 "snapshots (DIR: a store, or one snapshot folder)", tables=True)
     vc.add_argument("--deep", action="store_true",
                     help="also replay in memory, decode every key and value, print the digest")
     dir_cmd("inspect", _cmd_inspect, "segments, LSN ranges, tables and sizes", recovery=False,

@@ -96,6 +96,8 @@ class RecoveryReport:
     # Set by a deep verify: the state's digest and each table's (hex).
     digest: Optional[str] = None
     table_digests: Optional[dict] = None
+    # Set by verify: each snapshot checked ({"lsn", "path", "bytes", "tables", "ok"}).
+    snapshots: Optional[list] = None
 
     @property
     def ok(self) -> bool:
@@ -123,6 +125,7 @@ class RecoveryReport:
             "problems": [p.as_dict() for p in self.problems],
             **({"digest": self.digest, "table_digests": self.table_digests}
                if self.table_digests is not None else {}),
+            **({"snapshots": self.snapshots} if self.snapshots is not None else {}),
         }
 
 

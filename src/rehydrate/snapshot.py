@@ -21,6 +21,7 @@ import os
 import struct
 import time
 from dataclasses import dataclass, field
+from typing import Optional
 
 from . import _fileio
 from . import _format as F
@@ -269,24 +270,32 @@ def read_meta(path: str) -> dict:
 def decode_meta(raw: bytes, mpath: str) -> dict:
     """META's fields from its bytes; CorruptionError naming ``mpath`` if unusable."""
     if len(raw) < _META_HEADER.size:
-        raise CorruptionError("snapshot META shorter than its header", path=mpath,
-                              reason="bad_snapshot")
+        raise CorruptionError(f"snapshot META is {len(raw)} bytes, shorter than its header",
+                              path=mpath, offset=0, reason="bad_snapshot")
     magic, length, crc = _META_HEADER.unpack_from(raw)
     payload = raw[_META_HEADER.size:]
-    if magic != META_MAGIC or length != len(payload) or length > MAX_META_BYTES \
-            or _core().crc32c(payload) != crc:
-        raise CorruptionError("snapshot META fails its magic, length or checksum", path=mpath,
-                              offset=0, reason="bad_snapshot")
+    # The offset names the header field that fails (magic 0, length 8,
+    # CRC32C 12): what a reader of the report opens the file at.
+    if magic != META_MAGIC:
+        raise CorruptionError("snapshot META has a bad magic", path=mpath, offset=0,
+                              reason="bad_snapshot")
+    if length != len(payload) or length > MAX_META_BYTES:
+        raise CorruptionError(f"snapshot META records a {length}-byte payload, the file holds "
+                              f"{len(payload)}", path=mpath, offset=8, reason="bad_snapshot")
+    if _core().crc32c(payload) != crc:
+        raise CorruptionError("snapshot META payload fails its CRC32C", path=mpath, offset=12,
+                              reason="bad_snapshot")
     try:
         meta = json.loads(payload)
     except ValueError as e:
         raise CorruptionError(f"snapshot META is not JSON: {e}", path=mpath,
-                              reason="bad_snapshot") from None
+                              offset=_META_HEADER.size, reason="bad_snapshot") from None
     if not isinstance(meta, dict) or meta.get("format") != SNAPSHOT_FORMAT \
             or type(meta.get("lsn")) is not int or not isinstance(meta.get("tables"), list) \
             or not isinstance(meta.get("offsets"), dict) or meta["lsn"] < 0 \
             or not all(type(k) is str and type(v) is int for k, v in meta["offsets"].items()):
-        raise CorruptionError("snapshot META lacks its fields", path=mpath, reason="bad_snapshot")
+        raise CorruptionError("snapshot META lacks its fields", path=mpath,
+                              offset=_META_HEADER.size, reason="bad_snapshot")
     return meta
 
 
@@ -570,28 +579,35 @@ def _load_table(e: dict, data, fpath: str, make_table):
     return made
 
 
+def _numeric_arrays(spec, data, fpath: str) -> list:
+    """A numeric table file's columns (views of ``data``), its Arrow
+    structure checked against the table's declaration ``spec``."""
+    import numpy as np
+
+    from ._arrow_ipc import read_file
+
+    arrow = read_file(data, fpath)
+    want = [(name, dtype) for name, dtype in spec.columns.items()]
+    if arrow.fields != want or len(arrow.batches) != 1 or \
+            arrow.batches[0].num_rows != spec.rows or \
+            any(c.null_count for c in arrow.batches[0].columns):
+        raise CorruptionError("numeric snapshot file does not match its schema",
+                              path=fpath, reason="bad_snapshot")
+    return [np.frombuffer(c.data, dtype=np.dtype(d).newbyteorder("<"))
+            for c, (_, d) in zip(arrow.batches[0].columns, want)]
+
+
 def _load_numeric(e: dict, fpath: str, make_table):
     """A numeric table whose columns are views of the file's private
     mapping: nothing is copied; the first write to a page copies that page
     (copy-on-write), and the file never changes."""
-    import numpy as np
-
-    from ._arrow_ipc import read_file
     from .numeric import column_digest
 
     spec = make_table(e["name"], e["id"], e["kind"], e.get("schema"))
     data = _fileio.map_file(fpath, private=True)
     try:
         _check_bytes(data, e.get("bytes"), e.get("crc32c"), fpath)
-        arrow = read_file(data, fpath)
-        want = [(name, dtype) for name, dtype in spec.columns.items()]
-        if arrow.fields != want or len(arrow.batches) != 1 or \
-                arrow.batches[0].num_rows != spec.rows or \
-                any(c.null_count for c in arrow.batches[0].columns):
-            raise CorruptionError("numeric snapshot file does not match its schema",
-                                  path=fpath, reason="bad_snapshot")
-        arrays = [np.frombuffer(c.data, dtype=np.dtype(d).newbyteorder("<"))
-                  for c, (_, d) in zip(arrow.batches[0].columns, want)]
+        arrays = _numeric_arrays(spec, data, fpath)
     except CorruptionError:
         _release(data)
         raise
@@ -602,6 +618,258 @@ def _load_numeric(e: dict, fpath: str, make_table):
         raise CorruptionError(f"table {e['name']!r} does not match its digest", path=fpath,
                               reason="bad_snapshot")
     return spec._fresh(e["name"], arrays)
+
+
+# -- checking a snapshot without loading it (verify) -------------------------
+
+@dataclass
+class SnapshotCheck:
+    """What ``check`` found in one snapshot folder.
+
+    ``damage``: one CorruptionError (reason ``bad_snapshot``) per damaged
+    file, naming it, with the offset where one is known; ``stray``: paths
+    of files META does not name (left alone; not damage); ``bytes``: bytes
+    of the files checked.
+    """
+
+    path: str
+    meta: Optional[dict]
+    damage: list = field(default_factory=list)
+    stray: list = field(default_factory=list)
+    bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.damage
+
+
+_TABLE_KINDS = (F.KIND_KV, F.KIND_DICT, F.KIND_CUSTOM, F.KIND_NUMERIC)
+
+
+def _entry_problem(e, mpath: str) -> Optional[str]:
+    """Why META table entry ``e`` cannot be checked against its files, or None."""
+    from .numeric import NumericTable
+
+    if not isinstance(e, dict) or type(e.get("id")) is not int or \
+            not isinstance(e.get("name"), str) or type(e.get("kind")) is not int or \
+            not _plain_name(e.get("file")):
+        return "a malformed table entry"
+    name, kind = e["name"], e["kind"]
+    if kind not in _TABLE_KINDS or not 0 <= e["id"] <= F.MAX_TABLE_ID:
+        return f"table {name!r} has kind {kind} and id {e['id']}, which no table has"
+    if type(e.get("bytes")) is not int or e["bytes"] < 0 or type(e.get("crc32c")) is not int:
+        return f"table {name!r} has no file size or CRC32C"
+    if kind in (F.KIND_KV, F.KIND_DICT) and (type(e.get("keys")) is not int or e["keys"] < 0):
+        return f"table {name!r} has no key count"
+    digest = e.get("digest")
+    # Every kind but custom records a digest (a custom table's state is
+    # the class's own, not key/value pairs).
+    if (digest is None) != (kind == F.KIND_CUSTOM) or digest is not None and not (
+            isinstance(digest, str) and len(digest) == 16
+            and all(c in "0123456789abcdef" for c in digest)):
+        return f"table {name!r} has a bad digest {digest!r}"
+    try:
+        entry_version(e, mpath)
+        if kind == F.KIND_NUMERIC:
+            NumericTable._from_schema(e.get("schema"))
+        if e.get("image") is not None:
+            if kind != F.KIND_KV:
+                return f"table {name!r} of kind {kind} has an image"
+            _check_image_entry(e, os.path.dirname(mpath))
+    except CorruptionError as err:
+        return err.detail
+    return None
+
+
+def _meta_problem(meta: dict, mpath: str, lsn: Optional[int]) -> Optional[str]:
+    """Why META, though it decodes, does not describe a snapshot: an entry
+    that cannot be checked, a name, id or file twice, another LSN than
+    the folder's."""
+    if lsn is not None and meta["lsn"] != lsn:
+        return f"records LSN {meta['lsn']}, its folder is named for LSN {lsn}"
+    names, ids, files = set(), set(), {META_NAME}
+    for e in meta["tables"]:
+        why = _entry_problem(e, mpath)
+        if why is not None:
+            return why
+        own = [e["file"]] + ([e["image"]["file"]] if e.get("image") is not None else [])
+        if e["name"] in names or e["id"] in ids or files & set(own) or len(set(own)) < len(own):
+            return f"table {e['name']!r}: its name, id or a file is another table's too"
+        names.add(e["name"])
+        ids.add(e["id"])
+        files.update(own)
+    return None
+
+
+def _open_checked(fpath: str):
+    """The mapped bytes of a file META lists (``b""`` when empty); a missing
+    file, or one that is not a regular file, is CorruptionError."""
+    import stat
+
+    try:
+        st = os.stat(fpath)
+    except FileNotFoundError:
+        raise CorruptionError("missing (META lists it)", path=fpath,
+                              reason="bad_snapshot") from None
+    if not stat.S_ISREG(st.st_mode):
+        # Never opened: a FIFO would block the reader, a directory not map.
+        raise CorruptionError("not a regular file", path=fpath, reason="bad_snapshot")
+    return _fileio.map_file(fpath)
+
+
+def _check_size(data, want: int, fpath: str) -> None:
+    if len(data) != want:
+        # Where the file and META part: the end of a truncated file, the
+        # first byte past what META recorded.
+        raise CorruptionError(f"is {len(data)} bytes, META records {want}", path=fpath,
+                              offset=min(len(data), want), reason="bad_snapshot")
+
+
+def _check_crc(data, want: int, fpath: str) -> None:
+    if _core().crc32c(data) != want:
+        raise CorruptionError("fails its CRC32C (META's)", path=fpath, reason="bad_snapshot")
+
+
+def _check_digest(total: int, count: int, e: dict, fpath: str) -> None:
+    from .digest import format_digest
+
+    if format_digest(finish_digest(total, count)) != e["digest"]:
+        raise CorruptionError(f"does not match table {e['name']!r}'s digest in META",
+                              path=fpath, reason="bad_snapshot")
+
+
+def _check_kv_file(e: dict, data, fpath: str) -> None:
+    """A kv or dict table's Arrow file: size, structure (the strict reader,
+    every offset), CRC32C, pair count and digest against META."""
+    _check_size(data, e["bytes"], fpath)
+    batches = _kv_columns(data, fpath)
+    total = _batches_sum(batches)(data)
+    if total is None:
+        raise CorruptionError("a column's offsets are out of order or bounds", path=fpath,
+                              reason="bad_snapshot")
+    _check_crc(data, e["crc32c"], fpath)
+    rows = sum(b[0] for b in batches)
+    if rows != e["keys"]:
+        raise CorruptionError(f"holds {rows} pairs, META records {e['keys']} keys", path=fpath,
+                              reason="bad_snapshot")
+    _check_digest(total, rows, e, fpath)
+
+
+def _check_image_file(e: dict, data, fpath: str) -> None:
+    """A kv table's image: size, structure (the image reader of either
+    core: header, every entry's fields, key and padding, the count),
+    CRC32C, key count and digest against META. The home-slot order and
+    keys twice are what only a native load checks (``verify --deep``)."""
+    img = e["image"]
+    _check_size(data, img["bytes"], fpath)
+    total = _core().image_digest_sum(data)
+    if total is None:
+        raise CorruptionError("fails its structure (the header or an entry)", path=fpath,
+                              offset=0 if bytes(data[:8]) != b"RHKVIMG1" else None,
+                              reason="bad_snapshot")
+    _check_crc(data, img["crc32c"], fpath)
+    count = struct.unpack_from("<Q", data, 16)[0]  # the header's, checked against the entries
+    if count != e["keys"]:
+        raise CorruptionError(f"holds {count} keys, META records {e['keys']}", path=fpath,
+                              offset=16, reason="bad_snapshot")
+    _check_digest(total, count, e, fpath)
+
+
+def _check_numeric_file(e: dict, data, fpath: str) -> None:
+    """A numeric table's Arrow file: size, structure against META's schema,
+    CRC32C and the columns' digest."""
+    from .digest import format_digest
+    from .numeric import NumericTable, column_digest
+
+    _check_size(data, e["bytes"], fpath)
+    spec = NumericTable._from_schema(e["schema"])
+    arrays = _numeric_arrays(spec, data, fpath)
+    try:
+        _check_crc(data, e["crc32c"], fpath)
+        if format_digest(column_digest(spec._schema_bytes(), arrays)) != e["digest"]:
+            raise CorruptionError(f"does not match table {e['name']!r}'s digest in META",
+                                  path=fpath, reason="bad_snapshot")
+    finally:
+        del arrays  # views of the mapping, which is closed next
+
+
+def _check_custom_file(e: dict, data, fpath: str) -> None:
+    """A custom table's msgpack file: size, CRC32C, and that it decodes
+    (what ``restore()`` makes of it needs the class: ``verify --deep``)."""
+    import msgpack
+
+    _check_size(data, e["bytes"], fpath)
+    _check_crc(data, e["crc32c"], fpath)
+    try:
+        msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as err:  # noqa: BLE001 - msgpack raises several types for bad input
+        raise CorruptionError(f"is not msgpack: {err}", path=fpath,
+                              reason="bad_snapshot") from None
+
+
+def _file_damage(check, e: dict, fpath: str, lsn) -> tuple:
+    """(bytes, CorruptionError or None) of ``check(e, data, fpath)`` on one file."""
+    data = b""
+    try:
+        data = _open_checked(fpath)
+        check(e, data, fpath)
+        return len(data), None
+    except CorruptionError as err:
+        return len(data), CorruptionError(err.detail, path=fpath, offset=err.offset, lsn=lsn,
+                                          reason="bad_snapshot")
+    finally:
+        _release(data)
+
+
+def check(path: str, lsn: Optional[int] = None) -> SnapshotCheck:
+    """Check the snapshot folder ``path`` file by file, without loading it.
+
+    META: magic, length, CRC32C, its fields, and (``lsn`` given) the LSN
+    its folder is named for. Each file META lists: its size and CRC32C,
+    its structure (the Arrow reader, the image reader, msgpack) and what
+    it holds against META's key count and digest. Every file is checked
+    whatever the others hold, so ``damage`` has one error per damaged file
+    (only META's when META is unusable: it is what names the others).
+    Files META does not name are listed in ``stray``. Never changes a
+    byte; an I/O error other than a missing file raises OSError.
+    """
+    mpath = os.path.join(path, META_NAME)
+    result = SnapshotCheck(path, None)
+    try:
+        raw = _fileio.read_file(mpath) if os.path.isfile(mpath) else None
+        if raw is None:
+            raise CorruptionError("missing, or not a regular file", path=mpath,
+                                  reason="bad_snapshot")
+        result.bytes += len(raw)
+        meta = decode_meta(raw, mpath)
+        why = _meta_problem(meta, mpath, lsn)
+        if why is not None:
+            raise CorruptionError(why, path=mpath, offset=_META_HEADER.size,
+                                  reason="bad_snapshot")
+    except CorruptionError as err:
+        result.damage.append(CorruptionError(err.detail, path=mpath, offset=err.offset,
+                                             lsn=lsn, reason="bad_snapshot"))
+        return result
+    result.meta = meta
+    checks = {F.KIND_KV: _check_kv_file, F.KIND_DICT: _check_kv_file,
+              F.KIND_NUMERIC: _check_numeric_file, F.KIND_CUSTOM: _check_custom_file}
+    named = {META_NAME}
+    for e in meta["tables"]:
+        files = [(checks[e["kind"]], e["file"])]
+        if e.get("image") is not None:
+            files.append((_check_image_file, e["image"]["file"]))
+        for fn, name in files:
+            named.add(name)
+            size, err = _file_damage(fn, e, os.path.join(path, name), meta["lsn"])
+            result.bytes += size
+            if err is not None:
+                result.damage.append(err)
+    try:
+        names = os.listdir(path)
+    except FileNotFoundError:  # removed meanwhile (a live store's checkpoint retired it)
+        names = []
+    result.stray = [os.path.join(path, n) for n in sorted(names) if n not in named]
+    return result
 
 
 def list_snapshots(directory: str) -> list:

@@ -1,4 +1,5 @@
-"""Standalone checks of a state directory: ``verify`` and ``inspect``.
+"""Standalone checks of a state directory: ``verify`` (the log, the
+snapshots, how their LSNs meet; or one snapshot folder alone) and ``inspect``.
 
 Both read without the LOCK and never change a byte, so they are safe on a
 live store (a tail being written shows up as a torn tail) and on a copy from
@@ -15,8 +16,9 @@ from . import manifest as _manifest
 from ._backend import core as _core
 from .errors import CorruptionError, NotAStoreError, typed_io_errors
 from .recovery import Problem, RecoveryReport, _Walker, check_mode, clean_end_of, walk
-from .snapshot import load_base, migration_floor, no_base_error
+from .snapshot import META_NAME, load_base, migration_floor, no_base_error
 from .tables import KIND_NAMES, TableRegistry
+from .wal import WAL_DIR
 
 
 def _check_store_dir(path: str) -> None:
@@ -26,50 +28,87 @@ def _check_store_dir(path: str) -> None:
         raise NotAStoreError("no MANIFEST: not a rehydrate store", path=path)
 
 
+def is_snapshot_dir(path) -> bool:
+    """Is ``path`` one snapshot folder on its own (a META, no MANIFEST), as
+    ``verify`` checks it?"""
+    path = os.fspath(path)
+    return os.path.isdir(path) and os.path.exists(os.path.join(path, META_NAME)) and \
+        not os.path.exists(os.path.join(path, _manifest.MANIFEST_NAME))
+
+
 @typed_io_errors
 def verify(path, *, recovery: str = "tolerate-tail", deep: bool = False,
            progress: Optional[Callable[[int, int], None]] = None,
            classes: Optional[dict] = None) -> RecoveryReport:
-    """Check every segment's header, frames, checksums and LSN order.
+    """Check a store: every segment's header, frames, checksums and LSN
+    order, and every snapshot the MANIFEST lists, file by file, and how
+    their LSNs meet the log's (docs/recovery.md, "Verify").
+
+    ``path`` may also be one snapshot folder on its own (a META, no
+    MANIFEST), as shipped from elsewhere: its files are checked alone.
 
     Reads past damage (as skip-corrupted would) so the report lists every
     problem, then judges by ``recovery``: ``report.ok`` is False when damage
-    was found, or, under ``strict``, a torn tail. With ``deep`` it also
-    replays the state in memory (finding ops that cannot apply), decodes
-    every stored key and value (finding checksummed bytes msgpack refuses),
-    and sets ``report.digest`` / ``report.table_digests``: the digest of the
-    state an open in mode ``recovery`` would make, None when such an open
-    would stop at an op that cannot apply or a table has no digest (a custom
-    table: its entry in ``table_digests`` is None). ``classes`` (name ->
-    StateType subclass) lets a deep replay run custom tables' own classes.
-    Raises NotAStoreError, UnsupportedFormatError, ConfigError for an unknown
-    mode; never changes a byte.
+    was found, or, under ``strict``, a torn tail. ``report.snapshots`` lists
+    the snapshots checked. With ``deep`` it also replays the state in
+    memory (finding ops that cannot apply), decodes every stored key and
+    value (finding checksummed bytes msgpack refuses), and sets
+    ``report.digest`` / ``report.table_digests``: the digest of the state
+    an open in mode ``recovery`` would make, None when such an open would
+    stop at an op that cannot apply or has no snapshot to start from, or
+    when a table has no digest (a custom table: its entry in
+    ``table_digests`` is None). ``classes`` (name -> StateType subclass)
+    lets a deep replay run custom tables' own classes.
+    Raises NotAStoreError (neither a store nor a snapshot),
+    UnsupportedFormatError, ConfigError for an unknown mode,
+    StorageIOError when a file cannot be read; never changes a byte.
     """
     check_mode(recovery)
     path = os.fspath(path)
+    if is_snapshot_dir(path):
+        return _finish(_verify_snapshot_dir(path, recovery, deep), recovery)
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, _manifest.MANIFEST_NAME)):
+        raise NotAStoreError("no MANIFEST and no META: neither a rehydrate store nor a "
+                             "snapshot", path=path)
     _check_store_dir(path)
     man = _manifest.read(path)
     start = _manifest.log_start(man, path)
-    registry = TableRegistry(_core(), materialize=deep, classes=classes)
-    base_lsn, base_offsets = 0, {}
     floor = migration_floor(man)
-    if deep and (start > 1 or floor):  # the log alone no longer makes the state
-        base_lsn, base_offsets = load_base(path, man, registry)
-        if base_lsn + 1 < start or base_lsn < floor:
-            raise no_base_error(path, max(start, floor + 1))
-    walker = _Walker(_core(), path, "skip-corrupted", registry, deep, start, base_lsn, None,
-                     progress)
-    walker.offsets.update(base_offsets)
-    walker.clean_end = clean_end_of(man, path)
-    try:
-        report = walker.run().report
-    except CorruptionError as e:
-        # Only a deep replay stops here (an op that cannot apply): report it
-        # with everything read so far; the state is not whole, so no digest.
-        if e.reason != "apply_error":
-            raise
-        report = walker.report
-        deep = False
+    from concurrent.futures import ThreadPoolExecutor
+
+    # The snapshots are checked on a second thread while this one walks the
+    # log: both spend their time in native code (CRC32C, the digest sums,
+    # the scan) without the GIL, so on two cores the snapshots cost little
+    # wall time.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rehydrate-verify") as pool:
+        checking = pool.submit(_check_listed, path, man)
+        registry = TableRegistry(_core(), materialize=deep, classes=classes)
+        base_lsn, base_offsets = 0, {}
+        if deep and (start > 1 or floor):  # the log alone no longer makes the state
+            base_lsn, base_offsets = load_base(path, man, registry)
+            if base_lsn + 1 < start or base_lsn < floor:
+                # No state to build (no_base, reported below); the log is
+                # still checked.
+                deep = False
+                registry = TableRegistry(_core(), materialize=False, classes=classes)
+                base_lsn, base_offsets = 0, {}
+        walker = _Walker(_core(), path, "skip-corrupted", registry, deep, start, base_lsn, None,
+                         progress)
+        walker.offsets.update(base_offsets)
+        walker.clean_end = clean_end_of(man, path)
+        try:
+            report = walker.run().report
+        except CorruptionError as e:
+            # Only a deep replay stops here (an op that cannot apply): report it
+            # with everything read so far; the state is not whole, so no digest.
+            if e.reason != "apply_error":
+                raise
+            report = walker.report
+            deep = False
+        checked = checking.result()
+    report.problems.extend(_snapshot_problems(path, man, checked))
+    report.problems.extend(_lsn_problems(path, man, checked, report))
+    report.snapshots = [_summary(c, lsn) for lsn, c in checked]
     if deep:
         _decode_everything(path, registry, report)
         if recovery != "skip-corrupted" and any(p.kind == "apply_error"
@@ -78,11 +117,151 @@ def verify(path, *, recovery: str = "tolerate-tail", deep: bool = False,
             # does); an open in this mode would stop there: no whole state.
             report.digest = report.table_digests = None
         if report.digest is not None:
-            _check_snapshots(path, report)
+            _check_snapshots(path, report, {c.path for _, c in checked if not c.ok})
+    return _finish(report, recovery)
+
+
+def _finish(report: RecoveryReport, recovery: str) -> RecoveryReport:
     report.mode = recovery
     for p in report.problems:
         if p.is_damage or (recovery == "strict" and p.kind == "torn_tail"):
             p.action = "error"
+    return report
+
+
+def _check_listed(path: str, man: dict) -> list:
+    """[(LSN, SnapshotCheck)] of every snapshot the MANIFEST lists, newest first."""
+    from .snapshot import SNAPSHOTS_DIR, SnapshotCheck, check, snapshot_name
+
+    out = []
+    for lsn in sorted(set(man.get("snapshots") or []), reverse=True):
+        spath = os.path.join(path, SNAPSHOTS_DIR, snapshot_name(lsn))
+        if os.path.isdir(spath):
+            out.append((lsn, check(spath, lsn)))
+        else:
+            out.append((lsn, SnapshotCheck(spath, None, [CorruptionError(
+                "missing: the MANIFEST lists this snapshot", path=spath, lsn=lsn,
+                reason="bad_snapshot")])))
+    if any(not c.ok for _, c in out):
+        # On a live store a checkpoint may have retired a snapshot (MANIFEST
+        # first, then the folder) while it was read: what the MANIFEST no
+        # longer lists is not judged.
+        still = set(_manifest.read(path).get("snapshots") or [])
+        out = [(lsn, c) for lsn, c in out if c.ok or lsn in still]
+    return out
+
+
+def _summary(c, lsn: Optional[int]) -> dict:
+    """A snapshot checked, for the report: its LSN (the MANIFEST's or the
+    folder's when META is unusable), path, bytes checked, tables, verdict."""
+    meta = c.meta or {}
+    return {"lsn": meta.get("lsn", lsn), "path": c.path, "bytes": c.bytes,
+            "tables": [t["name"] for t in meta.get("tables", [])], "ok": c.ok}
+
+
+def _snapshot_problems(path: str, man: dict, checked: list) -> list:
+    """Each damaged file of a listed snapshot (``bad_snapshot``), files META
+    does not name and snapshot folders the MANIFEST does not list (warnings)."""
+    from .snapshot import SNAPSHOTS_DIR, list_snapshots, snapshot_name
+
+    out = []
+    for lsn, c in checked:
+        out.extend(Problem("bad_snapshot", e.path, e.offset, lsn, e.detail) for e in c.damage)
+        out.extend(Problem("foreign_file", f, None, lsn, "not a file of this snapshot (META "
+                           "does not name it); left alone", action="ignored") for f in c.stray)
+    listed = {lsn for lsn, _ in checked}
+    for lsn in list_snapshots(path):
+        if lsn not in listed:
+            out.append(Problem(
+                "snapshot_unchecked", os.path.join(path, SNAPSHOTS_DIR, snapshot_name(lsn)),
+                None, lsn, "not listed in the MANIFEST (written by a checkpoint that stopped "
+                "before publishing it): no open loads it; left alone", action="ignored"))
+    return out
+
+
+def _lsn_problems(path: str, man: dict, checked: list, report: RecoveryReport) -> list:
+    """How the snapshots' LSNs meet the log's (docs/recovery.md, "Verify"):
+
+    - ``snapshot_log_gap``: a snapshot at or after the newest migration
+      (one an open may start from) whose next LSN the log no longer holds
+      (``log_start`` > LSN + 1): an open falling back to it would miss
+      records. Rollback points (before the migration) need no log after them.
+    - ``no_base``: the log does not start at LSN 1, or a migration reshaped
+      the state, and no snapshot that passes its checks is at or after
+      ``log_start - 1`` and the migration: no open can make the state.
+    - ``log_behind_snapshot``: the log ends before the newest good
+      snapshot's LSN; a checkpoint publishes a snapshot only once the log
+      holds its LSN, so records the log had are gone.
+
+    A log that starts after ``log_start`` (records missing at its start) is
+    the walk's ``missing_segment``.
+    """
+    start = _manifest.log_start(man, path)
+    floor = migration_floor(man)
+    waldir = os.path.join(path, WAL_DIR)
+    good = [lsn for lsn, c in checked if c.ok]
+    out = []
+    for lsn, c in checked:
+        if c.ok and lsn >= floor and lsn + 1 < start:
+            out.append(Problem(
+                "snapshot_log_gap", c.path, None, lsn + 1,
+                f"the log starts at LSN {start} (MANIFEST log_start): LSN {lsn + 1}..{start - 1}"
+                " after this snapshot are in no file, so an open cannot start from it",
+                lsn_end=start - 1))
+    need = max(start - 1, floor)
+    if need > 0 and not any(lsn >= need for lsn in good):
+        why = (f"the log starts at LSN {start} (MANIFEST log_start)" if start - 1 >= floor
+               else f"a migration at LSN {floor} reshaped the state")
+        out.append(Problem(
+            "no_base", waldir, None, need + 1,
+            f"{why} and no snapshot at or after LSN {need} passes its checks: no open can "
+            "make the state"))
+    if good and max(good) > report.last_lsn:
+        out.append(Problem(
+            "log_behind_snapshot", waldir, None, report.last_lsn + 1,
+            f"the log ends at LSN {report.last_lsn}, before snapshot LSN {max(good)}: a "
+            "snapshot is published only once the log holds its LSN, so records are gone "
+            "from the log", lsn_end=max(good)))
+    return out
+
+
+def _verify_snapshot_dir(path: str, recovery: str, deep: bool) -> RecoveryReport:
+    """One snapshot folder on its own: every file checked; with ``deep``
+    it is loaded and every key and value decoded, and the digest given."""
+    from .errors import ConfigError
+    from .snapshot import check, load
+
+    name = os.path.basename(os.path.normpath(path))
+    # A folder named for an LSN (as in a store) must hold that LSN; a copy
+    # under another name is taken at META's word.
+    lsn = int(name) if len(name) == F.SEGMENT_NAME_DIGITS and name.isascii() \
+        and name.isdigit() else None
+    c = check(path, lsn)
+    report = RecoveryReport(mode=recovery)
+    report.problems.extend(Problem("bad_snapshot", e.path, e.offset, e.lsn, e.detail)
+                           for e in c.damage)
+    report.problems.extend(Problem("foreign_file", f, None, None, "not a file of this "
+                                   "snapshot (META does not name it); left alone",
+                                   action="ignored") for f in c.stray)
+    report.snapshots = [_summary(c, lsn)]
+    if c.meta is not None:
+        report.last_lsn = c.meta["lsn"]
+    if deep and c.ok:
+        registry = TableRegistry(_core(), materialize=True)
+        try:
+            _meta, tables = load(path, registry.snapshot_table)
+            for tname, tid, kind, table in tables:
+                registry.add_loaded(tname, tid, kind, table)
+        except ConfigError:
+            report.problems.append(Problem(
+                "snapshot_unchecked", path, None, c.meta["lsn"],
+                "has custom tables, which need their classes to load: checked by its files "
+                "only, no digest", action="ignored"))
+        except CorruptionError as e:
+            report.problems.append(Problem("bad_snapshot", e.path or path, e.offset,
+                                           c.meta["lsn"], e.detail))
+        else:
+            _decode_everything(path, registry, report)
     return report
 
 
@@ -126,13 +305,14 @@ def _check_ledger_digests(path: str, man: dict, report: RecoveryReport) -> None:
                     f"snapshot holds {got}"))
 
 
-def _check_snapshots(path: str, report: RecoveryReport) -> None:
+def _check_snapshots(path: str, report: RecoveryReport, bad: set) -> None:
     """Each snapshot + the log after it must give the state the whole log gives.
 
     (The log is kept whole, so the full replay is the reference.) A snapshot
     that does not load is ``bad_snapshot``; one whose state disagrees is
     ``snapshot_mismatch``; both are damage. Snapshots of custom tables cannot
     be loaded without their classes and are left out (said in the report).
+    Those in ``bad`` (paths), already reported by their files, are not loaded.
     """
     from .digest import _combine, format_digest, table_digest
     from .errors import ConfigError
@@ -144,6 +324,8 @@ def _check_snapshots(path: str, report: RecoveryReport) -> None:
     _check_ledger_digests(path, man, report)
     for lsn in list_snapshots(path):
         spath = os.path.join(path, SNAPSHOTS_DIR, snapshot_name(lsn))
+        if spath in bad:
+            continue
         if lsn < floor:
             report.problems.append(Problem(
                 "snapshot_unchecked", spath, None, lsn,
