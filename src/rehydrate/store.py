@@ -1466,7 +1466,7 @@ class Store:
         is replaced; the others are replaced. The background flusher, the
         checkpoint thread and a background open are gone: nothing here waits
         for them. A background open not over at the fork never ends here:
-        tables it had made ready stay readable, the rest raise.
+        what would wait for it raises ForkedStoreError instead.
         """
         if self._held_for_fork:
             self._held_for_fork = False
