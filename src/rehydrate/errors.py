@@ -113,6 +113,21 @@ class StoreFailedError(StoreClosedError):
     default_reason = "fail_stop"
 
 
+class ForkedStoreError(StoreClosedError):
+    """A write, sync, checkpoint or other change tried on a store this
+    process inherited across ``fork()`` (docs/store.md, "Pre-forking
+    servers"). A store belongs to the process that opened it, ``owner_pid``;
+    in a forked child it is a read-only view of the state as of the fork.
+    ``path`` is the store's directory, ``lsn`` the view's last LSN.
+    """
+
+    default_reason = "forked"
+
+    def __init__(self, detail: str = "", *, owner_pid: Optional[int] = None, **kw) -> None:
+        self.owner_pid = owner_pid
+        super().__init__(detail, **kw)
+
+
 class StorageIOError(RehydrateError, OSError):
     """The operating system refused a file operation (permission, space, I/O).
 
@@ -248,6 +263,7 @@ __all__ = [
     "LockedError",
     "StoreClosedError",
     "StoreFailedError",
+    "ForkedStoreError",
     "ConfigError",
     "StorageIOError",
     "UnsupportedKeyError",

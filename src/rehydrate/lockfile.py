@@ -30,7 +30,8 @@ class DirLock:
             raise LockedError(f"store is locked by {who}", path=self.path,
                               holder_pid=holder) from None
         os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+        self.pid = os.getpid()
+        os.pwrite(self._fd, f"{self.pid}\n".encode(), 0)
 
     def __enter__(self) -> "DirLock":
         return self
@@ -39,6 +40,11 @@ class DirLock:
         self.release()
 
     def release(self) -> None:
+        if os.getpid() != self.pid:
+            # A forked child shares the parent's lock through this fd:
+            # LOCK_UN (or the truncate) would take it from the parent.
+            self.forget()
+            return
         if self._fd >= 0:
             try:
                 os.ftruncate(self._fd, 0)
@@ -47,6 +53,17 @@ class DirLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = -1
+
+    def forget(self) -> None:
+        """Drop this process's descriptor without unlocking: in a forked
+        child, the lock (shared with the parent through the inherited fd)
+        stays the parent's, whose own descriptor keeps it held."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _read_pid(fd: int):

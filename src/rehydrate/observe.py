@@ -12,7 +12,9 @@ imported here only, when metrics are asked for.
 from __future__ import annotations
 
 import json
+import os
 import threading
+import weakref
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -106,7 +108,13 @@ def register(store, registry=None):
 class ReadinessServer:
     """``/readyz`` (200 when ready, else 503; JSON progress either way),
     ``/livez`` (200 while the store is sound, 503 once it failed),
-    ``/metrics`` (Prometheus text); anything else 404. ``port``, ``close()``."""
+    ``/metrics`` (Prometheus text); anything else 404. ``port``, ``close()``.
+
+    It serves from the process that started it: a forked child's copy has
+    no serving thread, and its copy of the listening socket is closed at
+    the fork (so the port is the parent's alone, and goes with it); its
+    ``close()`` is then a no-op.
+    """
 
     def __init__(self, store, host: str, port: int, registry):
         handler = _handler(store, registry)
@@ -114,6 +122,8 @@ class ReadinessServer:
             self._httpd = ThreadingHTTPServer((host, port), handler)
         except OSError as e:
             raise ConfigError(f"cannot serve on {host}:{port}: {e.strerror or e}") from e
+        self._owner_pid = os.getpid()
+        _SERVERS.add(self)
         self._httpd.daemon_threads = True
         self.host, self.port = host, self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever,
@@ -121,9 +131,19 @@ class ReadinessServer:
         self._thread.start()
 
     def close(self) -> None:
+        if os.getpid() != self._owner_pid:
+            # shutdown() would wait forever for the serving thread, which
+            # stayed in the parent.
+            self._forget()
+            return
+        _SERVERS.discard(self)
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join()
+
+    def _forget(self) -> None:
+        """Close this process's copy of the listening socket, nothing else."""
+        self._httpd.socket.close()
 
     def __enter__(self):
         return self
@@ -165,3 +185,16 @@ def _handler(store, registry):
             pass
 
     return Handler
+
+
+# The servers of this process (weak), for the fork hook below.
+_SERVERS: "weakref.WeakSet[ReadinessServer]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for server in list(_SERVERS):
+        server._forget()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

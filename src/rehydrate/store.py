@@ -5,6 +5,12 @@ buffer and is held only for the few microseconds a write takes; ``_io_lock``
 serializes framing, writing and fsync, and is never taken while ``_lock`` is
 held (order: ``_io_lock`` then ``_lock``). So writers keep appending while
 one thread is in ``fsync``, and the next fsync covers them all (group commit).
+
+Fork: a store belongs to the process that opened it. ``os.fork()`` runs the
+hooks at the end of this module: before the fork they take every live
+store's ``_lock`` (so no write is half-applied in the child's copy); in the
+child they turn each store into a read-only view as of the fork that never
+touches the parent's files (docs/store.md, "Pre-forking servers").
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from .errors import (
     StorageIOError,
     StoreClosedError,
     StoreFailedError,
+    ForkedStoreError,
 )
 from .kinds import resolve_kinds
 from .numeric import NumericTable
@@ -56,6 +63,16 @@ DEFAULT_SYNC_INTERVAL_MS = 50
 MIN_SEGMENT_BYTES = 4096
 # OS errors that mean a snapshot's file or folder is not there: damage.
 _MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
+# The stores of this process not yet closed, for the fork hooks (weak: a
+# store dropped without close() is not kept alive by them). _LIVE_LOCK
+# guards the set; it is never taken while a store's lock is held.
+_LIVE: "weakref.WeakSet[Store]" = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()
+# How long a fork waits for a store's _lock (held for microseconds by a
+# write, for a memcpy by a checkpoint). Past it (the forking thread holds
+# the lock itself, say from a custom table's apply) the fork goes on, and
+# the child gets a fresh lock.
+_FORK_LOCK_WAIT_S = 10.0
 
 
 def _prepare_directory(path: str, create: bool) -> None:
@@ -243,6 +260,9 @@ class Store:
         self._failed: Optional[BaseException] = None
         self._open_error: Optional[BaseException] = None
         self._closed = False
+        self._owner_pid = os.getpid()
+        self._forked = False  # set in a child that inherited this store
+        self._held_for_fork = False  # _lock taken by the before-fork hook
         self._dirlock = None
         self._wal = None
         # Writers bind the buffer's methods before they are admitted: until
@@ -272,6 +292,8 @@ class Store:
         self.checkpoint_stats = {"count": 0, "last_duration_s": 0.0, "last_pause_s": 0.0,
                                  "last_lsn": 0}
         self.auto_checkpoint_error: Optional[BaseException] = None
+        with _LIVE_LOCK:
+            _LIVE.add(self)
         return self
 
     def _open_now(self) -> None:
@@ -623,6 +645,9 @@ class Store:
 
     def _open_failed(self) -> RehydrateError:
         e = self._open_error
+        if isinstance(e, ForkedStoreError):
+            return self._forked_error(" (its open was still running at the fork, and goes on "
+                                      "only there)")
         return StoreFailedError(f"the background open failed: {type(e).__name__}: {e}",
                                 path=self.path)
 
@@ -749,6 +774,7 @@ class Store:
         A failed file operation raises StorageIOError (the store goes on: the
         log was not at risk), or StoreFailedError if it was the log's.
         """
+        self._check_owner()
         self._wait_whole()
         with self._checkpoint_lock:
             try:
@@ -880,6 +906,8 @@ class Store:
 
     # ---------------------------------------------------------------- writes
     def _writable(self) -> None:
+        if self._forked:
+            raise self._forked_error()
         if self._open_error is not None:
             raise self._open_failed() from self._open_error
         if self._failed is not None:
@@ -1173,6 +1201,9 @@ class Store:
     # ------------------------------------------------------------ durability
     def _flush_locked_io(self, fsync: bool) -> None:
         """Frame and write what is pending (caller holds ``_io_lock``)."""
+        # (Also after a fork that ran no at-fork hooks, say a raw fork() from
+        # C: the parent's buffered records are never written twice.)
+        self._check_owner()
         if self._failed is not None:
             raise StoreFailedError(f"store failed: {self._failed}", path=self.path,
                                    lsn=self._durable_lsn) from self._failed
@@ -1307,7 +1338,7 @@ class Store:
         open's replay; raises if the open failed."""
         if self._warming:
             with self._lock:
-                while self._warming:
+                while self._warming and self._open_error is None:
                     self._intake.cv.wait()
         if self._open_error is not None:
             raise self._open_failed() from self._open_error
@@ -1364,8 +1395,13 @@ class Store:
     def close(self) -> None:
         """Write and fsync what is pending (every sync mode), then unlock.
 
-        Closing twice is fine. A failed store closes without writing.
+        Closing twice is fine. A failed store closes without writing. In a
+        process that inherited the store across fork(), close touches nothing
+        on disk: the parent's buffered writes, log and LOCK stay its own.
         """
+        if self._forked or os.getpid() != self._owner_pid:
+            self._close_inherited()
+            return
         opener = self._opener
         if opener is not None and opener is not threading.current_thread() \
                 and opener.is_alive():
@@ -1413,6 +1449,8 @@ class Store:
             raise StorageIOError.wrap(e, self.path) from e
 
     def _release(self) -> None:
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
         try:
             if self._wal is not None:
                 self._wal.close()
@@ -1433,6 +1471,77 @@ class Store:
     def __repr__(self) -> str:
         state = "failed" if self._failed else "closed" if self._closed else "open"
         return f"<rehydrate.Store {self.path!r} {state} lsn={self.lsn}>"
+
+    # ------------------------------------------------------------- fork
+    @property
+    def forked(self) -> bool:
+        """True in a process that inherited this store across fork(): a
+        read-only view of the state as of the fork (ForkedStoreError on
+        every write, sync and checkpoint)."""
+        return self._forked
+
+    def _forked_error(self, more: str = "") -> ForkedStoreError:
+        return ForkedStoreError(
+            f"store belongs to process {self._owner_pid}, which opened it; process "
+            f"{os.getpid()} inherited it across fork() and has a read-only view as of the "
+            f"fork{more}: writes, sync and checkpoint are refused here (open the store in "
+            f"one process, after the fork, to write)",
+            path=self.path, lsn=self.lsn, owner_pid=self._owner_pid)
+
+    def _check_owner(self) -> None:
+        if self._forked or os.getpid() != self._owner_pid:
+            raise self._forked_error()
+
+    def _inherited_across_fork(self) -> None:
+        """In a forked child, from the at-fork hook: the only thread left.
+
+        Threads did not survive the fork, so locks they held stay held:
+        ``_lock`` was taken for the fork by this thread (released here) or
+        is replaced; the others are replaced. The background flusher, the
+        checkpoint thread and a background open are gone: nothing here waits
+        for them. A background open not over at the fork never ends here:
+        what would wait for it raises ForkedStoreError instead.
+        """
+        if self._held_for_fork:
+            self._held_for_fork = False
+            self._lock.release()
+        else:
+            self._lock = threading.Lock()
+        self._io_lock = threading.Lock()
+        self._checkpoint_lock = threading.Lock()
+        self._forked = True
+        self._targets.clear()  # so put's fast path goes through _writable
+        if self._intake is not None:
+            self._intake.cv = threading.Condition(self._lock)
+        if not self._ready.is_set():
+            self._open_error = ForkedStoreError("open not over at the fork",
+                                                path=self.path, owner_pid=self._owner_pid)
+        self._ready = threading.Event()
+        self._ready.set()  # (wait_ready answers at once: ready, or the error above)
+        self._drop_parent_files()
+
+    def _drop_parent_files(self) -> None:
+        """Let go of the parent's files without a write, flush, fsync,
+        unlink or unlock: the descriptors are this process's copies."""
+        if self._wal is not None:
+            self._wal.forget()
+        if self._dirlock is not None:
+            self._dirlock.forget()
+            self._dirlock = None
+        if self._atexit is not None:
+            atexit.unregister(self._atexit)  # (the parent's exit closes it, not ours)
+            self._atexit = None
+
+    def _close_inherited(self) -> None:
+        """``close()`` in a process that inherited the store: references
+        only, nothing on disk."""
+        if not self._forked:
+            # A fork that ran no at-fork hooks (a raw fork() from C): the
+            # locks may be held by threads that are gone; take none.
+            self._forked = True
+            self._drop_parent_files()
+        self._closed = True
+        self._targets.clear()
 
 
 class Batch:
@@ -1492,3 +1601,30 @@ def _close_at_exit(ref) -> None:
 
 def _batch_is_over(*args, **kwargs):
     raise StoreClosedError("this batch has ended; start a new store.batch()")
+
+
+def _before_fork() -> None:
+    # Every live store's _lock, so the child's copy holds no write half-applied.
+    _LIVE_LOCK.acquire()
+    for store in list(_LIVE):
+        store._held_for_fork = store._lock.acquire(timeout=_FORK_LOCK_WAIT_S)
+
+
+def _after_fork_in_parent() -> None:
+    for store in list(_LIVE):
+        if store._held_for_fork:
+            store._held_for_fork = False
+            store._lock.release()
+    _LIVE_LOCK.release()
+
+
+def _after_fork_in_child() -> None:
+    # (The views stay in _LIVE: a grandchild's fork takes their locks too.)
+    for store in list(_LIVE):
+        store._inherited_across_fork()
+    _LIVE_LOCK.release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)

@@ -191,6 +191,17 @@ class WalWriter:
     def fsync(self) -> None:
         _fileio.fsync(self._fd)
 
+    def forget(self) -> None:
+        """Drop the descriptor without writing or syncing anything: a
+        forked child's copy of it (closing a copy flushes nothing; the
+        parent's descriptor and file stay as they are)."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            try:
+                _fileio.close(fd)
+            except OSError:
+                pass
+
     def close(self) -> None:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
