@@ -28,7 +28,7 @@ from rehydrate import Store
 from rehydrate.testing import check_recovery
 
 from helpers import crash_sequence
-from helpers.tier import FULL
+from helpers.tier import FULL, missing_tool
 
 pytestmark = pytest.mark.reliability
 
@@ -51,7 +51,7 @@ TYPED = {"StoreFailedError", "StorageIOError"}
 def _env(core_env):
     preload = next((p for p in PRELOAD if os.path.exists(p)), None)
     if preload is None:
-        pytest.skip("libfiu is not installed (Debian's fiu-utils; `make fiu` installs it)")
+        missing_tool("libfiu is not installed (Debian's fiu-utils; `make fiu` installs it)")
     # No jemalloc background thread in pyarrow: its malloc (which libfiu
     # wraps) racing the dlopen of pyarrow deadlocks libfiu 1.1 (helpers/fiu_writer.py).
     return dict(core_env, LD_PRELOAD=preload, PYTHONDONTWRITEBYTECODE="1",

@@ -27,6 +27,8 @@ import pytest
 from rehydrate import manifest
 from rehydrate.wal import parse_segment_name
 
+from helpers.tier import missing_tool
+
 pytestmark = pytest.mark.reliability
 
 WRITER = os.path.join(os.path.dirname(__file__), "helpers", "crash_writer.py")
@@ -134,7 +136,7 @@ def test_fsync_before_ack_dir_fsync_after_create_and_rename_unlink_after_manifes
         tmp_path, core_env):
     strace = shutil.which("strace")
     if strace is None:
-        pytest.skip("strace is not installed (Debian's strace; `make strace` installs it)")
+        missing_tool("strace is not installed (Debian's strace; `make strace` installs it)")
     store, log = str(tmp_path / "state"), str(tmp_path / "trace")
     # 110 ops of 4 KiB segments roll twice; the checkpoint after 60 trims the first.
     out = subprocess.run([strace, "-f", "-tt", "-y", "-s", "65536", "-e", f"trace={CALLS}",
