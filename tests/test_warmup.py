@@ -313,6 +313,44 @@ def test_memory_preflight_refuses_before_loading_anything(store_dir):
         Store.open(store_dir, max_memory_bytes=0)
 
 
+def test_memory_preflight_refuses_more_than_the_memory_available(store_dir, monkeypatch):
+    import importlib
+
+    from helpers import corrupt as C
+
+    plan_module = importlib.import_module("rehydrate.plan")
+    _filled(store_dir, 100)
+    need = plan_module.make_plan(store_dir)["predicted_peak_bytes"]
+    assert need > 0
+    before = C.tree_hashes(store_dir)
+    asked = []
+
+    def available(bytes_):
+        def fake():
+            asked.append(bytes_)
+            return bytes_
+        return fake
+
+    # What the kernel says is available now (MemAvailable), one byte short:
+    # refused before anything is read, the directory untouched and unlocked.
+    monkeypatch.setattr(plan_module, "available_memory_bytes", available(need - 1))
+    with pytest.raises(rh.MemoryBudgetError) as ei:
+        Store.open(store_dir)
+    assert ei.value.reason == "memory_budget" and ei.value.phase == "plan"
+    assert "available memory" in str(ei.value) and asked == [need - 1]
+    assert C.tree_hashes(store_dir) == before
+    # Exactly enough, or a kernel that does not say: the open goes on.
+    for avail in (need, None):
+        monkeypatch.setattr(plan_module, "available_memory_bytes", available(avail))
+        with Store.open(store_dir) as s:
+            assert len(s.table("t")) == 100
+        assert asked[-1] == avail
+    # max_memory_bytes is checked on its own, with plenty available.
+    monkeypatch.setattr(plan_module, "available_memory_bytes", available(1 << 50))
+    with pytest.raises(rh.MemoryBudgetError, match="max_memory_bytes"):
+        Store.open(store_dir, max_memory_bytes=1024)
+
+
 def test_cli_plan_and_replay(store_dir, core_env):
     import json
     import subprocess
