@@ -225,10 +225,11 @@ def test_a_replay_over_budget_is_cancelled_promptly(store_dir):
         Store.open(store_dir, warmup=Warmup(budgets={"replay": 0.05}), progress=progress)
     assert ei.value.phase == "replay"
     # Cancelled by the watchdog mid-replay ("past the budget"), not found
-    # over budget once the replay was done ("took"), and no segment after
-    # the one that held it was read.
+    # over budget once the replay was done ("took"): the log was never read
+    # to its end, and at most one segment was read after the cancel (on a
+    # loaded machine the watchdog may fire before the first segment ends).
     assert "past the budget" in str(ei.value), ei.value
-    assert seen and seen[-1][0] < seen[-1][1] and len(seen) <= 2, seen
+    assert all(done < total for done, total in seen) and len(seen) <= 2, seen
     assert not _watchdog_running()
     with Store.open(store_dir) as s:  # nothing was changed
         assert len(s.table("t")) == 400_000
