@@ -264,9 +264,15 @@ def test_no_command_changes_a_byte_of_a_damaged_store(store, core_env, tmp_path)
     _flip_middle(path)
     _tear(path)
     before = C.tree_hashes(path)
+    codes = {}
     for args in (["verify", path], ["verify", path, "--json", "--recovery", "skip-corrupted"],
                  ["inspect", path], ["inspect", path, "--json"], ["dump", path]):
-        run(args, core_env)
+        out = run(args, core_env)
+        assert "Traceback" not in out.stderr, (args, out.stderr)
+        codes[" ".join(args[:1] + args[2:])] = out.returncode
+    # Every one of them found the damage (exit 1), and none repaired it.
+    assert codes == {"verify": 1, "verify --json --recovery skip-corrupted": 1, "inspect": 1,
+                     "inspect --json": 1, "dump": 1}, codes
     assert C.tree_hashes(path) == before
     shutil.rmtree(path)
 

@@ -117,9 +117,14 @@ def test_sigkilled_writer_loses_no_acknowledged_write_and_leaves_an_exact_prefix
             assert s.lsn == m.lsn
             assert canon_state(store_state(s)) == canon_state(m.tables)
         assert len(os.listdir(os.path.join(path, "wal"))) >= 2, "segments rolled"
-    assert kills == KILLS
     print(f"\n{kills} kills: all recovered, {torn} with a torn tail cut, "
           f"{beyond} with writes after the last acknowledged one")
+    # The kills the test is for: after a write reached the file and before
+    # its acknowledgement was read (about 1 in 7 here). Without any, only
+    # kills at quiet points were tested and the sent-but-unacked bound was
+    # never exercised. (A torn tail, by contrast, needs a kill inside one
+    # write() that crosses a page: the test cannot aim at it, and counts it.)
+    assert beyond > 0, f"no kill of {kills} landed between a write and its acknowledgement"
 
 
 # ------------------------------------------- crashes at exact file operations

@@ -388,3 +388,91 @@ def test_a_background_open_takes_writes_only_after_pending_migrations(store_dir)
         s.close()
     with Store.open(store_dir, migrations=mig) as again:
         assert again.table("users")[1] == {"v": 2, "late": True}
+
+
+# ------------------------------------------- an interrupted rollback's end
+def _rolled_forward(path):
+    """A migrated store with 3 records written after the migration:
+    (digest before the migration, digest now, the migration's snapshot LSN)."""
+    before = _v1(path)
+    with Store.open(path, migrations=_split_names()) as s:
+        for i in range(3):
+            s.put("users", 100 + i, {"first": "new", "last": str(i), "age": 1})
+        return before, format_digest(s.digest()), s.ledger[0]["snapshot_before"]
+
+
+def test_a_rollback_cut_after_its_commit_is_finished_by_the_next_open(store_dir, monkeypatch):
+    import importlib
+
+    from rehydrate import manifest
+    from rehydrate.testing import SimulatedCrash
+
+    rb = importlib.import_module("rehydrate.rollback")  # (the package exports the function)
+
+    before, _, base = _rolled_forward(store_dir)
+    plan = rh.rollback(store_dir, dry_run=True)
+    assert plan["segments"] and plan["snapshots"]  # there is something to move aside
+
+    def crash(path, man):
+        raise SimulatedCrash("right after the MANIFEST that commits the rollback")
+
+    monkeypatch.setattr(rb, "finish_rollback", crash)
+    with pytest.raises(SimulatedCrash):
+        rh.rollback(store_dir, force=True)
+    monkeypatch.undo()
+    # Committed, not finished: the MANIFEST names the log's new end, and
+    # the segments and snapshots past it are all still in place.
+    assert manifest.read(store_dir)["log_end"] == base
+    wal = sorted(os.listdir(os.path.join(store_dir, "wal")))
+    assert set(plan["segments"]) <= set(wal)
+    assert not os.path.exists(os.path.join(store_dir, "quarantine"))
+
+    with Store.open(store_dir) as s:  # the open finishes it
+        assert format_digest(s.digest()) == before and s.ledger == []
+        assert 100 not in s.table("users") and s.lsn == base
+        assert "log_end" not in manifest.read(store_dir)
+        # (the writer may start a new segment at base + 1, under an old name: empty)
+        for name in plan["segments"]:
+            seg = os.path.join(store_dir, "wal", name)
+            assert not os.path.exists(seg) or os.path.getsize(seg) == 32, name
+        q = os.listdir(os.path.join(store_dir, "quarantine"))
+        assert sorted(n.split(".rolled-back.")[0] for n in q) == sorted(
+            plan["segments"] + [f"snapshot-{rh.snapshot.snapshot_name(x)}"
+                                for x in plan["snapshots"]])
+        lsn = s.put("users", 7, {"name": "after", "age": 1})  # and writing goes on
+    assert lsn == base + 1
+    with Store.open(store_dir, recovery="strict") as s:
+        assert s.table("users")[7]["name"] == "after" and s.recovery_report.problems == []
+
+
+def test_a_rollback_crashed_at_each_file_operation_is_old_or_new_never_a_mix(store_dir, tmp_path):
+    from rehydrate import manifest
+    from rehydrate.testing import SimulatedCrash, crash_at
+
+    before, after, base = _rolled_forward(store_dir)
+    outcomes = []
+    for n in range(1, 200):
+        d = str(tmp_path / f"crash{n}")
+        shutil.copytree(store_dir, d)
+        with crash_at(n) as state:
+            try:
+                rh.rollback(d, force=True)
+            except (SimulatedCrash, rh.RehydrateError):
+                assert state["reached"]
+        if not state["reached"]:
+            break
+        man = manifest.read(d)
+        committed = not man.get("ledger")  # the commit drops the migration from the ledger
+        with Store.open(d) as s:
+            digest = format_digest(s.digest())
+        # Past the commit, the open finishes the rollback; before it, the
+        # migrated state stands untouched; never anything else.
+        assert digest == (before if committed else after), (n, man)
+        assert "log_end" not in manifest.read(d)
+        outcomes.append(("finished by the open" if "log_end" in man else "rolled back")
+                        if committed else "not rolled back")
+        shutil.rmtree(d)
+    assert not state["reached"], "the rollback never ran to its end"
+    # Both sides of the commit were hit, and crashes between the commit and
+    # its end (log_end still set) were finished by the open.
+    assert {"finished by the open", "not rolled back"} <= set(outcomes), outcomes

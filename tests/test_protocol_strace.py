@@ -27,6 +27,8 @@ import pytest
 from rehydrate import manifest
 from rehydrate.wal import parse_segment_name
 
+from helpers.tier import missing_tool
+
 pytestmark = pytest.mark.reliability
 
 WRITER = os.path.join(os.path.dirname(__file__), "helpers", "crash_writer.py")
@@ -38,6 +40,7 @@ CALL = re.compile(r"[\d:.]+ (\w+)\((.*)\) += (-?\d+)")
 RESUMED = re.compile(r"[\d:.]+ <\.\.\. \w+ resumed>(.*)")
 QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 FD = re.compile(r"(\d+)<([^>]*)>")
+DIRFD = re.compile(r"(?:AT_FDCWD|\d+)<([^>]*)>")  # with -y: AT_FDCWD</cwd>, 3</dir>
 
 
 def syscalls(log: str):
@@ -57,10 +60,22 @@ def syscalls(log: str):
             yield m.group(1), m.group(2)
 
 
+def created_path(name: str, args: str, text: list) -> str:
+    """The path an openat, mkdir or mkdirat creates. The *at calls take it
+    relative to their directory fd (glibc on arm64 and others has only
+    mkdirat, and os.mkdir(dir_fd=) uses it anywhere), which -y names."""
+    path = text[0].decode()
+    if name == "mkdir" or os.path.isabs(path):
+        return path
+    m = DIRFD.match(args)
+    assert m, f"{name} relative to an unnamed directory fd: {args}"
+    return os.path.normpath(os.path.join(m.group(1), path))
+
+
 def check_protocol(log: str, store: str) -> dict:
     """Assert (a), (b) and (c) over the trace; returns what was seen."""
     wal = os.path.join(store, "wal")
-    seen = {"acks": 0, "renames": 0, "unlinked": 0}
+    seen = {"acks": 0, "renames": 0, "unlinked": 0, "dirs_created": 0}
     dirty = {}            # directory -> the create or rename in it not yet fsynced
     unsynced = set()      # segments written since their last fsync
     synced = False        # a segment fsync since the last ack
@@ -95,12 +110,13 @@ def check_protocol(log: str, store: str) -> dict:
             dirty.pop(path, None)
             if path == store and pending is not None:
                 durable, pending = pending, None
-        elif name in ("openat", "mkdir") and ("O_CREAT" in args or name == "mkdir"):
-            path = text[0].decode()
+        elif name in ("openat", "mkdir", "mkdirat") and ("O_CREAT" in args or name != "openat"):
+            path = created_path(name, args, text)
             if os.path.basename(path) == "MANIFEST.tmp":
                 written[path] = b""
             if ours(path):  # (a rename pending there stays the one to report)
                 dirty.setdefault(os.path.dirname(path), f"create {path}")
+                seen["dirs_created"] += name != "openat"
         elif name == "rename":
             src, dst = (t.decode() for t in text)
             if not ours(dst):
@@ -134,7 +150,7 @@ def test_fsync_before_ack_dir_fsync_after_create_and_rename_unlink_after_manifes
         tmp_path, core_env):
     strace = shutil.which("strace")
     if strace is None:
-        pytest.skip("strace is not installed (Debian's strace; `make strace` installs it)")
+        missing_tool("strace is not installed (Debian's strace; `make strace` installs it)")
     store, log = str(tmp_path / "state"), str(tmp_path / "trace")
     # 110 ops of 4 KiB segments roll twice; the checkpoint after 60 trims the first.
     out = subprocess.run([strace, "-f", "-tt", "-y", "-s", "65536", "-e", f"trace={CALLS}",
@@ -147,3 +163,49 @@ def test_fsync_before_ack_dir_fsync_after_create_and_rename_unlink_after_manifes
     assert seen["acks"] == 110 and seen["unlinked"] >= 1
     # creating MANIFEST and the first segment, 2 rolls, the snapshot, 2 MANIFESTs
     assert seen["renames"] >= 7
+    # wal/, snapshots/ and the snapshot's folder, however libc makes them
+    assert seen["dirs_created"] >= 3, seen
+
+
+# ------------------------------------------------ the checker on its own
+STORE = "/data/state"
+
+
+def _trace(*calls: str) -> str:
+    return "".join(f"100 12:00:00.{i:06d} {c}\n" for i, c in enumerate(calls))
+
+
+def _mkdir_snapshot(how: str) -> str:
+    """The creation of snapshots/5.tmp, as each call strace may show it."""
+    return {
+        "mkdir": f'mkdir("{STORE}/snapshots/5.tmp", 0700) = 0',
+        "mkdirat-cwd": f'mkdirat(AT_FDCWD</elsewhere>, "{STORE}/snapshots/5.tmp", 0700) = 0',
+        "mkdirat-relative": f'mkdirat(AT_FDCWD<{STORE}>, "snapshots/5.tmp", 0700) = 0',
+        "mkdirat-dirfd": f'mkdirat(7<{STORE}/snapshots>, "5.tmp", 0700) = 0',
+    }[how]
+
+
+HOW = ["mkdir", "mkdirat-cwd", "mkdirat-relative", "mkdirat-dirfd"]
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_the_checker_wants_a_directory_fsync_after_every_mkdir(how):
+    with pytest.raises(AssertionError, match="never made durable.*snapshots/5.tmp"):
+        check_protocol(_trace(_mkdir_snapshot(how)), STORE)
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_the_checker_accepts_a_mkdir_whose_directory_was_fsynced(how):
+    seen = check_protocol(_trace(_mkdir_snapshot(how),
+                                 f"fsync(8<{STORE}/snapshots>) = 0"), STORE)
+    assert seen["dirs_created"] == 1
+
+
+def test_the_checker_wants_the_fsync_before_a_rename_out_of_a_new_folder():
+    with pytest.raises(AssertionError, match="renamed before its files were fsynced"):
+        check_protocol(_trace(f'mkdirat(7<{STORE}/snapshots>, "5.tmp", 0700) = 0',
+                              f'openat(7<{STORE}/snapshots>, "5.tmp/META", '
+                              'O_WRONLY|O_CREAT|O_EXCL, 0600) = 9</x>',
+                              f"fsync(8<{STORE}/snapshots>) = 0",
+                              f'rename("{STORE}/snapshots/5.tmp", "{STORE}/snapshots/5") = 0'),
+                       STORE)

@@ -75,14 +75,23 @@ def test_open_uses_the_newest_snapshot_and_replays_only_the_tail(store_dir):
         with s.batch(offsets={"src": 4}) as b:
             b.put("kv", "o", 1)
         cp = s.checkpoint()
+        # The writers' pause is a part of the checkpoint, and the stats say the same.
+        assert s.checkpoint_stats == {"count": 1, "last_duration_s": cp["duration_s"],
+                                      "last_pause_s": cp["pause_s"], "last_lsn": cp["lsn"]}
         _fill(s, 300, 20, rng)
         want = _state(s)
-    assert cp["lsn"] > 0 and cp["pause_s"] < cp["duration_s"] + 1
+    assert cp["lsn"] > 0 and 0 < cp["pause_s"] <= cp["duration_s"]
     with Store.open(store_dir, tables=KINDS) as s:
         assert _state(s) == want
         assert s.recovery_report.applied == s.lsn - cp["lsn"]  # only the tail
-        assert s.open_stats["phases"][1] == {"name": "snapshot", "lsn": cp["lsn"],
-                                             "duration_s": s.open_stats["phases"][1]["duration_s"]}
+        phases = s.open_stats["phases"]
+        assert [p["name"] for p in phases] == ["plan", "snapshot", "replay", "resume"]
+        snapshot = dict(phases[1])
+        assert snapshot.pop("duration_s") > 0 and snapshot == {"name": "snapshot",
+                                                                "lsn": cp["lsn"]}
+        assert phases[2]["records"] == s.lsn - cp["lsn"]
+        # The phases are consecutive spans of the open: they add up to it.
+        assert sum(p["duration_s"] for p in phases) == pytest.approx(s.open_stats["total_s"])
 
 
 def test_retention_keeps_the_newest_snapshots(store_dir):

@@ -8,6 +8,10 @@ strict gives TornTailError or, on a boundary, that exact prefix;
 tolerate-tail gives the prefix; ``repair`` then leaves a log that opens
 under strict and takes 10 more records, exactly.
 
+A cleanly closed log cut by 1..64 bytes from its end is not what a crash
+leaves (a clean close leaves no torn tail): it is damage, to be detected,
+never opened as a shorter log; each sync mode, its last frame compressed.
+
 Snapshots and the MANIFEST: each file cut at every byte (a sample of
 offsets at the CI tier). A cut snapshot is never used: the open falls back,
 losslessly, to the older snapshot or to the whole log (strict refuses). A
@@ -121,6 +125,30 @@ def test_the_newest_segment_cut_at_every_byte_of_its_last_three_frames(log_store
 
     sweep.run_cases(f"T3 newest segment cut in its last {len(last3)} frames",
                     range(last3[0].offset, last3[-1].end), judge)
+
+
+CLOSED_CUTS = range(1, 65)
+
+
+@pytest.mark.parametrize("shape", ["last", "only"])
+@pytest.mark.parametrize("sync", sweep.SYNC_MODES)
+def test_a_cleanly_closed_log_cut_by_1_to_64_bytes_is_detected_never_shorter(
+        core, tmp_path_factory, tmp_path, sync, shape):
+    s = sweep.compressed_tail(core, tmp_path_factory, sync, shape)
+    d = s.copy(tmp_path / "work")
+    seg = s.segments()[-1]
+    f = sweep.InPlace(os.path.join(d, os.path.relpath(seg, s.path)))
+    assert f.size - CLOSED_CUTS[-1] > F.SEGMENT_HEADER_BYTES  # every cut leaves a header
+
+    def judge(cut):
+        C.truncate(f.path, f.size - cut)
+        try:
+            return sweep.judge_log_damage(s, d, seg, f.size - cut)
+        finally:
+            f.patch(0, f.base)
+
+    sweep.run_cases(f"T3 closed log ({shape} frame LZ4, sync={sync}) cut by 1..64 bytes",
+                    CLOSED_CUTS, judge)
 
 
 def test_each_file_of_the_newest_snapshot_cut_at_every_byte(snapshot_store, tmp_path):

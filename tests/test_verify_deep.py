@@ -11,6 +11,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from rehydrate import Store, _backend, verify
 from rehydrate import _format as F
 from rehydrate.digest import format_digest
@@ -130,3 +132,32 @@ def test_deep_verify_checks_every_snapshot_file_by_its_checksum(store_dir, core)
         f.write(data)
     kinds = [p.kind for p in verify(store_dir, deep=True).problems]
     assert "bad_snapshot" in kinds
+
+
+def _many_segments(path) -> list:
+    """A log of 10 segments of 256 KiB (verify reports progress after each);
+    the segment paths."""
+    with Store.open(path, sync="none", segment_bytes=1 << 18) as s:
+        for start in range(0, 100_000, 10_000):
+            with s.batch() as b:
+                for i in range(start, start + 10_000):
+                    b.put("t", i, f"value {i} " * 3)
+    return C.segment_paths(path)
+
+
+
+@pytest.mark.parametrize("deep", [False, True], ids=["plain", "deep"])
+def test_verify_progress_is_called_monotone_and_ends_at_the_total(tmp_path, deep):
+    path = str(tmp_path / "state")
+    segments = _many_segments(path)
+    assert len(segments) >= 5
+    calls = []
+    report = verify(path, deep=deep, progress=lambda done, total: calls.append((done, total)))
+    assert report.ok and report.last_lsn == 100_000
+    # One total throughout, the log's bytes; done only grows, and ends there.
+    total = sum(os.path.getsize(p) for p in segments)
+    assert {t for _, t in calls} == {total}, calls
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and done[-1] == total, done
+    # Called along the way, not only at the end: once a segment at least.
+    assert len({d for d in done if d < total}) >= len(segments) - 1, done

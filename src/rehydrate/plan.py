@@ -222,4 +222,4 @@ def preflight(plan: dict, max_memory_bytes=None) -> None:
             raise MemoryBudgetError(
                 f"the open is predicted to need {need / 2**20:,.0f} MiB "
                 f"(from {plan['memory_from']}), more than {what} "
-                f"({limit / 2**20:,.0f} MiB)", path=plan["path"])
+                f"({limit / 2**20:,.0f} MiB)", path=plan["path"], phase="plan")
