@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from rehydrate import _backend
 from rehydrate import _format as F
+from rehydrate import manifest
+from rehydrate.wal import segment_version
 
 SECTOR = 512
 
@@ -46,12 +48,13 @@ def frames_of(segment_path) -> list:
     """Every frame of an undamaged segment, by walking its headers."""
     core = _backend.core()
     buf = open(segment_path, "rb").read()
+    version = segment_version(buf)
     off = F.SEGMENT_HEADER_BYTES
     out = []
     while off < len(buf):
-        h = core.parse_frame_header(buf, off)
-        assert h is not None and h.magic == F.FRAME_MAGIC, (segment_path, off)
-        end = off + F.FRAME_HEADER_BYTES + h.stored_len
+        h = core.parse_frame_header(buf, off, version)
+        assert h is not None and h.magic == F.frame_magic(version), (segment_path, off)
+        end = off + F.frame_header_bytes(version) + h.stored_len
         assert end <= len(buf)
         out.append(FrameInfo(segment_path, len(out), off, end, h.first_lsn, h.count, h.codec))
         off = end
@@ -122,18 +125,25 @@ def set_frame_field(path, frame_offset: int, field: str, value: int) -> None:
     """Set one header field (little-endian) of the frame at ``frame_offset``."""
     layout = {"magic": (0, "<I"), "crc": (4, "<I"), "first_lsn": (8, "<Q"),
               "count": (16, "<I"), "stored_len": (20, "<I"), "raw_len": (24, "<I"),
-              "codec": (28, "<B"), "flags": (29, "<B"), "reserved": (30, "<H")}
+              "codec": (28, "<B"), "flags": (29, "<B"), "reserved": (30, "<H"),
+              "header_crc": (32, "<I")}
     rel, fmt = layout[field]
     overwrite(path, frame_offset + rel, struct.pack(fmt, value))
 
 
 def fix_frame_crc(path, frame_offset: int) -> None:
-    """Recompute the CRC of the frame at ``frame_offset`` (after an edit), so
-    the damage is seen by the checks after the checksum."""
+    """Recompute the checksums of the frame at ``frame_offset`` (after an
+    edit): its header's own (format 2), then the frame's, so the damage is
+    seen by the checks after them."""
     core = _backend.core()
     buf = read(path)
-    h = core.parse_frame_header(buf, frame_offset)
-    body = frame_offset + F.FRAME_HEADER_BYTES
+    version = segment_version(buf)
+    if version >= 2:
+        overwrite(path, frame_offset + 32,
+                  struct.pack("<I", core.crc32c(bytes(buf[frame_offset + 8:frame_offset + 32]))))
+        buf = read(path)
+    h = core.parse_frame_header(buf, frame_offset, version)
+    body = frame_offset + F.frame_header_bytes(version)
     payload = bytes(buf[body:body + h.stored_len])
     crc = core.crc32c(payload, core.crc32c(bytes(buf[frame_offset + 8:body])))
     overwrite(path, frame_offset + 4, struct.pack("<I", crc))
@@ -146,3 +156,12 @@ def set_segment_version(path, version: int) -> None:
     buf[8:10] = struct.pack("<H", version)
     buf[28:32] = struct.pack("<I", core.crc32c(bytes(buf[:28])))
     write(path, buf)
+
+
+def as_crashed(directory) -> None:
+    """Make ``directory`` look as a crash leaves it: no clean close recorded
+    (MANIFEST ``clean_end``). A torn tail can only come from a crash, so a
+    test that makes one by cutting a cleanly closed log starts here."""
+    data = manifest.read(directory)
+    if data.pop("clean_end", None) is not None:
+        manifest.write(directory, data)
