@@ -399,7 +399,10 @@ def test_scan_of_corrupted_frames_agrees(ops, every, edits):
 
 
 def _refreshed_crc(frame):
-    body = frame[8:]
+    """``frame`` (format 2) with its header's own checksum and then its
+    frame checksum recomputed, so its other faults reach the checks after."""
+    head = frame[8:32]
+    body = head + struct.pack("<I", C.crc32c(head)) + frame[F.FRAME_HEADER_BYTES:]
     return frame[:4] + struct.pack("<I", C.crc32c(body)) + body
 
 
@@ -418,8 +421,8 @@ def test_payload_damage_behind_a_valid_crc_agrees(ops, pos, val):
     assume(count)
     raw = bytearray(C.encode_varint(1) + C.encode_varint(1) + b"\x01" + b"\x01t" + recs)
     raw[pos % len(raw)] = val
-    header = struct.pack("<IIQIIIBBH", F.FRAME_MAGIC, 0, first, count, len(raw), len(raw),
-                         F.CODEC_NONE, 0, 0)
+    header = struct.pack("<IIQIIIBBHI", F.FRAME_MAGIC, 0, first, count, len(raw), len(raw),
+                         F.CODEC_NONE, 0, 0, 0)
     frame = _refreshed_crc(header + bytes(raw))
     scan_both(frame)
     same("decode_payload", bytes(raw), count, set())

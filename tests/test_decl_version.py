@@ -51,8 +51,8 @@ def _scan(mod, buf):
 
 def _frame_of_payload(raw, count=1, first_lsn=1):
     """A frame around ``raw`` (uncompressed) with a valid checksum."""
-    header = struct.pack("<IIQIIIBBH", F.FRAME_MAGIC, 0, first_lsn, count, len(raw), len(raw),
-                         F.CODEC_NONE, 0, 0)
+    header = struct.pack("<IIQIIIBBHI", F.FRAME_MAGIC, 0, first_lsn, count, len(raw), len(raw),
+                         F.CODEC_NONE, 0, 0, 0)
     return _refreshed_crc(header + raw)
 
 

@@ -208,8 +208,8 @@ def test_an_lz4_block_that_would_inflate_beyond_raw_len_is_bad_payload(tmp_path,
     assert len(core.lz4_decompress(small, 100_000)) == 100_000  # (the block itself is good)
     seg = s.segments()[-1]
     offset = os.path.getsize(seg)
-    header = struct.pack("<IIQIIIBBH", F.FRAME_MAGIC, 0, s.written + 1, 1, len(block), 1024,
-                         F.CODEC_LZ4, 0, 0)
+    header = struct.pack("<IIQIIIBBHI", F.FRAME_MAGIC, 0, s.written + 1, 1, len(block), 1024,
+                         F.CODEC_LZ4, 0, 0, 0)
     C.append(seg, header + block)
     C.fix_frame_crc(seg, offset)  # so the block reaches the decoder
     out = subprocess.run([sys.executable, "-c", _LZ4_CHILD, path], env=core_env,
