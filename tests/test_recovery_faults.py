@@ -42,6 +42,7 @@ CRASH_AT = os.path.join(os.path.dirname(__file__), "helpers", "crash_at_call.py"
 
 # ------------------------------------------------------------ damaged logs
 def _torn_tail(d):
+    C.as_crashed(d)  # a torn tail is what a crash leaves
     seg = C.segment_paths(d)[-1]
     C.truncate(seg, C.frames_of(seg)[-1].end - 3)
 
@@ -49,6 +50,7 @@ def _torn_tail(d):
 def _torn_segment(d):
     # A newest segment with part of its header (its rename made, not its
     # data), and the tmp file of a segment creation that never finished.
+    C.as_crashed(d)
     first = C.frames_of(C.segment_paths(d)[-1])[-1]
     next_lsn = first.first_lsn + first.count
     with open(os.path.join(d, "wal", segment_name(next_lsn)), "wb") as f:

@@ -1438,10 +1438,18 @@ class Store:
         next open then holds the log to it, so a cut or a damaged length at
         the end is damage, never a torn tail (no crash can have made it)."""
         wal = self._wal
+        segments = list_segments(os.path.join(self.path, WAL_DIR))[0]
+        newest = segments[-1] if segments else None
+        if wal.path is None or newest is None or (newest.path, newest.size) != (wal.path,
+                                                                                wal.size):
+            # The log is not where this writer thinks it is (a roll that
+            # failed half way, say): claim no clean end; the next open then
+            # judges the log by the crash rules.
+            return
         self._manifest["clean_end"] = {
             "lsn": self.lsn,
-            "segment": os.path.basename(wal.path) if wal.path is not None else None,
-            "offset": wal.size if wal.path is not None else None,
+            "segment": os.path.basename(wal.path),
+            "offset": wal.size,
         }
         try:
             _manifest.write(self.path, self._manifest)
