@@ -45,9 +45,9 @@ KVIMG_FIELD_BYTES = 36  # magic, version, slot_bits, count, arena_len, slots; th
 
 @pytest.fixture
 def one_segment(core, tmp_path_factory):
-    # 54 ops in one segment of 4,172 bytes: its first 4 KiB end inside the
-    # last frame (a batch), so flips there meet the torn-tail rule too.
-    s = sweep.cached(core, tmp_path_factory, "one-segment", 54, segment_bytes=1 << 20)
+    # 52 ops in one segment of 4,133 bytes: its first 4 KiB end inside the
+    # last frame, so flips there meet the torn-tail rule too.
+    s = sweep.cached(core, tmp_path_factory, "one-segment", 52, segment_bytes=1 << 20)
     assert len(s.segments()) == 1 and s.frames[-1].offset < 4096 < s.frames[-1].end
     return s
 
