@@ -32,8 +32,9 @@ from includes.xxh64 cimport (
 )
 from includes.payload cimport rh_key_wellformed
 from includes.valcodec cimport RH_INCR_OK, RH_NUM_MAX_BYTES, rh_num
+from includes.rhbuf cimport rh_buf, rh_buf_free
 from rehydrate._core.codec cimport (
-    decode_key_ptr, fast_delta, incr_error, incr_value_generic, key_view, unpack_ptr,
+    decode_key_ptr, fast_delta, incr_error, incr_value_generic, key_view, pack_into, unpack_ptr,
 )
 
 from rehydrate.errors import CorruptionError
@@ -213,6 +214,29 @@ cdef class KVTable:
         vb = _as_bytes(vb)
         _raw_key(kb, &k)
         _put(&self.kv, &k, vb, 0)
+
+    def _put_items(self, items):
+        """Put each ``(key, value)`` of ``items``, decoded pairs: the key as
+        a read takes it, the value anything ``pack_value`` encodes. What a
+        migration's result is built with: one pass, no intermediate bytes
+        objects. UnsupportedKeyError, ValueEncodingError or OverflowError at
+        the first pair the table cannot hold (the pairs before it are in)."""
+        cdef rh_key k
+        cdef unsigned char ibuf[8]
+        cdef rh_buf vb
+        memset(&vb, 0, sizeof(rh_buf))
+        try:
+            for key, value in items:
+                # The key is a view into ``key``, alive for this iteration.
+                key_view(key, &k, ibuf, False)
+                vb.len = 0
+                pack_into(value, &vb)
+                if vb.len > RH_VALUE_MAX:
+                    raise OverflowError(f"value of {vb.len} bytes is too large for a KVTable")
+                if rh_put(&self.kv, &k, vb.data, vb.len, 0) < 0:
+                    raise MemoryError()
+        finally:
+            rh_buf_free(&vb)
 
     def _copy_prepare(self):
         """Memory for a checkpoint's copy, allocated and faulted in now,
