@@ -485,3 +485,25 @@ def test_check_table_name_and_constants_agree():
         same("check_table_name", name)
     assert C.MAX_BATCH_RECORD_BYTES == P.MAX_BATCH_RECORD_BYTES
     assert math.isclose(C.crc32c(b"abc"), P.crc32c(b"abc"))
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.one_of(SMALL_KEYS, BAD_KEYS),
+                          st.one_of(VALUES, st.just(object()), st.just({1j: 1}))),
+                max_size=30))
+def test_put_items_twins_agree_on_bytes_and_errors(pairs):
+    """What a migration's result is built with: the same table, and the same
+    error at the same pair, on both cores."""
+    tables = []
+    for core in (C, P):
+        t = core.KVTable()
+        t._put_raw(core.encode_key("kept"), core.pack_value("before"))
+        got = outcome(t._put_items, iter(pairs))
+        tables.append((got, items(t)))
+    assert tables[0] == tables[1]
+    if tables[0][0][0] == "ok":  # a pair at a time, as _put_raw would put it
+        expect = P.KVTable()
+        expect._put_raw(P.encode_key("kept"), P.pack_value("before"))
+        for k, v in pairs:
+            expect._put_raw(P.encode_key(k), P.pack_value(v))
+        assert tables[0][1] == items(expect)
