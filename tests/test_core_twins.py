@@ -488,3 +488,118 @@ def test_check_table_name_and_constants_agree():
         same("check_table_name", name)
     assert C.MAX_BATCH_RECORD_BYTES == P.MAX_BATCH_RECORD_BYTES
     assert math.isclose(C.crc32c(b"abc"), P.crc32c(b"abc"))
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.one_of(SMALL_KEYS, BAD_KEYS),
+                          st.one_of(VALUES, st.just(object()), st.just({1j: 1}))),
+                max_size=30))
+def test_put_items_twins_agree_on_bytes_and_errors(pairs):
+    """What a migration's result is built with: the same table, and the same
+    error at the same pair, on both cores."""
+    tables = []
+    for core in (C, P):
+        t = core.KVTable()
+        t._put_raw(core.encode_key("kept"), core.pack_value("before"))
+        got = outcome(t._put_items, iter(pairs))
+        tables.append((got, items(t)))
+    assert tables[0] == tables[1]
+    if tables[0][0][0] == "ok":  # a pair at a time, as _put_raw would put it
+        expect = P.KVTable()
+        expect._put_raw(P.encode_key("kept"), P.pack_value("before"))
+        for k, v in pairs:
+            expect._put_raw(P.encode_key(k), P.pack_value(v))
+        assert tables[0][1] == items(expect)
+
+
+# Raw value bytes a table may hold: values as written, cut short, with bytes
+# after them, containers glued to what follows, ext, non-str map keys and
+# arrays as map keys (both decoded by unpack_value's slower steps).
+RAW_VALUES = st.one_of(
+    VALUES.map(packed_or_junk),
+    st.builds(lambda v, cut: v[:cut] or b"\xc1", VALUES.map(packed_or_junk), st.integers(0, 40)),
+    st.builds(lambda v, extra: v + extra, VALUES.map(packed_or_junk), st.binary(min_size=1, max_size=3)),
+    st.sampled_from([b"\x92\x01", b"\x02\x03", b"\x81\x01\x02", b"\x81\x92\x01\x02\x03",
+                     b"\xd4\x05\x01", b"\xd6\xff\x00\x00\x00\x01", b"\xc7\x01\x07\x00",
+                     b"\x81\xa1a\xc1", b"\x91\xa2\xff\xfe", b"\xdc\x00\x01\x01",
+                     b"\xde\x00\x01\xa1k\x90", b"\x91" * 1100 + b"\x01"]),
+)
+
+
+def _per_value(core, t):
+    """to_dict as one decode per stored pair, in to_dict's order."""
+    return {core.decode_key(k): core.unpack_value(v) for k, v in t._items_raw()}
+
+
+@SETTINGS
+@given(st.lists(RAW_VALUES, max_size=40))
+def test_to_dict_decodes_as_unpack_value_does(raws):
+    """to_dict decodes containers many at a time: every value, and the first
+    error, must be what unpack_value gives on each stored value alone."""
+    got = []
+    for core in (C, P):
+        t = core.KVTable()
+        for i, raw in enumerate(raws):
+            t._put_raw(core.encode_key(i), raw)
+        a, b = outcome(t.to_dict), outcome(_per_value, core, t)
+        assert repr(a) == repr(b)
+        got.append(a if a[0] != "ok" else ("ok", sorted((k, repr(v)) for k, v in a[1].items())))
+    if got[0][0] == "ok" or got[1][0] == "ok":  # else the first error depends on the order
+        assert got[0] == got[1]
+
+
+def test_to_dict_and_put_items_over_many_batches():
+    """More values than one msgpack call takes, mixed with values that each
+    batch's call refuses (an array as a map key, an unused byte): the same
+    dict as one decode per value, and the same bytes as pack_value."""
+    n = 20_000
+    values = {}
+    for i in range(n):
+        values[i] = ({"name": f"user {i}", "n": i, "f": i / 7, "b": b"\x00" * (i % 5),
+                      "l": [i, None, True]} if i % 3 else i * 7919 - 10**6)
+    values["str"] = "text"
+    values[10**12] = [[1, 2], {"x": {"y": []}}]
+    for core in (C, P):
+        t = core.KVTable()
+        t._put_items(values.items())
+        assert len(t) == len(values)
+        assert dict(t._items_raw()) == {core.encode_key(k): core.pack_value(v)
+                                        for k, v in values.items()}
+        assert t.to_dict() == values
+        t._put_raw(core.encode_key("tuple-key"), b"\x81\x92\x01\x02\xa1v")  # {(1, 2): "v"}
+        t._put_raw(core.encode_key(-1), b"\x81\x01\x02")  # {1: 2}
+        got = t.to_dict()
+        assert got == {**values, "tuple-key": {(1, 2): "v"}, -1: {1: 2}}
+        assert got == _per_value(core, t)
+        t._put_raw(core.encode_key("bad"), b"\x81\xa1a\xc1")
+        a, b = outcome(t.to_dict), outcome(_per_value, core, t)
+        assert a[0] == "raised" and a == b
+
+
+def test_put_items_errors_at_the_first_bad_pair_across_batches():
+    """A bad value or key after a full batch: the pairs before it are in,
+    none after it, on both cores; an iterator that raises likewise."""
+    def pairs(bad_at, bad):
+        for i in range(20_000):
+            yield (bad if i == bad_at else (i, {"v": i}))
+
+    def raising(at):
+        for i in range(20_000):
+            if i == at:
+                raise KeyError("boom")
+            yield i, [i]
+
+    for core in (C, P):
+        for bad_at, bad, err in [(9000, (9000, object()), "ValueEncodingError"),
+                                 (8192, (8192, "\ud800"), "ValueEncodingError"),
+                                 (12345, (1.5, {"v": 1}), "UnsupportedKeyError"),
+                                 (3, (3, 2**64), "ValueEncodingError")]:
+            t = core.KVTable()
+            with pytest.raises(Exception) as e:
+                t._put_items(pairs(bad_at, bad))
+            assert type(e.value).__name__ == err
+            assert len(t) == bad_at and core.encode_key(bad_at - 1) in dict(t._items_raw())
+        t = core.KVTable()
+        with pytest.raises(KeyError):
+            t._put_items(raising(10_000))
+        assert len(t) == 10_000

@@ -476,3 +476,144 @@ def test_a_rollback_crashed_at_each_file_operation_is_old_or_new_never_a_mix(sto
     # Both sides of the commit were hit, and crashes between the commit and
     # its end (log_end still set) were finished by the open.
     assert {"finished by the open", "not rolled back"} <= set(outcomes), outcomes
+
+# -- no copies but the migration's own: every kind a migration reshapes ----------
+KINDS = {"kv": None, "dict": {"users": rh.DictTable}}
+
+
+def _v1_of(path, kind, n=50):
+    """A v1 state whose ``users`` table is of ``kind``, half of it in a
+    checkpoint and half only in the log; its digest and its users."""
+    with Store.open(path, tables=KINDS[kind]) as s:
+        for i in range(n):
+            s.put("users", i, {"name": f"user {i}", "age": 20 + i, "tags": [i, "t"]})
+            if i == n // 2:
+                s.checkpoint()
+        s.put("other", "k", "untouched")
+        return format_digest(s.digest()), s.table("users").to_dict()
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("case", ["midway_in_place", "midway_replaced", "invariant_after",
+                                  "invariant_before", "invariant_writes_its_view"])
+def test_a_bad_migration_leaves_every_kind_exactly_as_before(store_dir, kind, case):
+    before, users = _v1_of(store_dir, kind)
+    listing = _listing(store_dir)
+    mig = Migrations()
+    seen = []
+
+    @mig.invariant("users")
+    def ages_positive(t):
+        seen.append(len(t))
+        if case == "invariant_before":
+            return len(seen) > 1  # false on the state before
+        if case == "invariant_writes_its_view":
+            t[0] = {"name": "forced", "age": 1}  # a read-only view: TypeError
+        return all(v["age"] > 0 for v in t.values())
+
+    @mig.migration("bad", table="users", to_version=2)
+    def bad(t):
+        for i, (k, v) in enumerate(t.items()):
+            if i == len(t) // 2 and case.startswith("midway"):
+                raise RuntimeError("half way")
+            # In place: the values, their nested lists, and the dict itself.
+            v["age"] = -v["age"]
+            v["tags"].append("new")
+            v.pop("name")
+            if case == "midway_replaced":
+                t[k] = ["replaced"]
+        t["added"] = {"age": -1}
+
+    with pytest.raises(MigrationError) as e:
+        Store.open(store_dir, tables=KINDS[kind], migrations=mig)
+    assert e.value.migration == "bad"
+    if case.startswith("midway"):
+        assert e.value.invariant is None and "half way" in str(e.value)
+        assert seen == [len(users)]  # the invariant ran on the state before it
+    else:
+        assert e.value.invariant.endswith("ages_positive")
+    assert _listing(store_dir) == listing  # the directory, byte for byte
+    with Store.open(store_dir, tables=KINDS[kind]) as s:
+        assert s.ledger == [] and format_digest(s.digest()) == before
+        assert s.table("users").to_dict() == users  # every value as it was
+        assert s.table("users")[3] == {"name": "user 3", "age": 23, "tags": [3, "t"]}
+    with Store.open(store_dir, tables=KINDS[kind], migrations=_split_names()) as s:
+        assert s.ledger[0]["digest_before"] == before  # still pending, and runs now
+        assert s.table("users")[3] == {"first": "user", "last": "3", "age": 23,
+                                       "tags": [3, "t"]}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_in_place_changes_are_the_migration_s_result_and_share_nothing(store_dir, kind):
+    before, users = _v1_of(store_dir, kind)
+    mig = Migrations()
+    held = {}
+
+    @mig.invariant("users")
+    def tags_are_lists(t):
+        return all(type(v["tags"]) is list for v in t.values())
+
+    @mig.migration("in-place", table="users", to_version=2)
+    def in_place(t):
+        for k, v in t.items():
+            v["tags"].append(k)  # nested, in place
+            v["age"] += 1
+        del t[0]
+        t["new"] = {"age": 0, "tags": []}
+        held.update(t)  # the migration keeps its objects: they must not be the state's
+
+    with Store.open(store_dir, tables=KINDS[kind], migrations=mig) as s:
+        got = s.table("users")
+        assert 0 not in got and got["new"] == {"age": 0, "tags": []}
+        assert got[7] == {"name": "user 7", "age": 28, "tags": [7, "t", 7]}
+        assert len(got) == len(users)
+        after = format_digest(s.digest())
+        assert s.ledger[0]["digest_before"] == before and s.ledger[0]["digest_after"] == after
+        held[7]["tags"].append("later")  # what the function still holds
+        held[7]["age"] = -1
+        assert got[7] == {"name": "user 7", "age": 28, "tags": [7, "t", 7]}
+        assert format_digest(s.digest()) == after
+    with Store.open(store_dir, tables=KINDS[kind]) as s:
+        assert format_digest(s.digest()) == after
+        assert s.table("users")[7]["tags"] == [7, "t", 7]
+    # The rollback point was written after the function ran: from the old
+    # state, which the function's changes in place never reached.
+    assert rh.rollback(store_dir)["digest"] == before
+    with Store.open(store_dir, tables=KINDS[kind]) as s:
+        assert s.table("users").to_dict() == users
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_what_commits_is_what_the_function_left_not_what_an_invariant_did(store_dir, kind):
+    _v1_of(store_dir, kind)
+    mig = Migrations()
+
+    @mig.invariant("users")
+    def meddles(t):
+        for v in t.values():
+            if "first" in v:
+                v["first"] = "changed by an invariant"  # the values are not copies
+        return True
+
+    @mig.migration("split", table="users", to_version=2)
+    def split(t):
+        for v in t.values():
+            v["first"], v["last"] = v.pop("name").split(" ")
+
+    with Store.open(store_dir, tables=KINDS[kind], migrations=mig) as s:
+        assert s.table("users")[4]["first"] == "user"
+        assert s.ledger[0]["digest_after"] == format_digest(s.digest())
+
+
+def test_a_published_snapshot_at_the_lsn_is_the_rollback_point(store_dir):
+    before = _v1(store_dir)
+    with Store.open(store_dir) as s:
+        point = s.checkpoint()["lsn"]
+    snapshot_files = _listing(os.path.join(store_dir, "snapshots"))
+    with Store.open(store_dir, migrations=_split_names()) as s:
+        assert s.ledger[0]["snapshot_before"] == point and s.ledger[0]["lsn"] == point + 1
+    now = _listing(os.path.join(store_dir, "snapshots"))
+    assert {k: v for k, v in now.items() if k in snapshot_files} == snapshot_files
+    assert rh.rollback(store_dir)["digest"] == before
+    with Store.open(store_dir) as s:
+        assert format_digest(s.digest()) == before and s.ledger == []

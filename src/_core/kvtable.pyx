@@ -12,7 +12,8 @@ from collections.abc import ItemsView, KeysView, Mapping, ValuesView
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memcpy
-from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uint8_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
 from includes.kvcore cimport (
@@ -31,12 +32,24 @@ from includes.xxh64 cimport (
     rh_xxh64, rh_xxh64_digest, rh_xxh64_reset, rh_xxh64_state, rh_xxh64_update, rh_xxh64_x4,
 )
 from includes.payload cimport rh_key_wellformed
-from includes.valcodec cimport RH_INCR_OK, RH_NUM_MAX_BYTES, rh_num
+from includes.valcodec cimport RH_INCR_OK, RH_NUM_MAX_BYTES, rh_mp_skip, rh_num
+from includes.rhbuf cimport rh_buf, rh_buf_free
 from rehydrate._core.codec cimport (
-    decode_key_ptr, fast_delta, incr_error, incr_value_generic, key_view, unpack_ptr,
+    decode_key_ptr, fast_delta, incr_error, incr_value_generic, key_view, pack_into, unpack_ptr,
 )
 
+import msgpack
+
 from rehydrate.errors import CorruptionError
+
+_unpackb = msgpack.unpackb
+_Packer = msgpack.Packer
+
+cdef enum:
+    # Values decoded (to_dict) or encoded (_put_items) per msgpack call: one
+    # array of this many, so the per-value cost is msgpack's C loop, not a
+    # Python-level call each; small enough that the array's bytes stay small.
+    BULK_VALUES = 8192
 
 
 cdef inline bytes _as_bytes(obj):
@@ -56,6 +69,11 @@ cdef inline object _value_of(rh_kv *kv, int64_t slot):
 cdef inline bytes _value_bytes(rh_kv *kv, int64_t slot):
     cdef rh_entry *e = rh_entry_at(kv, kv.slots[slot].off)
     return PyBytes_FromStringAndSize(<const char *>rh_entry_value(e), e.vlen)
+
+
+cdef inline bint _is_container(unsigned char b) noexcept:
+    # fixmap, fixarray; ext 8/16/32; fixext; array and map 16/32
+    return (0x80 <= b <= 0x9F) or (0xC7 <= b <= 0xC9) or (0xD4 <= b <= 0xD8) or (0xDC <= b <= 0xDF)
 
 
 cdef inline bytes _key_bytes(rh_kv *kv, int64_t slot):
@@ -157,18 +175,98 @@ cdef class KVTable:
         return ItemsView(self)
 
     def to_dict(self):
-        """A plain dict of decoded keys and values (a copy)."""
+        """A plain dict of decoded keys and values (a copy).
+
+        Container values (maps, arrays, ext) are decoded BULK_VALUES at a
+        time: their stored bytes, each checked to be exactly one msgpack
+        object (rh_mp_skip), are laid end to end after an array header and
+        given to one ``msgpack.unpackb``, which is what ``unpack_value`` calls
+        on each of them alone (same options; an element that is exactly one
+        object parses from its own bytes). Should that call raise, the
+        batch's values are decoded one by one, so the results and errors are
+        ``unpack_value``'s in every case; scalars are decoded natively, as
+        ``unpack_value`` does.
+        """
         cdef dict out = {}
         cdef uint64_t version = self.kv.version
+        cdef int64_t *slots = <int64_t *>malloc(BULK_VALUES * sizeof(int64_t))
+        cdef uint8_t *bulk = <uint8_t *>malloc(BULK_VALUES)
         cdef int64_t i = rh_next_slot(&self.kv, 0)
-        while i >= 0:
-            k = _key_of(&self.kv, i)
-            v = _value_of(&self.kv, i)
-            # Decoding allocates, and allocation can run arbitrary finalizers.
-            if self.kv.version != version:
-                raise RuntimeError("table changed during iteration")
-            out[k] = v
-            i = rh_next_slot(&self.kv, <uint64_t>i + 1)
+        cdef Py_ssize_t n, j, b, nbulk
+        cdef uint64_t total
+        cdef size_t used
+        cdef rh_entry *e
+        cdef unsigned char *p
+        cdef bytes buf
+        cdef list decoded
+        if slots == NULL or bulk == NULL:
+            free(slots)
+            free(bulk)
+            raise MemoryError()
+        try:
+            while i >= 0:
+                # Pass 1, allocating nothing: the batch's slots, and which
+                # values go to msgpack together.
+                n = nbulk = 0
+                total = 0
+                while i >= 0 and n < BULK_VALUES:
+                    slots[n] = i
+                    e = rh_entry_at(&self.kv, self.kv.slots[i].off)
+                    bulk[n] = (e.vlen > 0 and _is_container(rh_entry_value(e)[0])
+                               and rh_mp_skip(rh_entry_value(e), e.vlen, &used) == 0
+                               and used == e.vlen)
+                    if bulk[n]:
+                        nbulk += 1
+                        total += e.vlen
+                    n += 1
+                    i = rh_next_slot(&self.kv, <uint64_t>i + 1)
+                decoded = None
+                if nbulk > 1:
+                    buf = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>(5 + total))
+                    # Allocation can run finalizers, which could write the table.
+                    if self.kv.version != version:
+                        raise RuntimeError("table changed during iteration")
+                    p = <unsigned char *>PyBytes_AS_STRING(buf)
+                    p[0] = 0xDD  # array 32
+                    p[1] = <unsigned char>(nbulk >> 24)
+                    p[2] = <unsigned char>(nbulk >> 16)
+                    p[3] = <unsigned char>(nbulk >> 8)
+                    p[4] = <unsigned char>nbulk
+                    p += 5
+                    for j in range(n):
+                        if bulk[j]:
+                            e = rh_entry_at(&self.kv, self.kv.slots[slots[j]].off)
+                            memcpy(p, rh_entry_value(e), e.vlen)
+                            p += e.vlen
+                    try:
+                        decoded = _unpackb(buf)
+                    except Exception:  # noqa - one by one below: unpack_value's answer
+                        decoded = None
+                    buf = None
+                    if decoded is not None and len(decoded) != nbulk:
+                        decoded = None
+                b = 0
+                for j in range(n):
+                    if self.kv.version != version:
+                        raise RuntimeError("table changed during iteration")
+                    k = _key_of(&self.kv, slots[j])
+                    if self.kv.version != version:
+                        raise RuntimeError("table changed during iteration")
+                    if decoded is not None and bulk[j]:
+                        v = decoded[b]
+                        b += 1
+                    else:
+                        v = _value_of(&self.kv, slots[j])
+                    if self.kv.version != version:
+                        raise RuntimeError("table changed during iteration")
+                    out[k] = v
+                # Finalizers run by the allocations above could have written
+                # the table; the next slot is found afresh from the last one.
+                if self.kv.version != version:
+                    raise RuntimeError("table changed during iteration")
+        finally:
+            free(slots)
+            free(bulk)
         return out
 
     def __eq__(self, other):
@@ -213,6 +311,84 @@ cdef class KVTable:
         vb = _as_bytes(vb)
         _raw_key(kb, &k)
         _put(&self.kv, &k, vb, 0)
+
+    def _put_items(self, items):
+        """Put each ``(key, value)`` of ``items``, decoded pairs: the key as
+        a read takes it, the value anything ``pack_value`` encodes. What a
+        migration's result is built with: one pass, no intermediate bytes
+        objects. UnsupportedKeyError, ValueEncodingError or OverflowError at
+        the first pair the table cannot hold (the pairs before it are in).
+
+        Values are encoded BULK_VALUES at a time, as one msgpack array by a
+        Packer with ``pack_value``'s options (its bytes are the elements'
+        bytes end to end, each what ``pack_value`` gives), cut at each
+        element's end (rh_mp_skip). A batch the Packer refuses is encoded
+        one value at a time, so errors are ``pack_value``'s, at the pair
+        that has them.
+        """
+        cdef list keys, values
+        cdef Py_ssize_t n
+        packer = _Packer(use_bin_type=True, autoreset=True)
+        it = iter(items)
+        while True:
+            keys, values = [], []
+            n = 0
+            try:
+                for key, value in it:
+                    keys.append(key)
+                    values.append(value)
+                    n += 1
+                    if n == BULK_VALUES:
+                        break
+            except BaseException:
+                self._put_batch(keys, values, packer)  # the pairs before it are in
+                raise
+            if n:
+                self._put_batch(keys, values, packer)
+            if n < BULK_VALUES:
+                return
+
+    cdef _put_batch(self, list keys, list values, packer):
+        cdef rh_key k
+        cdef unsigned char ibuf[8]
+        cdef rh_buf vb
+        cdef Py_ssize_t j, n = len(keys)
+        cdef size_t pos, end, used
+        cdef const unsigned char *p
+        cdef bytes packed = None
+        if n == 0:
+            return
+        try:
+            packed = packer.pack(values)
+        except Exception:  # noqa - one by one below: pack_value's error, in order
+            packed = None
+        if packed is not None:
+            p = <const unsigned char *>PyBytes_AS_STRING(packed)
+            end = <size_t>PyBytes_GET_SIZE(packed)
+            pos = 1 if n < 16 else (3 if n < 0x10000 else 5)  # the array's header
+            for j in range(n):
+                key_view(keys[j], &k, ibuf, False)
+                if rh_mp_skip(p + pos, end - pos, &used) != 0:
+                    raise SystemError("msgpack's Packer wrote an array that does not parse")
+                if used > RH_VALUE_MAX:
+                    raise OverflowError(f"value of {used} bytes is too large for a KVTable")
+                if rh_put(&self.kv, &k, p + pos, used, 0) < 0:
+                    raise MemoryError()
+                pos += used
+            return
+        memset(&vb, 0, sizeof(rh_buf))
+        try:
+            for j in range(n):
+                # The key is a view into keys[j], which the list keeps alive.
+                key_view(keys[j], &k, ibuf, False)
+                vb.len = 0
+                pack_into(values[j], &vb)
+                if vb.len > RH_VALUE_MAX:
+                    raise OverflowError(f"value of {vb.len} bytes is too large for a KVTable")
+                if rh_put(&self.kv, &k, vb.data, vb.len, 0) < 0:
+                    raise MemoryError()
+        finally:
+            rh_buf_free(&vb)
 
     def _copy_prepare(self):
         """Memory for a checkpoint's copy, allocated and faulted in now,

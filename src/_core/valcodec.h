@@ -164,4 +164,70 @@ static inline int rh_incr_bytes(const unsigned char *old, size_t oldlen, int has
     return RH_INCR_OK;
 }
 
+/* The length of the one msgpack object at the start of p[0, n): 0 and *used
+ * when the bytes hold a whole object by msgpack's grammar (lengths and counts
+ * only: UTF-8, ext payloads and map keys are not looked at), else -1 (an
+ * unused code 0xC1, or the object runs past n). No recursion: the walk
+ * counts the objects still to come, which a container's header adds to.
+ * What lets values be decoded and encoded many at a time, as one msgpack
+ * array: an element that is exactly one object parses from its own bytes. */
+static inline int rh_mp_skip(const unsigned char *p, size_t n, size_t *used)
+{
+    size_t pos = 0;
+    uint64_t pending = 1;
+    while (pending) {
+        if (pos >= n || pending > (uint64_t)(n - pos))
+            return -1; /* every object takes at least a byte */
+        unsigned b = p[pos++];
+        pending--;
+        size_t body = 0, w = 0;
+        if (b <= 0x7F || b >= 0xE0 || b == 0xC0 || b == 0xC2 || b == 0xC3)
+            continue;
+        if (b <= 0x8F) { pending += 2u * (b & 0x0F); continue; }
+        if (b <= 0x9F) { pending += b & 0x0F; continue; }
+        if (b <= 0xBF) { body = b & 0x1F; goto take; }
+        switch (b) {
+        case 0xC4: case 0xC5: case 0xC6: /* bin 8/16/32 */
+        case 0xD9: case 0xDA: case 0xDB: /* str 8/16/32 */
+        case 0xC7: case 0xC8: case 0xC9: /* ext 8/16/32: length, type, data */
+            w = (size_t)1 << ((b >= 0xD9 ? b - 0xD9 : (b >= 0xC7 ? b - 0xC7 : b - 0xC4)));
+            if (n - pos < w)
+                return -1;
+            body = w == 1 ? p[pos] : (w == 2 ? rh_be16(p + pos) : rh_be32(p + pos));
+            pos += w;
+            if (b >= 0xC7 && b <= 0xC9)
+                body += 1;
+            goto take;
+        case 0xCA: body = 4; goto take;
+        case 0xCB: body = 8; goto take;
+        case 0xCC: case 0xD0: body = 1; goto take;
+        case 0xCD: case 0xD1: body = 2; goto take;
+        case 0xCE: case 0xD2: body = 4; goto take;
+        case 0xCF: case 0xD3: body = 8; goto take;
+        case 0xD4: body = 2; goto take;  /* fixext 1..16: type, data */
+        case 0xD5: body = 3; goto take;
+        case 0xD6: body = 5; goto take;
+        case 0xD7: body = 9; goto take;
+        case 0xD8: body = 17; goto take;
+        case 0xDC: case 0xDD: case 0xDE: case 0xDF: { /* array / map 16/32 */
+            w = (b & 1) ? 4 : 2;
+            if (n - pos < w)
+                return -1;
+            uint64_t count = w == 2 ? rh_be16(p + pos) : rh_be32(p + pos);
+            pos += w;
+            pending += b >= 0xDE ? 2 * count : count;
+            continue;
+        }
+        default: /* 0xC1 */
+            return -1;
+        }
+    take:
+        if (n - pos < body)
+            return -1;
+        pos += body;
+    }
+    *used = pos;
+    return 0;
+}
+
 #endif

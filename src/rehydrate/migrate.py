@@ -3,27 +3,34 @@ checked, and commit it atomically (docs/migrations.md).
 
 For one migration of table T from version V to M:
 
-1. Its function reshapes a *copy* of T (a dict of decoded keys and values),
-   and T's invariants are checked on the state before and on the copy
-   after. Any failure is a MigrationError, and nothing has changed: not the
-   state, not the directory.
-2. A checkpoint at the current LSN L: the snapshot a rollback returns to.
-   It is kept until the migration is confirmed.
-3. The copy becomes T's state at version M. The log rolls to a new segment
-   that starts with a no-op record at L+1, the migration's LSN, so that the
-   migrated state has an LSN of its own and everything after it is in
-   segments of its own.
+1. Its function reshapes the migration's own copy of T: a dict of keys and
+   values decoded afresh from their stored bytes, which shares no object
+   with the live table (so it can change values in place). T's invariants
+   are checked on a read-only view of that copy before the function runs
+   and of its result after. The result is encoded into a new table as it
+   is checked; T itself is never written. Any failure is a MigrationError,
+   and nothing has changed: not the state, not the directory.
+2. A checkpoint at the current LSN L (unless a snapshot at L is already
+   published): the snapshot a rollback returns to. It is kept until the
+   migration is confirmed.
+3. The new table becomes T's state at version M. The log rolls to a new
+   segment that starts with a no-op record at L+1, the migration's LSN, so
+   that the migrated state has an LSN of its own and everything after it is
+   in segments of its own.
 4. A snapshot at L+1 is published by one MANIFEST write, together with the
    ledger entry and T's version: that write is the commit. A crash before
    it leaves the old state with the migration still pending, and a crash
    after it leaves the new state.
+
+No deep copy is made: the decoded dict is the only copy, the one the
+function needs anyway, and it is dropped before the checkpoints.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import time
+from types import MappingProxyType
 
 from . import _format as F
 from .errors import MigrationError
@@ -66,6 +73,33 @@ def _check_invariants(fns, state: dict, m: Migration, when: str, path: str) -> l
     return names
 
 
+def _decoded_copy(table, kind: int, core) -> dict:
+    """The migration's working dict: every key and value of ``table``
+    decoded afresh from its stored bytes, so it shares no object with the
+    live table (a DictTable's values are live objects; they are copied
+    through their encoding, which is also what a reopen would give)."""
+    if table is None:
+        return {}
+    if kind == F.KIND_KV:
+        return table.to_dict()  # the core decodes into new objects
+    decode_key, unpack = core.decode_key, core.unpack_value
+    return {decode_key(kb): unpack(vb) for kb, vb in table._items_raw()}
+
+
+def _fill(new_table, kind: int, work: dict, core) -> None:
+    """Encode ``work`` into the empty ``new_table``; raises what the core
+    raises for a key or value the table cannot hold."""
+    if kind == F.KIND_KV:
+        new_table._reserve(len(work))
+        new_table._put_items(work.items())
+        return
+    encode_key, pack, put = core.encode_key, core.pack_value, new_table._put_raw
+    for k, v in work.items():
+        # Through the bytes: the table gets its own decoded objects, none
+        # the migration's dict (which its function may still hold) shares.
+        put(encode_key(k), pack(v))
+
+
 def apply_one(store, migrations: Migrations, m: Migration) -> dict:
     from .digest import format_digest
 
@@ -80,12 +114,13 @@ def apply_one(store, migrations: Migrations, m: Migration) -> dict:
         raise MigrationError(f"migration {m.id!r}: to_version {m.to_version} is not above "
                              f"table {m.table!r}'s version {current}", migration=m.id,
                              path=path, reason="migration_version")
-    table = info.table if info is not None else {}
-    # Values are decoded afresh from a KVTable; a DictTable's are live objects.
-    before = {k: table[k] for k in table} if kind == F.KIND_KV else copy.deepcopy(dict(table))
+    core = store._core
+    digest_before = format_digest(store._state_digest())
+    work = _decoded_copy(info.table if info is not None else None, kind, core)
     invariants = migrations.invariants.get(m.table, [])
-    _check_invariants(invariants, copy.deepcopy(before), m, "before the migration", path)
-    work = before
+    # Invariants get read-only views, never copies: the old state is not
+    # theirs to change, and the copy is the migration's.
+    _check_invariants(invariants, MappingProxyType(work), m, "before the migration", path)
     try:
         returned = m.fn(work)
     except Exception as e:
@@ -97,20 +132,25 @@ def apply_one(store, migrations: Migrations, m: Migration) -> dict:
                                  "return None (the table changed in place) or a dict",
                                  migration=m.id, path=path)
         work = returned
-    core = store._core
+    del returned
+    # Encoded before the invariants after run: what commits is exactly what
+    # the function left, whatever an invariant does with its view.
+    new_table = reg._make(m.table, kind, hinted=False)
     try:
-        pairs = [(core.encode_key(k), core.pack_value(v)) for k, v in work.items()]
+        _fill(new_table, kind, work, core)
     except Exception as e:  # noqa: BLE001 - a key or value the store cannot hold
         raise MigrationError(f"migration {m.id!r} left a key or value the table cannot "
-                             f"hold: {e}", migration=m.id, path=path) from e
-    names = _check_invariants(invariants, copy.deepcopy(work), m, "after the migration", path)
-    digest_before = format_digest(store._state_digest())
+                             f"hold: {type(e).__name__}: {e}", migration=m.id,
+                             path=path) from e
+    names = _check_invariants(invariants, MappingProxyType(work), m, "after the migration",
+                              path)
+    del work  # before the checkpoints, which copy tables
     with store._checkpoint_lock:
-        pre = store._checkpoint_locked()
-        base = pre["lsn"]
-        new_table = reg._make(m.table, kind, hinted=False)
-        for kb, vb in pairs:
-            new_table._put_raw(kb, vb)
+        base = store.lsn
+        if base not in (store._manifest.get("snapshots") or []):
+            # The rollback point. (When the open loaded a snapshot at L and
+            # nothing was logged after it, that snapshot already is one.)
+            base = store._checkpoint_locked()["lsn"]
         with store._lock:
             if info is None:
                 info = reg.create(m.table)

@@ -10,11 +10,12 @@ stamps each table it declares with the version its records were written at
   table with no upcaster, or whose records are at its current version, keeps
   the native path untouched.
 - A **migration** ``fn(table)`` reshapes a whole table once, in the open's
-  ``migrate`` phase, on a copy (a plain dict of decoded keys and values); its
-  table's **invariants** ``fn(table) -> bool`` are checked on the state
-  before and on the copy after. Only then is the copy made the table's
-  state, written as a snapshot at the new version and committed, with its
-  **ledger** entry, in one MANIFEST write.
+  ``migrate`` phase, on a copy (a plain dict of keys and values decoded
+  afresh, its own to change in place); its table's **invariants**
+  ``fn(table) -> bool`` are checked on read-only views of the copy before
+  and of the result after. Only then is the result, encoded into a new
+  table, made the table's state, written as a snapshot at the new version
+  and committed, with its **ledger** entry, in one MANIFEST write.
 
 This module holds the registry users fill (``Migrations``) and what the
 store needs from it; the store runs the migrate phase (``store.py``) and

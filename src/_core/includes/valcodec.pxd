@@ -24,3 +24,4 @@ cdef extern from "valcodec.h":
     int rh_incr_bytes(const unsigned char *old, size_t oldlen, int has_old,
                       const rh_num *delta, rh_num *cur,
                       unsigned char *out, size_t *outlen) nogil
+    int rh_mp_skip(const unsigned char *p, size_t n, size_t *used) nogil

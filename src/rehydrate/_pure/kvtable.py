@@ -18,7 +18,7 @@ import xxhash
 from .. import _format as F
 from .._hashing import MASK64, entry_hash, pairs_digest
 from ..errors import CorruptionError, UnsupportedKeyError
-from .codec import decode_key, encode_key, incr_value, unpack_value
+from .codec import decode_key, encode_key, incr_value, pack_value, unpack_value
 
 
 def shallow_dict_bytes(d: dict) -> int:
@@ -197,6 +197,13 @@ class KVTable:
     def _put_raw(self, kb, vb) -> None:
         self._d[bytes(kb)] = bytes(vb)
         self._version += 1
+
+    def _put_items(self, items) -> None:
+        """Put each ``(key, value)`` of ``items``, decoded pairs, encoding as
+        it goes (what a migration's result is built with); the first pair
+        the table cannot hold raises (the pairs before it are in)."""
+        for key, value in items:
+            self._put_raw(encode_key(key), pack_value(value))
 
     def _copy_prepare(self):
         """Nothing to prepare for a dict copy (the native core faults its

@@ -8,3 +8,4 @@ cdef class KVTable:
     cdef object __weakref__
     cdef _load_views(self, const int32_t[::1] koff, const unsigned char[::1] kdata,
                      const int32_t[::1] voff, const unsigned char[::1] vdata, bint summed)
+    cdef _put_batch(self, list keys, list values, packer)
