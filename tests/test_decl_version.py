@@ -99,12 +99,14 @@ def test_decode_payload_gives_five_tuples(version):
 def test_the_version_field_follows_the_name_and_the_schema():
     rec = bytes((F.OP_CLEAR, 0, 0, 0))
     for mod in (C, P):
-        body = mod.encode_frame(1, 1, [(0, F.KIND_KV, b"t", b"", 2)], rec)[32:]
+        body = mod.encode_frame(1, 1, [(0, F.KIND_KV, b"t", b"", 2)], rec)[F.FRAME_HEADER_BYTES:]
         assert body == b"\x01" + b"\x00\x81\x01t\x02" + rec
-        body = mod.encode_frame(1, 1, [(0, F.KIND_NUMERIC, b"t", SCHEMA, 300)], rec)[32:]
+        body = mod.encode_frame(1, 1, [(0, F.KIND_NUMERIC, b"t", SCHEMA, 300)],
+                                rec)[F.FRAME_HEADER_BYTES:]
         assert body == (b"\x01" + b"\x00\x84\x01t" + C.encode_varint(len(SCHEMA)) + SCHEMA
                         + b"\xac\x02" + rec)
-        body = mod.encode_frame(1, 1, [(0, F.KIND_KV, b"t", b"", U32_MAX)], rec)[32:]
+        body = mod.encode_frame(1, 1, [(0, F.KIND_KV, b"t", b"", U32_MAX)],
+                                rec)[F.FRAME_HEADER_BYTES:]
         assert body == b"\x01" + b"\x00\x81\x01t\xff\xff\xff\xff\x0f" + rec
 
 
@@ -116,16 +118,17 @@ def test_version_1_writes_todays_bytes():
         plain = mod.encode_frame(1, 1, [(0, F.KIND_KV, b"t")], rec)
         assert mod.encode_frame(1, 1, [(0, F.KIND_KV, b"t", b"")], rec) == plain
         assert mod.encode_frame(1, 1, [(0, F.KIND_KV, b"t", b"", 1)], rec) == plain
-        assert plain[32:] == b"\x01\x00\x01\x01t" + rec  # kind byte 1: no flag
+        assert len(plain) == F.FRAME_HEADER_BYTES + 5 + len(rec)
+        assert plain[F.FRAME_HEADER_BYTES:] == b"\x01\x00\x01\x01t" + rec  # kind byte 1: no flag
         numeric = mod.encode_frame(1, 1, [(0, F.KIND_NUMERIC, b"t", SCHEMA)], rec)
         assert mod.encode_frame(1, 1, [(0, F.KIND_NUMERIC, b"t", SCHEMA, 1)], rec) == numeric
-        assert numeric[32:][2] == F.KIND_NUMERIC
+        assert numeric[F.FRAME_HEADER_BYTES:][2] == F.KIND_NUMERIC
 
 
 def test_version_1_matches_the_worked_example_in_format_md():
     # The first frame of docs/FORMAT.md's worked example, byte for byte.
     expected = bytes.fromhex(
-        "52484231 50c0b7bb 0100000000000000 01000000 17000000 17000000 00 00 0000"
+        "52484232 80a10475 0100000000000000 01000000 17000000 17000000 00 00 0000 addbeb3d"
         "01 00 01 05 7573657273 01 00 04 02616e6e 06 81a3616765 29")
     rec = _put(0, "ann", {"age": 41})
     for mod in (C, P):
@@ -239,6 +242,9 @@ def test_a_store_reads_a_log_with_versioned_declarations(tmp_path, name):
             s.put("t", "a", 1)
             lsn = s.lsn
         frame = mod.encode_frame(lsn + 1, 1, [(0, F.KIND_KV, b"t", b"", 3)], _put(0, "b", 2))
+        # As a writer that knew version 3 leaves the log: it removed the
+        # clean-close record before it appended.
+        corrupt.as_crashed(path)
         corrupt.append(corrupt.segment_paths(path)[-1], frame)
         # Version 3 data: code must know version 3 (here: upcasters 1 -> 2 -> 3,
         # which also read the version 1 put); code that does not is refused.
@@ -271,6 +277,12 @@ def test_a_store_finds_a_version_of_0_as_damage(tmp_path, name):
                                   first_lsn=lsn + 1)
         seg = corrupt.segment_paths(path)[-1]
         corrupt.append(seg, frame)
+        # Behind the recorded clean close the frame is also more log than
+        # that close left; without the record it is the one problem.
+        report = verify(path)
+        assert not report.ok
+        assert [p.kind for p in report.problems] == ["bad_payload", "clean_end_mismatch"]
+        corrupt.as_crashed(path)
         report = verify(path)
         assert not report.ok
         assert [p.kind for p in report.problems] == ["bad_payload"]
