@@ -279,7 +279,10 @@ def test_replay_of_numeric_ops_in_a_child_process_matches(store_dir, core_env):
 
 def _append_frame(store_dir, lsn, records):
     """Append one frame of hand-made numeric records (op, row key bytes,
-    value bytes) after LSN ``lsn``: what no writer of ours produces."""
+    value bytes) after LSN ``lsn``: what no writer of ours produces. A
+    writer that appends has removed the clean-close record first, so the
+    directory is left as that writer's crash would leave it."""
+    from helpers import corrupt as C
     from rehydrate import _backend
     from rehydrate import _format as F
 
@@ -288,6 +291,7 @@ def _append_frame(store_dir, lsn, records):
                     + c.encode_varint(len(vb)) + vb for op, kb, vb in records)
     schema = tables()["stats"]._schema_bytes()
     frame = c.encode_frame(lsn + 1, len(records), [(0, F.KIND_NUMERIC, b"stats", schema)], recs)
+    C.as_crashed(store_dir)
     seg = sorted(os.listdir(os.path.join(store_dir, "wal")))[-1]
     with open(os.path.join(store_dir, "wal", seg), "ab") as f:
         f.write(frame)
