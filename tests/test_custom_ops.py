@@ -11,6 +11,8 @@ import rehydrate as rh
 from rehydrate import ConfigError, InvalidOperationError, Store, _backend, verify
 from rehydrate import _format as F
 
+from helpers import corrupt
+
 
 class Log(rh.StateType):
     def __init__(self):
@@ -92,6 +94,8 @@ def test_a_custom_record_on_a_kv_table_fails_replay_and_deep_verify(store_dir):
            + c.encode_varint(len(c.pack_value(["x", 1]))) + c.pack_value(["x", 1]))
     frame = c.encode_frame(lsn + 1, 1, [(0, F.KIND_KV, b"t")], rec)
 
+    # As a writer that appended it leaves the log: without the clean-close record.
+    corrupt.as_crashed(store_dir)
     seg = sorted(os.listdir(os.path.join(store_dir, "wal")))[-1]
     with open(os.path.join(store_dir, "wal", seg), "ab") as f:
         f.write(frame)
