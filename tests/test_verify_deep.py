@@ -29,11 +29,14 @@ def _store(path):
 
 
 def _append_frame(path, lsn, op, key, value_bytes):
+    """Append one hand-made frame after LSN ``lsn``, as the (buggy) writer
+    that made it leaves the log: without the clean-close record."""
     core = _backend.core()
     kb = core.encode_key(key)
     rec = (bytes((op,)) + core.encode_varint(0) + core.encode_varint(len(kb)) + kb
            + core.encode_varint(len(value_bytes)) + value_bytes)
     frame = core.encode_frame(lsn + 1, 1, [(0, F.KIND_KV, b"t")], rec)
+    C.as_crashed(path)
     seg = C.segment_paths(path)[-1]
     with open(seg, "ab") as f:
         f.write(frame)
