@@ -62,6 +62,8 @@ def run(args, env, **kw):
 
 
 def _tear(path):
+    # What a crash mid-write leaves: no clean close recorded, the last frame cut.
+    C.as_crashed(path)
     seg = C.segment_paths(path)[-1]
     last = C.frames_of(seg)[-1]
     C.truncate(seg, last.offset + 5)

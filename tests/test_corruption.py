@@ -305,6 +305,7 @@ def test_truncated_trailing_frames_are_dropped_and_reported_at_every_byte(log, t
     base = C.read(os.path.join(log.path, newest))
     for cut in range(last3[0].offset, last3[-1].end):
         d = _copy(log.path, tmp_path / f"cut{cut}")
+        C.as_crashed(d)  # a crash cut the log (a cleanly closed one cut is damage)
         seg = os.path.join(d, newest)
         C.truncate(seg, cut)
         before = C.tree_hashes(d)
@@ -346,6 +347,7 @@ def test_a_zero_filled_tail_is_a_torn_tail(log, tmp_path):
     newest = log.segments()[-1]
 
     def damage(d):
+        C.as_crashed(d)
         C.append(os.path.join(d, newest), bytes(4096))
         end = log.frames_in(newest)[-1].end
         e = _torn_expect(log, log.frames_in(newest)[-1], offset=end)
@@ -361,6 +363,7 @@ def test_a_short_scrap_after_the_last_frame_is_a_torn_tail(log, tmp_path):
     newest = log.segments()[-1]
 
     def damage(d):
+        C.as_crashed(d)
         C.append(os.path.join(d, newest), struct_magic()[:4] + b"\x07" * 20)
         e = _torn_expect(log, log.frames_in(newest)[-1], offset=log.frames_in(newest)[-1].end)
         e.pit_keep = e.skip_keep = set(range(1, log.last_lsn + 1))
@@ -382,6 +385,7 @@ def test_a_last_frame_with_a_zeroed_sector_is_a_torn_tail(big_tail_log, tmp_path
     assert sector + C.SECTOR <= last.end
 
     def damage(d):
+        C.as_crashed(d)
         C.zero_sector(os.path.join(d, newest), sector)
         return _torn_expect(log, last)
 
@@ -398,6 +402,7 @@ def test_a_last_frame_whose_first_sector_was_not_written_is_a_torn_tail(big_tail
     assert boundary < last.end
 
     def damage(d):
+        C.as_crashed(d)
         C.zero_range(os.path.join(d, newest), last.offset, boundary)
         return _torn_expect(log, last)
 
@@ -414,6 +419,7 @@ def test_zeros_from_a_sector_inside_a_frame_to_the_end_are_a_torn_tail(tmp_path,
         for i in range(60):
             s.put("t", i, "x" * (20 + i % 7))
             s.sync()  # a frame each
+    C.as_crashed(d)  # the crash that left the write half made
     seg = C.segment_paths(d)[-1]
     frame, boundary = next(
         (f, b) for f in C.frames_of(seg)[:-1]
@@ -435,6 +441,7 @@ def test_a_last_frame_zeroed_from_its_middle_to_the_end_is_a_torn_tail(big_tail_
     last = log.frames_in(newest)[-1]
 
     def damage(d):
+        C.as_crashed(d)
         C.zero_range(os.path.join(d, newest), last.offset + last.size // 3, last.end)
         return _torn_expect(log, last)
 
@@ -447,6 +454,7 @@ def test_a_bit_flip_in_the_last_frame_is_corruption_not_a_torn_tail(big_tail_log
     last = log.frames_in(newest)[-1]
 
     def damage(d):
+        C.as_crashed(d)  # (after a clean close nothing at the end is torn anyway)
         C.flip_bit(os.path.join(d, newest), last.offset + last.size // 2, 3)
         e = _bad_frame_expect(log, last, "bad_crc")
         e.skip_lsn = last.first_lsn - 1  # nothing follows it: writing resumes at its LSN
@@ -460,6 +468,7 @@ def test_a_newest_segment_cut_inside_its_header_is_a_torn_tail(log, tmp_path):
     first = log.frames_in(newest)[0]
 
     def damage(d):
+        C.as_crashed(d)
         C.truncate(os.path.join(d, newest), 10)
         return _torn_expect(log, first, offset=0)
 
@@ -507,23 +516,33 @@ def check_damage_any_kind(log, tmp, damage, what):
     check_damage(log, tmp, with_kind)
 
 
-def test_a_bit_flip_in_the_length_of_a_compressed_middle_frame_is_corruption(log, tmp_path):
+@pytest.mark.parametrize("header", ["flipped", "rechecksummed"])
+def test_a_bit_flip_in_the_length_of_a_compressed_middle_frame_is_corruption(log, tmp_path,
+                                                                             header):
     # LZ4 frames have stored_len != raw_len, so a flipped stored_len passes the
-    # header checks and claims to run past the end of the file. Good frames
-    # follow it: this is damage, not a torn tail.
+    # header's field checks and claims to run past the end of the file. The
+    # header's own checksum catches the flip (bad_header); a header that
+    # checks anyway (its checksum recomputed) claims to run past the end, but
+    # good frames follow it: damage (bad_length), not a torn tail. After a
+    # crash, so the torn-tail rule is the one judging.
     newest = log.segments()[-1]
     frame = next(f for f in log.frames_in(newest) if f.codec == F.CODEC_LZ4)
     assert frame.end < log.frames_in(newest)[-1].end
 
     def damage(d):
-        C.flip_bit(os.path.join(d, newest), frame.offset + 21, 4)  # stored_len += 4096
-        return _bad_frame_expect(log, frame, kind="bad_length")
+        C.as_crashed(d)
+        p = os.path.join(d, newest)
+        C.flip_bit(p, frame.offset + 21, 4)  # stored_len += 4096
+        if header == "rechecksummed":
+            C.fix_frame_crc(p, frame.offset)
+        return _bad_frame_expect(log, frame,
+                                 kind="bad_header" if header == "flipped" else "bad_length")
 
     e = damage(_copy(log.path, tmp_path / "probe"))
     report = verify(str(tmp_path / "probe"))
     assert not report.ok, report.as_dict()
     found = [p for p in report.problems if p.offset == e.offset]
-    assert found and found[0].kind != "torn_tail", report.as_dict()
+    assert found and found[0].kind == e.kind, report.as_dict()
     with pytest.raises(CorruptionError) as ei:
         Store.open(tmp_path / "probe", recovery="tolerate-tail")
     assert not isinstance(ei.value, TornTailError)
@@ -549,6 +568,7 @@ def test_garbage_after_the_last_frame_is_corruption_not_a_torn_tail(log, tmp_pat
     every = set(range(1, log.last_lsn + 1))
 
     def damage(d):
+        C.as_crashed(d)  # (after a clean close nothing at the end is torn anyway)
         C.append(os.path.join(d, newest), bytes(random.Random(4).randrange(1, 256)
                                                 for _ in range(100)))
         return Expect("bad_magic", newest, end, False, pit_keep=every, skip_keep=every,
@@ -632,6 +652,7 @@ def test_a_4_gib_length_at_the_tail_neither_allocates_nor_hangs(log, tmp_path, c
     newest = log.segments()[-1]
     last = log.frames_in(newest)[-1]
     d = _copy(log.path, tmp_path / "huge")
+    C.as_crashed(d)  # (after a clean close nothing at the end is torn anyway)
     p = os.path.join(d, newest)
     for field in ("stored_len", "raw_len"):
         C.set_frame_field(p, last.offset, field, 0xFFFFFFFF)
@@ -792,12 +813,17 @@ def test_a_manifest_from_a_newer_format_is_unsupported(log, tmp_path):
     from rehydrate import manifest
 
     d = _copy(log.path, tmp_path / "newer")
-    manifest.write(d, {"format": F.FORMAT_VERSION + 1, "snapshot": None})
+    data = manifest.read(d)
+    data["format"] = F.FORMAT_VERSION + 1
+    # (by hand: manifest.write stamps this code's own format)
+    C.write(os.path.join(d, "MANIFEST"), manifest.encode(data))
+    before = C.tree_hashes(d)
     for mode in MODES:
         with pytest.raises(UnsupportedFormatError):
             Store.open(d, recovery=mode)
         with pytest.raises(UnsupportedFormatError):
             verify(d, recovery=mode)
+    assert C.tree_hashes(d) == before
 
 
 def test_a_store_whose_wal_directory_is_gone_is_corruption_in_every_mode(log, tmp_path):
@@ -837,6 +863,7 @@ def test_bytes_dropped_counts_every_dropped_byte_once(log, tmp_path, mode):
     if mode == "point-in-time":
         C.flip_bit(p, frame.offset + F.FRAME_HEADER_BYTES + 1, 2)
     else:
+        C.as_crashed(d)  # a torn tail: what a crash leaves
         C.truncate(p, frame.offset + 7)
     before = sum(_wal_sizes(d).values())
     with Store.open(d, recovery=mode) as s:
@@ -869,10 +896,15 @@ def test_a_checksummed_frame_whose_incr_cannot_apply_is_fatal_but_in_skip_corrup
         assert ei.value.reason == "apply_error" and ei.value.offset == frame_offset
     assert C.tree_hashes(d) == before
     # skip-corrupted leaves that one record out, reports it and keeps a copy.
+    # The frame is past where the last clean close left the log: that too.
+    seg_size = os.path.getsize(os.path.join(d, newest))
     with Store.open(d, recovery="skip-corrupted") as s:
         assert s.table("t")["k0"] == "a string"
-        assert [(p.kind, p.lsn, p.action) for p in s.recovery_report.problems] == \
-            [("apply_error", first + 1, "skipped")]
+        problems = s.recovery_report.problems
+        assert [(p.kind, p.lsn, p.action) for p in problems] == \
+            [("apply_error", first + 1, "skipped"),
+             ("clean_end_mismatch", first + count, "skipped")]
+        assert (problems[1].path, problems[1].offset) == (os.path.join(d, newest), seg_size)
         assert s.lsn == first + 1
     assert len([n for n in os.listdir(os.path.join(d, "quarantine"))
                 if n.endswith(".apply_error.json")]) == 1

@@ -144,6 +144,7 @@ def test_every_file_is_0600_and_every_directory_0700(tmp_path):
         with Store.open(path) as store:
             store.checkpoint()
         # A torn tail cut by an open (quarantine/), then a repair (.broken copy).
+        C.as_crashed(path)  # (a torn tail is what a crash leaves)
         C.truncate(s.segments()[-1], s.frames[-1].end - 3)
         Store.open(path).close()
         C.flip_bit(s.segments()[0], C.frames_of(s.segments()[0])[1].offset + 40, 1)
@@ -216,8 +217,10 @@ def test_an_lz4_block_that_would_inflate_beyond_raw_len_is_bad_payload(tmp_path,
                          capture_output=True, text=True, timeout=110)
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
+    # (the frame is also past where the last clean close left the log)
     assert (res["ok"], res["problems"], res["open"]) == \
-        (False, [["bad_payload", offset]], "bad_payload"), res
+        (False, [["bad_payload", offset], ["clean_end_mismatch", os.path.getsize(seg)]],
+         "bad_payload"), res
     assert res["peak_rss_mib"] < 512, res
 
 
@@ -279,11 +282,14 @@ print(json.dumps({"ok": report.ok, "last_lsn": report.last_lsn,
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("closed", ["crashed", "cleanly"])
 @pytest.mark.parametrize("where,size", [("newest-tail", 2 << 30), ("new-segment", 2 << 30),
                                         ("written-zeros", 40 << 20)],
                          ids=["2GiB-sparse-tail", "2GiB-sparse-segment", "40MiB-written-zeros"])
-def test_verify_of_a_long_zero_tail_is_quick_and_small(tmp_path, where, size, core_env):
+def test_verify_of_a_long_zero_tail_is_quick_and_small(tmp_path, where, size, core_env, closed):
     s = sweep.build(tmp_path / "s", 62, segment_bytes=4096)
+    if closed == "crashed":
+        C.as_crashed(s.path)  # a zero tail is a torn tail after a crash
     if where == "new-segment":  # a good header, then zeros
         seg = os.path.join(s.path, "wal", segment_name(s.written + 1))
         with open(seg, "wb") as f:
@@ -299,8 +305,13 @@ def test_verify_of_a_long_zero_tail_is_quick_and_small(tmp_path, where, size, co
                          capture_output=True, text=True, timeout=110)
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
-    assert (res["ok"], res["last_lsn"], res["problems"]) == \
-        (True, s.written, [["torn_tail", start, size - start]]), res
+    if closed == "crashed":
+        assert (res["ok"], res["last_lsn"], res["problems"]) == \
+            (True, s.written, [["torn_tail", start, size - start]]), res
+    else:  # after a clean close the zeros are damage, and the log is not the one closed
+        assert (res["ok"], res["last_lsn"], res["problems"]) == \
+            (False, s.written, [["bad_magic", start, size - start],
+                                ["clean_end_mismatch", size, 0]]), res
     # Bounded memory, and work bounded by the bytes on disk, not the file's
     # size: a hole is skipped, not read as 2 GiB of zeros (no clock involved).
     assert res["peak_rss_mib"] < 256, res

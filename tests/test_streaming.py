@@ -11,6 +11,8 @@ import pytest
 
 from rehydrate import Store, recovery, verify
 
+from helpers import corrupt as C
+
 
 def _build(path):
     want = {}
@@ -57,6 +59,7 @@ def test_chunk_size_changes_nothing(tmp_path, monkeypatch, chunk):
 def test_a_torn_tail_is_found_whatever_the_chunk_size(tmp_path, monkeypatch, chunk, cut):
     path = str(tmp_path / "s")
     _build(path)
+    C.as_crashed(path)  # a torn tail is what a crash leaves
     wal = os.path.join(path, "wal")
     seg = os.path.join(wal, sorted(os.listdir(wal))[-1])
     size = os.path.getsize(seg)

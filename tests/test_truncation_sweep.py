@@ -1,8 +1,8 @@
 """T3, truncation sweep (docs/reliability.md): a file cut at every byte.
 
-The log: the newest segment is cut at every offset within its last three
-frames (what a crash mid-write leaves, and more: a cut on a frame boundary
-is a clean, shorter log). A cut removes acknowledged frames on purpose, so
+The log, as a crash leaves it (no clean close recorded): the newest segment
+is cut at every offset within its last three frames (what a crash mid-write
+leaves, and more: a cut on a frame boundary is a clean, shorter log). A cut removes acknowledged frames on purpose, so
 the oracle's acknowledged bound is the last frame wholly before the cut.
 strict gives TornTailError or, on a boundary, that exact prefix;
 tolerate-tail gives the prefix; ``repair`` then leaves a log that opens
@@ -97,6 +97,7 @@ def test_the_newest_segment_cut_at_every_byte_of_its_last_three_frames(log_store
 
     def judge(cut):
         d = s.copy(tmp_path / f"cut{cut}")  # (left behind if the case fails)
+        C.as_crashed(d)  # the cut is a crash's (a cleanly closed log: the test below)
         C.truncate(os.path.join(d, os.path.relpath(newest, s.path)), cut)
         acked = sweep.acked_before(s, newest, cut)
         before = C.tree_hashes(d)
