@@ -2,8 +2,9 @@
 
 The log, as a crash leaves it (no clean close recorded): the newest segment
 is cut at every offset within its last three frames (what a crash mid-write
-leaves, and more: a cut on a frame boundary is a clean, shorter log). A cut removes acknowledged frames on purpose, so
-the oracle's acknowledged bound is the last frame wholly before the cut.
+leaves, and more: a cut on a frame boundary is a clean, shorter log). A cut
+removes acknowledged frames on purpose, so the oracle's acknowledged bound
+is the last frame wholly before the cut.
 strict gives TornTailError or, on a boundary, that exact prefix;
 tolerate-tail gives the prefix; ``repair`` then leaves a log that opens
 under strict and takes 10 more records, exactly.
