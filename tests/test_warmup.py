@@ -238,7 +238,10 @@ def test_a_replay_over_budget_is_cancelled_promptly(store_dir):
 def test_corruption_reaches_listeners(store_dir):
     import os
 
+    from helpers import corrupt as C
+
     _filled(store_dir, 50)
+    C.as_crashed(store_dir)  # a torn tail is what a crash leaves
     seg = sorted(os.listdir(os.path.join(store_dir, "wal")))[-1]
     with open(os.path.join(store_dir, "wal", seg), "ab") as f:
         f.write(b"\x00" * 100)  # a torn tail
