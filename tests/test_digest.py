@@ -339,6 +339,14 @@ def test_cli_digest_of_the_worked_example_directory(store_dir, core_env):
 def test_digest_dir_changes_nothing_on_disk(store_dir):
     write_store(store_dir, sync="always", ops=80)
     C.truncate(C.segment_paths(store_dir)[-1], os.path.getsize(C.segment_paths(store_dir)[-1]) - 5)
+    # Behind a recorded clean close the cut is damage: refused, and the
+    # record is left where it is.
+    before = C.tree_hashes(store_dir)
+    with pytest.raises(CorruptionError):
+        digest_dir(store_dir)
+    assert C.tree_hashes(store_dir) == before
+    # As a crash leaves it, the cut is a torn tail.
+    C.as_crashed(store_dir)
     before = C.tree_hashes(store_dir)
     info = digest_dir(store_dir)
     assert info["problems"] and info["problems"][0]["kind"] == "torn_tail" and info["ok"]
