@@ -127,6 +127,7 @@ def _torn(tmp_path):
     with Store.open(path, sync="always") as s:
         for i in range(5):
             s.put("t", i, i)
+    C.as_crashed(path)  # a torn tail is what a crash leaves
     seg = C.segment_paths(path)[0]
     frame = C.frames_of(seg)[-1]
     C.truncate(seg, frame.end - 1)
