@@ -22,6 +22,7 @@ import traceback
 import urllib.request
 
 import pytest
+from helpers import corrupt as C
 
 import rehydrate as rh
 from rehydrate import (
@@ -99,17 +100,6 @@ def state(s) -> dict:
             out[name] = [list(e) for e in t.events]
         else:
             out[name] = dict(t.items())
-    return out
-
-
-def tree(path) -> dict:
-    """Every file under ``path``, byte for byte."""
-    out = {}
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            full = os.path.join(root, name)
-            with open(full, "rb") as f:
-                out[os.path.relpath(full, path)] = f.read()
     return out
 
 
@@ -242,14 +232,14 @@ def test_every_write_side_call_in_the_child_raises_forked_store_error(store_dir,
     with Store.open(store_dir, sync="always", tables=kinds()) as s:
         write_before(s)
         at_fork, lsn = state(s), s.lsn
-        before = tree(store_dir)
+        before = C.tree_hashes(store_dir)
 
         def body():
             err, _ = attempt(lambda: WRITE_SIDE[op](s))
             again, _ = attempt(lambda: WRITE_SIDE[op](s))  # refused every time
             return err, again, state(s), s.lsn, os.getpid()
         err, again, child_state, child_lsn, child_pid = Child(body).finish()
-        assert tree(store_dir) == before  # (sync="always": a write would be in the log)
+        assert C.tree_hashes(store_dir) == before  # (sync="always": a write would be in the log)
         assert s.lsn == lsn
     assert child_pid != os.getpid()
     assert_forked_error(err, store_dir, os.getpid(), lsn)
@@ -285,7 +275,7 @@ def test_the_child_closing_or_exiting_touches_nothing_of_the_parent(store_dir, s
         lsn = s.lsn
         if sync != "always":
             assert s.durable_lsn < lsn  # records wait in the buffer at the fork
-        before = tree(store_dir)
+        before = C.tree_hashes(store_dir)
 
         def body():
             if how in ("close", "close_twice"):
@@ -299,7 +289,7 @@ def test_the_child_closing_or_exiting_touches_nothing_of_the_parent(store_dir, s
         closed, err = Child(body).finish()
         # Byte for byte: no flush of the buffered records, no HINTS, the
         # LOCK neither truncated nor unlocked.
-        assert tree(store_dir) == before
+        assert C.tree_hashes(store_dir) == before
         assert closed is (how != "os_exit") and not s.closed
         assert isinstance(err, ForkedStoreError)
         write_after(s)
@@ -351,7 +341,7 @@ def test_a_ready_background_open_forks_like_any_other(store_dir, sync):
         assert s.wait_ready(60)
         s.put("kv", "while_open", 1)
         at_fork, lsn = state(s), s.lsn
-        before = tree(store_dir)
+        before = C.tree_hashes(store_dir)
 
         def body():
             put, _ = attempt(lambda: s.put("kv", 0, "x"))
@@ -361,7 +351,7 @@ def test_a_ready_background_open_forks_like_any_other(store_dir, sync):
             s.close()
             return put, synced, ready, got, s.readiness()["tables"]
         put, synced, ready, got, tables = Child(body).finish()
-        assert tree(store_dir) == before
+        assert C.tree_hashes(store_dir) == before
         write_after(s)
         want = state(s), s.lsn, s.offsets
     assert_forked_error(put, store_dir, os.getpid(), lsn)
