@@ -67,6 +67,7 @@ bench: $(STAMP) redis
 	$(BIN)/python benchmarks/digest.py
 	$(BIN)/python benchmarks/upcast.py
 	$(BIN)/python benchmarks/migrate.py
+	$(BIN)/python benchmarks/fork.py
 	$(BIN)/python benchmarks/scaling.py --plot docs/img/scaling.png
 	$(BIN)/python benchmarks/verify_throughput.py
 	$(BIN)/python benchmarks/write_throughput.py
