@@ -469,18 +469,26 @@ def test_decode_payload_on_random_bytes(payload, count, seg_tids):
 
 
 @SETTINGS
-@given(st.binary(min_size=0, max_size=40), st.integers(0, 10))
-def test_parse_frame_header_and_header_problem_agree(buf, offset):
-    hc, hp = C.parse_frame_header(buf, offset), P.parse_frame_header(buf, offset)
+@given(st.binary(min_size=0, max_size=48), st.integers(0, 10), st.sampled_from([1, 2]))
+def test_parse_frame_header_and_header_problem_agree(buf, offset, version):
+    hc = C.parse_frame_header(buf, offset, version)
+    hp = P.parse_frame_header(buf, offset, version)
     assert (hc is None) == (hp is None)
     if hp is not None:
         assert hc.as_dict() == hp.as_dict()
         assert C.header_problem(hc) == P.header_problem(hp)
-        fixed = bytearray(buf[offset:offset + 32])
-        fixed[:4] = struct.pack("<I", F.FRAME_MAGIC)
-        h2 = P.parse_frame_header(bytes(fixed), 0)
+        # The same bytes with the magic right and (format 2) the header's own
+        # checksum right, so the field checks behind them are reached too.
+        hb = F.frame_header_bytes(version)
+        fixed = bytearray(buf[offset:offset + hb])
+        fixed[:4] = struct.pack("<I", F.frame_magic(version))
+        if version == 2:
+            fixed[32:36] = struct.pack("<I", C.crc32c(bytes(fixed[8:32])))
+        h2 = P.parse_frame_header(bytes(fixed), 0, version)
+        assert h2.header_crc_ok
         assert C.header_problem(h2) == P.header_problem(h2)
-        scan_both(bytes(fixed) + buf[offset + 32:])
+        if version == 2:
+            scan_both(bytes(fixed) + buf[offset + hb:])
 
 
 def test_check_table_name_and_constants_agree():
