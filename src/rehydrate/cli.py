@@ -14,7 +14,7 @@ import math
 import os
 import sys
 
-EXIT_OK, EXIT_DAMAGE, EXIT_USAGE = 0, 1, 2
+from .exitcodes import EXIT_DAMAGE, EXIT_OK, EXIT_USAGE
 
 
 class _Parser(argparse.ArgumentParser):
