@@ -15,7 +15,7 @@ from . import _format as F
 from . import manifest as _manifest
 from ._backend import core as _core
 from .errors import CorruptionError, NotAStoreError, typed_io_errors
-from .recovery import Problem, RecoveryReport, _Walker, check_mode, clean_end_of, walk
+from .recovery import Problem, RecoveryReport, Walker, check_mode, clean_end_of, walk
 from .snapshot import META_NAME, load_base, migration_floor, no_base_error
 from .tables import KIND_NAMES, TableRegistry
 from .wal import WAL_DIR
@@ -92,8 +92,8 @@ def verify(path, *, recovery: str = "tolerate-tail", deep: bool = False,
                 deep = False
                 registry = TableRegistry(_core(), materialize=False, classes=classes)
                 base_lsn, base_offsets = 0, {}
-        walker = _Walker(_core(), path, "skip-corrupted", registry, deep, start, base_lsn, None,
-                         progress)
+        walker = Walker(_core(), path, "skip-corrupted", registry, deep, start, base_lsn, None,
+                        progress)
         walker.offsets.update(base_offsets)
         walker.clean_end = clean_end_of(man, path)
         try:
