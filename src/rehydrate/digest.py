@@ -19,7 +19,7 @@ from ._backend import core as _core
 from .errors import ConfigError, typed_io_errors
 from .recovery import check_mode
 from .tables import TableRegistry
-from .verify import _check_store_dir, replay_readonly
+from .verify import replay_readonly
 
 __all__ = ["digest_dir", "format_digest", "parse_digest", "state_digest", "table_digest"]
 
@@ -105,7 +105,7 @@ def digest_dir(path, *, recovery: str = "tolerate-tail", classes=None) -> dict:
     """
     check_mode(recovery)
     path = os.fspath(path)
-    _check_store_dir(path)
+    _manifest.check_store_dir(path)
     man = _manifest.read(path)
     registry = TableRegistry(_core(), classes=classes)
     report = replay_readonly(path, man, recovery, registry).report

@@ -21,13 +21,6 @@ from .tables import KIND_NAMES, TableRegistry
 from .wal import WAL_DIR
 
 
-def _check_store_dir(path: str) -> None:
-    if not os.path.isdir(path):
-        raise NotAStoreError("no such directory", path=path)
-    if not os.path.isfile(os.path.join(path, _manifest.MANIFEST_NAME)):
-        raise NotAStoreError("no MANIFEST: not a rehydrate store", path=path)
-
-
 def is_snapshot_dir(path) -> bool:
     """Is ``path`` one snapshot folder on its own (a META, no MANIFEST), as
     ``verify`` checks it?"""
@@ -70,7 +63,7 @@ def verify(path, *, recovery: str = "tolerate-tail", deep: bool = False,
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, _manifest.MANIFEST_NAME)):
         raise NotAStoreError("no MANIFEST and no META: neither a rehydrate store nor a "
                              "snapshot", path=path)
-    _check_store_dir(path)
+    _manifest.check_store_dir(path)
     man = _manifest.read(path)
     start = _manifest.log_start(man, path)
     floor = migration_floor(man)
@@ -414,7 +407,7 @@ def inspect(path, *, progress=None, classes: Optional[dict] = None) -> dict:
     custom table restored from a snapshot without its class: ``classes``,
     name -> StateType subclass, gives it)."""
     path = os.fspath(path)
-    _check_store_dir(path)
+    _manifest.check_store_dir(path)
     man = _manifest.read(path)
     registry = TableRegistry(_core(), classes=classes)
     result = replay_readonly(path, man, "skip-corrupted", registry, progress)
