@@ -307,7 +307,7 @@ def _check_snapshots(path: str, report: RecoveryReport, bad: set) -> None:
     be loaded without their classes and are left out (said in the report).
     Those in ``bad`` (paths), already reported by their files, are not loaded.
     """
-    from .digest import _combine, format_digest, table_digest
+    from ._hashing import combine_digests, format_digest, table_digest
     from .errors import ConfigError
     from .snapshot import SNAPSHOTS_DIR, check_images, list_snapshots, load, snapshot_name
 
@@ -334,7 +334,7 @@ def _check_snapshots(path: str, report: RecoveryReport, bad: set) -> None:
             tail = walk(_core(), path, mode="skip-corrupted", registry=registry, apply=True,
                         applied_lsn=lsn, offsets=meta["offsets"], skip_covered=True,
                         start_lsn=start)
-            got = format_digest(_combine({n: table_digest(i.table)
+            got = format_digest(combine_digests({n: table_digest(i.table)
                                           for n, i in registry.by_name.items()}))
         except ConfigError:
             report.problems.append(Problem(
@@ -373,7 +373,7 @@ def _snapshots(path: str, man: dict) -> list:
 
 def _decode_everything(path: str, registry, report: RecoveryReport) -> None:
     """Decode every key and value of the replayed tables; digest them."""
-    from .digest import _combine, format_digest, table_digest
+    from ._hashing import combine_digests, format_digest, table_digest
     from .errors import ConfigError
 
     core = _core()
@@ -397,7 +397,7 @@ def _decode_everything(path: str, registry, report: RecoveryReport) -> None:
     report.table_digests = {n: (format_digest(digests[n]) if n in digests else None)
                             for n in sorted(registry.by_name)}
     if len(digests) == len(registry.by_name):
-        report.digest = format_digest(_combine(digests))
+        report.digest = format_digest(combine_digests(digests))
 
 
 @typed_io_errors
