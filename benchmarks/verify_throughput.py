@@ -37,7 +37,7 @@ alone 11-13 GB/s; the 8 MiB ``pread`` chunks alone 3-5 GB/s. So the scan's
 LZ4 decoding and record checks (about 32 ns a record) cap it near 1.1 GB/s
 on their own, and the reading around them takes the rest: the chunks are
 read on a second thread, but ``carry + chunk`` in
-``recovery._Walker._stream`` copies every chunk whose end cuts a frame
+``recovery.Walker._stream`` copies every chunk whose end cuts a frame
 (nearly all of them), about a tenth of verify's time. The snapshot's checks
 (CRC32C, the digest sums of the Arrow columns and the image) run without the
 GIL on a second thread while the log is walked.

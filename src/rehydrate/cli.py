@@ -14,7 +14,7 @@ import math
 import os
 import sys
 
-EXIT_OK, EXIT_DAMAGE, EXIT_USAGE = 0, 1, 2
+from .exitcodes import EXIT_DAMAGE, EXIT_OK, EXIT_USAGE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,9 +96,9 @@ def _open_tables(args, command: str) -> dict:
     """``tables=`` for a writer's open of args.dir: the kinds on disk, the
     classes from --tables; ConfigError (exit 2) for a custom table without one."""
     from .catalog import open_tables
-    from .verify import _check_store_dir
+    from .manifest import check_store_dir
 
-    _check_store_dir(args.dir)
+    check_store_dir(args.dir)
     return open_tables(args.dir, _user_tables(args), f"rehydrate {command}")
 
 
@@ -310,9 +310,8 @@ def _cmd_compact(args) -> int:
 def _cmd_plan(args) -> int:
     from . import manifest
     from .plan import make_plan
-    from .verify import _check_store_dir
 
-    _check_store_dir(args.dir)
+    manifest.check_store_dir(args.dir)
     plan = make_plan(args.dir, manifest.read(args.dir))
     if args.json:
         print(json.dumps(plan))

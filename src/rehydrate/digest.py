@@ -9,37 +9,17 @@ the pure twin, can compare states by one 64-bit number.
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Mapping
-
-import xxhash
 
 from . import manifest as _manifest
 from ._backend import core as _core
+from ._hashing import combine_digests, format_digest, table_digest
 from .errors import ConfigError, typed_io_errors
 from .recovery import check_mode
 from .tables import TableRegistry
-from .verify import _check_store_dir, replay_readonly
+from .verify import replay_readonly
 
 __all__ = ["digest_dir", "format_digest", "parse_digest", "state_digest", "table_digest"]
-
-_U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
-
-
-def table_digest(table) -> int:
-    """The content digest of one table, a 64-bit int.
-
-    The native walk holds the GIL, as every writer does, so a concurrent
-    write cannot move memory under it; ``Store.digest`` also takes the
-    store's lock, for a digest of one consistent multi-table state.
-    TypeError for an object that is no table; a table kind that cannot be
-    digested says why (ConfigError).
-    """
-    digest = getattr(table, "_digest", None)
-    if digest is None:
-        raise TypeError(f"{type(table).__name__} is not a rehydrate table: it has no digest")
-    return digest()
 
 
 def state_digest(tables: Mapping) -> int:
@@ -51,27 +31,7 @@ def state_digest(tables: Mapping) -> int:
     thread may write to these tables meanwhile: on a live Store, digest from
     the thread that writes, or while no write is in flight.
     """
-    return _combine({name: table_digest(t) for name, t in tables.items()})
-
-
-def _combine(digests: Mapping) -> int:
-    """The state digest from name -> table digest."""
-    # Sorted by the UTF-8 bytes, the order the spec states (for valid str it
-    # is also the code point order, so sorting the str would agree).
-    named = sorted((str(name).encode("utf-8"), d) for name, d in digests.items())
-    parts = []
-    for name, d in named:
-        parts.append(_U32.pack(len(name)))
-        parts.append(name)
-        parts.append(_U64.pack(d))
-    return xxhash.xxh64_intdigest(b"".join(parts))
-
-
-def format_digest(value: int) -> str:
-    """A digest as 16 lowercase hex digits (zero-padded: every digest has one length)."""
-    if not 0 <= value < 1 << 64:
-        raise ValueError(f"a digest is an unsigned 64-bit int, not {value!r}")
-    return f"{value:016x}"
+    return combine_digests({name: table_digest(t) for name, t in tables.items()})
 
 
 def parse_digest(text: str) -> int:
@@ -105,7 +65,7 @@ def digest_dir(path, *, recovery: str = "tolerate-tail", classes=None) -> dict:
     """
     check_mode(recovery)
     path = os.fspath(path)
-    _check_store_dir(path)
+    _manifest.check_store_dir(path)
     man = _manifest.read(path)
     registry = TableRegistry(_core(), classes=classes)
     report = replay_readonly(path, man, recovery, registry).report
@@ -117,7 +77,7 @@ def digest_dir(path, *, recovery: str = "tolerate-tail", classes=None) -> dict:
         except ConfigError as e:
             unavailable[name] = e.detail
     return {
-        "digest": None if unavailable else format_digest(_combine(digests)),
+        "digest": None if unavailable else format_digest(combine_digests(digests)),
         "tables": {name: (format_digest(digests[name]) if name in digests else None)
                    for name in sorted(registry.by_name)},
         "unavailable": unavailable,

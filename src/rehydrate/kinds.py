@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 from . import _format as F
 from .errors import ConfigError, InvalidOperationError
+from .ready import Ready
 
 __all__ = ["DictTable", "StateType", "resolve_kinds"]
 
@@ -34,21 +35,6 @@ def _default_core():
     from ._backend import core
 
     return core()
-
-
-class Ready:
-    """``ready`` / ``wait_ready`` of a table object the store hands out: it
-    is given only once the table's state is in (during a background open a
-    table not yet in is a view that waits; docs/warmup.md)."""
-
-    __slots__ = ()
-
-    @property
-    def ready(self) -> bool:
-        return True
-
-    def wait_ready(self, timeout=None) -> bool:
-        return True
 
 
 # --------------------------------------------------------------- DictTable

@@ -14,7 +14,7 @@ import struct
 from . import _fileio
 from . import _format as F
 from ._backend import core
-from .errors import CorruptionError, UnsupportedFormatError
+from .errors import CorruptionError, NotAStoreError, UnsupportedFormatError
 
 MANIFEST_NAME = "MANIFEST"
 _HEADER = struct.Struct("<8sII")
@@ -59,6 +59,14 @@ def decode(raw: bytes, path: str) -> dict:
         raise CorruptionError("MANIFEST lists snapshots it cannot name", path=path,
                               offset=F.MANIFEST_HEADER_BYTES, reason="bad_manifest")
     return data
+
+
+def check_store_dir(path: str) -> None:
+    """NotAStoreError unless ``path`` is a directory holding a MANIFEST."""
+    if not os.path.isdir(path):
+        raise NotAStoreError("no such directory", path=path)
+    if not os.path.isfile(os.path.join(path, MANIFEST_NAME)):
+        raise NotAStoreError("no MANIFEST: not a rehydrate store", path=path)
 
 
 def read(directory: str) -> dict:

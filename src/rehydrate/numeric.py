@@ -25,7 +25,7 @@ import math
 
 from . import _format as F
 from .errors import ConfigError, CorruptionError, InvalidOperationError
-from .kinds import Ready
+from .ready import Ready
 
 DTYPES = ("int64", "float64")
 MAX_COLUMNS = 1024

@@ -302,7 +302,12 @@ def find_next_frame(core, buf, start: int, min_lsn: int, version: int = F.FORMAT
     return None
 
 
-class _Walker:
+class Walker:
+    """One read of a log directory under a recovery mode; ``walk`` sets one
+    up and runs it. Built directly by a caller that needs ``report`` (the
+    problems found so far) after ``run()`` raised, as ``verify`` does.
+    The parameters are ``walk``'s."""
+
     def __init__(self, core, directory, mode, registry, apply, start_lsn, applied_lsn,
                  cancel, progress) -> None:
         self.core = core
@@ -769,7 +774,7 @@ def walk(core, directory, *, mode="tolerate-tail", registry, apply=True, start_l
     torn tail under strict) where the mode does not allow going on;
     UnsupportedFormatError for a newer format.
     """
-    w = _Walker(core, directory, mode, registry, apply, start_lsn, applied_lsn, cancel, progress)
+    w = Walker(core, directory, mode, registry, apply, start_lsn, applied_lsn, cancel, progress)
     w.offsets.update(offsets or {})
     w.skip_covered = skip_covered
     w.end, w.on_chunk = end, on_chunk

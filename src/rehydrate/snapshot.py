@@ -199,7 +199,7 @@ def write(directory: str, capture: Capture, digests: dict) -> SnapshotInfo:
 
     ``digests`` maps each table name to its digest (hex), recorded in META.
     """
-    from .digest import _combine
+    from ._hashing import combine_digests
 
     t0 = time.perf_counter()
     sdir = os.path.join(directory, SNAPSHOTS_DIR)
@@ -248,7 +248,7 @@ def write(directory: str, capture: Capture, digests: dict) -> SnapshotInfo:
     known = {e["name"]: int(e["digest"], 16) for e in entries if e["digest"] is not None}
     meta = {"format": SNAPSHOT_FORMAT, "lsn": capture.lsn, "offsets": capture.offsets,
             "tables": entries,
-            "digest": (f"{_combine(known):016x}" if len(known) == len(entries) else None)}
+            "digest": (f"{combine_digests(known):016x}" if len(known) == len(entries) else None)}
     payload = json.dumps(meta, sort_keys=True).encode("utf-8")
     _write_durable(os.path.join(tmp, META_NAME),
                    _META_HEADER.pack(META_MAGIC, len(payload), _core().crc32c(payload)) + payload)
@@ -545,7 +545,7 @@ def load(path: str, make_table) -> tuple:
 def _try_image(spath: str, e: dict, make_table):
     """The table loaded from its image, or None when the core has no image
     loader (the pure twin reads the Arrow file)."""
-    from .digest import format_digest
+    from ._hashing import format_digest
 
     table = make_table(e["name"], e["id"], e["kind"])
     if not hasattr(table, "_load_image"):
@@ -560,7 +560,7 @@ def _try_image(spath: str, e: dict, make_table):
 
 def _load_table(e: dict, data, fpath: str, make_table):
     """One table of a snapshot from its file's bytes ``data``, every check done."""
-    from .digest import format_digest
+    from ._hashing import format_digest
 
     made = make_table(e["name"], e["id"], e["kind"])
     if e["kind"] == F.KIND_CUSTOM:
@@ -731,7 +731,7 @@ def _check_crc(data, want: int, fpath: str) -> None:
 
 
 def _check_digest(total: int, count: int, e: dict, fpath: str) -> None:
-    from .digest import format_digest
+    from ._hashing import format_digest
 
     if format_digest(finish_digest(total, count)) != e["digest"]:
         raise CorruptionError(f"does not match table {e['name']!r}'s digest in META",
@@ -778,7 +778,7 @@ def _check_image_file(e: dict, data, fpath: str) -> None:
 def _check_numeric_file(e: dict, data, fpath: str) -> None:
     """A numeric table's Arrow file: size, structure against META's schema,
     CRC32C and the columns' digest."""
-    from .digest import format_digest
+    from ._hashing import format_digest
     from .numeric import NumericTable, column_digest
 
     _check_size(data, e["bytes"], fpath)

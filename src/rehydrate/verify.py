@@ -15,17 +15,10 @@ from . import _format as F
 from . import manifest as _manifest
 from ._backend import core as _core
 from .errors import CorruptionError, NotAStoreError, typed_io_errors
-from .recovery import Problem, RecoveryReport, _Walker, check_mode, clean_end_of, walk
+from .recovery import Problem, RecoveryReport, Walker, check_mode, clean_end_of, walk
 from .snapshot import META_NAME, load_base, migration_floor, no_base_error
 from .tables import KIND_NAMES, TableRegistry
 from .wal import WAL_DIR
-
-
-def _check_store_dir(path: str) -> None:
-    if not os.path.isdir(path):
-        raise NotAStoreError("no such directory", path=path)
-    if not os.path.isfile(os.path.join(path, _manifest.MANIFEST_NAME)):
-        raise NotAStoreError("no MANIFEST: not a rehydrate store", path=path)
 
 
 def is_snapshot_dir(path) -> bool:
@@ -70,7 +63,7 @@ def verify(path, *, recovery: str = "tolerate-tail", deep: bool = False,
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, _manifest.MANIFEST_NAME)):
         raise NotAStoreError("no MANIFEST and no META: neither a rehydrate store nor a "
                              "snapshot", path=path)
-    _check_store_dir(path)
+    _manifest.check_store_dir(path)
     man = _manifest.read(path)
     start = _manifest.log_start(man, path)
     floor = migration_floor(man)
@@ -92,8 +85,8 @@ def verify(path, *, recovery: str = "tolerate-tail", deep: bool = False,
                 deep = False
                 registry = TableRegistry(_core(), materialize=False, classes=classes)
                 base_lsn, base_offsets = 0, {}
-        walker = _Walker(_core(), path, "skip-corrupted", registry, deep, start, base_lsn, None,
-                         progress)
+        walker = Walker(_core(), path, "skip-corrupted", registry, deep, start, base_lsn, None,
+                        progress)
         walker.offsets.update(base_offsets)
         walker.clean_end = clean_end_of(man, path)
         try:
@@ -314,7 +307,7 @@ def _check_snapshots(path: str, report: RecoveryReport, bad: set) -> None:
     be loaded without their classes and are left out (said in the report).
     Those in ``bad`` (paths), already reported by their files, are not loaded.
     """
-    from .digest import _combine, format_digest, table_digest
+    from ._hashing import combine_digests, format_digest, table_digest
     from .errors import ConfigError
     from .snapshot import SNAPSHOTS_DIR, check_images, list_snapshots, load, snapshot_name
 
@@ -341,7 +334,7 @@ def _check_snapshots(path: str, report: RecoveryReport, bad: set) -> None:
             tail = walk(_core(), path, mode="skip-corrupted", registry=registry, apply=True,
                         applied_lsn=lsn, offsets=meta["offsets"], skip_covered=True,
                         start_lsn=start)
-            got = format_digest(_combine({n: table_digest(i.table)
+            got = format_digest(combine_digests({n: table_digest(i.table)
                                           for n, i in registry.by_name.items()}))
         except ConfigError:
             report.problems.append(Problem(
@@ -380,7 +373,7 @@ def _snapshots(path: str, man: dict) -> list:
 
 def _decode_everything(path: str, registry, report: RecoveryReport) -> None:
     """Decode every key and value of the replayed tables; digest them."""
-    from .digest import _combine, format_digest, table_digest
+    from ._hashing import combine_digests, format_digest, table_digest
     from .errors import ConfigError
 
     core = _core()
@@ -404,7 +397,7 @@ def _decode_everything(path: str, registry, report: RecoveryReport) -> None:
     report.table_digests = {n: (format_digest(digests[n]) if n in digests else None)
                             for n in sorted(registry.by_name)}
     if len(digests) == len(registry.by_name):
-        report.digest = format_digest(_combine(digests))
+        report.digest = format_digest(combine_digests(digests))
 
 
 @typed_io_errors
@@ -414,7 +407,7 @@ def inspect(path, *, progress=None, classes: Optional[dict] = None) -> dict:
     custom table restored from a snapshot without its class: ``classes``,
     name -> StateType subclass, gives it)."""
     path = os.fspath(path)
-    _check_store_dir(path)
+    _manifest.check_store_dir(path)
     man = _manifest.read(path)
     registry = TableRegistry(_core(), classes=classes)
     result = replay_readonly(path, man, "skip-corrupted", registry, progress)

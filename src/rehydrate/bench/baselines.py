@@ -136,10 +136,10 @@ class RedisServer:
         raise BaselineError(f"redis-server did not answer within {deadline_s} s")
 
     def command(self, *parts: bytes) -> bytes:
-        from .workload import _resp
+        from .workload import resp_command
 
         with socket.create_connection(("127.0.0.1", self.port), timeout=600) as s:
-            s.sendall(_resp(*parts))
+            s.sendall(resp_command(*parts))
             return s.recv(4096)
 
     def stop(self) -> None:

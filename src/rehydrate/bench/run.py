@@ -168,7 +168,7 @@ def main(args) -> int:
     """The command: exit 0, or 2 for bad parameters / no disk space."""
     import json
 
-    from ..cli import EXIT_OK, EXIT_USAGE
+    from ..exitcodes import EXIT_OK, EXIT_USAGE
 
     w = Workload(records=args.records, keys=args.keys, value_bytes=args.value_bytes,
                  mix=args.mix, snapshot_at=args.snapshot_at).check()

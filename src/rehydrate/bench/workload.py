@@ -97,7 +97,8 @@ def op_chunks(w: Workload):
         yield out
 
 
-def _resp(*parts: bytes) -> bytes:
+def resp_command(*parts: bytes) -> bytes:
+    """One command in Redis's wire protocol (RESP): an array of bulk strings."""
     out = [b"*%d\r\n" % len(parts)]
     for p in parts:
         out.append(b"$%d\r\n%s\r\n" % (len(p), p))
@@ -106,10 +107,10 @@ def _resp(*parts: bytes) -> bytes:
 
 def _as_resp(op, k, v) -> bytes:
     if op == OP_PUT:
-        return _resp(b"SET", k.encode(), v)
+        return resp_command(b"SET", k.encode(), v)
     if op == OP_INCR:
-        return _resp(b"INCRBY", k.encode(), b"%d" % v)
-    return _resp(b"DEL", k.encode())
+        return resp_command(b"INCRBY", k.encode(), b"%d" % v)
+    return resp_command(b"DEL", k.encode())
 
 
 def build(work: str, w: Workload, redis: bool, progress=None) -> dict:
