@@ -268,6 +268,28 @@ def test_a_torn_write_after_a_crash_is_still_cut(core, core_env, tmp_path):
             rh.Store.open(strict, recovery="strict")
 
 
+@pytest.mark.parametrize("forged", [
+    "not a dict", {"lsn": -1, "segment": None, "offset": None},
+    {"lsn": "2", "segment": None, "offset": None}, {"lsn": 2, "segment": 7, "offset": 150},
+    {"lsn": 2, "segment": "00000000000000000001.wal", "offset": "150"}, {"segment": "x"},
+], ids=["not-a-dict", "negative-lsn", "str-lsn", "int-segment", "str-offset", "no-lsn"])
+def test_a_forged_clean_end_is_a_bad_manifest(core, tmp_path, forged):
+    """The record is read from disk like everything else: untrusted."""
+    path = str(tmp_path / "s")
+    with rh.Store.open(path) as s:
+        s.put("t", "a", 1)
+    man = manifest.read(path)
+    man["clean_end"] = forged
+    manifest.write(path, man)
+    for read in (lambda: rh.Store.open(path), lambda: rh.verify(path)):
+        with pytest.raises(rh.CorruptionError) as e:
+            read()
+        assert e.value.reason == "bad_manifest" and "clean_end" in str(e.value)
+    cli = subprocess.run([sys.executable, "-m", "rehydrate", "verify", path],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode in (1, 2) and "Traceback" not in cli.stderr + cli.stdout
+
+
 @pytest.mark.parametrize("name", ["log-only", "with-snapshot"])
 def test_format1_stores_open_verify_and_go_on(core, tmp_path, name):
     """Stores written by format 1 read as before; new writes go into a

@@ -21,6 +21,7 @@ from typing import Optional
 from . import _fileio
 from . import _format as F
 from .errors import ConfigError, CorruptionError, RehydrateError, TornTailError
+from .manifest import MANIFEST_NAME
 from .wal import WAL_DIR, list_segments, segment_header_problem, segment_version
 
 MODES = ("strict", "tolerate-tail", "point-in-time", "skip-corrupted")
@@ -793,7 +794,7 @@ def clean_end_of(manifest: dict, directory: str) -> Optional[dict]:
             and (value.get("segment") is None or isinstance(value.get("segment"), str))
             and (value.get("offset") is None or type(value.get("offset")) is int)):
         raise CorruptionError(f"MANIFEST clean_end {value!r} is not a log position",
-                              path=os.path.join(directory, "MANIFEST"), reason="bad_manifest")
+                              path=os.path.join(directory, MANIFEST_NAME), reason="bad_manifest")
     return {"lsn": value["lsn"], "segment": value.get("segment"), "offset": value.get("offset")}
 
 

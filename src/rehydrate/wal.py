@@ -60,14 +60,15 @@ def segment_header_problem(buf, path: str, expected_first_lsn: int):
         raise UnsupportedFormatError(
             f"segment format {version} is newer than this rehydrate reads "
             f"({F.FORMAT_VERSION})", path=path, offset=8)
-    if version < F.MIN_FORMAT_VERSION or flags != 0 or reserved != 0 or header_bytes != F.SEGMENT_HEADER_BYTES:
+    if (version < F.MIN_FORMAT_VERSION or flags != 0 or reserved != 0
+            or header_bytes != F.SEGMENT_HEADER_BYTES):
         return "unknown segment header fields"
     if first_lsn != expected_first_lsn:
         return f"header says first LSN {first_lsn}, the file name {expected_first_lsn}"
     return None
 
 
-def segment_version(buf) -> int:
+def segment_version(buf: bytes) -> int:
     """The format version a segment header states (its frames' layout):
     what a reader passes to the core's frame functions. A header too short
     or damaged to say is read as the current format."""
