@@ -8,19 +8,20 @@ import threading
 import pytest
 
 from rehydrate import Store, _fileio
+from rehydrate.journal import Journal
 
 
 @pytest.fixture
 def flushes(monkeypatch):
     """An Event set after every completed flush of any store."""
     done = threading.Event()
-    orig = Store._flush_locked_io
+    orig = Journal.flush_locked
 
     def spy(self, fsync):
         orig(self, fsync)
         done.set()
 
-    monkeypatch.setattr(Store, "_flush_locked_io", spy)
+    monkeypatch.setattr(Journal, "flush_locked", spy)
     return done
 
 

@@ -115,7 +115,7 @@ def test_the_nth_failing_call_never_loses_an_ack_or_corrupts(tmp_path, core_env,
     count = _sweep(tmp_path / "count", point, err, ["count:0"], env)[0]
     sites = {tuple(c) for c in count["calls"]}
     if point == "posix/io/sync/fsync":  # the workload rolls the log and trims it
-        assert {("write", "wal.roll"), ("checkpoint", "store._trim_log")} <= sites, sites
+        assert {("write", "wal.roll"), ("checkpoint", "checkpointing.trim_log")} <= sites, sites
     ns = _chosen(count["calls"])
     with concurrent.futures.ThreadPoolExecutor(2) as pool:  # a writer on each core
         sweeps = pool.map(lambda mode: _sweep(tmp_path / mode, point, err,

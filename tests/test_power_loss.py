@@ -117,7 +117,7 @@ def _write(fs, sync, seed, rng, cut=None):
                 if sync != "always":
                     r = rng.random()
                     if r < 0.3:
-                        store._flush_out(fsync=sync == "interval")  # a background tick
+                        store._journal.flush(fsync=sync == "interval")  # a background tick
                     elif r < 0.45:
                         lsn = store.sync()
                         if not cut_done():

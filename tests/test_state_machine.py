@@ -19,6 +19,7 @@ from hypothesis.stateful import (
 )
 
 import rehydrate as rh
+from rehydrate.store import abandon
 from rehydrate.testing import Model, apply_to_store, check_recovery
 from helpers.tier import scale
 
@@ -110,14 +111,7 @@ class StoreLife(RuleBasedStateMachine):
         acked = s.durable_lsn
         # A process crash: the flush thread dies, buffered records with it;
         # what was written to the OS stays.
-        s._stop.set()
-        if s._thread is not None:
-            s._thread.join()
-        s._closed = True
-        s._release()
-        import atexit
-
-        atexit.unregister(s._atexit)
+        abandon(s)
         self._reopened(acked, crashed=True)
 
     @precondition(lambda self: self.n_migrations < 3)

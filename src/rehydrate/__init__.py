@@ -40,7 +40,9 @@ from .migrations import MigrationDriftWarning, Migrations
 from .numeric import NumericTable
 from .recovery import MODES as RECOVERY_MODES
 from .recovery import Problem, RecoveryReport
-from .store import SYNC_MODES, Batch, Store
+from .batch import Batch
+from .options import SYNC_MODES
+from .store import Store
 from .rollback import rollback
 from .verify import inspect, verify
 from .warmup import PHASES, Warmup

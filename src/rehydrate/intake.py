@@ -28,7 +28,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
-from typing import Optional
+from typing import Callable, Optional
 
 from .errors import BackpressureError, ConfigError
 
@@ -146,7 +146,6 @@ class Intake:
         self.sinks: dict = {}      # name -> PendingSink
         self.records = 0           # pending (logged, not yet applied) ops
         self.nbytes = 0
-        self.early_s: Optional[float] = None  # when writes were first taken
 
     def sink(self, name: str, table, kind_custom: bool) -> PendingSink:
         s = self.sinks.get(name)
@@ -156,6 +155,68 @@ class Intake:
 
     def full(self) -> bool:
         return self.records >= self.max_records or self.nbytes >= self.max_bytes
+
+    # Readiness. The methods that change it run with the store's lock held
+    # and are given the store's registry and write targets (None: the store
+    # is closed or failed, and takes no writes).
+    def mark_ready(self, name: str, registry, targets: Optional[dict]) -> None:
+        """``name``'s state is in: apply what waits for it."""
+        info = registry.by_name[name]
+        sink = self.sinks.pop(name, None)
+        if sink is not None:
+            sink.apply_to(info.table)
+        self.waiting.pop(name, None)
+        self.ready.add(name)
+        if targets is not None:
+            targets[name] = (info.table, info.tid)
+
+    def take_writes(self, registry, last_lsn: dict, targets: Optional[dict]) -> None:
+        """The log's end is known: take writes. A table with records in
+        the log still to replay (``last_lsn``: name -> the LSN by which
+        they are all in) waits for them; the others are ready now."""
+        for name in registry.names():
+            if name in last_lsn:
+                self.waiting[name] = last_lsn[name]
+            else:
+                self.mark_ready(name, registry, targets)
+        self.open = True
+        self.cv.notify_all()
+
+    def replayed_through(self, next_lsn: int, registry, targets: Optional[dict]) -> None:
+        """The replay is past ``next_lsn - 1``: tables whose records are
+        all in get their pending writes and become ready."""
+        for name in [n for n, last in self.waiting.items() if last < next_lsn]:
+            self.mark_ready(name, registry, targets)
+        self.cv.notify_all()
+
+    def all_in(self, registry, targets: Optional[dict]) -> None:
+        """The replay is over: every table's state is in."""
+        for name in registry.names():
+            if name not in self.ready:
+                self.mark_ready(name, registry, targets)
+        self.open = self.all_ready = True
+        self.cv.notify_all()
+
+    def table_ready(self, name: str) -> bool:
+        return self.all_ready or name in self.ready
+
+    def wait_table(self, name: str, timeout: Optional[float],
+                   failure: Callable[[], Optional[BaseException]]) -> bool:
+        """Wait (taking the store's lock) until ``name`` is ready (True) or
+        ``timeout`` passes (False); raises what ``failure()`` returns once
+        the open failed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.cv:
+            while True:
+                error = failure()
+                if error is not None:
+                    raise error
+                if self.all_ready or name in self.ready:
+                    return True
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self.cv.wait(left)
 
 
 class Deadline:
@@ -188,20 +249,24 @@ class TableView(Mapping):
     out not to have.
     """
 
-    def __init__(self, store, name: str) -> None:
-        self._store = store
+    def __init__(self, intake: Intake, name: str, get_table: Callable[[], Mapping],
+                 failure: Callable[[], Optional[BaseException]], path: str) -> None:
+        self._intake = intake
         self._name = name
+        self._get_table = get_table  # the store's table(name)
+        self._failure = failure
+        self._path = path
 
     @property
     def ready(self) -> bool:
-        return self._store._table_ready(self._name)
+        return self._intake.table_ready(self._name)
 
     def wait_ready(self, timeout: Optional[float] = None) -> bool:
-        return self._store._wait_table(self._name, timeout)
+        return self._intake.wait_table(self._name, timeout, self._failure)
 
     def _table(self):
-        self._store._wait_table(self._name, None)
-        return self._store.table(self._name)
+        self._intake.wait_table(self._name, None, self._failure)
+        return self._get_table()
 
     def __getitem__(self, key):
         return self._table()[key]
@@ -224,5 +289,5 @@ class TableView(Mapping):
         return getattr(self._table(), attr)
 
     def __repr__(self) -> str:
-        return f"<table {self._name!r} of {self._store.path!r}: " \
+        return f"<table {self._name!r} of {self._path!r}: " \
                f"{'ready' if self.ready else 'not ready'}>"

@@ -28,23 +28,49 @@ function needs anyway, and it is dropped before the checkpoints.
 
 from __future__ import annotations
 
-import os
+import threading
 import time
 from types import MappingProxyType
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from . import _format as F
+from ._hashing import format_digest
 from .errors import MigrationError
 from .migrations import Migration, Migrations
-from .wal import parse_segment_name
+from .tables import TableRegistry
 
 
 def _name(fn) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 
 
-def run_pending(store, migrations: Migrations, run) -> list:
+@dataclass(frozen=True)
+class MigrationHost:
+    """What the migrate phase may do with the store it runs in: the store
+    gives it this, and nothing of its own fields."""
+
+    path: str
+    core: Any
+    registry: TableRegistry
+    checkpoint_lock: threading.Lock
+    lsn: Callable[[], int]  # the last LSN logged
+    manifest: Callable[[], dict]  # the MANIFEST as the store holds it (read only)
+    state_digest: Callable[[], int]
+    # A checkpoint (``checkpoint_lock`` held); ``commit`` changes the
+    # MANIFEST that publishes it.
+    checkpoint_locked: Callable[..., dict]
+    # (name, table, version): make ``table`` the table's state at
+    # ``version``, under the store's lock (writers see the old or the new).
+    replace_state: Callable[[str, Any, int], None]
+    # (lsn) -> LSN got: log a no-op as the first record of a new segment,
+    # durably (``lsn`` when nothing else wrote meanwhile).
+    log_in_new_segment: Callable[[int], int]
+
+
+def run_pending(store: MigrationHost, migrations: Migrations, run: Any) -> list:
     """Apply the pending migrations in registration order; their ids."""
-    done = {e.get("id") for e in store._manifest.get("ledger") or []}
+    done = {e.get("id") for e in store.manifest().get("ledger") or []}
     applied = []
     for m in migrations.migrations:
         if m.id in done:
@@ -100,12 +126,10 @@ def _fill(new_table, kind: int, work: dict, core) -> None:
         put(encode_key(k), pack(v))
 
 
-def apply_one(store, migrations: Migrations, m: Migration) -> dict:
-    from .digest import format_digest
-
-    reg, path = store._registry, store.path
+def apply_one(store: MigrationHost, migrations: Migrations, m: Migration) -> dict:
+    reg, path = store.registry, store.path
     info = reg.by_name.get(m.table)
-    kind = info.kind if info is not None else (reg._wanted(m.table)[0] or F.KIND_KV)
+    kind = reg.kind_for(m.table)
     if kind not in (F.KIND_KV, F.KIND_DICT):
         raise MigrationError(f"migration {m.id!r}: table {m.table!r} is not a kv or dict "
                              "table; migrations reshape those", migration=m.id, path=path)
@@ -114,8 +138,8 @@ def apply_one(store, migrations: Migrations, m: Migration) -> dict:
         raise MigrationError(f"migration {m.id!r}: to_version {m.to_version} is not above "
                              f"table {m.table!r}'s version {current}", migration=m.id,
                              path=path, reason="migration_version")
-    core = store._core
-    digest_before = format_digest(store._state_digest())
+    core = store.core
+    digest_before = format_digest(store.state_digest())
     work = _decoded_copy(info.table if info is not None else None, kind, core)
     invariants = migrations.invariants.get(m.table, [])
     # Invariants get read-only views, never copies: the old state is not
@@ -135,7 +159,7 @@ def apply_one(store, migrations: Migrations, m: Migration) -> dict:
     del returned
     # Encoded before the invariants after run: what commits is exactly what
     # the function left, whatever an invariant does with its view.
-    new_table = reg._make(m.table, kind, hinted=False)
+    new_table = reg.new_table(m.table, kind)
     try:
         _fill(new_table, kind, work, core)
     except Exception as e:  # noqa: BLE001 - a key or value the store cannot hold
@@ -145,21 +169,18 @@ def apply_one(store, migrations: Migrations, m: Migration) -> dict:
     names = _check_invariants(invariants, MappingProxyType(work), m, "after the migration",
                               path)
     del work  # before the checkpoints, which copy tables
-    with store._checkpoint_lock:
-        base = store.lsn
-        if base not in (store._manifest.get("snapshots") or []):
+    with store.checkpoint_lock:
+        base = store.lsn()
+        if base not in (store.manifest().get("snapshots") or []):
             # The rollback point. (When the open loaded a snapshot at L and
             # nothing was logged after it, that snapshot already is one.)
-            base = store._checkpoint_locked()["lsn"]
-        with store._lock:
-            if info is None:
-                info = reg.create(m.table)
-            info.table = new_table
-            reg._upcasting.clear()
-            store._versions.stored[m.table] = m.to_version
-            store._targets.pop(m.table, None)
-        _mark_in_new_segment(store, base + 1)
-        digest_after = format_digest(store._state_digest())
+            base = store.checkpoint_locked()["lsn"]
+        store.replace_state(m.table, new_table, m.to_version)
+        got = store.log_in_new_segment(base + 1)
+        if got != base + 1:  # nothing else writes during the migrate phase
+            raise MigrationError(f"the migration's record got LSN {got}, not {base + 1}",
+                                 path=path, lsn=got)
+        digest_after = format_digest(store.state_digest())
         entry = {"id": m.id, "table": m.table, "code_hash": m.code_hash,
                  "applied_at": time.time(), "lsn": base + 1, "from_version": current,
                  "to_version": m.to_version, "digest_before": digest_before,
@@ -170,20 +191,5 @@ def apply_one(store, migrations: Migrations, m: Migration) -> dict:
             man["ledger"] = list(man.get("ledger") or []) + [entry]
             man["versions"] = dict(man.get("versions") or {}, **{m.table: m.to_version})
 
-        store._checkpoint_locked(commit=commit)
+        store.checkpoint_locked(commit=commit)
     return entry
-
-
-def _mark_in_new_segment(store, lsn: int) -> None:
-    """Log a no-op at ``lsn`` as the first record of a new segment."""
-    with store._io_lock:
-        wal = store._wal
-        first = parse_segment_name(os.path.basename(wal.path))
-        if not (first == lsn and wal.size == F.SEGMENT_HEADER_BYTES):
-            wal.roll(lsn)
-    with store._lock:
-        got = store._buf.noop()
-    if got != lsn:  # nothing else writes during the migrate phase
-        raise MigrationError(f"the migration's record got LSN {got}, not {lsn}",
-                             path=store.path, lsn=got)
-    store._make_durable(lsn)

@@ -278,3 +278,27 @@ class TableRegistry:
 
     def names(self) -> list[str]:
         return [self.by_id[tid].name for tid, _, _ in self.order]
+
+    # What the open and the migrate phase do with a registry, as methods, so
+    # that neither reaches into its fields.
+    def new_table(self, name: str, kind: int):
+        """A new, empty table of ``kind`` for ``name``, not registered (an
+        upcast or migrated copy that replaces the table's state)."""
+        return self._make(name, kind, hinted=False)
+
+    def kind_for(self, name: str) -> int:
+        """The kind ``name`` has, or would have if a write created it."""
+        info = self.by_name.get(name)
+        return info.kind if info is not None else (self._wanted(name)[0] or F.KIND_KV)
+
+    def replace_state(self, name: str, table, version: int) -> TableInfo:
+        """Make ``table`` the state of ``name`` at ``version`` (creating the
+        table if the log never named it); the readers of older versions
+        are dropped, as they were for the old state."""
+        info = self.by_name.get(name)
+        if info is None:
+            info = self.create(name)
+        info.table = table
+        self._upcasting.clear()
+        self.versions.stored[name] = version
+        return info

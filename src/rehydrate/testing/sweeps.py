@@ -82,16 +82,9 @@ def crash_at(n: int):
 def _abandon(store) -> None:
     """Let go of a store "killed" mid-work: its threads and its lock, without
     writing anything (a dead process writes nothing more)."""
-    import atexit
+    from ..store import abandon
 
-    store._stop.set()
-    for t in (store._thread, store._cp_thread):
-        if t is not None:
-            t.join()
-    store._closed = True
-    if store._atexit is not None:
-        atexit.unregister(store._atexit)
-    store._release()
+    abandon(store)
 
 
 def crash_sweep(directory: str, work: Callable, check: Callable, *,
