@@ -60,7 +60,6 @@ from .kvtable cimport KVTable
 
 from rehydrate import _format as F
 from rehydrate._custom import apply_custom
-from rehydrate.numeric import NumericTable
 from rehydrate._offsets import encode_offsets, split_offsets
 from rehydrate._core.codec import crc32c, encode_key, encode_varint, lz4_compress, pack_value
 from rehydrate.errors import (
@@ -1147,6 +1146,13 @@ cdef class _NumView:
         free(self.t.cols)
 
 
+cdef inline bint _numeric_columns(object table) except -1:
+    # A NumericTable, known by what its class says (rehydrate.numeric sets
+    # _rh_numeric_columns), so the core need not import it. Asked once per
+    # table and frame, not per record.
+    return getattr(type(table), "_rh_numeric_columns", False) is True
+
+
 cdef _NumView _num_view(object table):
     """The view of ``table``'s columns, or None when a column is not a
     writable, contiguous, little-endian 8-byte array (the Python path then
@@ -1418,7 +1424,7 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
                         sc.tab_many[tid] = sc.tab_kv[tid] == NULL and bool(
                             getattr(t, "_rh_many", False))
                         sc.tab_num[tid] = NULL
-                        if type(t) is NumericTable:
+                        if sc.tab_kv[tid] == NULL and _numeric_columns(t):
                             nv = _num_view(t)
                             if nv is not None:
                                 alive.append(nv)
