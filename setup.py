@@ -1,4 +1,12 @@
-"""Builds the native core ``rehydrate._core`` from ``src/_core``.
+"""Builds the native core ``rehydrate._core`` from ``src/rehydrate/_core``.
+
+The core's sources sit in its package: each ``.pyx`` with the ``.pxd`` that
+shares its cdef functions and classes with the other modules (cimported
+relatively, ``from .codec cimport ...``), and ``includes/`` with the C
+headers, the hand-written C sources and the ``.pxd`` declaring each header.
+Cython names every module after its place in the package, so the sources
+need no mirror path. Only the ``.pyi``, ``.pxd`` and headers are installed
+beside the extensions, never the ``.c`` Cython generates (pyproject.toml).
 
 Cython is a build requirement (pyproject.toml); a missing compiler or Cython
 stops the build with a clear message instead of installing a package whose
@@ -34,7 +42,9 @@ if any(cmd in sys.argv for cmd in ("build_ext", "build", "bdist_wheel", "install
                                    "editable_wheel")):
     _require_c_compiler()
 
-CORE = os.path.join("src", "_core")
+CORE = os.path.join("src", "rehydrate", "_core")
+INCLUDES = os.path.join(CORE, "includes")
+# Each extension module and the hand-written C (in includes/) it compiles in.
 C_SOURCES = {
     "codec": ["crc32c_impl.c", "lz4_decode.c"],
     "kvtable": [],
@@ -44,8 +54,8 @@ C_SOURCES = {
 extensions = [
     Extension(
         f"rehydrate._core.{name}",
-        [os.path.join(CORE, f"{name}.pyx")] + [os.path.join(CORE, c) for c in extra],
-        include_dirs=[CORE, os.path.join(CORE, "includes")],
+        [os.path.join(CORE, f"{name}.pyx")] + [os.path.join(INCLUDES, c) for c in extra],
+        include_dirs=[INCLUDES],
         extra_compile_args=["-O3", "-fno-strict-aliasing", "-Wno-unused-function"],
     )
     for name, extra in C_SOURCES.items()
@@ -61,6 +71,6 @@ setup(
             "cdivision": True,
             "initializedcheck": False,
         },
-        include_path=[CORE],
+        include_path=["src"],
     ),
 )

@@ -44,7 +44,7 @@ def test_native_core_is_the_compiled_extension():
     for mod in (native_codec, native_frames, native_kvtable):
         assert mod.__file__.endswith(suffixes), mod.__file__
     # The installed package, not a source tree on sys.path.
-    assert os.sep + "src" + os.sep + "_core" not in C.__file__
+    assert os.sep + "src" + os.sep + "rehydrate" not in C.__file__
 
 
 def test_native_exports_exactly_the_twins_names():

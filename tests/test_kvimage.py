@@ -1,4 +1,4 @@
-"""KV table images (src/_core/kvimage.h, docs/FORMAT.md "Snapshot files").
+"""KV table images (src/rehydrate/_core/includes/kvimage.h, docs/FORMAT.md "Snapshot files").
 
 What is checked:
 

@@ -6,7 +6,7 @@
 # verify.py (standalone checks), tables.py (the table registry), kinds.py
 # (DictTable and custom StateType tables), numeric.py (NumericTable), errors.py,
 # cli.py (the `rehydrate` command). The hot code lives in the native core
-# `rehydrate._core` (src/_core, Cython) with its pure-Python twin in
+# `rehydrate._core` (_core/, Cython + C) with its pure-Python twin in
 # `rehydrate._pure`; `_backend.py` picks one. docs/FORMAT.md is the on-disk spec.
 """rehydrate: fast, safe, observable rebuilds of in-memory state from a WAL."""
 

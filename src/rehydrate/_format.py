@@ -1,4 +1,4 @@
-"""On-disk format constants (mirror of ``src/_core/_format.pxd``).
+"""On-disk format constants (mirror of ``src/rehydrate/_core/_format.pxd``).
 
 docs/FORMAT.md is the spec; this module and the ``.pxd`` are its only two
 spellings in code, and ``tests/test_format_constants.py`` checks they agree.

@@ -62,6 +62,10 @@ class NumericTable(Ready):
     the store, so they are logged)."""
 
     __slots__ = ("_columns", "_rows", "_index", "_arrays", "_name", "__weakref__")
+    # How the native core knows this table without importing this module:
+    # replay may set cells of ``_live()``'s arrays itself, with
+    # ``rows`` and ``columns`` as the layout.
+    _rh_numeric_columns = True
 
     def __init__(self, columns, rows: int):
         self._columns = _check_columns(columns)

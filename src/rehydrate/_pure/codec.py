@@ -1,6 +1,6 @@
 """Keys, values, varints, checksums and LZ4: the byte-level codecs.
 
-Plain-Python reference for ``rehydrate._core`` (``src/_core/codec.pyx``);
+Plain-Python reference for ``rehydrate._core`` (``src/rehydrate/_core/codec.pyx``);
 names, results and errors are identical, and tests compare the two.
 """
 

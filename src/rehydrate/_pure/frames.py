@@ -2,7 +2,7 @@
 
 A *record* is one logical op with one LSN; a *frame* is the physical unit on
 disk (header + checksummed payload of records) and the unit of atomicity.
-Plain-Python reference for ``src/_core/frames.pyx``: same names, same bytes,
+Plain-Python reference for ``src/rehydrate/_core/frames.pyx``: same names, same bytes,
 same ScanResult for the same input.
 """
 

@@ -1,6 +1,6 @@
 """KVTable: the key/value table, plain-Python reference.
 
-The native twin (``src/_core/kvtable.pyx``) is an open-addressing hash table
+The native twin (``src/rehydrate/_core/kvtable.pyx``) is an open-addressing hash table
 with keys and msgpack value bytes in an arena. Both expose the same read-only
 ``Mapping`` surface to users and the same ``_raw`` methods to the writer and
 the replay loop. Keys are canonical key bytes (see ``encode_key``); values are

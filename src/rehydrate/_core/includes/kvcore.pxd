@@ -2,7 +2,7 @@
 # and frames modules compile these inline functions; they agree because they
 # share this one header and the rh_kv struct lives in the KVTable object.
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
-from includes.valcodec cimport rh_num
+from .valcodec cimport rh_num
 
 cdef extern from "kvcore.h":
     enum:
@@ -67,19 +67,3 @@ cdef extern from "kvcore.h":
                             uint64_t vlimit, uint64_t *sum) nogil
     int rh_bulk_load(rh_kv *kv, uint64_t n, const int32_t *koff, const unsigned char *kdata,
                      const int32_t *voff, const unsigned char *vdata, rh_digest_acc *acc) nogil
-
-cdef extern from "kvimage.h":
-    enum:
-        RH_IMG_HEADER
-    ctypedef struct rh_img_header:
-        uint32_t version
-        uint32_t slot_bits
-        uint64_t count
-        uint64_t arena_len
-        uint64_t slots
-    int rh_img_read_header(const unsigned char *p, uint64_t file_size, rh_img_header *h) nogil
-    uint64_t rh_img_size(const rh_kv *src, uint64_t *arena_len) nogil
-    int rh_img_build(const rh_kv *src, unsigned char *out, uint64_t arena_len) nogil
-    int rh_img_map(rh_kv *kv, int fd, const rh_img_header *h) nogil
-    int rh_img_digest_sum(const unsigned char *arena, uint64_t len, uint64_t count,
-                          uint64_t *sum) nogil

@@ -3,11 +3,12 @@
 # Layout: codec (CRC32C, LZ4 decode, keys, values, varints; C in
 # crc32c_impl.c, lz4_decode.c, valcodec.h), kvtable (KVTable over kvcore.h's
 # hash table + arena), frames (LogBuffer, Staging, frame encode/parse,
-# payload decode in payload.h, and scan_frames, the replay loop). External C
-# is declared in includes/*.pxd; the modules share their cdef functions and
-# classes through rehydrate/_core/*.pxd (that path gives Cython the
-# installed module names; see codec.pxd there). Format constants:
-# _format.pxd (cdef enum), mirrored from rehydrate/_format.py.
+# payload decode in payload.h, and scan_frames, the replay loop). Each .pyx
+# has beside it the .pxd through which the other modules cimport its cdef
+# functions and classes (`from .codec cimport ...`). includes/ holds the C:
+# each header (and crc32c_impl.c, lz4_decode.c) with the .pxd declaring it.
+# Format constants: _format.pxd (cdef enum), mirrored from
+# rehydrate/_format.py.
 #
 # The public names are exactly the twin's (rehydrate._pure.__all__).
 

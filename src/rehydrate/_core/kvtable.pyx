@@ -16,7 +16,7 @@ from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uint8_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
-from includes.kvcore cimport (
+from .includes.kvcore cimport (
     RH_ENTRY_DEAD, RH_VALUE_MAX, rh_arena_copy, rh_arena_next, rh_arena_prepare, rh_clear,
     rh_delete, rh_digest_acc, rh_digest_acc_init, rh_digest_acc_sum, rh_entry, rh_entry_at,
     rh_entry_key, rh_entry_value, rh_find, rh_incr, rh_key, rh_key_from_bytes, rh_kv,
@@ -24,17 +24,17 @@ from includes.kvcore cimport (
     rh_pairs_digest_sum, rh_put,
     rh_reserve,
 )
-from includes.kvcore cimport (
+from .includes.kvimage cimport (
     RH_IMG_HEADER, rh_img_build, rh_img_digest_sum, rh_img_header, rh_img_map, rh_img_read_header,
     rh_img_size,
 )
-from includes.xxh64 cimport (
+from .includes.xxh64 cimport (
     rh_xxh64, rh_xxh64_digest, rh_xxh64_reset, rh_xxh64_state, rh_xxh64_update, rh_xxh64_x4,
 )
-from includes.payload cimport rh_key_wellformed
-from includes.valcodec cimport RH_INCR_OK, RH_NUM_MAX_BYTES, rh_mp_skip, rh_num
-from includes.rhbuf cimport rh_buf, rh_buf_free
-from rehydrate._core.codec cimport (
+from .includes.payload cimport rh_key_wellformed
+from .includes.valcodec cimport RH_INCR_OK, RH_NUM_MAX_BYTES, rh_mp_skip, rh_num
+from .includes.rhbuf cimport rh_buf, rh_buf_free
+from .codec cimport (
     decode_key_ptr, fast_delta, incr_error, incr_value_generic, key_view, pack_into, unpack_ptr,
 )
 

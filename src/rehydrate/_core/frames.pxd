@@ -1,9 +1,8 @@
-# The writer's cdef classes (LogBuffer, Staging). Dotted file name: see
-# codec.pxd.
+# The writer's cdef classes (LogBuffer, Staging).
 from libc.stdint cimport int64_t, uint32_t, uint64_t
-from includes.rhbuf cimport rh_buf
-from includes.kvcore cimport rh_key, rh_kv
-from includes.valcodec cimport rh_num
+from .includes.rhbuf cimport rh_buf
+from .includes.kvcore cimport rh_key, rh_kv
+from .includes.valcodec cimport rh_num
 
 # One staged record: its key and value bytes live in Staging.data.
 ctypedef struct rh_staged:

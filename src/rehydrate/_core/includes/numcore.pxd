@@ -1,6 +1,6 @@
 # Replay of NumericTable records without the GIL (numcore.h).
 from libc.stdint cimport uint32_t, uint64_t
-from includes.payload cimport rh_rec
+from .payload cimport rh_rec
 
 cdef extern from "numcore.h":
     ctypedef struct rh_numtab:

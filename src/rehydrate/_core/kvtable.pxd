@@ -1,7 +1,7 @@
 # The KVTable cdef class, shared with rehydrate._core.frames (which applies
-# records straight into .kv). Location: see codec.pxd.
+# records straight into .kv).
 from libc.stdint cimport int32_t
-from includes.kvcore cimport rh_kv
+from .includes.kvcore cimport rh_kv
 
 cdef class KVTable:
     cdef rh_kv kv

@@ -22,7 +22,7 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
-from _format cimport (
+from ._format cimport (
     CODEC_LZ4, CODEC_NONE, DECL_KIND_MASK, DECL_VERSION_FLAG, FLAG_OFFSETS,
     FORMAT_VERSION, FRAME_HEADER_BYTES, FRAME_HEADER_BYTES_V1, FRAME_HEADER_CRC_SPAN,
     FRAME_MAGIC, FRAME_MAGIC_V1, KIND_CUSTOM, KIND_DICT, KIND_KV, KIND_NUMERIC,
@@ -32,35 +32,34 @@ from _format cimport (
     SCAN_BAD_PAYLOAD, SCAN_CANCELLED, SCAN_LSN_GAP, SCAN_LSN_OVERLAP, SCAN_OK,
     SCAN_TRUNCATED,
 )
-from includes.compiler cimport RH_PREFETCH
-from includes.kvcore cimport (
+from .includes.rh_compiler cimport RH_PREFETCH
+from .includes.kvcore cimport (
     rh_clear, rh_delete, rh_entry, rh_find, rh_incr, rh_key, rh_key_from_bytes, rh_kv,
     rh_put, rh_slot,
 )
-from includes.lz4_decode cimport RH_LZ4_SLACK
-from includes.numcore cimport rh_num_apply_run, rh_numtab
-from includes.payload cimport (
+from .includes.lz4_decode cimport RH_LZ4_SLACK
+from .includes.numcore cimport rh_num_apply_run, rh_numtab
+from .includes.payload cimport (
     RH_P_CANCELLED, RH_P_COUNT, RH_P_DECL, RH_P_DECL_COUNT, RH_P_DECL_NAME, RH_P_KEY_LEN,
     RH_P_MALFORMED, RH_P_NOMEM, RH_P_OFFSETS_COUNT, RH_P_OK, RH_P_TOO_MANY,
     RH_P_UNDECLARED, RH_P_UNKNOWN_OP, RH_P_VALUE_LEN, RH_TID_SPACE, rh_decl,
     rh_decode_payload, rh_decoded, rh_decoded_free, rh_rec, rh_skip_offsets,
 )
-from includes.rhbuf cimport (
+from .includes.rhbuf cimport (
     rh_buf, rh_buf_free, rh_buf_put_byte, rh_buf_put_bytes, rh_buf_put_varint,
     rh_buf_reserve, rh_varint_len,
 )
-from includes.valcodec cimport (
+from .includes.valcodec cimport (
     RH_INCR_OK, RH_NUM_MAX_BYTES, rh_decode_number, rh_num, rh_pack_num,
 )
-from rehydrate._core.codec cimport (
+from .codec cimport (
     crc32c_raw, delta_num, incr_error, key_bytes, key_view, lz4_decode_raw, lz4_reason,
     num_to_py, pack_into,
 )
-from rehydrate._core.kvtable cimport KVTable
+from .kvtable cimport KVTable
 
 from rehydrate import _format as F
 from rehydrate._custom import apply_custom
-from rehydrate.numeric import NumericTable
 from rehydrate._offsets import encode_offsets, split_offsets
 from rehydrate._core.codec import crc32c, encode_key, encode_varint, lz4_compress, pack_value
 from rehydrate.errors import (
@@ -1147,6 +1146,13 @@ cdef class _NumView:
         free(self.t.cols)
 
 
+cdef inline bint _numeric_columns(object table) except -1:
+    # A NumericTable, known by what its class says (rehydrate.numeric sets
+    # _rh_numeric_columns), so the core need not import it. Asked once per
+    # table and frame, not per record.
+    return getattr(type(table), "_rh_numeric_columns", False) is True
+
+
 cdef _NumView _num_view(object table):
     """The view of ``table``'s columns, or None when a column is not a
     writable, contiguous, little-endian 8-byte array (the Python path then
@@ -1418,7 +1424,7 @@ def scan_frames(buf, offset, next_lsn, applied_lsn, ctx, apply=True,
                         sc.tab_many[tid] = sc.tab_kv[tid] == NULL and bool(
                             getattr(t, "_rh_many", False))
                         sc.tab_num[tid] = NULL
-                        if type(t) is NumericTable:
+                        if sc.tab_kv[tid] == NULL and _numeric_columns(t):
                             nv = _num_view(t)
                             if nv is not None:
                                 alive.append(nv)

@@ -15,16 +15,16 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
-from _format cimport (
+from ._format cimport (
     KEY_TAG_BYTES, KEY_TAG_INT, KEY_TAG_STR, MAX_FRAME_PAYLOAD_BYTES, MAX_KEY_BYTES,
 )
-cimport _format
-from includes.crc32c cimport rh_crc32c, rh_crc32c_hw_active, rh_crc32c_init, rh_crc32c_select
-from includes.kvcore cimport rh_hash_parts, rh_key
-from includes.lz4_decode cimport RH_LZ4_SLACK, rh_lz4_decode, rh_lz4_reason
-from includes.payload cimport rh_key_wellformed
-from includes.rhbuf cimport rh_buf, rh_buf_put_bytes, rh_buf_reserve, rh_read_varint
-from includes.valcodec cimport (
+from . cimport _format
+from .includes.crc32c_impl cimport rh_crc32c, rh_crc32c_hw_active, rh_crc32c_init, rh_crc32c_select
+from .includes.kvcore cimport rh_hash_parts, rh_key
+from .includes.lz4_decode cimport RH_LZ4_SLACK, rh_lz4_decode, rh_lz4_reason
+from .includes.payload cimport rh_key_wellformed
+from .includes.rhbuf cimport rh_buf, rh_buf_put_bytes, rh_buf_reserve, rh_read_varint
+from .includes.valcodec cimport (
     RH_INCR_NOT_NUMBER, RH_INCR_OK, RH_INCR_OUT_OF_INT64, RH_INCR_OVERFLOW, RH_NUM_F64,
     RH_NUM_I64, RH_NUM_MAX_BYTES, RH_NUM_U64, rh_decode_number, rh_incr_bytes, rh_num,
     rh_pack_f64, rh_pack_i64, rh_pack_u64,

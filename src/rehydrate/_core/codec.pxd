@@ -1,14 +1,9 @@
-# C-level surface of rehydrate._core.codec shared with kvtable and frames.
-#
-# Why this file sits in src/_core/rehydrate/_core/: the sources live in
-# src/_core but install as rehydrate._core. Cython names a module after where
-# it finds the .pxd on its include path (src/_core), so this path makes
-# `cimport rehydrate._core.codec` import the functions from the installed
-# module at run time (a plain codec.pxd would make it look for "codec").
+# C-level surface of rehydrate._core.codec shared with kvtable and frames
+# (`from .codec cimport ...`).
 from libc.stdint cimport uint32_t
-from includes.kvcore cimport rh_key
-from includes.rhbuf cimport rh_buf
-from includes.valcodec cimport rh_num
+from .includes.kvcore cimport rh_key
+from .includes.rhbuf cimport rh_buf
+from .includes.valcodec cimport rh_num
 
 # Fills *k for a Python key (str, bytes or int; a view, nothing copied; ibuf
 # holds an int key's 8 bytes). Returns 0; or 1 for an unsupported key when

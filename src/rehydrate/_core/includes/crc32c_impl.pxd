@@ -1,4 +1,4 @@
-# CRC32C in C (crc32c_impl.c; compiled into the codec module only).
+# CRC32C in C (crc32c_impl.h, crc32c_impl.c; compiled into the codec module only).
 from libc.stdint cimport uint32_t
 
 cdef extern from "crc32c_impl.h":
