@@ -16,8 +16,8 @@ from ._backend import core as _core
 from ._hashing import combine_digests, format_digest, table_digest
 from .errors import ConfigError, typed_io_errors
 from .recovery import check_mode
+from .replay import replay_readonly
 from .tables import TableRegistry
-from .verify import replay_readonly
 
 __all__ = ["digest_dir", "format_digest", "parse_digest", "state_digest", "table_digest"]
 

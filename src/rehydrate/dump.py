@@ -1,7 +1,8 @@
 """Records of a state directory, decoded, for ``rehydrate dump``.
 
-Only frames that pass every check are decoded (the same walk ``verify``
-does); problems come out in the stream as ``{"problem": {...}}`` items.
+Only frames that pass every check are decoded (the log read as ``verify``
+reads it: ``replay.scan_log``); problems come out in the stream as
+``{"problem": {...}}`` items.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from ._offsets import split_offsets
 from ._backend import core as _core
 from .catalog import snapshot_tables
 from .errors import ConfigError, NotAStoreError
-from .recovery import check_mode, clean_end_of, walk
+from .recovery import check_mode
+from .replay import scan_log
 from .tables import TableRegistry
 from .wal import segment_version
 
@@ -57,9 +59,7 @@ def dump_records(path, *, table=None, from_lsn=None, to_lsn=None, recovery="tole
     core = _core()
     # From where the log starts (records before it live only in snapshots).
     registry = TableRegistry(core, materialize=False)
-    report = walk(core, path, mode="skip-corrupted", registry=registry, apply=False,
-                  start_lsn=_manifest.log_start(man, path),
-                  clean_end=clean_end_of(man, path)).report
+    report = scan_log(path, man, registry).report
     if table is not None and table not in registry.by_name:
         # A table whose records the trimmed log no longer holds is still a
         # table (its snapshot has it): an empty dump, not an error.

@@ -21,13 +21,14 @@ import os
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, NamedTuple, Optional
 
 from . import _fileio
 from . import _format as F
 from ._backend import core as _core
 from ._hashing import finish_digest
-from .errors import CorruptionError
+from .errors import CorruptionError, StorageIOError
+from .recovery import Problem
 
 SNAPSHOTS_DIR = "snapshots"
 META_NAME = "META"
@@ -38,6 +39,8 @@ _META_HEADER = struct.Struct("<8sII")
 # 2 GiB (int32 offsets), so a table loads in one bulk pass.
 BATCH_ROWS = (1 << 31) - 1
 MAX_META_BYTES = 64 * 1024 * 1024
+# OS errors that mean a snapshot's file or folder is not there: damage.
+MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
 def snapshot_name(lsn: int) -> str:
@@ -894,29 +897,92 @@ def migration_floor(manifest: dict) -> int:
                default=0)
 
 
-def load_base(directory: str, manifest: dict, registry) -> tuple:
-    """For a reader (verify, inspect, digest): load the newest snapshot that
-    passes its checks into ``registry``, changing nothing on disk.
+class Base(NamedTuple):
+    """The snapshot a state starts from (``load_base``): its LSN and source
+    offsets (0 and {} when none loads), and a ``bad_snapshot`` Problem
+    (action "skipped") for each newer one that failed."""
 
-    Returns (LSN, source offsets), or (0, {}) when none loads. A reader needs
-    this only when the log no longer starts at LSN 1 (MANIFEST ``log_start``)
-    or a migration reshaped the state (only snapshots from it on will do).
+    lsn: int
+    offsets: dict
+    problems: list
+
+
+def load_base(directory: str, manifest: dict, registry, *, strict: bool = False,
+              on_bad: Optional[Callable[[int, str], None]] = None,
+              adapt: Optional[Callable[..., object]] = None) -> Base:
+    """Load the newest listed snapshot that passes its checks into
+    ``registry``: the one loader of a state's base, for an open and for the
+    readers (verify, inspect, digest). Snapshots from before the newest
+    migration (``migration_floor``) are never used.
+
+    A snapshot that fails a check (or whose META names another LSN) is
+    reported in ``problems`` and the next older one is tried; with none,
+    the LSN is 0 (the whole log makes the state). ``on_bad(lsn, path)`` is
+    called for each that failed (an open takes it out of use there);
+    ``strict`` raises instead (CorruptionError, reason ``bad_snapshot``).
+    ``adapt(name, kind, table, version, path, lsn)`` returns the table to
+    add in place of each loaded one (an open's upcasters), ``version`` being
+    the table's in META.
+
+    An OS error other than a missing file says nothing of the snapshot's
+    bytes, so it is never called a failed check: a caller that acts on one
+    (``strict`` or ``on_bad``) gets StorageIOError and nothing is dropped;
+    with the defaults (a reader, which changes nothing on disk) the snapshot
+    is passed over like a failed one (docs/snapshots.md, "Fallback").
     """
     floor = migration_floor(manifest)
+    problems: list = []
     for lsn in sorted(manifest.get("snapshots") or [], reverse=True):
         if lsn < floor:
-            break
-        path = os.path.join(directory, SNAPSHOTS_DIR, snapshot_name(lsn))
+            break  # from before a migration: the log after it is another version's
+        spath = os.path.join(directory, SNAPSHOTS_DIR, snapshot_name(lsn))
         try:
-            meta, tables = load(path, registry.snapshot_table)
-        except (CorruptionError, OSError):
+            meta, tables = load(spath, registry.snapshot_table)
+            if meta["lsn"] != lsn:
+                raise CorruptionError(f"snapshot META says LSN {meta['lsn']}", path=spath,
+                                      reason="bad_snapshot")
+        except (CorruptionError, OSError) as e:
+            if isinstance(e, OSError) and not isinstance(e, MISSING) and \
+                    (strict or on_bad is not None):
+                # An I/O error (EIO, EACCES, ENOMEM, ...): dropping the
+                # snapshot could leave a trimmed log no base. Keep it, fail
+                # this open; the next one can load it.
+                raise StorageIOError.wrap(e, spath) from e
+            if strict:
+                if isinstance(e, OSError):
+                    raise CorruptionError(f"snapshot unreadable: {e}", path=spath, lsn=lsn,
+                                          reason="bad_snapshot") from e
+                raise
+            problems.append(Problem("bad_snapshot", spath, None, lsn, str(e),
+                                    action="skipped"))
+            if on_bad is not None:
+                on_bad(lsn, spath)
             continue
-        if meta["lsn"] != lsn:
-            continue
+        if adapt is not None:
+            versions = {e["name"]: entry_version(e, spath) for e in meta["tables"]}
         for name, tid, kind, table in tables:
+            if adapt is not None:
+                table = adapt(name, kind, table, versions[name], spath, lsn)
             registry.add_loaded(name, tid, kind, table)
-        return lsn, dict(meta["offsets"])
-    return 0, {}
+        return Base(lsn, dict(meta["offsets"]), problems)
+    return Base(0, {}, problems)
+
+
+def check_base(directory: str, manifest: dict, base_lsn: int, log_start: int) -> None:
+    """Raise ``no_base_error`` when a state starting from the snapshot at
+    ``base_lsn`` (0: none) cannot be made: the log, which starts at
+    ``log_start``, no longer holds the records after it, or a migration
+    after it reshaped the state (only a snapshot from the migration on
+    will do). The error names LSN ``max(log_start, floor + 1)``, as verify's
+    ``no_base`` problem does."""
+    if not has_base(manifest, base_lsn, log_start):
+        raise no_base_error(directory, max(log_start, migration_floor(manifest) + 1))
+
+
+def has_base(manifest: dict, base_lsn: int, log_start: int) -> bool:
+    """Can a state start from the snapshot at ``base_lsn`` (0: none), the
+    log starting at ``log_start``? (``check_base`` raises where not.)"""
+    return base_lsn + 1 >= log_start and base_lsn >= migration_floor(manifest)
 
 
 def no_base_error(directory: str, log_start: int) -> CorruptionError:

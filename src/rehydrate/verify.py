@@ -15,8 +15,9 @@ from . import _format as F
 from . import manifest as _manifest
 from ._backend import core as _core
 from .errors import CorruptionError, NotAStoreError, typed_io_errors
-from .recovery import Problem, RecoveryReport, Walker, check_mode, clean_end_of, walk
-from .snapshot import META_NAME, load_base, migration_floor, no_base_error
+from .recovery import Problem, RecoveryReport, check_mode, walk
+from .replay import reader_walker, replay_readonly
+from .snapshot import META_NAME, migration_floor
 from .tables import KIND_NAMES, TableRegistry
 from .wal import WAL_DIR
 
@@ -65,8 +66,6 @@ def verify(path, *, recovery: str = "tolerate-tail", deep: bool = False,
                              "snapshot", path=path)
     _manifest.check_store_dir(path)
     man = _manifest.read(path)
-    start = _manifest.log_start(man, path)
-    floor = migration_floor(man)
     from concurrent.futures import ThreadPoolExecutor
 
     # The snapshots are checked on a second thread while this one walks the
@@ -76,19 +75,14 @@ def verify(path, *, recovery: str = "tolerate-tail", deep: bool = False,
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rehydrate-verify") as pool:
         checking = pool.submit(_check_listed, path, man)
         registry = TableRegistry(_core(), materialize=deep, classes=classes)
-        base_lsn, base_offsets = 0, {}
-        if deep and (start > 1 or floor):  # the log alone no longer makes the state
-            base_lsn, base_offsets = load_base(path, man, registry)
-            if base_lsn + 1 < start or base_lsn < floor:
-                # No state to build (no_base, reported below); the log is
-                # still checked.
-                deep = False
-                registry = TableRegistry(_core(), materialize=False, classes=classes)
-                base_lsn, base_offsets = 0, {}
-        walker = Walker(_core(), path, "skip-corrupted", registry, deep, start, base_lsn, None,
-                        progress)
-        walker.offsets.update(base_offsets)
-        walker.clean_end = clean_end_of(man, path)
+        # Read past damage, as skip-corrupted would, so every problem is
+        # listed. Without a base (no_base, reported below) no state is
+        # built; the log is still checked.
+        walker = reader_walker(
+            path, man, "skip-corrupted", registry, apply=deep, progress=progress,
+            no_base="check",
+            fresh_registry=lambda: TableRegistry(_core(), materialize=False, classes=classes))
+        deep, registry = walker.apply, walker.registry
         try:
             report = walker.run().report
         except CorruptionError as e:
@@ -256,24 +250,6 @@ def _verify_snapshot_dir(path: str, recovery: str, deep: bool) -> RecoveryReport
         else:
             _decode_everything(path, registry, report)
     return report
-
-
-def replay_readonly(path: str, man: dict, mode: str, registry, progress=None):
-    """The state a reader sees, built in ``registry`` without changing a byte:
-    the log replayed from its start, on top of the newest valid snapshot when
-    the log no longer starts at LSN 1."""
-    start = _manifest.log_start(man, path)
-    base_lsn, base_offsets = 0, {}
-    floor = migration_floor(man)
-    if start > 1 or floor:
-        base_lsn, base_offsets = load_base(path, man, registry)
-        if base_lsn + 1 < start or base_lsn < floor:
-            raise no_base_error(path, max(start, floor + 1))
-    # Every segment from the log's start is read and checked (a reader reports
-    # what is there), though records the snapshot holds are not applied.
-    return walk(_core(), path, mode=mode, registry=registry, apply=True, progress=progress,
-                start_lsn=start, applied_lsn=base_lsn, offsets=base_offsets,
-                clean_end=clean_end_of(man, path))
 
 
 def _check_ledger_digests(path: str, man: dict, report: RecoveryReport) -> None:
