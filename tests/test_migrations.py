@@ -407,7 +407,7 @@ def test_a_rollback_cut_after_its_commit_is_finished_by_the_next_open(store_dir,
     from rehydrate import manifest
     from rehydrate.testing import SimulatedCrash
 
-    rb = importlib.import_module("rehydrate.rollback")  # (the package exports the function)
+    rb = importlib.import_module("rehydrate.migration_rollback")
 
     before, _, base = _rolled_forward(store_dir)
     plan = rh.rollback(store_dir, dry_run=True)

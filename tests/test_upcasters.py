@@ -64,7 +64,7 @@ def test_writes_are_stamped_with_the_current_version(store_dir):
         s.checkpoint()  # a v3 snapshot
     with Store.open(store_dir, migrations=_v3()) as s:
         assert s.table("prices")[1000]["tax"] == 0.2
-    from rehydrate.rollback import status  # the versions the log and snapshot hold
+    from rehydrate.migration_rollback import status  # the versions the log and snapshot hold
 
     info = status(store_dir)["tables"]["prices"]
     assert info["snapshot_version"] == 3 and info["log_versions"] == [1, 2]

@@ -43,7 +43,7 @@ from .recovery import Problem, RecoveryReport
 from .batch import Batch
 from .options import SYNC_MODES
 from .store import Store
-from .rollback import rollback
+from .migration_rollback import rollback
 from .verify import inspect, verify
 from .warmup import PHASES, Warmup
 

@@ -370,7 +370,7 @@ def _print_ledger(ledger) -> None:
 
 
 def _cmd_migrate_status(args) -> int:
-    from .rollback import status
+    from .migration_rollback import status
 
     st = status(args.dir)
     if args.json:
@@ -424,7 +424,7 @@ def _cmd_migrate_apply(args) -> int:
 
 def _cmd_migrate_rollback(args) -> int:
     from .errors import MigrationError
-    from .rollback import rollback
+    from .migration_rollback import rollback
 
     try:
         plan = rollback(args.dir, steps=args.steps, to=args.to, dry_run=args.dry_run,
@@ -449,7 +449,7 @@ def _cmd_migrate_rollback(args) -> int:
 
 
 def _cmd_migrate_confirm(args) -> int:
-    from .rollback import confirm
+    from .migration_rollback import confirm
 
     newly = confirm(args.dir)
     if args.json:

@@ -18,8 +18,8 @@ stamps each table it declares with the version its records were written at
   and committed, with its **ledger** entry, in one MANIFEST write.
 
 This module holds the registry users fill (``Migrations``) and what the
-store needs from it; the store runs the migrate phase (``store.py``) and
-``rollback`` lives in ``rollback.py``.
+store needs from it; the migrate phase runs in ``migrate_phase.py``,
+``rollback`` in ``migration_rollback.py``.
 """
 
 from __future__ import annotations

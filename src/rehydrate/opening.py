@@ -31,18 +31,13 @@ from . import plan as _plan
 from . import snapshot as _snapshot
 from .errors import (
     ConfigError, CorruptionError, InvalidOperationError, MigrationError, NotAStoreError,
-    StorageIOError,
 )
 from .migrations import Migrations, Versions, upcast_table, warn_drift
 from .options import Options
 from .recovery import CancelledError, Problem, RecoveryReport, apply_actions, clean_end_of, walk
-from .rollback import check_ledger, finish_rollback
+from .migration_rollback import check_ledger, finish_rollback
 from .tables import TableRegistry
 from .wal import WAL_DIR, list_segments
-
-# OS errors that mean a snapshot's file or folder is not there: damage.
-_MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
-
 
 def prepare_directory(path: str, create: bool) -> None:
     """Make sure ``path`` is a store (creating one if allowed), or refuse."""
@@ -166,52 +161,6 @@ def _at_version(planned: Planned, core: Any, name: str, kind: int, table: Any, v
                              reason="upcaster_error") from e.__cause__
 
 
-def load_snapshot(path: str, planned: Planned, recovery: str,
-                  core: Any) -> tuple[int, dict, list]:
-    """(LSN, source offsets, problems) of the newest snapshot that loads,
-    its tables added to ``planned.registry``.
-
-    A snapshot that fails a check is renamed ``<lsn>.broken``, dropped
-    from the MANIFEST and reported, and the next older one is tried; with
-    none, the whole log is replayed (the log is kept whole, so nothing is
-    lost). ``recovery="strict"`` refuses instead. An I/O error other than
-    a missing file changes nothing and fails the open (StorageIOError).
-    """
-    manifest, registry = planned.manifest, planned.registry
-    listed = manifest.get("snapshots") or []  # (LSNs: manifest.decode checks them)
-    problems = []
-    floor = _snapshot.migration_floor(manifest)
-    for lsn in sorted(listed, reverse=True):
-        if lsn < floor:
-            break  # from before a migration: the log after it is another version's
-        spath = os.path.join(path, _snapshot.SNAPSHOTS_DIR, _snapshot.snapshot_name(lsn))
-        try:
-            meta, tables = _snapshot.load(spath, registry.snapshot_table)
-            if meta["lsn"] != lsn:
-                raise CorruptionError(f"snapshot META says LSN {meta['lsn']}", path=spath,
-                                      reason="bad_snapshot")
-        except (CorruptionError, OSError) as e:
-            if isinstance(e, OSError) and not isinstance(e, _MISSING):
-                # An I/O error (EIO, EACCES, ENOMEM, ...) says nothing of the
-                # snapshot's bytes: dropping it could leave a trimmed log no
-                # base. Keep it, fail this open; the next one can load it.
-                raise StorageIOError.wrap(e, spath) from e
-            if recovery == "strict":
-                if isinstance(e, OSError):
-                    raise CorruptionError(f"snapshot unreadable: {e}", path=spath, lsn=lsn,
-                                          reason="bad_snapshot") from e
-                raise
-            problems.append(Problem("bad_snapshot", spath, None, lsn, str(e), action="skipped"))
-            _drop_snapshot(path, manifest, lsn, spath)
-            continue
-        versions = {e["name"]: _snapshot.entry_version(e, spath) for e in meta["tables"]}
-        for name, tid, kind, table in tables:
-            table = _at_version(planned, core, name, kind, table, versions[name], spath, lsn)
-            registry.add_loaded(name, tid, kind, table)
-        return lsn, dict(meta["offsets"]), problems
-    return 0, {}, problems
-
-
 @dataclass
 class LogIndex:
     """What a background open's checking pass found in a clean log: where
@@ -302,12 +251,15 @@ def load_and_replay(path: str, options: Options, core: Any, run: Any, cancel: by
     recovery, manifest = options.recovery, planned.manifest
     t0 = planned.ended
     run.start("snapshot", snapshots=list(manifest.get("snapshots") or []))
-    snap_lsn, snap_offsets, snap_problems = load_snapshot(path, planned, recovery, core)
-    if snap_lsn + 1 < planned.log_start:
-        raise _snapshot.no_base_error(path, planned.log_start)
-    if snap_lsn < _snapshot.migration_floor(manifest):
-        # The migration's snapshot is the only way to its state.
-        raise _snapshot.no_base_error(path, _snapshot.migration_floor(manifest) + 1)
+    # The newest snapshot that loads: one that fails a check is renamed
+    # <lsn>.broken, dropped from the MANIFEST and reported, and the next
+    # older one is tried; with none, the whole log is replayed (the log is
+    # kept whole, so nothing is lost). "strict" refuses instead.
+    snap_lsn, snap_offsets, snap_problems = _snapshot.load_base(
+        path, manifest, planned.registry, strict=recovery == "strict",
+        on_bad=lambda lsn, spath: _drop_snapshot(path, manifest, lsn, spath),
+        adapt=lambda *args: _at_version(planned, core, *args))
+    _snapshot.check_base(path, manifest, snap_lsn, planned.log_start)
     for p in snap_problems:
         run.corruption(p)
     run.end(owner, lsn=snap_lsn)

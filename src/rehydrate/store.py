@@ -301,7 +301,7 @@ class Store(Writes):
         run.start("migrate")
         applied = []
         if self._options.migrations is not None:
-            from .migrate import MigrationHost, run_pending
+            from .migrate_phase import MigrationHost, run_pending
 
             host = MigrationHost(self.path, self._core, self._registry, self._checkpoint_lock,
                                  lambda: self.lsn, lambda: self._manifest, self._state_digest,
