@@ -51,6 +51,20 @@ class Writes:
     _intake: Optional[_intake.Intake]
     _warming: bool
 
+    def _init_writes(self, sync_always: bool) -> None:
+        self._lock = threading.Lock()
+        # Writers bind the buffer's methods before they are admitted: until
+        # a background open takes writes they bind this stand-in, and are
+        # rebound to the real buffer when let in (_write_warming).
+        self._buf = self._core.LogBuffer(1)
+        self._buffered = not sync_always  # (put returns before any flush)
+        self._targets = {}
+        self._offsets = {}
+        self._pending_offsets = {}
+        self._registry = None
+        self._intake = None
+        self._warming = False  # a background open whose tables are not all in
+
     # The write path. ``_targets`` maps a table name to (table, id) while the
     # store is writable; it is emptied when the store closes or fails, so the
     # fast path needs no other check and everything unusual (a new table, a

@@ -1,0 +1,520 @@
+"""A store's life: how it is made, opened, warmed up, closed and carried
+across fork() (docs/store.md).
+
+``Lifecycle`` is the base class of ``Store`` (store.py, the surface a
+service uses), itself on ``Writes`` (writes.py, the write path). It holds
+the store together: the checked options (options.py), the open pipeline
+(opening.py), the log writer (journal.py), checkpoints (checkpointing.py),
+the migrate phase (migrate_phase.py) and the fork hooks (forking.py), each
+given what it needs as arguments and callbacks.
+
+Locking (why two locks): ``_lock`` guards the in-memory state and the record
+buffer and is held only for the few microseconds a write takes; the
+journal's ``io_lock`` serializes framing, writing and fsync, and is never
+taken while ``_lock`` is held (order: ``io_lock`` then ``_lock``). So
+writers keep appending while one thread is in ``fsync``, and the next fsync
+covers them all (group commit).
+
+Fork: a store belongs to the process that opened it. Around ``os.fork()``
+(forking.py) every live store's ``_lock`` is taken (so no write is
+half-applied in the child's copy); in the child each store turns into a
+read-only view as of the fork that never touches the parent's files
+(docs/store.md, "Pre-forking servers").
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import threading
+import time
+import weakref
+from typing import Any, Callable, Optional, Self
+
+from . import _format as F
+from . import checkpointing as _checkpointing
+from . import forking as _forking
+from . import hints as _hints
+from . import intake as _intake
+from . import manifest as _manifest
+from . import opening as _opening
+from . import plan as _plan
+from ._backend import core as _core
+from .errors import (
+    ForkedStoreError, RehydrateError, StorageIOError, StoreClosedError, StoreFailedError,
+)
+from .journal import Journal
+from .lockfile import DirLock
+from .options import OPTION_NAMES, Options, check_options
+from .recovery import RecoveryReport
+from .warmup import WarmupRun
+from .writes import Writes
+
+_FRAME_TARGET = F.FRAME_TARGET_BYTES
+# How long a fork waits for a store's _lock (held for microseconds by a
+# write, for a memcpy by a checkpoint). Past it (the forking thread holds
+# the lock itself, say from a custom table's apply) the fork goes on, and
+# the child gets a fresh lock.
+_FORK_LOCK_WAIT_S = 10.0
+
+
+class Lifecycle(Writes):
+    """The fields and inner workings of a store; ``Store`` is its surface."""
+
+    path: str
+    _options: Options
+    _journal: Journal
+    _manifest: dict
+    _plan: Optional[dict]
+    _open_error: Optional[BaseException]
+    _closed: bool
+    _forked: bool
+    _ready: threading.Event
+    _auto: Optional[_checkpointing.AutoCheckpoint]
+    checkpoint_stats: dict
+
+    # (What the surface provides that the workings call.)
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def checkpoint(self) -> dict:
+        raise NotImplementedError
+
+    def _state_digest(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def lsn(self) -> int:
+        """LSN of the last write logged (0 for an empty store, or a
+        background open that takes no writes yet)."""
+        return self._buf.next_lsn - 1
+
+    @classmethod
+    def _new(cls, path: str | os.PathLike[str], options: dict[str, Any]) -> Self:
+        """A Store with its options checked and its fields set; nothing on
+        disk touched yet. ConfigError for a bad option."""
+        o = check_options(**options)
+        self = object.__new__(cls)
+        self.path = os.fspath(path)
+        self._options = o
+        self._core = _core()
+        self._cancel = bytearray(1)  # set: stop the open (a watchdog, or close())
+        self._warmup = WarmupRun(o.warmup, self.path, self._cancel)
+        self._checkpoint_lock = threading.Lock()
+        self._init_writes(o.sync == "always")
+        self._sync_always = o.sync == "always"
+        self._journal = Journal(self.path, o.segment_bytes, o.sync, o.sync_interval_ms / 1000.0,
+                                self._take_buffered, self._refuse_writes, self._check_owner,
+                                self._note_written)
+        self._open_error: Optional[BaseException] = None
+        self._closed = False
+        self._owner_pid = os.getpid()
+        self._forked = False  # set in a child that inherited this store
+        self._held_for_fork = False  # _lock taken by the before-fork hook
+        self._dirlock: Optional[DirLock] = None
+        self._auto: Optional[_checkpointing.AutoCheckpoint] = None
+        self._opener: Optional[threading.Thread] = None
+        self._atexit: Optional[Callable[[], None]] = None
+        self._ready = threading.Event()
+        self._manifest: dict = {}
+        self._plan: Optional[dict] = None
+        self._metrics_registry = None
+        self.recovery_report = RecoveryReport(mode=o.recovery)
+        self.warmup_report: Optional[dict] = None
+        self.open_stats: Optional[dict] = None
+        self.checkpoint_stats = {"count": 0, "last_duration_s": 0.0, "last_pause_s": 0.0,
+                                 "last_lsn": 0}
+        _forking.track(self, self._hold_for_fork, self._release_after_fork,
+                       self._inherited_across_fork)
+        return self
+
+    def _start_in_background(self, max_pending_records: int, max_pending_bytes: int,
+                             admission_timeout_s: float) -> None:
+        """Lock the directory, then run the open on a thread."""
+        self._intake = _intake.Intake(self._lock, max_pending_records, max_pending_bytes,
+                                      admission_timeout_s)
+        self._warming = True
+        try:
+            _opening.prepare_directory(self.path, self._options.create)
+            self._dirlock = DirLock(self.path)
+        except RehydrateError:
+            raise
+        except OSError as e:
+            raise StorageIOError.wrap(e, self.path) from e
+        self._opener = threading.Thread(target=self._run_open_in_background,
+                                        name=f"rehydrate-open:{self.path}", daemon=True)
+        self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
+        atexit.register(self._atexit)
+        self._opener.start()
+
+    def _run_open(self) -> None:
+        """The open itself, on this thread: state in, writer open, warm up."""
+        try:
+            self._rebuild_state()
+        except RehydrateError:
+            raise
+        except OSError as e:
+            raise StorageIOError.wrap(e, self.path) from e
+        try:
+            self._warm_up()
+        except BaseException as e:
+            self.close()
+            if isinstance(e, OSError) and not isinstance(e, RehydrateError):
+                raise StorageIOError.wrap(e, self.path) from e  # (a migration's checkpoint)
+            raise
+        self._ready.set()
+
+    def _run_open_in_background(self) -> None:
+        try:
+            self._run_open()
+        except BaseException as e:  # noqa: BLE001 - kept for wait_ready and writers
+            with self._lock:
+                self._open_error = e
+                self._warming = False
+                self._closed = True
+                self._targets.clear()
+                self._intake.cv.notify_all()
+            self._ready.set()
+
+    def _rebuild_state(self) -> None:
+        """Plan, snapshot, replay (opening.py), then open the log for writing."""
+        t0 = time.perf_counter()
+        o = self._options
+        if self._dirlock is None:  # (a background open took it already)
+            _opening.prepare_directory(self.path, o.create)
+            self._dirlock = DirLock(self.path)
+        try:
+            planned = _opening.plan_open(self.path, o, self._core, self._warmup, self, t0)
+            self._manifest, self._plan = planned.manifest, planned.plan
+            self._registry = planned.registry
+            early = self._intake is not None
+            opened = _opening.load_and_replay(
+                self.path, o, self._core, self._warmup, self._cancel, planned, self,
+                take_writes=self._take_writes if early else None,
+                on_replayed=self._replayed_through if early else None)
+            t_replay = opened.ended
+            self.recovery_report = opened.report
+            with self._lock:
+                self._offsets = opened.offsets
+            if not opened.writes_taken:
+                self._open_writer(opened.next_lsn, opened.resume_path, opened.resume_size)
+            if not _opening.migrations_pending(self._manifest, o.migrations):
+                self._all_ready()  # (else once the migrate phase is over)
+            t_end = time.perf_counter()
+            self.open_stats = {"phases": opened.phases + [
+                {"name": "resume", "duration_s": t_end - t_replay}], "total_s": t_end - t0}
+        except BaseException:
+            self._abandon()
+            raise
+        if o.auto_checkpoint:
+            self._auto = _checkpointing.AutoCheckpoint(
+                self.checkpoint, o.checkpoint_every_bytes, o.checkpoint_every_s,
+                name=f"rehydrate-checkpoint:{self.path}")
+        if self._atexit is None:
+            # A store left open when the interpreter exits is closed then (its
+            # buffered writes written and fsynced), as a file object would be.
+            self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
+            atexit.register(self._atexit)
+
+    def _warm_up(self) -> None:
+        """The phases that run on the open store: migrate (the pending
+        migrations), populate and prime (the hooks); then the store is ready."""
+        run = self._warmup
+        run.start("migrate")
+        applied = []
+        if self._options.migrations is not None:
+            from .migrate_phase import MigrationHost, run_pending
+
+            host = MigrationHost(self.path, self._core, self._registry, self._checkpoint_lock,
+                                 lambda: self.lsn, lambda: self._manifest, self._state_digest,
+                                 self._checkpoint_locked, self._replace_state,
+                                 self._log_in_new_segment)
+            applied = run_pending(host, self._options.migrations, run)
+        self._all_ready()
+        run.end(self, migrations=applied)
+        for phase in ("populate", "prime"):
+            run.run_hooks(phase, self)
+        self.warmup_report = run.report()
+        self.warmup_report["predicted_s"] = self._plan["predicted_s"]
+        self.warmup_report["plan"] = self._plan
+        _plan.record_open(self.path, self._plan, self.warmup_report)
+
+    def _replace_state(self, name: str, table: Any, version: int) -> None:
+        with self._lock:
+            self._registry.replace_state(name, table, version)
+            self._targets.pop(name, None)  # (the next write takes the new table)
+
+    def _log_in_new_segment(self, lsn: int) -> int:
+        self._journal.roll_to(lsn)
+        with self._lock:
+            got = self._buf.noop()
+        if got == lsn:
+            self._journal.make_durable(lsn)
+        return got
+
+    def _open_writer(self, next_lsn: int, resume_path: Optional[str], resume_size: int) -> None:
+        """Open the log for appending at ``next_lsn`` and start taking writes."""
+        if "clean_end" in self._manifest:
+            # The record of the last clean close goes, durably, before the
+            # log can grow: a crash from here on is a crash (docs/recovery.md).
+            del self._manifest["clean_end"]
+            try:
+                _manifest.write(self.path, self._manifest)
+            except OSError as e:
+                raise StorageIOError.wrap(e, self.path) from e
+        self._buf = self._core.LogBuffer(next_lsn)
+        self._journal.open(next_lsn, resume_path, resume_size)
+
+    def _abandon(self) -> None:
+        """An open that failed: make the writes it took durable, let go."""
+        self._journal.stop()
+        try:
+            if self._journal.wal is not None and self._journal.failed is None:
+                self._journal.flush(fsync=True)
+        finally:
+            self._release()
+
+    # ------------------------------------------------- background open
+    def _takes_writes(self) -> bool:
+        return not self._closed and self._journal.failed is None
+
+    def _raise_if_open_failed(self) -> None:
+        if self._open_error is not None:
+            raise self._open_failed() from self._open_error
+
+    def _failure(self) -> Optional[RehydrateError]:
+        """What a reader waiting on a background open raises: None while it
+        has not failed."""
+        return None if self._open_error is None else self._open_failed()
+
+    def _open_failed(self) -> RehydrateError:
+        e = self._open_error
+        if isinstance(e, ForkedStoreError):
+            return self._forked_error(" (its open was still running at the fork, and goes on "
+                                      "only there)")
+        return StoreFailedError(f"the background open failed: {type(e).__name__}: {e}",
+                                path=self.path)
+
+    def _checkpoint_now(self) -> dict[str, Any]:
+        with self._checkpoint_lock:
+            try:
+                return self._checkpoint_locked()
+            except RehydrateError:
+                raise
+            except OSError as e:  # a snapshot file, the MANIFEST: the log is not at risk
+                raise StorageIOError.wrap(e, self.path) from e
+
+    def _close(self) -> None:
+        if self._forked or os.getpid() != self._owner_pid:
+            self._close_inherited()
+            return
+        opener = self._opener
+        if opener is not None and opener is not threading.current_thread() \
+                and opener.is_alive():
+            # Stop a background open first (its replay polls this flag, its
+            # hook wait too); the writes it took are flushed below.
+            self._cancel[0] = 1
+            opener.join()
+        if not self._stop_taking_writes():
+            return
+        self._stop_threads()
+        journal = self._journal
+        try:
+            if journal.failed is None and journal.wal is not None:
+                journal.flush(fsync=True)
+                _hints.write(self.path, [(n, self._registry.by_name[n].table)
+                                         for n in self._registry.names()])
+                self._record_clean_end()
+        finally:
+            self._release()
+
+    def _checkpoint_locked(self, commit: Optional[Callable[[dict], None]] = None
+                           ) -> dict[str, Any]:
+        """A checkpoint (``_checkpoint_lock`` held). ``commit(manifest)``
+        changes the MANIFEST that publishes the snapshot (a migration's
+        ledger entry goes in with it, in the same write)."""
+        result, self._manifest = _checkpointing.checkpoint(
+            self.path, self._manifest, self._registry, self._capture, self._journal,
+            self._options.keep_snapshots, commit)
+        if not result.get("existing"):
+            self.checkpoint_stats = {"count": self.checkpoint_stats["count"] + 1,
+                                     "last_duration_s": result["duration_s"],
+                                     "last_pause_s": result["pause_s"],
+                                     "last_lsn": result["lsn"]}
+        return result
+
+    def _capture(self, prepared: dict) -> tuple:
+        """The state as of now, copied under ``_lock`` (writers wait)."""
+        with self._lock:
+            self._writable()
+            if self._auto is not None:
+                self._auto.bytes_since = 0
+            return _checkpointing.capture(self._registry, self.lsn, self._offsets, prepared)
+
+    def _writable(self) -> None:
+        if self._forked:
+            raise self._forked_error()
+        if self._open_error is not None:
+            raise self._open_failed() from self._open_error
+        failed = self._journal.failed
+        if failed is not None:
+            raise StoreFailedError(f"store failed and refuses writes: {failed}",
+                                   path=self.path, lsn=self._journal.durable_lsn) from failed
+        if self._closed:
+            raise StoreClosedError("store is closed", path=self.path)
+
+    # ------------------------------------------------------------ durability
+    def _after_write(self, lsn: int) -> None:
+        if self._sync_always:
+            self._journal.make_durable(lsn)
+        elif self._buf.pending_bytes >= _FRAME_TARGET:
+            self._journal.flush(fsync=False)
+
+    def _refuse_writes(self) -> None:
+        """The journal failed a write: every later write goes the slow way
+        (``_writable``), which refuses it."""
+        with self._lock:
+            self._targets.clear()
+
+    def _note_written(self, nbytes: int) -> None:
+        if self._auto is not None:
+            self._auto.note_written(nbytes)
+
+    def _stop_taking_writes(self) -> bool:
+        """Refuse writes from now on; False when the store was closed already."""
+        with self._lock:
+            if self._closed:
+                return False
+            # From here no write is accepted, so a flush after is the last.
+            self._closed = True
+            self._targets.clear()
+            if self._intake is not None:
+                self._intake.cv.notify_all()
+        if self._atexit is not None:
+            atexit.unregister(self._atexit)
+        return True
+
+    def _stop_threads(self) -> None:
+        self._journal.stop()
+        if self._auto is not None:
+            self._auto.stop()
+
+    def _record_clean_end(self) -> None:
+        """Write down, durably, where this clean close leaves the log: the
+        next open then holds the log to it, so a cut or a damaged length at
+        the end is damage, never a torn tail (no crash can have made it)."""
+        clean_end = self._journal.clean_end(self.lsn)
+        if clean_end is None:
+            return
+        self._manifest["clean_end"] = clean_end
+        try:
+            _manifest.write(self.path, self._manifest)
+        except OSError as e:
+            raise StorageIOError.wrap(e, self.path) from e
+
+    def _release(self) -> None:
+        _forking.untrack(self)
+        try:
+            self._journal.close()
+        except OSError as e:  # (everything was fsynced: nothing is lost)
+            raise StorageIOError.wrap(e, self.path) from e
+        finally:
+            # Always: a lock left held would refuse every later open here.
+            if self._dirlock is not None:
+                self._dirlock.release()
+                self._dirlock = None
+
+    def _forked_error(self, more: str = "") -> ForkedStoreError:
+        return ForkedStoreError(
+            f"store belongs to process {self._owner_pid}, which opened it; process "
+            f"{os.getpid()} inherited it across fork() and has a read-only view as of the "
+            f"fork{more}: writes, sync and checkpoint are refused here (open the store in "
+            f"one process, after the fork, to write)",
+            path=self.path, lsn=self.lsn, owner_pid=self._owner_pid)
+
+    def _check_owner(self) -> None:
+        if self._forked or os.getpid() != self._owner_pid:
+            raise self._forked_error()
+
+    def _hold_for_fork(self) -> None:
+        self._held_for_fork = self._lock.acquire(timeout=_FORK_LOCK_WAIT_S)
+
+    def _release_after_fork(self) -> None:
+        if self._held_for_fork:
+            self._held_for_fork = False
+            self._lock.release()
+
+    def _inherited_across_fork(self) -> None:
+        """In a forked child, from the at-fork hook: the only thread left.
+
+        Threads did not survive the fork, so locks they held stay held:
+        ``_lock`` was taken for the fork by this thread (released here) or
+        is replaced; the others are replaced. The background flusher, the
+        checkpoint thread and a background open are gone: nothing here waits
+        for them. A background open not over at the fork never ends here:
+        what would wait for it raises ForkedStoreError instead.
+        """
+        if self._held_for_fork:
+            self._held_for_fork = False
+            self._lock.release()
+        else:
+            self._lock = threading.Lock()
+        self._journal.inherited()
+        self._checkpoint_lock = threading.Lock()
+        self._forked = True
+        self._targets.clear()  # so put's fast path goes through _writable
+        if self._intake is not None:
+            self._intake.cv = threading.Condition(self._lock)
+        if not self._ready.is_set():
+            self._open_error = ForkedStoreError("open not over at the fork",
+                                                path=self.path, owner_pid=self._owner_pid)
+        self._ready = threading.Event()
+        self._ready.set()  # (wait_ready answers at once: ready, or the error above)
+        self._drop_parent_files()
+
+    def _drop_parent_files(self) -> None:
+        """Let go of the parent's files without a write, flush, fsync,
+        unlink or unlock: the descriptors are this process's copies."""
+        self._journal.forget()
+        if self._dirlock is not None:
+            self._dirlock.forget()
+            self._dirlock = None
+        if self._atexit is not None:
+            atexit.unregister(self._atexit)  # (the parent's exit closes it, not ours)
+            self._atexit = None
+
+    def _close_inherited(self) -> None:
+        """``close()`` in a process that inherited the store: references
+        only, nothing on disk."""
+        if not self._forked:
+            # A fork that ran no at-fork hooks (a raw fork() from C): the
+            # locks may be held by threads that are gone; take none.
+            self._forked = True
+            self._drop_parent_files()
+        self._closed = True
+        self._targets.clear()
+
+
+def open_options(args: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of ``Store.open`` among an open method's ``locals()``
+    (the options ``check_options`` takes)."""
+    return {k: args[k] for k in OPTION_NAMES}
+
+
+def abandon(store: Lifecycle) -> None:
+    """Let go of ``store`` as a killed process would: its threads stopped and
+    its directory unlocked, without writing anything more (buffered writes
+    are lost; what reached the OS stays). For crash tests (rehydrate.testing)."""
+    store._stop_taking_writes()
+    store._stop_threads()
+    store._release()
+
+
+def _close_at_exit(ref: weakref.ref[Lifecycle]) -> None:
+    store = ref()
+    if store is not None:
+        try:
+            store.close()
+        except RehydrateError:
+            pass  # a failed store has nothing more it may write
