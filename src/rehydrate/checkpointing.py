@@ -69,8 +69,10 @@ def finish_digests(cap: _snapshot.Capture, digests: dict) -> None:
 
 def publish(path: str, manifest: dict, cap: _snapshot.Capture, digests: dict, *,
             keep_snapshots: int, make_durable: Callable[[int], None],
-            commit: Optional[Callable[[dict], None]] = None) -> tuple[dict, dict]:
-    """Write ``cap`` as a snapshot and publish it: (result, new MANIFEST).
+            commit: Optional[Callable[[dict], None]] = None) -> dict:
+    """Write ``cap`` as a snapshot and publish it in ``manifest`` (the
+    caller's MANIFEST, updated in place once the new one is durable, so
+    a failure after it leaves the caller with what is on disk).
 
     The log is made durable up to the snapshot's LSN first (the log holds
     everything the snapshot does); the MANIFEST that lists it is written
@@ -85,9 +87,8 @@ def publish(path: str, manifest: dict, cap: _snapshot.Capture, digests: dict, *,
     spath = os.path.join(sdir, _snapshot.snapshot_name(lsn))
     listed = manifest.get("snapshots") or []
     if lsn in listed and commit is None:
-        return ({"lsn": lsn, "bytes": 0, "path": spath,
-                 "digest": _snapshot.read_meta(spath).get("digest"), "existing": True},
-                manifest)
+        return {"lsn": lsn, "bytes": 0, "path": spath,
+                "digest": _snapshot.read_meta(spath).get("digest"), "existing": True}
     make_durable(lsn)
     if os.path.isdir(spath) and lsn not in listed:
         _fileio.remove_tree(spath)  # written, never published (a crash before the MANIFEST)
@@ -102,18 +103,21 @@ def publish(path: str, manifest: dict, cap: _snapshot.Capture, digests: dict, *,
     man["snapshots"] = sorted(set(kept) | (pinned & set(man.get("snapshots") or [])),
                               reverse=True)
     _manifest.write(path, man)
+    manifest.clear()
+    manifest.update(man)
     # Only now, with the MANIFEST that drops them durable, go the old ones.
     for old in _snapshot.list_snapshots(path):
         if old not in man["snapshots"]:
             _fileio.remove_tree(os.path.join(sdir, _snapshot.snapshot_name(old)))
     _fileio.fsync_dir(sdir)
-    return {"lsn": lsn, "bytes": info.bytes, "path": info.path, "digest": info.digest}, man
+    return {"lsn": lsn, "bytes": info.bytes, "path": info.path, "digest": info.digest}
 
 
 def checkpoint(path: str, manifest: dict, registry: TableRegistry,
                capture_locked: Callable[[dict], tuple], journal: Journal, keep_snapshots: int,
-               commit: Optional[Callable[[dict], None]] = None) -> tuple[dict, dict]:
-    """One checkpoint, start to end: (result, new MANIFEST).
+               commit: Optional[Callable[[dict], None]] = None) -> dict:
+    """One checkpoint, start to end, publishing in ``manifest`` (the
+    caller's, updated in place as each new MANIFEST is durable).
 
     ``capture_locked(prepared)`` takes the caller's lock and returns
     ``capture(...)``'s pair; writers pause only for it (``pause_s``).
@@ -127,16 +131,16 @@ def checkpoint(path: str, manifest: dict, registry: TableRegistry,
     pause_s = time.perf_counter() - t_lock
     del prepared
     finish_digests(cap, digests)
-    result, manifest = publish(path, manifest, cap, digests, keep_snapshots=keep_snapshots,
-                               make_durable=journal.make_durable, commit=commit)
+    result = publish(path, manifest, cap, digests, keep_snapshots=keep_snapshots,
+                     make_durable=journal.make_durable, commit=commit)
     result["pause_s"] = pause_s
     if result.get("existing"):
         result["duration_s"] = 0.0
-        return result, manifest
+        return result
     with journal.io_lock:  # no roll meanwhile; the newest segment never goes
         trim_log(path, manifest, min(manifest["snapshots"]), journal.wal.path)
     result["duration_s"] = time.perf_counter() - t0
-    return result, manifest
+    return result
 
 
 def trim_log(path: str, manifest: dict, oldest_snapshot_lsn: int,

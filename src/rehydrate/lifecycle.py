@@ -334,7 +334,7 @@ class Lifecycle(Writes):
         """A checkpoint (``_checkpoint_lock`` held). ``commit(manifest)``
         changes the MANIFEST that publishes the snapshot (a migration's
         ledger entry goes in with it, in the same write)."""
-        result, self._manifest = _checkpointing.checkpoint(
+        result = _checkpointing.checkpoint(
             self.path, self._manifest, self._registry, self._capture, self._journal,
             self._options.keep_snapshots, commit)
         if not result.get("existing"):
