@@ -3,20 +3,16 @@
 Annotations only: nothing here is checked at run time, the store checks its
 arguments itself (UnsupportedKeyError, ValueEncodingError, ConfigError).
 This module imports nothing from the package at run time, so any module can
-use these names without an import cycle. The aliases are real objects at run
-time, except ``TableKind`` and ``TableKinds``: the table kinds are imported for
-the type checker only, so those two are spelled as strings.
+use these names without an import cycle (ready.py imports nothing).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
-if TYPE_CHECKING:
-    from .kinds import DictTable, StateType
-    from .numeric import NumericTable
+from .ready import Ready
 
 __all__ = [
     "Key",
@@ -56,9 +52,11 @@ StrPath: TypeAlias = str | os.PathLike[str]
 
 #: One table's kind in ``tables=``: ``rehydrate.DictTable`` (the class), a
 #: ``rehydrate.NumericTable(...)`` declaration, or a ``rehydrate.StateType``
-#: subclass (the class, not an instance).
-TableKind: TypeAlias = "type[DictTable] | NumericTable | type[StateType]"
+#: subclass (the class, not an instance). All three derive from ``Ready``,
+#: which is what this alias names; ``Store.open`` refuses anything else
+#: (ConfigError), a DictTable instance or a StateType instance included.
+TableKind: TypeAlias = type[Ready] | Ready
 
 #: The ``tables=`` option of ``Store.open``: ``{table name: kind}``; a table
 #: not named is a KVTable.
-TableKinds: TypeAlias = "Mapping[str, TableKind]"
+TableKinds: TypeAlias = Mapping[str, TableKind]

@@ -26,19 +26,17 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Optional, TypeAlias
+from typing import Any, Optional, TypeAlias
 
 from ._sysinfo import proc_kb_field
 from .errors import ConfigError, CriteriaError, PhaseTimeout, StallError, WarmupError
 
-if TYPE_CHECKING:
-    from .store import Store
-
+# The store is typed Any here: warmup.py is imported by store.py.
 #: A populate or prime hook: ``fn(store, progress)``; ``progress(n=1)`` counts
 #: n units done (it keeps the stall watch quiet).
-Hook: TypeAlias = "Callable[[Store, Callable[[int], None]], object]"
+Hook: TypeAlias = Callable[[Any, Callable[[int], None]], object]
 #: A phase's success criterion: ``fn(store)``, which returns True on success.
-Criterion: TypeAlias = "Callable[[Store | None], object]"
+Criterion: TypeAlias = Callable[[Any], object]
 
 PHASES = ("plan", "snapshot", "replay", "migrate", "populate", "prime")
 _HOOK_PHASES = ("populate", "prime")
@@ -184,7 +182,7 @@ class WarmupRun:
             self._last_progress_event = now
             self._tell("on_progress", self.current, self._done, self._total)
 
-    def end(self, store: Optional[Store] = None, **stats: Any) -> dict[str, Any]:
+    def end(self, store: Any = None, **stats: Any) -> dict[str, Any]:
         """Close the current phase: its criteria, its budget, the listeners."""
         phase = self.current
         elapsed = time.perf_counter() - self._phase_t0
@@ -242,13 +240,13 @@ class WarmupRun:
         return None
 
     # -- hooks ---------------------------------------------------------------
-    def run_hooks(self, phase: str, store: Store) -> dict[str, Any]:
+    def run_hooks(self, phase: str, store: Any) -> dict[str, Any]:
         self.start(phase, hooks=[_name(f) for f in self.w.hooks[phase]])
         for fn in self.w.hooks[phase]:
             self._run_hook(phase, fn, store)
         return self.end(store, hooks=len(self.w.hooks[phase]))
 
-    def _run_hook(self, phase: str, fn: Hook, store: Store) -> None:
+    def _run_hook(self, phase: str, fn: Hook, store: Any) -> None:
         outcome: dict[str, BaseException] = {}
 
         def progress(n: int = 1) -> None:
