@@ -104,7 +104,7 @@ class Warmup:
 
     @staticmethod
     def _check_seconds(what: str, v: object) -> None:
-        if not isinstance(v, (int, float)) or type(v) is bool or not 0 < v < float("inf"):
+        if type(v) not in (int, float) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
             raise ConfigError(f"{what} must be a positive number of seconds, not {v!r}")
 
     @staticmethod
