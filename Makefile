@@ -11,7 +11,7 @@ SOURCES := pyproject.toml setup.py $(shell find src -name '*.py' -o -name '*.pyx
 # PYTEST_ARGS= runs it serially.
 PYTEST_ARGS ?= -n auto
 
-.PHONY: all install demo test bench fuzz clean redis fiu strace reliability
+.PHONY: all install demo test typecheck bench fuzz clean redis fiu strace reliability
 
 all: test
 
@@ -52,7 +52,15 @@ demo: $(STAMP) redis
 	$(BIN)/python -m rehydrate bench --records 2000000 --keys 400000 --snapshot-at 0.5 \
 		--repeat 3 --plot $(VENV)/bench.png
 
-test: $(STAMP) redis fiu strace
+# mypy over the package and examples/typed_usage.py, configured in
+# pyproject.toml ([tool.mypy]; docs/typing.md), and the native core's stub
+# for the oldest and newest Python the project supports.
+typecheck: $(STAMP)
+	$(BIN)/python -m mypy
+	$(BIN)/python -m mypy --config-file= --strict --python-version 3.11 --cache-dir $(VENV)/.mypy_cache src/_core/__init__.pyi
+	$(BIN)/python -m mypy --config-file= --strict --python-version 3.12 --cache-dir $(VENV)/.mypy_cache src/_core/__init__.pyi
+
+test: $(STAMP) redis fiu strace typecheck
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: $(STAMP) redis

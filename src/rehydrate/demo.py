@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import argparse
 import json
 import os
@@ -37,7 +39,7 @@ def write_sample(path: str, ops: int, keys: int, seed: int = 7) -> dict:
 
     rng = random.Random(seed)
     present = {}
-    counters = {}
+    counters: dict[Any, Any] = {}
     batch_ops = 1000
     t0 = time.perf_counter()
     with rh.Store.open(path, sync="interval") as store, _bar(ops, "write", "op") as bar:
@@ -81,9 +83,9 @@ def rehydrate_and_check(path: str, expected_file: str) -> int:
 
     store = rh.Store.open(path, progress=progress)
     bar.close()
-    stats = store.open_stats
+    stats: Any = store.open_stats
     kv, counters = store.table("kv"), store.table("counters")
-    snap = next((ph for ph in stats["phases"] if ph["name"] == "snapshot"), {})
+    snap: Any = next((ph for ph in stats["phases"] if ph["name"] == "snapshot"), {})
     total_records = store.recovery_report.applied + snap.get("lsn", 0)
     print(f"\ncold open of {path} (core: {rh._backend.core().IMPLEMENTATION}):")
     for ph in stats["phases"]:

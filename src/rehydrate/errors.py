@@ -9,7 +9,10 @@ releases, the same one ``verify --json`` prints as a problem's ``kind``).
 from __future__ import annotations
 
 import os
-from typing import Optional
+from collections.abc import Callable
+from typing import Any, Optional, TypeVar
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class RehydrateError(Exception):
@@ -25,7 +28,7 @@ class RehydrateError(Exception):
         self,
         detail: str = "",
         *,
-        path: Optional[os.PathLike | str] = None,
+        path: Optional[os.PathLike[str] | str] = None,
         offset: Optional[int] = None,
         lsn: Optional[int] = None,
         reason: Optional[str] = None,
@@ -48,7 +51,7 @@ class RehydrateError(Exception):
         prefix = f"{', '.join(where)}: " if where else ""
         return f"{prefix}{self.detail} [{self.reason}]"
 
-    def __reduce__(self):  # keep the keyword-only data through pickling
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:  # keep the keyword-only data through pickling
         return (
             _rebuild,
             (type(self), self.detail, self.path, self.offset, self.lsn, self.reason),
@@ -56,7 +59,8 @@ class RehydrateError(Exception):
         )
 
 
-def _rebuild(cls, detail, path, offset, lsn, reason):
+def _rebuild(cls: type[RehydrateError], detail: str, path: Optional[str], offset: Optional[int],
+             lsn: Optional[int], reason: str) -> RehydrateError:
     return cls(detail, path=path, offset=offset, lsn=lsn, reason=reason)
 
 
@@ -92,7 +96,7 @@ class LockedError(RehydrateError, BlockingIOError):
 
     default_reason = "locked"
 
-    def __init__(self, detail: str = "", *, holder_pid: Optional[int] = None, **kw) -> None:
+    def __init__(self, detail: str = "", *, holder_pid: Optional[int] = None, **kw: Any) -> None:
         self.holder_pid = holder_pid
         super().__init__(detail, **kw)
 
@@ -123,7 +127,7 @@ class ForkedStoreError(StoreClosedError):
 
     default_reason = "forked"
 
-    def __init__(self, detail: str = "", *, owner_pid: Optional[int] = None, **kw) -> None:
+    def __init__(self, detail: str = "", *, owner_pid: Optional[int] = None, **kw: Any) -> None:
         self.owner_pid = owner_pid
         super().__init__(detail, **kw)
 
@@ -137,18 +141,18 @@ class StorageIOError(RehydrateError, OSError):
     default_reason = "io_error"
 
     @classmethod
-    def wrap(cls, err: OSError, path=None) -> "StorageIOError":
+    def wrap(cls, err: OSError, path: Optional[os.PathLike[str] | str] = None) -> "StorageIOError":
         out = cls(err.strerror or str(err), path=err.filename or path)
         out.errno = err.errno
         return out
 
 
-def typed_io_errors(fn):
+def typed_io_errors(fn: _F) -> _F:
     """Decorator: an OSError (not already a RehydrateError) leaves as StorageIOError."""
     import functools
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except RehydrateError:
@@ -156,7 +160,7 @@ def typed_io_errors(fn):
         except OSError as e:
             raise StorageIOError.wrap(e, args[0] if args else None) from e
 
-    return wrapper
+    return wrapper  # type: ignore[return-value]
 
 
 class ConfigError(RehydrateError, ValueError):
@@ -198,7 +202,7 @@ class WarmupError(RehydrateError, RuntimeError):
 
     def __init__(self, detail: str = "", *, phase: Optional[str] = None,
                  elapsed_s: Optional[float] = None, stack: Optional[str] = None,
-                 **where) -> None:
+                 **where: Any) -> None:
         self.phase = phase
         self.elapsed_s = elapsed_s
         self.stack = stack
@@ -238,7 +242,7 @@ class MigrationError(RehydrateError, RuntimeError):
     default_reason = "migration"
 
     def __init__(self, detail: str = "", *, migration: Optional[str] = None,
-                 invariant: Optional[str] = None, **where) -> None:
+                 invariant: Optional[str] = None, **where: Any) -> None:
         self.migration = migration
         self.invariant = invariant
         super().__init__(detail, **where)

@@ -8,6 +8,8 @@ possibly hold before any memory is reserved with it.
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import json
 import os
 
@@ -55,7 +57,7 @@ def capped(hint: dict, wal_bytes: int) -> tuple[int, int]:
 
 def write(directory: str, tables) -> None:
     """Record each table's size; best effort (a failure is ignored)."""
-    data = {"format": HINTS_FORMAT, "tables": {}}
+    data: dict[str, Any] = {"format": HINTS_FORMAT, "tables": {}}
     for name, table in tables:
         stats = getattr(table, "_stats", None)
         arena = stats()["arena_len"] if stats is not None else 0

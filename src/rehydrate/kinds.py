@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import sys
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Optional
 
 from . import _format as F
 from .errors import ConfigError, InvalidOperationError
+from ._types import Key, TableKinds, Value
 from .ready import Ready
 
 __all__ = ["DictTable", "StateType", "resolve_kinds"]
@@ -39,7 +41,7 @@ def _default_core():
 
 # --------------------------------------------------------------- DictTable
 
-class DictTable(Ready, Mapping):
+class DictTable(Ready, Mapping[Key, Value]):
     """A table kept as a plain dict of decoded keys and live Python values.
 
     For small tables and code that wants live objects: a read returns the
@@ -55,8 +57,8 @@ class DictTable(Ready, Mapping):
 
     __slots__ = ("_d", "_version", "_name", "_c")
 
-    def __init__(self, _core=None, _name: str = "") -> None:
-        self._d: dict = {}
+    def __init__(self, _core: Any = None, _name: str = "") -> None:
+        self._d: dict[Key, Value] = {}
         # Bumped by every change, so an iteration that sees one raises (as KVTable).
         self._version = 0
         self._name = _name
@@ -66,7 +68,7 @@ class DictTable(Ready, Mapping):
     def __len__(self) -> int:
         return len(self._d)
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: Key) -> Value:
         v = self._d.get(key, _MISSING) if type(key) in _KEY_TYPES else _MISSING
         if v is _MISSING:
             # The same refusal as a KVTable for a key that cannot exist
@@ -76,15 +78,15 @@ class DictTable(Ready, Mapping):
             raise KeyError(key)
         return v
 
-    def get(self, key, default=None):
+    def get(self, key: object, default: Any = None) -> Any:
         if type(key) not in _KEY_TYPES:
             return default
-        return self._d.get(key, default)
+        return self._d.get(key, default)  # type: ignore[call-overload]
 
-    def __contains__(self, key) -> bool:
+    def __contains__(self, key: object) -> bool:
         return type(key) in _KEY_TYPES and key in self._d
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Key]:
         version = self._version
         for k in self._d:
             if self._version != version:
@@ -95,7 +97,7 @@ class DictTable(Ready, Mapping):
 
     # keys(), values() and items() are Mapping's own views.
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[Key, Value]:
         """A plain dict copy (shallow: its values are the live objects)."""
         return dict(self._d)
 
@@ -234,22 +236,22 @@ class StateType(Ready):
     # Whether the class has its own apply_many (then replay batches records).
     _rh_many = False
 
-    def __init_subclass__(cls, **kwargs) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._rh_many = cls.apply_many is not StateType.apply_many
 
-    def apply(self, op: str, key, value) -> None:
+    def apply(self, op: str, key: Optional[Key], value: Value) -> None:
         raise NotImplementedError(f"{type(self).__name__} must define apply(op, key, value)")
 
-    def apply_many(self, records) -> None:
+    def apply_many(self, records: Iterable[tuple[str, Optional[Key], Value]]) -> None:
         for op, key, value in records:
             self.apply(op, key, value)
 
-    def snapshot(self):
+    def snapshot(self) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not define snapshot()")
 
     @classmethod
-    def restore(cls, data):
+    def restore(cls, data: Any) -> StateType:
         raise NotImplementedError(f"{cls.__name__} does not define restore(data)")
 
     def __len__(self) -> int:
@@ -271,7 +273,7 @@ class StateType(Ready):
     def _rh_bind(self, name: str, core) -> None:
         self._rh_name = name
         self._rh_core = core
-        self._rh_base = None
+        self._rh_base: Any = None
 
     def _rh_apply(self, op, kb, value) -> None:
         key = None
@@ -507,7 +509,7 @@ KIND_NAMES = {F.KIND_KV: "kv", F.KIND_DICT: "dict", F.KIND_CUSTOM: "custom",
               F.KIND_NUMERIC: "numeric"}
 
 
-def resolve_kinds(tables) -> dict:
+def resolve_kinds(tables: Optional[TableKinds]) -> dict[str, tuple[int, Any]]:
     """{name: (kind code, StateType subclass, NumericTable declaration or
     None)} from ``tables=``.
 
@@ -522,7 +524,7 @@ def resolve_kinds(tables) -> dict:
     if not isinstance(tables, Mapping):
         raise ConfigError("tables= must be a mapping of table name -> DictTable or a "
                           "StateType subclass")
-    out = {}
+    out: dict[str, tuple[int, Any]] = {}
     core = _default_core()
     for name, kind in tables.items():
         core.check_table_name(name)

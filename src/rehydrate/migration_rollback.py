@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Optional
+from typing import Any, Optional
 
 from . import _fileio
 from . import manifest as _manifest
 from ._backend import core as _core
+from ._types import StrPath
 from .errors import ConfigError, MigrationError
 from .lockfile import DirLock
 from .recovery import QUARANTINE_DIR, walk
@@ -131,8 +132,8 @@ def plan_rollback(path: str, steps: Optional[int] = None, to: Optional[str] = No
             "digest": targets[0].get("digest_before")}
 
 
-def rollback(path, *, steps: Optional[int] = None, to: Optional[str] = None,
-             dry_run: bool = False, force: bool = False) -> dict:
+def rollback(path: StrPath, *, steps: Optional[int] = None, to: Optional[str] = None,
+             dry_run: bool = False, force: bool = False) -> dict[str, Any]:
     """Return ``path`` to the state before the last ``steps`` migrations
     (default 1) or before migration ``to`` and all after it. Returns the
     plan (see ``plan_rollback``) with ``"done"``. MigrationError when the

@@ -28,10 +28,15 @@ import hashlib
 import inspect
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional, TypeAlias, TypeVar
 
 from . import _format as F
 from .errors import ConfigError, InvalidOperationError, MigrationError
+
+#: An upcaster: a value stored at one version -> the value at the next.
+Upcaster: TypeAlias = Callable[[Any], Any]
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
 
 
 class MigrationDriftWarning(UserWarning):
@@ -39,7 +44,7 @@ class MigrationDriftWarning(UserWarning):
     ledger entry whose migration is no longer registered."""
 
 
-def code_hash(fn) -> str:
+def code_hash(fn: Callable[..., Any]) -> str:
     """SHA-256 of ``fn``'s source (of its bytecode and constants when the
     source is not available), as the ledger records it."""
     try:
@@ -56,7 +61,7 @@ class Migration:
     id: str
     table: str
     to_version: int
-    fn: Callable
+    fn: Callable[..., Any]
     code_hash: str = ""
 
 
@@ -71,15 +76,15 @@ class Migrations:
     registration.
     """
 
-    upcasters: dict = field(default_factory=dict)    # table -> {from_version: fn}
-    migrations: list = field(default_factory=list)   # Migration, in registration order
-    invariants: dict = field(default_factory=dict)   # table -> [fn]
+    upcasters: dict[str, dict[int, Upcaster]] = field(default_factory=dict)    # table -> {from_version: fn}
+    migrations: list[Migration] = field(default_factory=list)   # Migration, in registration order
+    invariants: dict[str, list[Callable[..., Any]]] = field(default_factory=dict)   # table -> [fn]
 
-    def upcaster(self, table: str, *, from_version: int):
+    def upcaster(self, table: str, *, from_version: int) -> Callable[[_Fn], _Fn]:
         _check_table(table)
         _check_version("from_version", from_version, 1)
 
-        def register(fn):
+        def register(fn: _Fn) -> _Fn:
             _check_callable(fn, "an upcaster")
             steps = self.upcasters.setdefault(table, {})
             if from_version in steps:
@@ -89,13 +94,13 @@ class Migrations:
             return fn
         return register
 
-    def migration(self, id: str, *, table: str, to_version: int):
+    def migration(self, id: str, *, table: str, to_version: int) -> Callable[[_Fn], _Fn]:
         if type(id) is not str or not id or len(id) > 200:
             raise ConfigError(f"a migration id is a non-empty string, not {id!r}")
         _check_table(table)
         _check_version("to_version", to_version, 2)
 
-        def register(fn):
+        def register(fn: _Fn) -> _Fn:
             _check_callable(fn, "a migration")
             if any(m.id == id for m in self.migrations):
                 raise ConfigError(f"two migrations have the id {id!r}")
@@ -103,10 +108,10 @@ class Migrations:
             return fn
         return register
 
-    def invariant(self, table: str):
+    def invariant(self, table: str) -> Callable[[_Fn], _Fn]:
         _check_table(table)
 
-        def register(fn):
+        def register(fn: _Fn) -> _Fn:
             _check_callable(fn, "an invariant")
             self.invariants.setdefault(table, []).append(fn)
             return fn
@@ -129,25 +134,26 @@ class Migrations:
         steps = self.upcasters.get(table)
         return max(steps) + 1 if steps else 1
 
-    def chain(self, table: str, from_version: int, to_version: int) -> Optional[list]:
+    def chain(self, table: str, from_version: int,
+              to_version: int) -> Optional[list[Upcaster]]:
         """The upcasters taking ``from_version`` to ``to_version``, or None
         when one is missing."""
         steps = self.upcasters.get(table, {})
         fns = [steps.get(v) for v in range(from_version, to_version)]
-        return None if any(f is None for f in fns) else fns
+        return None if any(f is None for f in fns) else [f for f in fns if f is not None]
 
 
-def _check_table(table) -> None:
+def _check_table(table: object) -> None:
     if type(table) is not str or not table:
         raise ConfigError(f"a table name is a non-empty string, not {table!r}")
 
 
-def _check_version(what, v, least) -> None:
-    if type(v) is not int or not least <= v <= F.MAX_TABLE_VERSION:
+def _check_version(what: str, v: object, least: int) -> None:
+    if not isinstance(v, int) or type(v) is not int or not least <= v <= F.MAX_TABLE_VERSION:
         raise ConfigError(f"{what} must be an int in {least}..{F.MAX_TABLE_VERSION}, not {v!r}")
 
 
-def _check_callable(fn, what) -> None:
+def _check_callable(fn: object, what: str) -> None:
     if not callable(fn):
         raise ConfigError(f"{what} must be callable, not {fn!r}")
 
@@ -157,20 +163,20 @@ class Versions:
     (what migrations brought it to), raised to what the code's upcasters
     read it as."""
 
-    def __init__(self, manifest: dict, migrations: Optional[Migrations]):
+    def __init__(self, manifest: dict[str, Any], migrations: Optional[Migrations]) -> None:
         stored = manifest.get("versions") or {}
         if not isinstance(stored, dict) or not all(
                 isinstance(k, str) and type(v) is int and 1 <= v <= F.MAX_TABLE_VERSION
                 for k, v in stored.items()):
             raise ConfigError("MANIFEST versions are malformed", reason="bad_manifest")
-        self.stored = dict(stored)
+        self.stored: dict[str, int] = dict(stored)
         self.migrations = migrations
 
     def current(self, table: str) -> int:
         code = self.migrations.code_version(table) if self.migrations is not None else 1
         return max(self.stored.get(table, 1), code)
 
-    def reader(self, table: str, version: int):
+    def reader(self, table: str, version: int) -> Optional[list[Upcaster]]:
         """None when values at ``version`` are read as they are; else the
         upcaster chain to this table's current version. ConfigError when
         no chain reaches it, or the value is newer than this code."""
@@ -204,7 +210,8 @@ class Upcasting:
     one closure: this is the replay's hot loop for such tables.
     """
 
-    def __init__(self, table, name: str, version: int, fns: list, core) -> None:
+    def __init__(self, table: Any, name: str, version: int, fns: list[Upcaster],
+                 core: Any) -> None:
         self._table, self._name, self._version = table, name, version
         self._delete_raw, self._incr_raw, self._clear = \
             table._delete_raw, table._incr_raw, table._clear
@@ -220,19 +227,21 @@ class Upcasting:
         return len(self._table)
 
 
-def _upcasting_put(put, unpack, pack, fns: list, failed):
+def _upcasting_put(put: Callable[[bytes, bytes], None], unpack: Callable[[bytes], Any],
+                   pack: Callable[[Any], bytes], fns: list[Upcaster],
+                   failed: Callable[[Exception], Exception]) -> Callable[[bytes, bytes], None]:
     """``put_raw(kb, vb)`` that upcasts ``vb`` on the way (see Upcasting)."""
     if len(fns) == 1:
         fn = fns[0]
 
-        def put_raw(kb, vb):
+        def put_raw(kb: bytes, vb: bytes) -> None:
             try:
                 out = pack(fn(unpack(vb)))
             except Exception as e:
                 raise failed(e) from e
             put(kb, out)
     else:
-        def put_raw(kb, vb):
+        def put_raw(kb: bytes, vb: bytes) -> None:
             try:
                 value = unpack(vb)
                 for f in fns:
@@ -244,7 +253,8 @@ def _upcasting_put(put, unpack, pack, fns: list, failed):
     return put_raw
 
 
-def upcast_table(table, name: str, fns: list, core, make_table):
+def upcast_table(table: Any, name: str, fns: list[Upcaster], core: Any,
+                 make_table: Callable[[], Any]) -> Any:
     """A new table holding ``table``'s pairs with every value upcast (a
     snapshot at an older version); raises InvalidOperationError if an
     upcaster does."""
@@ -255,10 +265,10 @@ def upcast_table(table, name: str, fns: list, core, make_table):
     return out
 
 
-def warn_drift(ledger: list, migrations: Migrations, strict: bool, path: str) -> None:
+def warn_drift(ledger: list[dict[str, Any]], migrations: Migrations, strict: bool, path: str) -> None:
     """Ledger entries whose code changed, or whose migration is gone:
     MigrationDriftWarning, or MigrationError with ``strict``."""
-    registered = {m.id: m for m in migrations.migrations}
+    registered: dict[object, Migration] = {m.id: m for m in migrations.migrations}
     for entry in ledger:
         m = registered.get(entry.get("id"))
         if m is None:
@@ -275,7 +285,7 @@ def warn_drift(ledger: list, migrations: Migrations, strict: bool, path: str) ->
 
 
 # -- retention: the snapshot a migration may roll back to -----------------------
-def pinned_snapshots(manifest: dict) -> set:
+def pinned_snapshots(manifest: dict[str, Any]) -> set[int]:
     """LSNs of the snapshots unconfirmed migrations may roll back to: a
     checkpoint keeps them whatever ``keep_snapshots`` says."""
     return {e["snapshot_before"] for e in manifest.get("ledger") or []
@@ -286,7 +296,7 @@ def pinned_snapshots(manifest: dict) -> set:
 CONFIRM_AFTER_CHECKPOINTS = 2
 
 
-def count_checkpoint(manifest: dict) -> None:
+def count_checkpoint(manifest: dict[str, Any]) -> None:
     """A checkpoint after a migration: the next-but-one confirms it (its
     rollback snapshot is then an ordinary one)."""
     ledger = manifest.get("ledger")

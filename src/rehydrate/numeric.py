@@ -22,10 +22,15 @@ rehydrate``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from . import _format as F
 from .errors import ConfigError, CorruptionError, InvalidOperationError
 from .ready import Ready
+
+if TYPE_CHECKING:
+    import numpy
 
 DTYPES = ("int64", "float64")
 MAX_COLUMNS = 1024
@@ -67,15 +72,15 @@ class NumericTable(Ready):
     # ``rows`` and ``columns`` as the layout.
     _rh_numeric_columns = True
 
-    def __init__(self, columns, rows: int):
+    def __init__(self, columns: Mapping[str, str], rows: int) -> None:
         self._columns = _check_columns(columns)
         self._rows = _check_rows(rows)
         self._index = {name: i for i, (name, _) in enumerate(self._columns)}
-        self._arrays = None  # numpy arrays once the store makes the live table
-        self._name = None
+        self._arrays: Any = None  # numpy arrays once the store makes the live table
+        self._name: str | None = None
 
     # -- schema ----------------------------------------------------------
-    def schema(self) -> dict:
+    def schema(self) -> dict[str, Any]:
         """{"columns": [[name, dtype], ...], "rows": n}: what the log and
         snapshots record."""
         return {"columns": [[n, d] for n, d in self._columns], "rows": self._rows}
@@ -123,7 +128,7 @@ class NumericTable(Ready):
         return self._rows
 
     @property
-    def columns(self) -> dict:
+    def columns(self) -> dict[str, str]:
         """{name: dtype}, in schema order."""
         return dict(self._columns)
 
@@ -133,7 +138,7 @@ class NumericTable(Ready):
                               "store.table(name)")
         return self._arrays
 
-    def column(self, name: str):
+    def column(self, name: str) -> numpy.ndarray[Any, Any]:
         """A read-only numpy view of one column (it follows later writes)."""
         arrays = self._live()
         i = self._index.get(name)
@@ -143,7 +148,7 @@ class NumericTable(Ready):
         view.flags.writeable = False
         return view
 
-    def __getitem__(self, row) -> dict:
+    def __getitem__(self, row: int) -> dict[str, int | float]:
         """{column: value} of one row (Python ints and floats)."""
         arrays = self._live()
         r = self._row_index(row)

@@ -10,6 +10,8 @@ without fsync, and untrusted when read (a bad file is ignored).
 
 from __future__ import annotations
 
+from typing import Any
+
 import json
 import os
 import statistics
@@ -110,7 +112,8 @@ def _count_newest(core, seg, after_lsn: int, max_frames: int) -> tuple:
     ``max_frames`` are estimated by the records per byte of those read; a
     header that fails its own checks (a torn tail, damage) ends the count,
     as it ends a replay."""
-    records, last_lsn, read, capped = 0, None, 0, False
+    records, read, capped = 0, 0, False
+    last_lsn: Any = None  # an int once a frame is read (always, when capped)
     off = start = F.SEGMENT_HEADER_BYTES
     try:
         with open(seg.path, "rb") as f:

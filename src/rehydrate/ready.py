@@ -17,5 +17,5 @@ class Ready:
     def ready(self) -> bool:
         return True
 
-    def wait_ready(self, timeout=None) -> bool:
+    def wait_ready(self, timeout: float | None = None) -> bool:
         return True

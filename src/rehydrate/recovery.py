@@ -414,6 +414,7 @@ class Walker:
         truncated copy), a longer or different one is not the log that was
         closed. Either is damage, whatever the frames say."""
         want = self.clean_end
+        assert want is not None  # only called with a clean end
         last = segments[-1] if segments else None
         name = os.path.basename(last.path) if last is not None else None
         size = last.size if last is not None else None

@@ -9,6 +9,8 @@ half-made segment under a real name.
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import os
 import stat
 import struct
@@ -93,7 +95,9 @@ class SegmentFile:
 
 def list_segments(waldir: str):
     """(segments sorted by first LSN, names of foreign files, names of tmp files)."""
-    segments, foreign, tmp = [], [], []
+    segments: list[Any] = []
+    foreign: list[Any] = []
+    tmp: list[Any] = []
     try:
         names = os.listdir(waldir)
     except FileNotFoundError:
@@ -129,7 +133,7 @@ class WalWriter:
         self.waldir = waldir
         self.segment_bytes = segment_bytes
         self._fd = -1
-        self.path = None
+        self.path: Optional[str] = None
         self.size = 0
 
     def open_existing(self, seg: SegmentFile, size: int) -> None:

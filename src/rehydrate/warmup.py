@@ -25,10 +25,18 @@ import sys
 import threading
 import time
 import traceback
-from typing import Optional
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Optional, TypeAlias
 
 from ._sysinfo import proc_kb_field
 from .errors import ConfigError, CriteriaError, PhaseTimeout, StallError, WarmupError
+
+# The store is typed Any here: warmup.py is imported by store.py.
+#: A populate or prime hook: ``fn(store, progress)``; ``progress(n=1)`` counts
+#: n units done (it keeps the stall watch quiet).
+Hook: TypeAlias = Callable[[Any, Callable[[int], None]], object]
+#: A phase's success criterion: ``fn(store)``, which returns True on success.
+Criterion: TypeAlias = Callable[[Any], object]
 
 PHASES = ("plan", "snapshot", "replay", "migrate", "populate", "prime")
 _HOOK_PHASES = ("populate", "prime")
@@ -43,7 +51,7 @@ _PHASE_START = {"plan": 0.0, "snapshot": 0.05, "replay": 0.1, "migrate": 0.9,
 log = logging.getLogger("rehydrate")
 
 
-def _name(fn) -> str:
+def _name(fn: object) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 
 
@@ -51,7 +59,7 @@ class LoggingListener:
     """The default listener: one INFO line per finished phase on the
     ``rehydrate`` logger."""
 
-    def on_phase_end(self, phase, stats) -> None:
+    def on_phase_end(self, phase: str, stats: Mapping[str, Any]) -> None:
         extra = "".join(f", {k} {stats[k]:,}" for k in ("records", "bytes") if stats.get(k))
         log.info("warmup phase %s: %.3f s%s", phase, stats["duration_s"], extra)
 
@@ -69,15 +77,20 @@ class Warmup:
     ConfigError for anything else.
     """
 
-    def __init__(self, *, budgets=None, stall_s=None, populate=(), prime=(), criteria=None,
-                 listeners=None, policy=None):
-        self.budgets = self._per_phase(budgets, "budgets", self._check_seconds)
+    def __init__(self, *, budgets: Optional[Mapping[str, float]] = None,
+                 stall_s: Optional[float] = None, populate: Sequence[Hook] = (),
+                 prime: Sequence[Hook] = (),
+                 criteria: Optional[Mapping[str, Sequence[Criterion]]] = None,
+                 listeners: Optional[Sequence[object]] = None,
+                 policy: Optional[Mapping[str, str]] = None) -> None:
+        # Keyed by phase; looked up with the current phase, None before the first.
+        self.budgets: dict[Optional[str], float] = self._per_phase(budgets, "budgets", self._check_seconds)
         if stall_s is not None:
             self._check_seconds("stall_s", stall_s)
         self.stall_s = stall_s
         self.hooks = {"populate": self._callables(populate, "populate"),
                       "prime": self._callables(prime, "prime")}
-        self.criteria = {phase: self._callables(fns, f"criteria[{phase!r}]")
+        self.criteria: dict[Optional[str], list[Criterion]] = {phase: self._callables(fns, f"criteria[{phase!r}]")
                          for phase, fns in self._per_phase(criteria, "criteria").items()}
         if listeners is None:
             listeners = [LoggingListener()]
@@ -87,20 +100,21 @@ class Warmup:
             raise ConfigError("listeners must be a list of objects with on_phase_start, "
                               "on_progress, on_phase_end or on_corruption")
         self.listeners = listeners
-        self.policy = self._per_phase(policy, "policy", self._check_policy)
+        self.policy: dict[Optional[str], str] = self._per_phase(policy, "policy", self._check_policy)
 
     @staticmethod
-    def _check_seconds(what, v) -> None:
-        if type(v) not in (int, float) or not 0 < v < float("inf"):
+    def _check_seconds(what: str, v: object) -> None:
+        if type(v) not in (int, float) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
             raise ConfigError(f"{what} must be a positive number of seconds, not {v!r}")
 
     @staticmethod
-    def _check_policy(what, v) -> None:
+    def _check_policy(what: str, v: object) -> None:
         if v not in _POLICIES:
             raise ConfigError(f"{what} must be 'fail' or 'warn', not {v!r}")
 
     @staticmethod
-    def _per_phase(d, what, check=None) -> dict:
+    def _per_phase(d: object, what: str,
+                   check: Optional[Callable[[str, object], None]] = None) -> dict[Any, Any]:
         if d is None:
             return {}
         if not isinstance(d, dict) or not all(k in PHASES for k in d):
@@ -111,7 +125,7 @@ class Warmup:
         return dict(d)
 
     @staticmethod
-    def _callables(fns, what) -> list:
+    def _callables(fns: object, what: str) -> list[Any]:
         if not isinstance(fns, (list, tuple)) or not all(callable(f) for f in fns):
             raise ConfigError(f"{what} must be a list of callables")
         return list(fns)
@@ -121,14 +135,14 @@ class WarmupRun:
     """One open's warmup: phase timings, listeners, the watchdog."""
 
     def __init__(self, warmup: Optional[Warmup], path: str,
-                 cancel: Optional[bytearray] = None):
+                 cancel: Optional[bytearray] = None) -> None:
         self.w = warmup if warmup is not None else Warmup()
         self.path = path
         # Set by the store's close(): a hook's wait gives up (the hook's
         # thread runs on), as the replay does.
         self.cancel = cancel if cancel is not None else bytearray(1)
         self.t0 = time.perf_counter()
-        self.phases: list = []
+        self.phases: list[dict[str, Any]] = []
         self.current: Optional[str] = None
         self._phase_t0 = 0.0
         self._last_tick = 0.0
@@ -137,7 +151,7 @@ class WarmupRun:
         self._last_progress_event = 0.0
 
     # -- listeners ---------------------------------------------------------
-    def _tell(self, event: str, *args) -> None:
+    def _tell(self, event: str, *args: Any) -> None:
         for listener in self.w.listeners:
             fn = getattr(listener, event, None)
             if fn is None:
@@ -147,11 +161,11 @@ class WarmupRun:
             except Exception:  # noqa: BLE001 - a listener never breaks a warmup
                 log.exception("warmup listener %r failed in %s", listener, event)
 
-    def corruption(self, problem) -> None:
+    def corruption(self, problem: object) -> None:
         self._tell("on_corruption", problem)
 
     # -- phases --------------------------------------------------------------
-    def start(self, phase: str, **info) -> None:
+    def start(self, phase: str, **info: Any) -> None:
         self.current = phase
         self._phase_t0 = self._last_tick = time.perf_counter()
         self._done = self._total = 0
@@ -168,7 +182,7 @@ class WarmupRun:
             self._last_progress_event = now
             self._tell("on_progress", self.current, self._done, self._total)
 
-    def end(self, store=None, **stats) -> dict:
+    def end(self, store: Any = None, **stats: Any) -> dict[str, Any]:
         """Close the current phase: its criteria, its budget, the listeners."""
         phase = self.current
         elapsed = time.perf_counter() - self._phase_t0
@@ -182,7 +196,7 @@ class WarmupRun:
             if ok is not True:
                 raise CriteriaError(f"criterion {_name(fn)} of phase {phase} returned {ok!r}",
                                     phase=phase, elapsed_s=elapsed, path=self.path)
-        entry = {"name": phase, "duration_s": elapsed, **stats}
+        entry: dict[str, Any] = {"name": phase, "duration_s": elapsed, **stats}
         rss = _rss_bytes()
         if rss is not None:
             entry["rss_bytes"] = rss
@@ -207,15 +221,16 @@ class WarmupRun:
         passes its budget (under policy "fail"); ``verdict()`` then says which."""
         return _Watch(self, cancel)
 
-    def _limits(self):
+    def _limits(self) -> tuple[Optional[float], Optional[float]]:
         return self.w.budgets.get(self.current), self.w.stall_s
 
-    def _limit_error(self, what: str, stall, budget, thread=None) -> Optional[WarmupError]:
+    def _limit_error(self, what: str, stall: Optional[float], budget: Optional[float],
+                     thread: Optional[threading.Thread] = None) -> Optional[WarmupError]:
         """StallError or PhaseTimeout when ``what`` (the current phase, or a
         hook in it, run by ``thread``) is past a limit now, else None."""
         now = time.perf_counter()
         elapsed = now - self._phase_t0
-        where = {"phase": self.current, "elapsed_s": elapsed, "path": self.path,
+        where: dict[str, Any] = {"phase": self.current, "elapsed_s": elapsed, "path": self.path,
                  "stack": _stack_of(thread) if thread is not None else None}
         if stall is not None and now - self._last_tick > stall:
             return StallError(f"{what} made no progress for {now - self._last_tick:.1f} s "
@@ -225,14 +240,14 @@ class WarmupRun:
         return None
 
     # -- hooks ---------------------------------------------------------------
-    def run_hooks(self, phase: str, store) -> dict:
+    def run_hooks(self, phase: str, store: Any) -> dict[str, Any]:
         self.start(phase, hooks=[_name(f) for f in self.w.hooks[phase]])
         for fn in self.w.hooks[phase]:
             self._run_hook(phase, fn, store)
         return self.end(store, hooks=len(self.w.hooks[phase]))
 
-    def _run_hook(self, phase: str, fn, store) -> None:
-        outcome: dict = {}
+    def _run_hook(self, phase: str, fn: Hook, store: Any) -> None:
+        outcome: dict[str, BaseException] = {}
 
         def progress(n: int = 1) -> None:
             self.tick(n=n)
@@ -270,7 +285,8 @@ class WarmupRun:
                               elapsed_s=time.perf_counter() - self._phase_t0,
                               path=self.path, reason="hook_error") from e
 
-    def progress(self, plan: Optional[dict], done: bool):
+    def progress(self, plan: Optional[dict[str, Any]],
+                 done: bool) -> tuple[float, Optional[float]]:
         """(fraction 0..1, seconds left or None) of the whole open, for
         readiness: the replay's share by bytes, the rest by phase; the time
         left from the plan's prediction, or the replay's rate once known."""
@@ -283,9 +299,9 @@ class WarmupRun:
         predicted = (plan or {}).get("predicted_s")
         elapsed = time.perf_counter() - self.t0
         left = max(0.0, predicted - elapsed) if predicted is not None else None
-        return _PHASE_START.get(self.current, 0.0), left
+        return _PHASE_START.get(self.current or "", 0.0), left
 
-    def report(self) -> dict:
+    def report(self) -> dict[str, Any]:
         return {"phases": list(self.phases), "total_s": time.perf_counter() - self.t0,
                 "predicted_s": None}
 
@@ -296,6 +312,8 @@ def _rss_bytes() -> Optional[int]:
 
 
 def _stack_of(thread: threading.Thread) -> Optional[str]:
+    if thread.ident is None:
+        return None
     frame = sys._current_frames().get(thread.ident)
     return "".join(traceback.format_stack(frame)) if frame is not None else None
 

@@ -1,7 +1,19 @@
 # Type stubs for rehydrate._core (the native core). The same surface as
 # rehydrate._pure; see its docstrings for the error contracts.
-from collections.abc import Buffer, Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, ValuesView
+import sys
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, ValuesView
 from typing import Any, Literal
+
+# Buffer (PEP 688: anything with the buffer protocol, bytes, bytearray,
+# memoryview, mmap, array) is in collections.abc from 3.12 only. On 3.11 the
+# same protocol comes from typing_extensions. A stub is never imported at run
+# time, and mypy and pyright carry typing_extensions' stubs themselves, so this
+# adds no run-time dependency; a plain Union would leave out mmap and array,
+# which the scanners take.
+if sys.version_info >= (3, 12):
+    from collections.abc import Buffer
+else:
+    from typing_extensions import Buffer
 
 IMPLEMENTATION: Literal["native"]
 MAX_BATCH_RECORD_BYTES: int

@@ -8,6 +8,8 @@ same ScanResult for the same input.
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import struct
 
 from .. import _format as F
@@ -376,7 +378,7 @@ def decode_payload(payload, count: int, seg_tids):
                 raise ValueError("bad table declaration")
         decls.append((tid, kind, name, schema, version))
         known.add(tid)
-    records = []
+    records: list[Any] = []
     while i < end:
         if len(records) == count:
             raise ValueError("payload holds more records than its header counts")

@@ -9,6 +9,8 @@ msgpack bytes, decoded when read.
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import struct
 import sys
 from collections.abc import ItemsView, KeysView, Mapping, ValuesView
@@ -281,7 +283,9 @@ class PairsCopy:
         out, items = [], list(self._d.items())
         i = 0
         while i < len(items):
-            ko, vo, ks, vs = array("i", [0]), array("i", [0]), [], []
+            ks: list[Any] = []
+            vs: list[Any] = []
+            ko, vo = array("i", [0]), array("i", [0])
             kn = vn = 0
             while i < len(items) and len(ks) < max_rows:
                 kb, vb = items[i]

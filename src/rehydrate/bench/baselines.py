@@ -123,7 +123,8 @@ class RedisServer:
         end = time.perf_counter() + deadline_s
         while time.perf_counter() < end:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace").strip()
+                err = (self.proc.stderr.read() if self.proc.stderr else b"").decode(
+                    errors="replace").strip()
                 raise BaselineError(f"redis-server exited with {self.proc.returncode}"
                                     + (f": {err.splitlines()[-1]}" if err else ""))
             try:

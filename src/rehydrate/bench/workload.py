@@ -17,6 +17,8 @@ asked), and alongside:
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import os
 import pickle
 from dataclasses import asdict, dataclass
@@ -35,7 +37,7 @@ class Workload:
     keys: int = 200_000
     value_bytes: int = 32
     mix: tuple = (80, 10, 10)  # put : incr : delete
-    snapshot_at: float = None  # fraction of the way, or None: log only
+    snapshot_at: Optional[float] = None  # fraction of the way, or None: log only
     seed: int = 42
 
     def check(self) -> "Workload":
@@ -86,7 +88,7 @@ def op_chunks(w: Workload):
         kidx = rng.integers(0, w.keys, n).tolist()
         vals = rng.bytes(vb * n)
         kinds = np.where(r < put, OP_PUT, np.where(r < put + incr, OP_INCR, OP_DELETE)).tolist()
-        out = []
+        out: list[tuple[int, str, Any]] = []
         for i in range(n):
             if kinds[i] == OP_PUT:
                 out.append((OP_PUT, f"key:{kidx[i]}", vals[vb * i:vb * i + vb]))

@@ -46,6 +46,8 @@ call (``fs.calls`` counts them), e.g. to cut the power at a chosen call.
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import os
 import random
 import threading
@@ -234,7 +236,7 @@ class FaultFS:
         # One draw here, then a generator per file (from its path): a file's
         # fate does not depend on which other files exist or how long they are.
         seed = rng.getrandbits(64)
-        self.damage = {}
+        self.damage: dict[Any, Any] = {}
         with self._lock:
             os.makedirs(into)
             if mode == "no_dir_sync":
@@ -283,7 +285,7 @@ def _survivor(node: _Node, mode: str, rng):
     if not ops:
         return node.synced, None
     writes = [(off, d) for off, d in ops if off is not None and d]
-    note = {"writes": len(writes), "unsynced": sum(len(d) for _, d in writes)}
+    note: dict[str, Any] = {"writes": len(writes), "unsynced": sum(len(d) for _, d in writes)}
     if mode in ("drop_unsynced", "no_dir_sync"):
         return node.synced, dict(note, kept_bytes=0)
     if mode == "random_suffix":
