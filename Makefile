@@ -57,8 +57,8 @@ demo: $(STAMP) redis
 # for the oldest and newest Python the project supports.
 typecheck: $(STAMP)
 	$(BIN)/python -m mypy
-	$(BIN)/python -m mypy --config-file= --strict --python-version 3.11 --cache-dir $(VENV)/.mypy_cache src/_core/__init__.pyi
-	$(BIN)/python -m mypy --config-file= --strict --python-version 3.12 --cache-dir $(VENV)/.mypy_cache src/_core/__init__.pyi
+	$(BIN)/python -m mypy --config-file= --strict --python-version 3.11 --cache-dir $(VENV)/.mypy_cache src/rehydrate/_core/__init__.pyi
+	$(BIN)/python -m mypy --config-file= --strict --python-version 3.12 --cache-dir $(VENV)/.mypy_cache src/rehydrate/_core/__init__.pyi
 
 test: $(STAMP) redis fiu strace typecheck
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
