@@ -18,21 +18,19 @@ from ._backend import core as _core
 from .recovery import Walker, WalkResult, clean_end_of
 from .snapshot import Base, check_base, has_base, load_base, migration_floor
 
-__all__ = ["NO_BASE", "reader_base", "reader_walker", "replay_readonly", "scan_log"]
-
-# The state starts empty: the whole log makes it.
-NO_BASE = Base(0, {}, [])
+__all__ = ["reader_base", "reader_walker", "replay_readonly", "scan_log"]
 
 
 def reader_base(path: str, man: dict, registry) -> Base:
     """The snapshot a reader's replay starts from, loaded into ``registry``
     (``load_base`` with its defaults: nothing changes on disk) when the log
     alone no longer makes the state: it does not start at LSN 1, or a
-    migration reshaped the state. Otherwise ``NO_BASE``, and nothing is
-    loaded. Whether the base will do is ``check_base``'s to say."""
+    migration reshaped the state. Otherwise ``Base(0, {}, [])`` (the whole
+    log makes the state), and nothing is loaded. Whether the base will do
+    is ``check_base``'s to say."""
     if _manifest.log_start(man, path) > 1 or migration_floor(man):
         return load_base(path, man, registry)
-    return NO_BASE
+    return Base(0, {}, [])
 
 
 def reader_walker(path: str, man: dict, mode: str, registry, *, apply: bool = True,
@@ -58,14 +56,14 @@ def reader_walker(path: str, man: dict, mode: str, registry, *, apply: bool = Tr
     if no_base not in ("raise", "check"):
         raise ValueError(f"no_base is 'raise' or 'check', not {no_base!r}")
     start = _manifest.log_start(man, path)
-    base = NO_BASE
+    base = Base(0, {}, [])
     if apply:
         base = reader_base(path, man, registry)
         if no_base == "raise":
             check_base(path, man, base.lsn, start)
         elif not has_base(man, base.lsn, start):
             # No state to build (verify reports no_base); the log is still checked.
-            apply, base = False, NO_BASE
+            apply, base = False, Base(0, {}, [])
             registry = fresh_registry() if fresh_registry is not None else registry
     walker = Walker(_core(), path, mode, registry, apply, start, base.lsn, None, progress)
     walker.offsets.update(base.offsets)
