@@ -48,6 +48,12 @@ INCLUDES = os.path.join(CORE, "includes")
 C_SOURCES = {
     "codec": ["crc32c_impl.c", "lz4_decode.c"],
     "kvtable": [],
+    # The frame modules by role (frames gathers their names as the twin's
+    # rehydrate._pure.frames has them).
+    "logbuffer": [],
+    "encoder": [],
+    "decoder": [],
+    "scanner": [],
     "frames": [],
 }
 

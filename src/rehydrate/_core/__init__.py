@@ -2,13 +2,17 @@
 #
 # Layout: codec (CRC32C, LZ4 decode, keys, values, varints; C in
 # crc32c_impl.c, lz4_decode.c, valcodec.h), kvtable (KVTable over kvcore.h's
-# hash table + arena), frames (LogBuffer, Staging, frame encode/parse,
-# payload decode in payload.h, and scan_frames, the replay loop). Each .pyx
-# has beside it the .pxd through which the other modules cimport its cdef
-# functions and classes (`from .codec cimport ...`). includes/ holds the C:
-# each header (and crc32c_impl.c, lz4_decode.c) with the .pxd declaring it.
-# Format constants: _format.pxd (cdef enum), mirrored from
-# rehydrate/_format.py.
+# hash table + arena), and records and frames by role: logbuffer (Staging,
+# LogBuffer: the writer's buffer), encoder (encode_frame), decoder
+# (decode_payload over payload.h) and scanner (frame headers and
+# scan_frames, the replay loop); frames gathers those four's names as the
+# twin's rehydrate._pure.frames. A .pyx whose cdef functions or classes other
+# modules cimport has its .pxd beside it (`from .codec cimport ...`);
+# _frameutil.pxd holds the frame modules' shared inline helpers. includes/
+# holds the C: each header (and crc32c_impl.c, lz4_decode.c) with the .pxd
+# declaring it. Format constants: _format.pxd (cdef enum), mirrored from
+# rehydrate/_format.py. Replay knows a NumericTable by its class's
+# _rh_numeric_columns, not by importing rehydrate.numeric.
 #
 # The public names are exactly the twin's (rehydrate._pure.__all__).
 

@@ -1,5 +1,5 @@
-# C-level surface of rehydrate._core.codec shared with kvtable and frames
-# (`from .codec cimport ...`).
+# C-level surface of rehydrate._core.codec shared with kvtable and the frame
+# modules (`from .codec cimport ...`).
 from libc.stdint cimport uint32_t
 from .includes.kvcore cimport rh_key
 from .includes.rhbuf cimport rh_buf

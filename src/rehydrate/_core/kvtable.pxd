@@ -1,5 +1,5 @@
-# The KVTable cdef class, shared with rehydrate._core.frames (which applies
-# records straight into .kv).
+# The KVTable cdef class, shared with the writer (logbuffer) and replay
+# (scanner), which apply records straight into .kv.
 from libc.stdint cimport int32_t
 from .includes.kvcore cimport rh_kv
 

@@ -4,7 +4,7 @@
 Twin of ``rehydrate._pure.kvtable``. Storage is kvcore.h's open-addressing
 table over an arena of canonical key bytes + msgpack value bytes; Python sees
 a read-only Mapping that decodes a value when it is read, plus the ``_raw``
-surface the writer (LogBuffer) and tests use. Replay (frames.scan_frames)
+surface the writer (LogBuffer) and tests use. Replay (scanner.scan_frames)
 writes into ``.kv`` directly.
 """
 

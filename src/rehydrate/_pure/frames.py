@@ -2,8 +2,9 @@
 
 A *record* is one logical op with one LSN; a *frame* is the physical unit on
 disk (header + checksummed payload of records) and the unit of atomicity.
-Plain-Python reference for ``src/rehydrate/_core/frames.pyx``: same names, same bytes,
-same ScanResult for the same input.
+Plain-Python reference for the native core's frame modules (logbuffer,
+encoder, decoder, scanner; ``src/rehydrate/_core/frames.pyx`` gathers their
+names): same names, same bytes, same ScanResult for the same input.
 """
 
 from __future__ import annotations

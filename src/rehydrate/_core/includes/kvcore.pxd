@@ -1,6 +1,6 @@
-# The KVTable's hash table + arena (header-only, kvcore.h). Both the kvtable
-# and frames modules compile these inline functions; they agree because they
-# share this one header and the rh_kv struct lives in the KVTable object.
+# The KVTable's hash table + arena (header-only, kvcore.h). The kvtable,
+# logbuffer and scanner modules compile these inline functions; they agree
+# because they share this one header and the rh_kv struct lives in the KVTable object.
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from .valcodec cimport rh_num
 

@@ -5,7 +5,7 @@
  * when kind has bit 0x80 varint version >= 2), then records: u8 op, varint
  * tid, varint key_len, key, varint value_len, value. The decoder checks every
  * record's structure before replay applies any of them (a frame is all or
- * nothing) and reports the first fault as a code + argument; frames.pyx turns
+ * nothing) and reports the first fault as a code + argument; decoder.pyx turns
  * that into the same message the pure twin's decode_payload raises.
  */
 #ifndef RH_PAYLOAD_H

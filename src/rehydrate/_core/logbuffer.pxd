@@ -1,4 +1,4 @@
-# The writer's cdef classes (LogBuffer, Staging).
+# The writer's cdef classes (LogBuffer, Staging), as logbuffer.pyx defines them.
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from .includes.rhbuf cimport rh_buf
 from .includes.kvcore cimport rh_key, rh_kv
