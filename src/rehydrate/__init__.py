@@ -1,13 +1,12 @@
 # rehydrate: rebuild a service's in-memory state at startup from its
 # write-ahead log, and keep writing that log while the service runs.
 #
-# Layout: store.py (the public Store), wal.py / manifest.py / lockfile.py
-# (files on disk), recovery.py (reading a log back under a recovery mode),
-# verify.py (standalone checks), tables.py (the table registry), kinds.py
-# (DictTable and custom StateType tables), numeric.py (NumericTable), errors.py,
-# cli.py (the `rehydrate` command). The hot code lives in the native core
-# `rehydrate._core` (_core/, Cython + C) with its pure-Python twin in
-# `rehydrate._pure`; `_backend.py` picks one. docs/FORMAT.md is the on-disk spec.
+# Layout: one module per role; docs/architecture.md is the map. store.py is
+# the public Store (on lifecycle.py and writes.py); opening.py, journal.py and
+# checkpointing.py do the open, the log writing and the checkpoints. The hot
+# code lives in the native core `rehydrate._core` (_core/, Cython + C) with its
+# pure-Python twin in `rehydrate._pure`; `_backend.py` picks one.
+# docs/FORMAT.md is the on-disk spec.
 """rehydrate: fast, safe, observable rebuilds of in-memory state from a WAL."""
 
 from .errors import (
