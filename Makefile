@@ -20,8 +20,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 # Rebuilt whenever a source changes; the native core is compiled here.
+# build/lib is emptied first: setuptools copies modules into it and never
+# removes one, so a module renamed or deleted in src/ would still be installed.
 $(STAMP): $(BIN)/python $(SOURCES)
 	$(BIN)/python -m pip install -q "Cython>=3.0" "setuptools>=77" wheel
+	rm -rf build/lib.*
 	$(BIN)/python -m pip install -q --no-build-isolation ".[test,bench]"
 	touch $(STAMP)
 
