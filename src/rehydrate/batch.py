@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from ._types import Offsets
 from .errors import StoreClosedError
 
 # commit(staging, offsets, consume) -> (last LSN or None, skipped)
-Commit = Callable[[Any, Optional[dict], bool], tuple]
+Commit = Callable[[Any, Optional[Offsets], bool], tuple[Optional[int], bool]]
 
 
 class Batch:
@@ -25,7 +26,7 @@ class Batch:
                  "_done", "put", "delete", "incr", "clear")
 
     def __init__(self, staging: Any, commit: Commit, writable: Callable[[], None],
-                 offsets: Optional[dict[str, int]] = None, consume: bool = False) -> None:
+                 offsets: Optional[Offsets] = None, consume: bool = False) -> None:
         """(Made by ``store.batch()`` and ``store.consume()``: ``staging``
         is the core's Staging, ``commit`` the store's, ``writable`` raises
         when the store takes no writes.)"""

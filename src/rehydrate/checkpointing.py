@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from . import _fileio
 from . import _format as F
@@ -28,8 +28,13 @@ from .journal import Journal
 from .tables import TableRegistry
 from .wal import WAL_DIR, list_segments
 
+#: (the capture, the digests known when it was taken: {table name: hex digest})
+Captured = tuple[_snapshot.Capture, dict[str, str]]
+#: ``commit(manifest)``: changes the MANIFEST that publishes a snapshot.
+Commit = Callable[[dict[str, Any]], None]
 
-def prepare(registry: TableRegistry) -> dict:
+
+def prepare(registry: TableRegistry) -> dict[str, Any]:
     """Before the lock: memory for the native tables' copies, faulted in
     now, so that under the lock a copy is one memcpy."""
     return {name: info.table._copy_prepare()
@@ -37,11 +42,12 @@ def prepare(registry: TableRegistry) -> dict:
             if hasattr(info.table, "_copy_prepare")}
 
 
-def capture(registry: TableRegistry, lsn: int, offsets: dict,
-            prepared: dict) -> tuple[_snapshot.Capture, dict]:
+def capture(registry: TableRegistry, lsn: int, offsets: dict[str, int],
+            prepared: dict[str, Any]) -> Captured:
     """(Capture, digests known now) of the state at ``lsn`` (the caller
     holds the lock that keeps writers out)."""
-    captured, digests = [], {}
+    captured: list[tuple[str, int, int, Any]] = []
+    digests: dict[str, str] = {}
     for name in registry.names():
         info = registry.by_name[name]
         if info.kind == F.KIND_CUSTOM:
@@ -59,7 +65,7 @@ def capture(registry: TableRegistry, lsn: int, offsets: dict,
     return _snapshot.Capture(lsn, dict(offsets), captured, versions), digests
 
 
-def finish_digests(cap: _snapshot.Capture, digests: dict) -> None:
+def finish_digests(cap: _snapshot.Capture, digests: dict[str, str]) -> None:
     """Outside the lock: the copies' digests (their columns are made as
     the files are written)."""
     for name, _tid, kind, payload in cap.tables:
@@ -67,9 +73,9 @@ def finish_digests(cap: _snapshot.Capture, digests: dict) -> None:
             digests[name] = format_digest(payload._digest())
 
 
-def publish(path: str, manifest: dict, cap: _snapshot.Capture, digests: dict, *,
-            keep_snapshots: int, make_durable: Callable[[int], None],
-            commit: Optional[Callable[[dict], None]] = None) -> dict:
+def publish(path: str, manifest: dict[str, Any], cap: _snapshot.Capture,
+            digests: dict[str, str], *, keep_snapshots: int, make_durable: Callable[[int], None],
+            commit: Optional[Commit] = None) -> dict[str, Any]:
     """Write ``cap`` as a snapshot and publish it in ``manifest`` (the
     caller's MANIFEST, updated in place once the new one is durable, so
     a failure after it leaves the caller with what is on disk).
@@ -113,9 +119,9 @@ def publish(path: str, manifest: dict, cap: _snapshot.Capture, digests: dict, *,
     return {"lsn": lsn, "bytes": info.bytes, "path": info.path, "digest": info.digest}
 
 
-def checkpoint(path: str, manifest: dict, registry: TableRegistry,
-               capture_locked: Callable[[dict], tuple], journal: Journal, keep_snapshots: int,
-               commit: Optional[Callable[[dict], None]] = None) -> dict:
+def checkpoint(path: str, manifest: dict[str, Any], registry: TableRegistry,
+               capture_locked: Callable[[dict[str, Any]], Captured], journal: Journal,
+               keep_snapshots: int, commit: Optional[Commit] = None) -> dict[str, Any]:
     """One checkpoint, start to end, publishing in ``manifest`` (the
     caller's, updated in place as each new MANIFEST is durable).
 
@@ -138,12 +144,12 @@ def checkpoint(path: str, manifest: dict, registry: TableRegistry,
         result["duration_s"] = 0.0
         return result
     with journal.io_lock:  # no roll meanwhile; the newest segment never goes
-        trim_log(path, manifest, min(manifest["snapshots"]), journal.wal.path)
+        trim_log(path, manifest, min(manifest["snapshots"]), journal.writer.path)
     result["duration_s"] = time.perf_counter() - t0
     return result
 
 
-def trim_log(path: str, manifest: dict, oldest_snapshot_lsn: int,
+def trim_log(path: str, manifest: dict[str, Any], oldest_snapshot_lsn: int,
              active_segment: Optional[str]) -> None:
     """Delete the segments every kept snapshot has made unneeded (the
     caller holds the log's I/O lock: no roll meanwhile).
@@ -177,7 +183,7 @@ class AutoCheckpoint:
     fail the store (the log has everything): it is logged, kept in
     ``error``, and tried again at the next trigger."""
 
-    def __init__(self, checkpoint: Callable[[], dict], every_bytes: Optional[int],
+    def __init__(self, checkpoint: Callable[[], dict[str, Any]], every_bytes: Optional[int],
                  every_s: Optional[float], name: str) -> None:
         self.every_bytes, self.every_s = every_bytes, every_s
         self.bytes_since = 0  # of log framed since the last capture

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from . import _format as F
 from .errors import StoreFailedError
 from .wal import WAL_DIR, SegmentFile, WalWriter, list_segments, parse_segment_name
 
 # take() -> (first LSN, record count, records, table declarations, offsets)
-Take = Callable[[], tuple]
+Taken = tuple[int, int, bytes, list[tuple[Any, ...]], dict[str, int]]
+Take = Callable[[], Taken]
 
 
 class Journal:
@@ -50,19 +51,27 @@ class Journal:
         self._stop = threading.Event()
         self._flusher: Optional[threading.Thread] = None
 
+    @property
+    def writer(self) -> WalWriter:
+        """The log writer ``open`` made (an internal error before it)."""
+        wal = self.wal
+        if wal is None:
+            raise RuntimeError(f"internal error: the log of {self.path} is not open for writing")
+        return wal
+
     def open(self, next_lsn: int, resume_path: Optional[str], resume_size: int) -> None:
         """Open the log for appending at ``next_lsn``: the newest segment
         when it can take more (``resume_path`` of ``resume_size`` bytes, of
         this format), else a new one; start the flusher unless every write
         syncs itself."""
         self.durable_lsn = self.written_lsn = next_lsn - 1
-        self.wal = WalWriter(os.path.join(self.path, WAL_DIR), self.segment_bytes)
+        self.wal = wal = WalWriter(os.path.join(self.path, WAL_DIR), self.segment_bytes)
         if (resume_path is not None and resume_size < self.segment_bytes
                 and WalWriter.can_append(resume_path)):
             first = parse_segment_name(os.path.basename(resume_path))
-            self.wal.open_existing(SegmentFile(first, resume_path, resume_size), resume_size)
+            wal.open_existing(SegmentFile(first, resume_path, resume_size), resume_size)
         else:
-            self.wal.create(next_lsn)
+            wal.create(next_lsn)
         if self.sync != "always":
             self._flusher = threading.Thread(target=self._flush_every_interval,
                                              name=f"rehydrate-sync:{self.path}", daemon=True)
@@ -80,18 +89,18 @@ class Journal:
         first, count, records, decls, offsets = self._take()
         try:
             if count:
-                n = self.wal.write_frame(first, count, records, decls, offsets)
+                n = self.writer.write_frame(first, count, records, decls, offsets)
                 self.written_lsn = first + count - 1
                 self._on_written(n)
             if fsync and self.written_lsn > self.durable_lsn:
-                self.wal.fsync()
+                self.writer.fsync()
                 self.durable_lsn = self.written_lsn
         except BaseException as e:
             # Fail-stop: after a failed write or fsync the file's state is
             # unknown; retrying could report success for lost data.
             self.failed = e
             self._on_failed()
-            raise StoreFailedError(f"write-ahead log I/O failed: {e!r}", path=self.wal.path,
+            raise StoreFailedError(f"write-ahead log I/O failed: {e!r}", path=self.writer.path,
                                    lsn=self.durable_lsn) from e
 
     def flush(self, fsync: bool) -> None:
@@ -122,17 +131,20 @@ class Journal:
         """Make ``lsn`` the first record of a segment of its own: a new
         segment unless the active one is empty and starts there."""
         with self.io_lock:
-            first = parse_segment_name(os.path.basename(self.wal.path))
-            if not (first == lsn and self.wal.size == F.SEGMENT_HEADER_BYTES):
-                self.wal.roll(lsn)
+            wal = self.writer
+            active = wal.path
+            assert active is not None  # (open made the active segment)
+            first = parse_segment_name(os.path.basename(active))
+            if not (first == lsn and wal.size == F.SEGMENT_HEADER_BYTES):
+                wal.roll(lsn)
 
-    def clean_end(self, lsn: int) -> Optional[dict]:
+    def clean_end(self, lsn: int) -> Optional[dict[str, Any]]:
         """The MANIFEST's record of a clean close at ``lsn``: where this
         writer leaves the log. None when the newest segment on disk is not
         where the writer thinks the log ends (a roll that failed half way,
         say): then no clean end is claimed, and the next open judges the
         log by the crash rules."""
-        wal = self.wal
+        wal = self.writer
         segments = list_segments(os.path.join(self.path, WAL_DIR))[0]
         newest = segments[-1] if segments else None
         if wal.path is None or newest is None or (newest.path, newest.size) != (wal.path,

@@ -41,6 +41,7 @@ from . import manifest as _manifest
 from . import opening as _opening
 from . import plan as _plan
 from ._backend import core as _core
+from ._types import StrPath
 from .errors import (
     ForkedStoreError, RehydrateError, StorageIOError, StoreClosedError, StoreFailedError,
 )
@@ -60,25 +61,43 @@ _FORK_LOCK_WAIT_S = 10.0
 
 
 class Lifecycle(Writes):
-    """The fields and inner workings of a store; ``Store`` is its surface."""
+    """The fields and inner workings of a store; ``Store`` is its surface.
 
-    path: str
+    Every field is set by ``_new`` (with the write path's, ``Writes``).
+    """
+
     _options: Options
+    _cancel: bytearray  # set: stop the open (a watchdog, or close())
+    _warmup: WarmupRun
+    _checkpoint_lock: threading.Lock
+    _sync_always: bool
     _journal: Journal
-    _manifest: dict
-    _plan: Optional[dict]
     _open_error: Optional[BaseException]
     _closed: bool
-    _forked: bool
-    _ready: threading.Event
+    _owner_pid: int
+    _forked: bool  # set in a child that inherited this store
+    _held_for_fork: bool  # _lock taken by the before-fork hook
+    _dirlock: Optional[DirLock]
     _auto: Optional[_checkpointing.AutoCheckpoint]
-    checkpoint_stats: dict
+    _opener: Optional[threading.Thread]  # a background open's thread
+    _atexit: Optional[Callable[[], None]]
+    _ready: threading.Event
+    _manifest: dict[str, Any]
+    _plan: Optional[dict[str, Any]]
+    _metrics_registry: Any  # a prometheus_client registry, once asked for
+    recovery_report: RecoveryReport
+    # A dict once the store is warm (None before: a background open's). Any,
+    # as it was, so that code reading a Store.open store's report needs no
+    # None check.
+    warmup_report: Any
+    open_stats: Optional[dict[str, Any]]
+    checkpoint_stats: dict[str, Any]
 
     # (What the surface provides that the workings call.)
     def close(self) -> None:
         raise NotImplementedError
 
-    def checkpoint(self) -> dict:
+    def checkpoint(self) -> dict[str, Any]:
         raise NotImplementedError
 
     def _state_digest(self) -> int:
@@ -88,10 +107,11 @@ class Lifecycle(Writes):
     def lsn(self) -> int:
         """LSN of the last write logged (0 for an empty store, or a
         background open that takes no writes yet)."""
-        return self._buf.next_lsn - 1
+        lsn: int = self._buf.next_lsn - 1
+        return lsn
 
     @classmethod
-    def _new(cls, path: str | os.PathLike[str], options: dict[str, Any]) -> Self:
+    def _new(cls, path: StrPath, options: dict[str, Any]) -> Self:
         """A Store with its options checked and its fields set; nothing on
         disk touched yet. ConfigError for a bad option."""
         o = check_options(**options)
@@ -107,22 +127,22 @@ class Lifecycle(Writes):
         self._journal = Journal(self.path, o.segment_bytes, o.sync, o.sync_interval_ms / 1000.0,
                                 self._take_buffered, self._refuse_writes, self._check_owner,
                                 self._note_written)
-        self._open_error: Optional[BaseException] = None
+        self._open_error = None
         self._closed = False
         self._owner_pid = os.getpid()
         self._forked = False  # set in a child that inherited this store
         self._held_for_fork = False  # _lock taken by the before-fork hook
-        self._dirlock: Optional[DirLock] = None
-        self._auto: Optional[_checkpointing.AutoCheckpoint] = None
-        self._opener: Optional[threading.Thread] = None
-        self._atexit: Optional[Callable[[], None]] = None
+        self._dirlock = None
+        self._auto = None
+        self._opener = None
+        self._atexit = None
         self._ready = threading.Event()
-        self._manifest: dict = {}
-        self._plan: Optional[dict] = None
+        self._manifest = {}
+        self._plan = None
         self._metrics_registry = None
         self.recovery_report = RecoveryReport(mode=o.recovery)
-        self.warmup_report: Optional[dict] = None
-        self.open_stats: Optional[dict] = None
+        self.warmup_report = None
+        self.open_stats = None
         self.checkpoint_stats = {"count": 0, "last_duration_s": 0.0, "last_pause_s": 0.0,
                                  "last_lsn": 0}
         _forking.track(self, self._hold_for_fork, self._release_after_fork,
@@ -166,6 +186,8 @@ class Lifecycle(Writes):
         self._ready.set()
 
     def _run_open_in_background(self) -> None:
+        intake = self._intake
+        assert intake is not None  # (made before this thread started)
         try:
             self._run_open()
         except BaseException as e:  # noqa: BLE001 - kept for wait_ready and writers
@@ -174,7 +196,7 @@ class Lifecycle(Writes):
                 self._warming = False
                 self._closed = True
                 self._targets.clear()
-                self._intake.cv.notify_all()
+                intake.cv.notify_all()
             self._ready.set()
 
     def _rebuild_state(self) -> None:
@@ -222,11 +244,11 @@ class Lifecycle(Writes):
         migrations), populate and prime (the hooks); then the store is ready."""
         run = self._warmup
         run.start("migrate")
-        applied = []
+        applied: list[str] = []
         if self._options.migrations is not None:
             from .migrate_phase import MigrationHost, run_pending
 
-            host = MigrationHost(self.path, self._core, self._registry, self._checkpoint_lock,
+            host = MigrationHost(self.path, self._core, self._open_registry, self._checkpoint_lock,
                                  lambda: self.lsn, lambda: self._manifest, self._state_digest,
                                  self._checkpoint_locked, self._replace_state,
                                  self._log_in_new_segment)
@@ -235,20 +257,22 @@ class Lifecycle(Writes):
         run.end(self, migrations=applied)
         for phase in ("populate", "prime"):
             run.run_hooks(phase, self)
-        self.warmup_report = run.report()
-        self.warmup_report["predicted_s"] = self._plan["predicted_s"]
-        self.warmup_report["plan"] = self._plan
-        _plan.record_open(self.path, self._plan, self.warmup_report)
+        self.warmup_report = report = run.report()
+        plan = self._plan
+        assert plan is not None  # (the plan phase made it)
+        report["predicted_s"] = plan["predicted_s"]
+        report["plan"] = plan
+        _plan.record_open(self.path, plan, report)
 
     def _replace_state(self, name: str, table: Any, version: int) -> None:
         with self._lock:
-            self._registry.replace_state(name, table, version)
+            self._open_registry.replace_state(name, table, version)
             self._targets.pop(name, None)  # (the next write takes the new table)
 
     def _log_in_new_segment(self, lsn: int) -> int:
         self._journal.roll_to(lsn)
         with self._lock:
-            got = self._buf.noop()
+            got: int = self._buf.noop()
         if got == lsn:
             self._journal.make_durable(lsn)
         return got
@@ -323,19 +347,20 @@ class Lifecycle(Writes):
         try:
             if journal.failed is None and journal.wal is not None:
                 journal.flush(fsync=True)
-                _hints.write(self.path, [(n, self._registry.by_name[n].table)
-                                         for n in self._registry.names()])
+                registry = self._open_registry
+                _hints.write(self.path, [(n, registry.by_name[n].table)
+                                         for n in registry.names()])
                 self._record_clean_end()
         finally:
             self._release()
 
-    def _checkpoint_locked(self, commit: Optional[Callable[[dict], None]] = None
+    def _checkpoint_locked(self, commit: Optional[_checkpointing.Commit] = None
                            ) -> dict[str, Any]:
         """A checkpoint (``_checkpoint_lock`` held). ``commit(manifest)``
         changes the MANIFEST that publishes the snapshot (a migration's
         ledger entry goes in with it, in the same write)."""
         result = _checkpointing.checkpoint(
-            self.path, self._manifest, self._registry, self._capture, self._journal,
+            self.path, self._manifest, self._open_registry, self._capture, self._journal,
             self._options.keep_snapshots, commit)
         if not result.get("existing"):
             self.checkpoint_stats = {"count": self.checkpoint_stats["count"] + 1,
@@ -344,13 +369,13 @@ class Lifecycle(Writes):
                                      "last_lsn": result["lsn"]}
         return result
 
-    def _capture(self, prepared: dict) -> tuple:
+    def _capture(self, prepared: dict[str, Any]) -> _checkpointing.Captured:
         """The state as of now, copied under ``_lock`` (writers wait)."""
         with self._lock:
             self._writable()
             if self._auto is not None:
                 self._auto.bytes_since = 0
-            return _checkpointing.capture(self._registry, self.lsn, self._offsets, prepared)
+            return _checkpointing.capture(self._open_registry, self.lsn, self._offsets, prepared)
 
     def _writable(self) -> None:
         if self._forked:

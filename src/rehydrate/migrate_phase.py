@@ -32,6 +32,7 @@ import threading
 import time
 from types import MappingProxyType
 from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from typing import Any, Callable
 
 from . import _format as F
@@ -41,8 +42,9 @@ from .migrations import Migration, Migrations
 from .tables import TableRegistry
 
 
-def _name(fn) -> str:
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+def _name(fn: object) -> str:
+    name: str = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    return name
 
 
 @dataclass(frozen=True)
@@ -55,11 +57,11 @@ class MigrationHost:
     registry: TableRegistry
     checkpoint_lock: threading.Lock
     lsn: Callable[[], int]  # the last LSN logged
-    manifest: Callable[[], dict]  # the MANIFEST as the store holds it (read only)
+    manifest: Callable[[], dict[str, Any]]  # the MANIFEST as the store holds it (read only)
     state_digest: Callable[[], int]
     # A checkpoint (``checkpoint_lock`` held); ``commit`` changes the
     # MANIFEST that publishes it.
-    checkpoint_locked: Callable[..., dict]
+    checkpoint_locked: Callable[..., dict[str, Any]]
     # (name, table, version): make ``table`` the table's state at
     # ``version``, under the store's lock (writers see the old or the new).
     replace_state: Callable[[str, Any, int], None]
@@ -68,10 +70,10 @@ class MigrationHost:
     log_in_new_segment: Callable[[int], int]
 
 
-def run_pending(store: MigrationHost, migrations: Migrations, run: Any) -> list:
+def run_pending(store: MigrationHost, migrations: Migrations, run: Any) -> list[str]:
     """Apply the pending migrations in registration order; their ids."""
     done = {e.get("id") for e in store.manifest().get("ledger") or []}
-    applied = []
+    applied: list[str] = []
     for m in migrations.migrations:
         if m.id in done:
             continue
@@ -82,7 +84,8 @@ def run_pending(store: MigrationHost, migrations: Migrations, run: Any) -> list:
     return applied
 
 
-def _check_invariants(fns, state: dict, m: Migration, when: str, path: str) -> list:
+def _check_invariants(fns: Iterable[Callable[..., Any]], state: Mapping[Any, Any], m: Migration,
+                      when: str, path: str) -> list[str]:
     names = []
     for fn in fns:
         try:
@@ -99,7 +102,7 @@ def _check_invariants(fns, state: dict, m: Migration, when: str, path: str) -> l
     return names
 
 
-def _decoded_copy(table, kind: int, core) -> dict:
+def _decoded_copy(table: Any, kind: int, core: Any) -> dict[Any, Any]:
     """The migration's working dict: every key and value of ``table``
     decoded afresh from its stored bytes, so it shares no object with the
     live table (a DictTable's values are live objects; they are copied
@@ -107,12 +110,13 @@ def _decoded_copy(table, kind: int, core) -> dict:
     if table is None:
         return {}
     if kind == F.KIND_KV:
-        return table.to_dict()  # the core decodes into new objects
+        decoded: dict[Any, Any] = table.to_dict()  # the core decodes into new objects
+        return decoded
     decode_key, unpack = core.decode_key, core.unpack_value
     return {decode_key(kb): unpack(vb) for kb, vb in table._items_raw()}
 
 
-def _fill(new_table, kind: int, work: dict, core) -> None:
+def _fill(new_table: Any, kind: int, work: dict[Any, Any], core: Any) -> None:
     """Encode ``work`` into the empty ``new_table``; raises what the core
     raises for a key or value the table cannot hold."""
     if kind == F.KIND_KV:
@@ -126,7 +130,7 @@ def _fill(new_table, kind: int, work: dict, core) -> None:
         put(encode_key(k), pack(v))
 
 
-def apply_one(store: MigrationHost, migrations: Migrations, m: Migration) -> dict:
+def apply_one(store: MigrationHost, migrations: Migrations, m: Migration) -> dict[str, Any]:
     reg, path = store.registry, store.path
     info = reg.by_name.get(m.table)
     kind = reg.kind_for(m.table)
@@ -181,13 +185,13 @@ def apply_one(store: MigrationHost, migrations: Migrations, m: Migration) -> dic
             raise MigrationError(f"the migration's record got LSN {got}, not {base + 1}",
                                  path=path, lsn=got)
         digest_after = format_digest(store.state_digest())
-        entry = {"id": m.id, "table": m.table, "code_hash": m.code_hash,
+        entry: dict[str, Any] = {"id": m.id, "table": m.table, "code_hash": m.code_hash,
                  "applied_at": time.time(), "lsn": base + 1, "from_version": current,
                  "to_version": m.to_version, "digest_before": digest_before,
                  "digest_after": digest_after, "invariants": names,
                  "snapshot_before": base, "confirmed": False, "checkpoints_after": 0}
 
-        def commit(man: dict) -> None:
+        def commit(man: dict[str, Any]) -> None:
             man["ledger"] = list(man.get("ledger") or []) + [entry]
             man["versions"] = dict(man.get("versions") or {}, **{m.table: m.to_version})
 

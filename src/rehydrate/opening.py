@@ -69,7 +69,7 @@ def prepare_directory(path: str, create: bool) -> None:
     _fileio.fsync_dir(path)
 
 
-def migrations_pending(manifest: dict, migrations: Optional[Migrations]) -> bool:
+def migrations_pending(manifest: dict[str, Any], migrations: Optional[Migrations]) -> bool:
     """Registered migrations not in the ledger (the migrate phase runs them;
     a background open takes writes only once they have)."""
     if migrations is None:
@@ -78,7 +78,7 @@ def migrations_pending(manifest: dict, migrations: Optional[Migrations]) -> bool
     return any(m.id not in done for m in migrations.migrations)
 
 
-def size_hints(path: str) -> dict:
+def size_hints(path: str) -> dict[str, tuple[int, int]]:
     """Each table's presizing hint from the last close, capped by the log's size."""
     found = _hints.read(path)
     if not found:
@@ -92,9 +92,9 @@ class Planned:
     """What the plan phase found: the MANIFEST, the tables' versions, the
     cost prediction, the (empty) table registry, and the log's first LSN."""
 
-    manifest: dict
+    manifest: dict[str, Any]
     versions: Versions
-    plan: dict
+    plan: dict[str, Any]
     registry: TableRegistry
     log_start: int
     started: float  # perf_counter() at the open's start
@@ -130,7 +130,7 @@ def plan_open(path: str, options: Options, core: Any, run: Any, owner: Any,
     return Planned(manifest, versions, plan, registry, log_start, started, ended)
 
 
-def _drop_snapshot(path: str, manifest: dict, lsn: int, spath: str) -> None:
+def _drop_snapshot(path: str, manifest: dict[str, Any], lsn: int, spath: str) -> None:
     """Take a failed snapshot out of use, keeping its files as evidence
     (``manifest`` is updated in place and written)."""
     if os.path.isdir(spath):
@@ -169,17 +169,17 @@ class LogIndex:
     next_lsn: int
     resume_path: Optional[str]
     resume_size: int
-    last_lsn: dict  # table name -> LSN by which its records are all in
+    last_lsn: dict[str, int]  # table name -> LSN by which its records are all in
     started: float  # perf_counter() when the pass began
 
     @property
-    def end(self) -> tuple:
+    def end(self) -> tuple[int, dict[str, int]]:
         """(last LSN, {newest segment: size}): where the replay stops."""
         sizes = {self.resume_path: self.resume_size} if self.resume_path else {}
         return self.next_lsn - 1, sizes
 
 
-def index_log(core: Any, path: str, walk_args: dict, run: Any,
+def index_log(core: Any, path: str, walk_args: dict[str, Any], run: Any,
               registry: TableRegistry) -> Optional[LogIndex]:
     """The checking pass of a background open over the log after the
     snapshot: when it is clean, every table it names is declared in
@@ -187,23 +187,26 @@ def index_log(core: Any, path: str, walk_args: dict, run: Any,
     end) when the log has anything a recovery mode must decide on."""
     t0 = time.perf_counter()
     reader = TableRegistry(core, materialize=False)
-    last_lsn: dict = {}  # table id -> LSN by which its records are all in
-    in_segment: set = set()
+    last_lsn: dict[int, int] = {}  # table id -> LSN by which its records are all in
+    in_segment: set[int] = set()
     declare = reader.declare
 
-    def declare_noting(tid, kind, name_bytes, schema=b"", version=1):
+    def declare_noting(tid: int, kind: int, name_bytes: bytes, schema: bytes = b"",
+                       version: int = 1) -> Any:
         in_segment.add(tid)
         return declare(tid, kind, name_bytes, schema, version)
 
-    def on_chunk(_path, next_lsn):
+    def on_chunk(_path: str, next_lsn: Optional[int]) -> None:
         # Segment-grained: a table declared in a segment is taken to have
         # records up to that segment's end.
         if next_lsn is None:
             in_segment.clear()
-        for tid in in_segment if next_lsn is not None else ():
+            return
+        for tid in in_segment:
             last_lsn[tid] = next_lsn - 1
 
-    reader.declare = declare_noting
+    # (An instance attribute over the class's method: mypy has no way to say so.)
+    reader.declare = declare_noting  # type: ignore[method-assign]
     # (Progress is the replay's to report; this pass only tells the stall
     # watchdog it is alive.)
     args = dict(walk_args, registry=reader, apply=False, mode="skip-corrupted",
@@ -226,12 +229,12 @@ class Opened:
     where the log goes on, and each phase's duration."""
 
     report: RecoveryReport
-    offsets: dict
+    offsets: dict[str, int]
     next_lsn: int
     resume_path: Optional[str]
     resume_size: int
     writes_taken: bool  # a background open's writer is open already
-    phases: list = field(default_factory=list)
+    phases: list[dict[str, Any]] = field(default_factory=list)
     ended: float = 0.0  # perf_counter() at the replay's end
 
 
@@ -267,27 +270,28 @@ def load_and_replay(path: str, options: Options, core: Any, run: Any, cancel: by
     run.start("replay", from_lsn=snap_lsn + 1)
     progress = options.progress
 
-    def replay_progress(done, total):
+    def replay_progress(done: int, total: int) -> None:
         run.tick(done, total)
         if progress is not None:
             progress(done, total)
-    walk_args = dict(mode=recovery, registry=planned.registry, apply=True,
+    walk_args: dict[str, Any] = dict(mode=recovery, registry=planned.registry, apply=True,
                      progress=replay_progress, applied_lsn=snap_lsn, offsets=snap_offsets,
                      skip_covered=True, start_lsn=planned.log_start, cancel=cancel,
                      clean_end=clean_end_of(manifest, path))
     watch = run.watch(cancel)
-    index, taken_after_s = None, None
+    index: Optional[LogIndex] = None
+    taken_after_s: Optional[float] = None
     try:
         if (take_writes is not None and recovery != "point-in-time"
                 and not migrations_pending(manifest, options.migrations)):
             index = index_log(core, path, walk_args, run, planned.registry)
-        if index is not None:
-            take_writes(index)
-            taken_after_s = time.perf_counter() - index.started
-            # Writers go on from the log's end while the replay reads the
-            # log as it was (docs/warmup.md, "Background open").
-            walk_args["end"] = index.end
-            walk_args["on_chunk"] = on_replayed
+            if index is not None:
+                take_writes(index)
+                taken_after_s = time.perf_counter() - index.started
+                # Writers go on from the log's end while the replay reads the
+                # log as it was (docs/warmup.md, "Background open").
+                walk_args["end"] = index.end
+                walk_args["on_chunk"] = on_replayed
         result = walk(core, path, **walk_args)
     except CancelledError:
         if watch.error is None:

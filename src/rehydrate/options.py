@@ -7,8 +7,9 @@ is a ConfigError that changes nothing (docs/store.md, "Options").
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
+from ._types import ProgressFn, TableKinds
 from .errors import ConfigError
 from .kinds import resolve_kinds
 from .migrations import Migrations
@@ -31,8 +32,8 @@ class Options:
     recovery: str
     segment_bytes: int
     sync_interval_ms: float
-    progress: Optional[Callable[[int, int], None]]
-    kinds: dict
+    progress: Optional[ProgressFn]
+    kinds: dict[str, tuple[int, Any]]
     keep_snapshots: int
     checkpoint_every_bytes: Optional[int]
     checkpoint_every_s: Optional[float]
@@ -65,8 +66,8 @@ def check_options(
     recovery: str = "tolerate-tail",
     segment_bytes: int = DEFAULT_SEGMENT_BYTES,
     sync_interval_ms: float = DEFAULT_SYNC_INTERVAL_MS,
-    progress: Optional[Callable[[int, int], None]] = None,
-    tables: Optional[dict] = None,
+    progress: Optional[ProgressFn] = None,
+    tables: Optional[TableKinds] = None,
     keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
     checkpoint_every_bytes: Optional[int] = None,
     checkpoint_every_s: Optional[float] = None,

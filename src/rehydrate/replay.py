@@ -11,9 +11,10 @@ a reader only reports it.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from . import manifest as _manifest
+from ._types import ProgressFn
 from ._backend import core as _core
 from .recovery import Walker, WalkResult, clean_end_of
 from .snapshot import Base, check_base, has_base, load_base, migration_floor
@@ -21,7 +22,7 @@ from .snapshot import Base, check_base, has_base, load_base, migration_floor
 __all__ = ["reader_base", "reader_walker", "replay_readonly", "scan_log"]
 
 
-def reader_base(path: str, man: dict, registry) -> Base:
+def reader_base(path: str, man: dict[str, Any], registry: Any) -> Base:
     """The snapshot a reader's replay starts from, loaded into ``registry``
     (``load_base`` with its defaults: nothing changes on disk) when the log
     alone no longer makes the state: it does not start at LSN 1, or a
@@ -33,8 +34,8 @@ def reader_base(path: str, man: dict, registry) -> Base:
     return Base(0, {}, [])
 
 
-def reader_walker(path: str, man: dict, mode: str, registry, *, apply: bool = True,
-                  progress: Optional[Callable[[int, int], None]] = None,
+def reader_walker(path: str, man: dict[str, Any], mode: str, registry: Any, *,
+                  apply: bool = True, progress: Optional[ProgressFn] = None,
                   no_base: str = "raise",
                   fresh_registry: Optional[Callable[[], object]] = None) -> Walker:
     """A ``recovery.Walker`` set up as a reader replays: every segment from
@@ -71,8 +72,8 @@ def reader_walker(path: str, man: dict, mode: str, registry, *, apply: bool = Tr
     return walker
 
 
-def replay_readonly(path: str, man: dict, mode: str, registry,
-                    progress: Optional[Callable[[int, int], None]] = None) -> WalkResult:
+def replay_readonly(path: str, man: dict[str, Any], mode: str, registry: Any,
+                    progress: Optional[ProgressFn] = None) -> WalkResult:
     """The state a reader sees, built in ``registry`` without changing a byte:
     the log replayed from its start, on top of the newest valid snapshot when
     the log no longer starts at LSN 1 (or a migration reshaped the state).
@@ -81,7 +82,8 @@ def replay_readonly(path: str, man: dict, mode: str, registry,
     return reader_walker(path, man, mode, registry, progress=progress).run()
 
 
-def scan_log(path: str, man: dict, registry, mode: str = "skip-corrupted") -> WalkResult:
+def scan_log(path: str, man: dict[str, Any], registry: Any,
+             mode: str = "skip-corrupted") -> WalkResult:
     """The log from its start read and checked under ``mode``, nothing
     applied (no snapshot is loaded; ``registry`` learns the tables the log
     declares): what ``dump`` decodes the checked frames of."""

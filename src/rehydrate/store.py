@@ -10,10 +10,10 @@ path), options.py, opening.py, journal.py, checkpointing.py, intake.py
 from __future__ import annotations
 
 import copy
-import os
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from . import intake as _intake
+from ._types import ProgressFn, StrPath, TableKinds
 from .errors import ConfigError
 from .lifecycle import Lifecycle, open_options, abandon
 from .migrations import Migrations
@@ -37,15 +37,15 @@ class Store(Lifecycle):
     @classmethod
     def open(
         cls,
-        path: str | os.PathLike[str],
+        path: StrPath,
         *,
         create: bool = True,
         sync: str = "interval",
         recovery: str = "tolerate-tail",
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         sync_interval_ms: float = DEFAULT_SYNC_INTERVAL_MS,
-        progress: Optional[Callable[[int, int], None]] = None,
-        tables: Optional[dict[str, Any]] = None,
+        progress: Optional[ProgressFn] = None,
+        tables: Optional[TableKinds] = None,
         keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
         checkpoint_every_bytes: Optional[int] = None,
         checkpoint_every_s: Optional[float] = None,
@@ -82,7 +82,7 @@ class Store(Lifecycle):
     @classmethod
     def open_background(
         cls,
-        path: str | os.PathLike[str],
+        path: StrPath,
         *,
         max_pending_records: int = _intake.DEFAULT_MAX_PENDING_RECORDS,
         max_pending_bytes: int = _intake.DEFAULT_MAX_PENDING_BYTES,
@@ -92,8 +92,8 @@ class Store(Lifecycle):
         recovery: str = "tolerate-tail",
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         sync_interval_ms: float = DEFAULT_SYNC_INTERVAL_MS,
-        progress: Optional[Callable[[int, int], None]] = None,
-        tables: Optional[dict[str, Any]] = None,
+        progress: Optional[ProgressFn] = None,
+        tables: Optional[TableKinds] = None,
         keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
         checkpoint_every_bytes: Optional[int] = None,
         checkpoint_every_s: Optional[float] = None,
@@ -181,14 +181,15 @@ class Store(Lifecycle):
         """
         if self._warming:
             intake = self._intake
+            assert intake is not None  # (a background open's)
             with self._lock:
-                if not intake.open or (name in self._registry.by_name
+                if not intake.open or (name in self._open_registry.by_name
                                        and name not in intake.ready):
                     return _intake.TableView(intake, name, lambda: self.table(name),
                                              self._failure, self.path)
         if self._open_error is not None:
             raise self._open_failed() from self._open_error
-        info = self._registry.by_name.get(name)
+        info = self._open_registry.by_name.get(name)
         if info is None:
             raise KeyError(f"no table {name!r} in {self.path}")
         return info.table
@@ -209,8 +210,8 @@ class Store(Lifecycle):
         from .digest import state_digest
 
         with self._lock:
-            return state_digest({n: self._registry.by_name[n].table
-                                 for n in self._registry.names()})
+            registry = self._open_registry
+            return state_digest({n: registry.by_name[n].table for n in registry.names()})
 
     # ------------------------------------------------------ observability
     def readiness(self) -> dict[str, Any]:
@@ -235,7 +236,7 @@ class Store(Lifecycle):
             phase = run.current or "plan"
         # A store closed after its warmup finished had finished it: 1.0.
         progress, eta = run.progress(self._plan, done=warm)
-        out = {"ready": ready, "phase": phase, "progress": progress, "eta_s": eta}
+        out: dict[str, Any] = {"ready": ready, "phase": phase, "progress": progress, "eta_s": eta}
         intake = self._intake
         if intake is not None:
             with self._lock:
@@ -251,9 +252,11 @@ class Store(Lifecycle):
         """What needs every table (digest, checkpoint) waits for a background
         open's replay; raises if the open failed."""
         if self._warming:
+            intake = self._intake
+            assert intake is not None  # (a background open's)
             with self._lock:
                 while self._warming and self._open_error is None:
-                    self._intake.cv.wait()
+                    intake.cv.wait()
         if self._open_error is not None:
             raise self._open_failed() from self._open_error
 

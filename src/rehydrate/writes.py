@@ -17,14 +17,15 @@ from typing import Any, Callable, Optional
 from . import _format as F
 from . import _offsets
 from . import intake as _intake
+from ._types import Key, Number, Offsets, Value
 from .batch import Batch
 from .errors import ConfigError
+from .journal import Taken
 from .numeric import NumericTable
 from .opening import LogIndex
-from .tables import TableRegistry
+from .tables import TableInfo, TableRegistry
 
 _FRAME_TARGET = F.FRAME_TARGET_BYTES
-Key = str | bytes | int  # what a table key may be
 
 
 class Writes:
@@ -40,14 +41,14 @@ class Writes:
     """
 
     path: str
-    _core: Any
+    _core: Any  # the core module in use (native or pure)
     _lock: threading.Lock
-    _buf: Any
+    _buf: Any  # the core's LogBuffer
     _buffered: bool
-    _targets: dict
-    _registry: Optional[TableRegistry]
-    _offsets: dict
-    _pending_offsets: dict
+    _targets: dict[str, tuple[Any, int]]  # table name -> (table, id)
+    _registry: Optional[TableRegistry]  # (None until the open's plan phase makes it)
+    _offsets: Offsets
+    _pending_offsets: Offsets
     _intake: Optional[_intake.Intake]
     _warming: bool
 
@@ -65,35 +66,48 @@ class Writes:
         self._intake = None
         self._warming = False  # a background open whose tables are not all in
 
+    @property
+    def _open_registry(self) -> TableRegistry:
+        """The table registry, which the open's plan phase makes (an
+        internal error before it)."""
+        registry = self._registry
+        if registry is None:
+            raise RuntimeError(f"internal error: the tables of {self.path} are not planned yet")
+        return registry
+
     # The write path. ``_targets`` maps a table name to (table, id) while the
     # store is writable; it is emptied when the store closes or fails, so the
     # fast path needs no other check and everything unusual (a new table, a
     # closed or failed store) goes through ``_write_locked``.
-    def _write_locked(self, method: Callable[..., int], table: str, args: tuple) -> int:
+    def _write_locked(self, method: Callable[..., int], table: str, args: tuple[Any, ...]) -> int:
         """One write with ``_lock`` held: check, create the table, apply, log."""
         self._writable()
         if self._warming:
             return self._write_warming(method, table, args)
         return self._write_plain(method, table, args)
 
-    def _write_plain(self, method: Callable[..., int], table: str, args: tuple) -> int:
-        info = self._registry.by_name.get(table)
+    def _write_plain(self, method: Callable[..., int], table: str, args: tuple[Any, ...]) -> int:
+        registry = self._registry
+        assert registry is not None  # (planned before any write gets here)
+        info = registry.by_name.get(table)
         new = info is None
-        if new:
-            info = self._registry.create(table)
+        if info is None:
+            info = registry.create(table)
         try:
             lsn = method(info.table, info.tid, *args)
         except BaseException:
             if new:
-                self._registry.drop_if_new(info)
+                registry.drop_if_new(info)
             raise
         self._targets[table] = (info.table, info.tid)
         return lsn
 
-    def _write_warming(self, method: Callable[..., int], table: str, args: tuple) -> int:
+    def _write_warming(self, method: Callable[..., int], table: str,
+                       args: tuple[Any, ...]) -> int:
         """A write during a background open (``_lock`` held): applied now to a
         ready table, kept for one that is not, or waited with (intake.py)."""
         intake = self._intake
+        assert intake is not None  # (a background open's)
         wait = _intake.Deadline(intake, self.path)
         while True:
             self._writable()
@@ -102,7 +116,7 @@ class Writes:
             if not intake.open:
                 wait.wait("the open has not yet found the log's end")
                 continue
-            info = self._registry.by_name.get(table)
+            info = self._open_registry.by_name.get(table)
             if info is None or table in intake.ready:
                 # Every table of the log is known once writes are taken: a
                 # name not among them is a new table, ready at once.
@@ -126,7 +140,8 @@ class Writes:
         owner = getattr(method, "__self__", None)
         if owner is self or owner is self._buf:
             return method
-        return getattr(self._buf, method.__name__)
+        rebound: Callable[..., int] = getattr(self._buf, method.__name__)
+        return rebound
 
     def _write(self, method: Callable[..., int], table: str, *args: Any) -> int:
         with self._lock:
@@ -134,7 +149,7 @@ class Writes:
         self._after_write(lsn)
         return lsn
 
-    def put(self, table: str, key: Key, value: Any) -> int:
+    def put(self, table: str, key: Key, value: Value) -> int:
         """Set ``key`` to ``value`` in ``table``; returns the write's LSN.
 
         Raises UnsupportedKeyError / ValueEncodingError before anything is
@@ -156,7 +171,7 @@ class Writes:
         """Remove ``key`` (absent keys are fine: the delete is still logged)."""
         return self._write(self._buf.delete, table, key)
 
-    def incr(self, table: str, key: Key, delta: int | float = 1,
+    def incr(self, table: str, key: Key, delta: Number = 1,
              column: Optional[str] = None) -> int:
         """Add ``delta`` to a number (an absent key counts as 0); for a
         NumericTable, ``key`` is the row and ``column`` names the cell.
@@ -169,16 +184,17 @@ class Writes:
             return self._write(self._incr_column, table, key, delta, column)
         return self._write(self._buf.incr, table, key, delta)
 
-    def _incr_column(self, t: Any, tid: int, row: int, delta: int | float, column: str) -> int:
+    def _incr_column(self, t: Any, tid: int, row: int, delta: Number, column: str) -> int:
         # Logged as a put of the cell's new value (computed here, under the
         # lock): replay then only sets cells, and every record is idempotent.
         if getattr(t, "_pending", False):
             raise _intake.NotReady()  # the new value needs the cell's state
         if not isinstance(t, NumericTable):
             raise ConfigError(f"column= is for NumericTable tables, not {type(t).__name__}")
-        return self._buf.put(t, tid, row, {column: t._added(row, column, delta)})
+        lsn: int = self._buf.put(t, tid, row, {column: t._added(row, column, delta)})
+        return lsn
 
-    def write(self, table: str, op: str, key: Optional[Key] = None, value: Any = None) -> int:
+    def write(self, table: str, op: str, key: Optional[Key] = None, value: Value = None) -> int:
         """A custom table's own op: its ``apply(op, key, value)`` gets it, now
         and at every replay. ``op`` is any name but put/delete/incr/clear;
         ``key`` may be None. InvalidOperationError, before anything is
@@ -193,7 +209,7 @@ class Writes:
         """Remove every key of ``table`` (one record)."""
         return self._write(self._buf.clear, table)
 
-    def batch(self, offsets: Optional[dict[str, int]] = None) -> Batch:
+    def batch(self, offsets: Optional[Offsets] = None) -> Batch:
         """A context manager collecting writes applied all together at exit.
 
         After a crash, a batch is either wholly there or wholly absent.
@@ -227,11 +243,11 @@ class Writes:
                 return None
         return Batch(self._core.Staging(), self._commit, self._writable, offsets, consume=True)
 
-    def _already_consumed(self, offsets: dict[str, int]) -> bool:
+    def _already_consumed(self, offsets: Offsets) -> bool:
         return all(s in self._offsets and off <= self._offsets[s] for s, off in offsets.items())
 
     @property
-    def offsets(self) -> dict[str, int]:
+    def offsets(self) -> Offsets:
         """The latest upstream offset per source included in the state
         (during a background open, waits for the replay to end)."""
         with self._lock:
@@ -245,6 +261,7 @@ class Writes:
         intake = self._intake
         if not self._warming:
             return
+        assert intake is not None  # (a background open's)
         wait = _intake.Deadline(intake, self.path)
         while self._warming:
             self._raise_if_open_failed()
@@ -253,7 +270,7 @@ class Writes:
             else:
                 intake.cv.wait()
 
-    def _commit(self, staging: Any, offsets: Optional[dict[str, int]] = None,
+    def _commit(self, staging: Any, offsets: Optional[Offsets] = None,
                 consume: bool = False) -> tuple[Optional[int], bool]:
         """(last LSN or None, skipped): apply and log a batch."""
         with self._lock:
@@ -262,33 +279,34 @@ class Writes:
             self._after_write(lsn)
         return lsn, skipped
 
-    def _commit_locked(self, staging: Any, offsets: Optional[dict[str, int]],
+    def _commit_locked(self, staging: Any, offsets: Optional[Offsets],
                        consume: bool) -> tuple[Optional[int], bool]:
         self._writable()
         if offsets:
             self._wait_offsets_locked()
         if self._warming:
             return self._commit_warming(staging)
-        if consume and self._already_consumed(offsets):
+        if consume and offsets is not None and self._already_consumed(offsets):
             return None, True
         if offsets and not len(staging):
             # Offsets alone still take an LSN (a no-op record), so they are
             # logged, made durable and waited for like any write.
             lsn = self._buf.noop()
         else:
-            created = []
-            infos = []
+            registry = self._open_registry
+            created: list[TableInfo] = []
+            infos: list[TableInfo] = []
             for name in staging.names:
-                info = self._registry.by_name.get(name)
+                info = registry.by_name.get(name)
                 if info is None:
-                    info = self._registry.create(name)
+                    info = registry.create(name)
                     created.append(info)
                 infos.append(info)
             try:
                 lsn = self._buf.commit(staging, [i.table for i in infos], [i.tid for i in infos])
             except BaseException:
                 for info in reversed(created):
-                    self._registry.drop_if_new(info)
+                    registry.drop_if_new(info)
                 raise
             for info in infos:
                 self._targets[info.name] = (info.table, info.tid)
@@ -302,6 +320,7 @@ class Writes:
         held: its tables not yet ready get their ops kept (PendingSink); a
         batch that needs a table's state waits for it. All or nothing."""
         intake = self._intake
+        assert intake is not None  # (a background open's)
         wait = _intake.Deadline(intake, self.path)
         while True:
             self._writable()
@@ -313,11 +332,15 @@ class Writes:
             if intake.full():
                 wait.wait(f"{intake.records} pending writes wait for their tables")
                 continue
-            created, tables, tids, sinks = [], [], [], []
+            registry = self._open_registry
+            created: list[TableInfo] = []
+            tables: list[Any] = []
+            tids: list[int] = []
+            sinks: list[tuple[_intake.PendingSink, int]] = []
             for name in staging.names:
-                info = self._registry.by_name.get(name)
+                info = registry.by_name.get(name)
                 if info is None:
-                    info = self._registry.create(name)
+                    info = registry.create(name)
                     created.append(info)
                 if name in intake.ready or info in created:
                     tables.append(info.table)
@@ -334,7 +357,7 @@ class Writes:
                 for sink, n in sinks:
                     sink.truncate(n)
                 for info in reversed(created):
-                    self._registry.drop_if_new(info)
+                    registry.drop_if_new(info)
                 if isinstance(e, _intake.NotReady):
                     wait.wait("this batch needs the state of a table not ready yet")
                     continue
@@ -344,18 +367,18 @@ class Writes:
                 self._targets[info.name] = (info.table, info.tid)
             return lsn, False
 
-    def _take_buffered(self) -> tuple:
+    def _take_buffered(self) -> Taken:
         """For the journal: what writers buffered, and the offsets and table
         declarations that go in the same frame."""
         with self._lock:
             used = self._buf.used_tids()
             first, count, records = self._buf.take()
             offsets, self._pending_offsets = self._pending_offsets, {}
-        return first, count, records, self._registry.decls(used) if count else [], offsets
+        return first, count, records, self._open_registry.decls(used) if count else [], offsets
 
 
     # A background open (intake.py): the store's open calls these.
-    def _live_targets(self) -> Optional[dict]:
+    def _live_targets(self) -> Optional[dict[str, tuple[Any, int]]]:
         """(``_lock`` held) Where a table made ready goes for writes: None
         once the store takes none."""
         return self._targets if self._takes_writes() else None
@@ -363,21 +386,26 @@ class Writes:
     def _take_writes(self, index: LogIndex) -> None:
         """A background open found the log's end: open the writer there and
         take writes (tables with records still to replay wait for them)."""
+        intake = self._intake
+        assert intake is not None  # (a background open's)
         self._open_writer(index.next_lsn, index.resume_path, index.resume_size)
         with self._lock:
-            self._intake.take_writes(self._registry, index.last_lsn, self._live_targets())
+            intake.take_writes(self._open_registry, index.last_lsn, self._live_targets())
 
     def _replayed_through(self, path: str, next_lsn: Optional[int]) -> None:
-        if next_lsn is not None and self._intake.waiting:
+        intake = self._intake
+        assert intake is not None  # (a background open's)
+        if next_lsn is not None and intake.waiting:
             with self._lock:
-                self._intake.replayed_through(next_lsn, self._registry, self._live_targets())
+                intake.replayed_through(next_lsn, self._open_registry, self._live_targets())
 
     def _all_ready(self) -> None:
         """The replay is over: every table's state is in."""
-        if self._intake is None:
+        intake = self._intake
+        if intake is None:
             return
         with self._lock:
-            self._intake.all_in(self._registry, self._live_targets())
+            intake.all_in(self._open_registry, self._live_targets())
             self._warming = False
 
     # The store's part.
