@@ -16,7 +16,7 @@ from rehydrate import _core as native
 from rehydrate import manifest, migrations
 from rehydrate import snapshot as snap
 from rehydrate.errors import ConfigError, CorruptionError, UnsupportedFormatError
-from rehydrate.rollback import check_ledger  # (rehydrate.rollback is the function)
+from rehydrate.migration_rollback import check_ledger
 
 from _fuzzing import run  # (the harnesses run as scripts, from fuzz/)
 
