@@ -8,7 +8,7 @@ possibly hold before any memory is reserved with it.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import json
 import os

@@ -52,7 +52,6 @@ from .recovery import RecoveryReport
 from .warmup import WarmupRun
 from .writes import Writes
 
-_FRAME_TARGET = F.FRAME_TARGET_BYTES
 # How long a fork waits for a store's _lock (held for microseconds by a
 # write, for a memcpy by a checkpoint). Past it (the forking thread holds
 # the lock itself, say from a custom table's apply) the fork goes on, and
@@ -393,7 +392,7 @@ class Lifecycle(Writes):
     def _after_write(self, lsn: int) -> None:
         if self._sync_always:
             self._journal.make_durable(lsn)
-        elif self._buf.pending_bytes >= _FRAME_TARGET:
+        elif self._buf.pending_bytes >= F.FRAME_TARGET_BYTES:
             self._journal.flush(fsync=False)
 
     def _refuse_writes(self) -> None:
