@@ -256,6 +256,49 @@ class BackpressureError(RehydrateError, TimeoutError):
     default_reason = "backpressure"
 
 
+class ReadOnlyError(RehydrateError, PermissionError):
+    """A write (or sync, checkpoint) on a store that only reads: a standby
+    (``Store.open_standby``) or a reader (``Store.open(path, readonly=True)``).
+    Writes go to the primary (docs/replication.md)."""
+
+    default_reason = "read_only"
+
+
+class MovedError(StoreClosedError):
+    """A write on a primary that handed its writes over (docs/replication.md,
+    "Handoff"), or whose epoch is older than its directory's (it was fenced).
+    ``address``: the new primary's, when the handoff named one; ``epoch``:
+    the directory's epoch now. Nothing of the refused write was logged."""
+
+    default_reason = "moved"
+
+    def __init__(self, detail: str = "", *, address: Optional[str] = None,
+                 epoch: Optional[int] = None, **kw: Any) -> None:
+        self.address = address
+        self.epoch = epoch
+        super().__init__(detail, **kw)
+
+
+class ReplicationError(RehydrateError, ConnectionError):
+    """Following or talking to a primary failed (docs/replication.md):
+    ``reason`` says why (``foreign_store``, ``protocol``, ``unauthorized``,
+    ``trimmed``, ``ahead``, ``bad_message``, ``connection``, ``timeout``, ...);
+    ``peer`` names the primary (a URL without its token, or a directory)."""
+
+    default_reason = "replication"
+
+    def __init__(self, detail: str = "", *, peer: Optional[str] = None, **kw: Any) -> None:
+        self.peer = peer
+        super().__init__(detail, **kw)
+
+
+class HandoffError(ReplicationError):
+    """A promote that did not happen: the primary stayed primary (reason
+    ``timeout``, ``refused``, ``primary_unreachable``, ``failed``, ...)."""
+
+    default_reason = "handoff"
+
+
 __all__ = [
     "RehydrateError",
     "BackpressureError",
@@ -279,4 +322,8 @@ __all__ = [
     "PhaseTimeout",
     "CriteriaError",
     "MemoryBudgetError",
+    "ReadOnlyError",
+    "MovedError",
+    "ReplicationError",
+    "HandoffError",
 ]

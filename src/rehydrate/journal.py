@@ -15,7 +15,7 @@ import threading
 from typing import Any, Callable, Optional
 
 from . import _format as F
-from .errors import StoreFailedError
+from .errors import RehydrateError, StoreFailedError
 from .wal import WAL_DIR, SegmentFile, WalWriter, list_segments, parse_segment_name
 
 # take() -> (first LSN, record count, records, table declarations, offsets)
@@ -29,12 +29,18 @@ class Journal:
     ``take`` hands over what writers buffered (the caller's lock taken
     inside it); ``on_failed`` runs once when a write or fsync fails (the
     store then refuses writes); ``check_owner`` raises in a process that
-    only inherited the store; ``on_written(n)`` counts framed bytes.
+    only inherited the store; ``on_written(n)`` counts framed bytes;
+    ``fence()`` runs before anything is written and raises when this
+    writer may no longer write (a newer epoch owns the directory:
+    docs/replication.md); ``on_tick()`` runs on the flusher thread every
+    interval (a store looks for a handoff request there).
     """
 
     def __init__(self, path: str, segment_bytes: int, sync: str, interval_s: float,
                  take: Take, on_failed: Callable[[], None], check_owner: Callable[[], None],
-                 on_written: Callable[[int], None]) -> None:
+                 on_written: Callable[[int], None],
+                 fence: Optional[Callable[[], None]] = None,
+                 on_tick: Optional[Callable[[], None]] = None) -> None:
         self.path = path
         self.segment_bytes = segment_bytes
         self.sync = sync
@@ -48,6 +54,8 @@ class Journal:
         self._on_failed = on_failed
         self._check_owner = check_owner
         self._on_written = on_written
+        self._fence = fence
+        self._on_tick = on_tick
         self._stop = threading.Event()
         self._flusher: Optional[threading.Thread] = None
 
@@ -72,7 +80,8 @@ class Journal:
             wal.open_existing(SegmentFile(first, resume_path, resume_size), resume_size)
         else:
             wal.create(next_lsn)
-        if self.sync != "always":
+        self._stop = threading.Event()  # (a promoted standby opens a journal once)
+        if self.sync != "always" or self._on_tick is not None:
             self._flusher = threading.Thread(target=self._flush_every_interval,
                                              name=f"rehydrate-sync:{self.path}", daemon=True)
             self._flusher.start()
@@ -86,6 +95,8 @@ class Journal:
         if self.failed is not None:
             raise StoreFailedError(f"store failed: {self.failed}", path=self.path,
                                    lsn=self.durable_lsn) from self.failed
+        if self._fence is not None:
+            self._fence()  # (before take: a fenced writer's records stay unwritten)
         first, count, records, decls, offsets = self._take()
         try:
             if count:
@@ -115,11 +126,16 @@ class Journal:
 
     def _flush_every_interval(self) -> None:
         fsync = self.sync == "interval"
+        flush = self.sync != "always"  # (then the thread only ticks)
         while not self._stop.wait(self.interval_s):
+            if self._on_tick is not None:
+                self._on_tick()
+            if not flush:
+                continue
             try:
                 self.flush(fsync)
-            except StoreFailedError:
-                return  # writers see the failure on their next call
+            except RehydrateError:
+                return  # writers see the failure (or the fence) on their next call
 
     def stop(self) -> None:
         """Stop the flusher thread (what is pending stays for ``flush``)."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 import atexit
 import functools
 import os
+import secrets
 import threading
 import time
 import weakref
@@ -40,15 +41,18 @@ from . import intake as _intake
 from . import manifest as _manifest
 from . import opening as _opening
 from . import plan as _plan
+from . import standby as _standby
 from ._backend import core as _core
 from ._types import StrPath
 from .errors import (
-    ForkedStoreError, RehydrateError, StorageIOError, StoreClosedError, StoreFailedError,
+    BackpressureError, ForkedStoreError, HandoffError, MovedError, ReadOnlyError,
+    RehydrateError, StorageIOError, StoreClosedError, StoreFailedError,
 )
+from .follow import LogFollower
 from .journal import Journal
 from .lockfile import DirLock
 from .options import OPTION_NAMES, Options, check_options
-from .recovery import RecoveryReport
+from .recovery import Action, RecoveryReport, apply_actions
 from .warmup import WarmupRun
 from .writes import Writes
 
@@ -91,6 +95,20 @@ class Lifecycle(Writes):
     warmup_report: Any
     open_stats: Optional[dict[str, Any]]
     checkpoint_stats: dict[str, Any]
+    # Replication (docs/replication.md): the role, the directory's epoch as
+    # this store knows it, its identity; a handoff's hold on writes; what a
+    # moved store tells writers; a standby's or reader's follower.
+    _role: str
+    _epoch: int
+    _store_id: Optional[str]
+    _hold: Optional[dict[str, Any]]
+    _hold_cv: threading.Condition
+    _moved: Optional[dict[str, Any]]
+    _follow: Optional[_standby.Follow]
+    _source: Optional[str]
+    _max_lag_s: float
+    _manifest_stamp: Optional[tuple[int, int, int]]
+    _handing_over: bool  # a local handoff's thread is running
 
     # (What the surface provides that the workings call.)
     def close(self) -> None:
@@ -105,7 +123,11 @@ class Lifecycle(Writes):
     @property
     def lsn(self) -> int:
         """LSN of the last write logged (0 for an empty store, or a
-        background open that takes no writes yet)."""
+        background open that takes no writes yet); on a standby or a
+        reader, of the last record applied."""
+        follow = self._follow
+        if follow is not None:
+            return follow.follower.lsn
         lsn: int = self._buf.next_lsn - 1
         return lsn
 
@@ -125,7 +147,7 @@ class Lifecycle(Writes):
         self._sync_always = o.sync == "always"
         self._journal = Journal(self.path, o.segment_bytes, o.sync, o.sync_interval_ms / 1000.0,
                                 self._take_buffered, self._refuse_writes, self._check_owner,
-                                self._note_written)
+                                self._note_written, self._check_fence, self._look_for_handoff)
         self._open_error = None
         self._closed = False
         self._owner_pid = os.getpid()
@@ -144,6 +166,17 @@ class Lifecycle(Writes):
         self.open_stats = None
         self.checkpoint_stats = {"count": 0, "last_duration_s": 0.0, "last_pause_s": 0.0,
                                  "last_lsn": 0}
+        self._role = "primary"
+        self._epoch = 1
+        self._store_id = None
+        self._hold = None
+        self._hold_cv = threading.Condition(self._lock)
+        self._moved = None
+        self._follow = None
+        self._source = None
+        self._max_lag_s = 1.0
+        self._manifest_stamp = None
+        self._handing_over = False
         _forking.track(self, self._hold_for_fork, self._release_after_fork,
                        self._inherited_across_fork)
         return self
@@ -208,6 +241,7 @@ class Lifecycle(Writes):
         try:
             planned = _opening.plan_open(self.path, o, self._core, self._warmup, self, t0)
             self._manifest, self._plan = planned.manifest, planned.plan
+            self._epoch = _manifest.epoch(self._manifest, self.path)
             self._registry = planned.registry
             early = self._intake is not None
             opened = _opening.load_and_replay(
@@ -278,14 +312,17 @@ class Lifecycle(Writes):
 
     def _open_writer(self, next_lsn: int, resume_path: Optional[str], resume_size: int) -> None:
         """Open the log for appending at ``next_lsn`` and start taking writes."""
-        if "clean_end" in self._manifest:
+        if "clean_end" in self._manifest or "store_id" not in self._manifest:
             # The record of the last clean close goes, durably, before the
             # log can grow: a crash from here on is a crash (docs/recovery.md).
-            del self._manifest["clean_end"]
+            # (A store from before identities gets its store_id here.)
+            self._manifest.pop("clean_end", None)
             try:
                 _manifest.write(self.path, self._manifest)
             except OSError as e:
                 raise StorageIOError.wrap(e, self.path) from e
+        self._store_id = _manifest.store_id(self._manifest, self.path)
+        self._manifest_stamp = _manifest.stamp(self.path)
         self._buf = self._core.LogBuffer(next_lsn)
         self._journal.open(next_lsn, resume_path, resume_size)
 
@@ -344,7 +381,7 @@ class Lifecycle(Writes):
         self._stop_threads()
         journal = self._journal
         try:
-            if journal.failed is None and journal.wal is not None:
+            if journal.failed is None and journal.wal is not None and self._role == "primary":
                 journal.flush(fsync=True)
                 registry = self._open_registry
                 _hints.write(self.path, [(n, registry.by_name[n].table)
@@ -379,6 +416,10 @@ class Lifecycle(Writes):
     def _writable(self) -> None:
         if self._forked:
             raise self._forked_error()
+        if self._role != "primary":
+            raise self._not_primary()
+        if self._hold is not None:
+            self._wait_out_hold()
         if self._open_error is not None:
             raise self._open_failed() from self._open_error
         failed = self._journal.failed
@@ -423,6 +464,8 @@ class Lifecycle(Writes):
         self._journal.stop()
         if self._auto is not None:
             self._auto.stop()
+        if self._follow is not None:
+            self._follow.stop()
 
     def _record_clean_end(self) -> None:
         """Write down, durably, where this clean close leaves the log: the
@@ -486,6 +529,8 @@ class Lifecycle(Writes):
             self._lock = threading.Lock()
         self._journal.inherited()
         self._checkpoint_lock = threading.Lock()
+        self._hold_cv = threading.Condition(self._lock)
+        self._hold = None
         self._forked = True
         self._targets.clear()  # so put's fast path goes through _writable
         if self._intake is not None:
@@ -518,6 +563,334 @@ class Lifecycle(Writes):
             self._drop_parent_files()
         self._closed = True
         self._targets.clear()
+
+    # ------------------------------------------------------- replication
+    # (docs/replication.md: roles, epochs, fencing, handoff.)
+    def _not_primary(self) -> RehydrateError:
+        if self._role == "moved":
+            moved = self._moved or {}
+            to = moved.get("address")
+            return MovedError(
+                f"this store handed its writes over (epoch {moved.get('epoch')})"
+                + (f" to {to}" if to else "") + "; write to the new primary",
+                path=self.path, lsn=self.lsn, address=to, epoch=moved.get("epoch"))
+        if self._role == "standby":
+            return ReadOnlyError("a standby takes no writes (write to the primary, or "
+                                 "promote() this standby)", path=self.path, lsn=self.lsn)
+        return ReadOnlyError(f"a {self._role} store takes no writes", path=self.path,
+                             lsn=self.lsn)
+
+    def _wait_out_hold(self) -> None:
+        """A write during a handoff's hold (``_lock`` held): wait until the
+        handoff ends. It ended in a move: MovedError; it gave up: go on."""
+        while self._hold is not None:
+            left = self._hold["deadline"] + 1.0 - time.monotonic()
+            if left <= 0:
+                raise BackpressureError("a handoff holds writes and has not ended",
+                                        path=self.path, lsn=self.lsn, reason="handoff_hold")
+            self._hold_cv.wait(left)
+        if self._role != "primary":
+            raise self._not_primary()
+
+    def _check_fence(self) -> None:
+        """Before each write to the log: a directory whose MANIFEST now has a
+        newer epoch than this writer's belongs to another writer; this one
+        never appends again (MovedError). A stat, and a read only when the
+        MANIFEST was replaced."""
+        if self._role == "moved":
+            raise self._not_primary()
+        stamp = _manifest.stamp(self.path)
+        if stamp == self._manifest_stamp:
+            return
+        try:
+            man = _manifest.read(self.path)
+        except (RehydrateError, OSError):
+            return  # (a MANIFEST being replaced: the next write looks again)
+        self._manifest_stamp = stamp
+        epoch = _manifest.epoch(man, self.path)
+        if epoch > self._epoch:
+            record = man.get("handoff") or {}
+            with self._lock:
+                self._role = "moved"
+                self._moved = {"epoch": epoch, "address": record.get("to"),
+                               "final_lsn": record.get("final_lsn")}
+                self._targets.clear()
+                self._hold_cv.notify_all()
+            raise self._not_primary()
+
+    def _look_for_handoff(self) -> None:
+        """On the flusher's tick: a standby of this directory asked for the
+        writes (the HANDOFF file); hand over on a thread of its own (it
+        stops the flusher)."""
+        if self._role != "primary" or self._handing_over or not os.path.exists(
+                os.path.join(self.path, _standby.HANDOFF_NAME)):
+            return
+        request = _standby.claim_request(self.path, self._store_id)
+        if request is None:
+            return
+        self._handing_over = True
+        threading.Thread(target=self._hand_over_locally, args=(request,),
+                         name=f"rehydrate-handoff:{self.path}", daemon=True).start()
+
+    def _hand_over_locally(self, request: dict[str, Any]) -> None:
+        try:
+            self._handoff_prepare(request["request"], float(request["hold_s"]),
+                                  request.get("address"))
+            self._handoff_commit(request["request"], local=True)
+        except RehydrateError:
+            pass  # the standby times out; this store stays primary (or failed)
+        finally:
+            self._handing_over = False
+
+    def _handoff_prepare(self, request: str, hold_s: float,
+                         address: Optional[str]) -> dict[str, Any]:
+        """Hold new writes, make every write taken durable; returns
+        {"final_lsn", "epoch"}. The hold ends with ``_handoff_commit`` (a
+        move) or ``_handoff_abort`` (writes resume), by itself after
+        ``hold_s``."""
+        self.sync()  # most of the fsync before the hold: writers go on meanwhile
+        with self._lock:
+            self._writable()
+            self._hold = {"request": request, "since": time.monotonic(),
+                          "deadline": time.monotonic() + hold_s, "address": address}
+            self._targets.clear()
+            final = self.lsn
+        try:
+            self._journal.make_durable(final)
+        except BaseException:
+            self._handoff_abort(request)
+            raise
+        timer = threading.Timer(hold_s, self._handoff_abort, args=(request,))
+        timer.daemon = True
+        with self._lock:
+            if self._hold is not None:
+                self._hold["timer"] = timer
+        timer.start()
+        return {"final_lsn": final, "epoch": self._epoch}
+
+    def _handoff_abort(self, request: str) -> bool:
+        """End a hold without a move (writes resume); False if ``request``
+        holds nothing (it ended already)."""
+        with self._lock:
+            hold = self._hold
+            if hold is None or hold["request"] != request:
+                return False
+            self._hold = None
+            self._hold_cv.notify_all()
+        timer = hold.get("timer")
+        if timer is not None:
+            timer.cancel()
+        return True
+
+    def _handoff_commit(self, request: str, local: bool) -> dict[str, Any]:
+        """The fence: epoch + 1 and the handoff record in the MANIFEST,
+        durably; then this store is moved and the held writers get
+        MovedError. Local: the log is closed and the LOCK released, for the
+        standby to take. HandoffError when ``request`` holds nothing (it
+        timed out: writes resumed)."""
+        with self._lock:
+            hold = self._hold
+            if hold is None or hold["request"] != request:
+                raise HandoffError("no hold for this request (it timed out, and writes "
+                                   "resumed)", path=self.path, reason="expired")
+            timer = hold.get("timer")
+        if timer is not None:
+            timer.cancel()
+        final = self.lsn
+        new_epoch = self._epoch + 1
+        man = dict(self._manifest)
+        man.pop("clean_end", None)
+        man["epoch"] = new_epoch
+        man["handoff"] = {"epoch": new_epoch, "final_lsn": final, "request": request,
+                          "to": hold.get("address")}
+        try:
+            if hold["deadline"] < time.monotonic():
+                raise HandoffError("the hold ran out before the fence", path=self.path,
+                                   reason="expired")
+            _manifest.write(self.path, man)
+        except BaseException as e:
+            self._handoff_abort(request)
+            if isinstance(e, OSError) and not isinstance(e, RehydrateError):
+                raise HandoffError(f"the fence could not be written: {e}", path=self.path,
+                                   reason="failed") from e
+            raise
+        held_s = time.monotonic() - hold["since"]
+        with self._lock:
+            self._manifest = man
+            self._manifest_stamp = _manifest.stamp(self.path)
+            self._role = "moved"
+            self._moved = {"epoch": new_epoch, "address": hold.get("address"),
+                           "final_lsn": final}
+            self._hold = None
+            self._targets.clear()
+            self._hold_cv.notify_all()
+        if local:
+            # The standby appends to this log from here: let go of it.
+            self._stop_threads()
+            try:
+                self._journal.close()
+            finally:
+                if self._dirlock is not None:
+                    self._dirlock.release()
+                    self._dirlock = None
+        return {"epoch": new_epoch, "final_lsn": final, "held_s": held_s}
+
+    @classmethod
+    def _open_following(cls, path: StrPath, options: dict[str, Any], role: str,
+                        max_lag_s: float) -> Self:
+        """A standby or reader of ``path``: the newest snapshot, then the log
+        as far as it goes (no LOCK, nothing written); a standby keeps
+        following on a thread."""
+        self = cls._new(path, options)
+        self._role = role
+        self._max_lag_s = max_lag_s
+        following = _opening.load_for_following(self.path, self._options, self._core)
+        self._manifest = following.manifest
+        self._epoch = _manifest.epoch(following.manifest, self.path)
+        self._store_id = _manifest.store_id(following.manifest, self.path)
+        self._registry = following.registry
+        base = following.base
+        follower = LogFollower(self._core, self.path, following.registry, dict(base.offsets),
+                               base.lsn, following.log_start)
+        self._offsets = follower.offsets
+        watch = [self.path, _standby.wal_dir(self.path)] if role == "standby" else None
+        follow = _standby.Follow(follower, self._lock, self.path, watch)
+        self._follow = follow
+        try:
+            follow.step()
+        except BaseException:
+            follow.stop()
+            follower.close()
+            _forking.untrack(self)
+            raise
+        self.warmup_report = {"phases": [], "total_s": 0.0}
+        follow.start(f"rehydrate-follow:{self.path}")
+        self._ready.set()
+        return self
+
+    def _promote_here(self, timeout_s: float, hold_s: float) -> dict[str, Any]:
+        """A standby of a local primary takes its directory over: asks for
+        the handoff (or finds the primary gone), then appends to the same
+        log at the new epoch. Returns the phases."""
+        follow = self._follow
+        if self._role != "standby" or follow is None:
+            raise HandoffError(f"only a standby can be promoted (this store is a {self._role})",
+                               path=self.path, reason="not_standby")
+        if follow.error is not None:
+            raise HandoffError(f"this standby stopped following: {follow.error}",
+                               path=self.path, reason="failed") from follow.error
+        t0 = time.perf_counter()
+        start = time.monotonic()
+        current = _manifest.read(self.path)
+        epoch = _manifest.epoch(current, self.path)
+        request = secrets.token_hex(8)
+
+        def gone() -> bool:
+            return _standby.lock_is_free(self.path)
+
+        fence: Optional[dict[str, Any]] = None
+        if not gone():
+            _standby.request_handoff(self.path, {
+                "request": request, "store_id": _manifest.store_id(current, self.path),
+                "pid": os.getpid(), "hold_s": hold_s, "address": None})
+            try:
+                fence = _standby.wait_for_fence(self.path, request, epoch, start + timeout_s,
+                                                gone)
+            except HandoffError as e:
+                if e.reason != "timeout" or _standby.withdraw_request(self.path):
+                    raise
+                # The primary took the request as the time ran out: it is
+                # handing over, and either fences or gives up within hold_s.
+                fence = _standby.wait_for_fence(self.path, request, epoch,
+                                                time.monotonic() + hold_s + 1.0, gone)
+        t_fenced = time.perf_counter()
+        follow.stop()
+        lock = self._take_lock(time.monotonic() + max(1.0, hold_s))
+        try:
+            with self._lock:
+                follow.follower.poll()
+            follower = follow.follower
+            if fence is not None:
+                final = (fence.get("handoff") or {}).get("final_lsn")
+                if follower.lsn != final:
+                    raise HandoffError(
+                        f"the primary handed over at LSN {final}, but this standby holds "
+                        f"LSN {follower.lsn}", path=self.path, lsn=follower.lsn,
+                        reason="behind")
+                man = fence
+            else:
+                man = self._take_over_from_the_dead(follower, epoch)
+        except BaseException:
+            lock.release()
+            raise
+        t_caught_up = time.perf_counter()
+        path, size = follower.at_end()
+        self._dirlock = lock
+        self._become_primary(man, follower.next_lsn, path, size)
+        t_end = time.perf_counter()
+        return {"role": "primary", "epoch": self._epoch, "lsn": self.lsn,
+                "failover": fence is None,
+                "phases": {"request_s": t_fenced - t0, "catch_up_s": t_caught_up - t_fenced,
+                           "resume_s": t_end - t_caught_up},
+                "total_s": t_end - t0}
+
+    def _take_lock(self, deadline: float) -> DirLock:
+        """The directory's LOCK, which the old primary releases right after
+        its fence: tried until ``deadline``."""
+        from .errors import LockedError
+
+        while True:
+            try:
+                return DirLock(self.path)
+            except LockedError:
+                if time.monotonic() >= deadline:
+                    raise HandoffError("the old primary still holds the LOCK after its "
+                                       "fence", path=self.path, reason="locked") from None
+                time.sleep(0.0002)
+
+    def _take_over_from_the_dead(self, follower: LogFollower, epoch: int) -> dict[str, Any]:
+        """The primary is gone (its LOCK is free): cut what it left of a
+        frame at the log's end (a torn tail: the write never completed, so
+        it was never acknowledged), keeping it as evidence, and fence the
+        directory at ``epoch + 1``."""
+        if follower.pending_bytes:
+            path, offset = follower.at_end()
+            size = os.path.getsize(path)
+            detail = follower.waiting_detail or "partial frame at the log's end"
+            apply_actions(self.path, [Action("evidence", path, offset, size, "torn_tail", detail),
+                                      Action("truncate", path, offset)])
+            follower.pending_bytes = 0
+        man = _manifest.read(self.path)
+        man.pop("clean_end", None)
+        man["epoch"] = max(epoch, _manifest.epoch(man, self.path)) + 1
+        man["handoff"] = {"epoch": man["epoch"], "final_lsn": follower.lsn, "request": None,
+                          "to": None, "failover": True}
+        _manifest.write(self.path, man)
+        return man
+
+    def _become_primary(self, man: dict[str, Any], next_lsn: int, resume_path: str,
+                        resume_size: int) -> None:
+        """A standby that holds the whole log, and the LOCK, starts writing."""
+        follow = self._follow
+        self._manifest = man
+        self._epoch = _manifest.epoch(man, self.path)
+        self._store_id = _manifest.store_id(man, self.path)
+        self._manifest_stamp = _manifest.stamp(self.path)
+        with self._lock:
+            self._buf = self._core.LogBuffer(next_lsn)
+            self._role = "primary"
+            self._follow = None
+        if follow is not None:
+            follow.follower.close()
+        self._journal.open(next_lsn, resume_path, resume_size)
+        o = self._options
+        if o.auto_checkpoint:
+            self._auto = _checkpointing.AutoCheckpoint(
+                self.checkpoint, o.checkpoint_every_bytes, o.checkpoint_every_s,
+                name=f"rehydrate-checkpoint:{self.path}")
+        if self._atexit is None:
+            self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
+            atexit.register(self._atexit)
 
 
 def open_options(args: dict[str, Any]) -> dict[str, Any]:

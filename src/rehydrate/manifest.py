@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import struct
+from typing import Optional
 
 from . import _fileio
 from . import _format as F
@@ -79,6 +81,9 @@ def write(directory: str, data: dict) -> None:
     a store written by it may hold format-2 segments, which older code
     must not read."""
     data["format"] = F.FORMAT_VERSION
+    if not isinstance(data.get("store_id"), str):
+        # A store from before identities gets one at its next write.
+        data["store_id"] = new_store_id()
     _fileio.write_file_atomic(os.path.join(directory, MANIFEST_NAME), encode(data))
 
 
@@ -92,4 +97,40 @@ def log_start(data: dict, directory: str) -> int:
 
 
 def initial() -> dict:
-    return {"format": F.FORMAT_VERSION, "snapshots": []}
+    return {"format": F.FORMAT_VERSION, "snapshots": [], "store_id": new_store_id(), "epoch": 1}
+
+
+def new_store_id() -> str:
+    """A store's identity: 128 random bits, as 32 hex digits."""
+    return secrets.token_hex(16)
+
+
+def store_id(data: dict, directory: str) -> Optional[str]:
+    """The store's identity, or None for a store from before identities."""
+    value = data.get("store_id")
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) != 32 or not all(
+            c in "0123456789abcdef" for c in value):
+        raise CorruptionError(f"MANIFEST store_id {value!r} is not 32 hex digits",
+                              path=os.path.join(directory, MANIFEST_NAME), reason="bad_manifest")
+    return value
+
+
+def epoch(data: dict, directory: str) -> int:
+    """The generation of the directory's writer (docs/replication.md); 1 if unset."""
+    value = data.get("epoch", 1)
+    if type(value) is not int or value < 1:
+        raise CorruptionError(f"MANIFEST epoch {value!r} is not a positive integer",
+                              path=os.path.join(directory, MANIFEST_NAME), reason="bad_manifest")
+    return value
+
+
+def stamp(directory: str) -> Optional[tuple[int, int, int]]:
+    """What changes whenever the MANIFEST is replaced (inode, mtime, size):
+    a cheap way to tell that it was, without reading it. None if absent."""
+    try:
+        st = os.stat(os.path.join(directory, MANIFEST_NAME))
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size

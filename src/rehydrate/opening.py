@@ -141,24 +141,54 @@ def _drop_snapshot(path: str, manifest: dict[str, Any], lsn: int, spath: str) ->
     _manifest.write(path, manifest)
 
 
-def _at_version(planned: Planned, core: Any, name: str, kind: int, table: Any, version: int,
-                spath: str, lsn: int) -> Any:
+def upcast_loaded(versions: Versions, registry: TableRegistry, core: Any, name: str,
+                  kind: int, table: Any, version: int, spath: str, lsn: int) -> Any:
     """A loaded snapshot table at this table's current version: as it is,
     or with every value through the upcasters (a new table). An upcaster
     that raises fails the open (MigrationError): the snapshot is sound,
-    the code is not."""
-    fns = planned.versions.reader(name, version)  # ConfigError: ahead, or a gap
+    the code is not. (``load_base``'s ``adapt``, for an open and a standby.)"""
+    fns = versions.reader(name, version)  # ConfigError: ahead, or a gap
     if fns is None:
         return table
     if kind not in (F.KIND_KV, F.KIND_DICT):
         raise ConfigError(f"table {name!r} is at version {version} in snapshot {lsn}; "
                           "upcasters are for kv and dict tables", reason="upcaster_kind")
     try:
-        return upcast_table(table, name, fns, core,
-                            lambda: planned.registry.new_table(name, kind))
+        return upcast_table(table, name, fns, core, lambda: registry.new_table(name, kind))
     except InvalidOperationError as e:
         raise MigrationError(f"{e.detail} (snapshot at LSN {lsn})", path=spath, lsn=lsn,
                              reason="upcaster_error") from e.__cause__
+
+
+@dataclass
+class Following:
+    """The state a standby or a reader starts from (``load_for_following``):
+    the MANIFEST it read, the registry holding the base snapshot's tables,
+    and the base."""
+
+    manifest: dict[str, Any]
+    registry: TableRegistry
+    base: _snapshot.Base
+    log_start: int
+
+
+def load_for_following(path: str, options: Options, core: Any) -> Following:
+    """The newest snapshot that loads (upcast to this code's versions),
+    without the LOCK and without changing a byte: where a standby or a
+    readonly store starts before it follows the log. NotAStoreError,
+    CorruptionError (reason ``no_base``) when no snapshot can start the
+    state, ConfigError for tables or versions this code cannot hold."""
+    _manifest.check_store_dir(path)
+    manifest = _manifest.read(path)
+    versions = Versions(manifest, options.migrations)
+    registry = TableRegistry(core, size_hints=size_hints(path), kinds=options.kinds,
+                             versions=versions)
+    base = _snapshot.load_base(
+        path, manifest, registry,
+        adapt=lambda *args: upcast_loaded(versions, registry, core, *args))
+    log_start = _manifest.log_start(manifest, path)
+    _snapshot.check_base(path, manifest, base.lsn, log_start)
+    return Following(manifest, registry, base, log_start)
 
 
 @dataclass
@@ -261,7 +291,7 @@ def load_and_replay(path: str, options: Options, core: Any, run: Any, cancel: by
     snap_lsn, snap_offsets, snap_problems = _snapshot.load_base(
         path, manifest, planned.registry, strict=recovery == "strict",
         on_bad=lambda lsn, spath: _drop_snapshot(path, manifest, lsn, spath),
-        adapt=lambda *args: _at_version(planned, core, *args))
+        adapt=lambda *args: upcast_loaded(planned.versions, planned.registry, core, *args))
     _snapshot.check_base(path, manifest, snap_lsn, planned.log_start)
     for p in snap_problems:
         run.corruption(p)

@@ -14,14 +14,16 @@ from typing import Any, Optional
 
 from . import intake as _intake
 from ._types import ProgressFn, StrPath, TableKinds
-from .errors import ConfigError
+from .errors import ConfigError, StoreClosedError
 from .lifecycle import Lifecycle, open_options, abandon
 from .migrations import Migrations
 from .options import (
     DEFAULT_KEEP_SNAPSHOTS, DEFAULT_SEGMENT_BYTES, DEFAULT_SYNC_INTERVAL_MS, MIN_SEGMENT_BYTES,
-    SYNC_MODES,
+    OPTION_NAMES, SYNC_MODES,
 )
 from .warmup import Warmup
+
+_DEFAULT_MAX_LAG_S = 1.0
 
 __all__ = ["Store", "abandon", "SYNC_MODES", "DEFAULT_SEGMENT_BYTES",
            "DEFAULT_SYNC_INTERVAL_MS", "MIN_SEGMENT_BYTES"]
@@ -53,6 +55,7 @@ class Store(Lifecycle):
         max_memory_bytes: Optional[int] = None,
         migrations: Optional[Migrations] = None,
         strict_migrations: bool = False,
+        readonly: bool = False,
     ) -> Store:
         """Lock ``path``, replay its log into memory, and return the live store.
 
@@ -71,13 +74,140 @@ class Store(Lifecycle):
         versions' records, and migrations run once in the migrate phase
         (docs/migrations.md); a migration whose code changed since it ran is a
         MigrationDriftWarning, or with ``strict_migrations`` a MigrationError.
+        ``readonly``: a reader of a store another process may be writing
+        (docs/replication.md): no LOCK taken, nothing written; the state as
+        of the open, and ``refresh()`` to catch up. Its writes raise
+        ReadOnlyError.
         Raises ConfigError (bad argument, before touching anything),
         NotAStoreError, LockedError, CorruptionError / TornTailError (as the
         recovery mode decides), UnsupportedFormatError.
         """
+        if readonly is not False:
+            if readonly is not True:
+                raise ConfigError(f"readonly must be a bool, not {readonly!r}")
+            options = open_options(locals())
+            options["create"] = False
+            return cls._open_following(path, options, "reader", _DEFAULT_MAX_LAG_S)
         self = cls._new(path, open_options(locals()))
         self._run_open()
         return self
+
+    @classmethod
+    def open_standby(
+        cls,
+        path: StrPath,
+        source: Optional[str] = None,
+        *,
+        token: Optional[str] = None,
+        ssl_context: Any = None,
+        max_lag_s: float = 1.0,
+        tables: Optional[TableKinds] = None,
+        migrations: Optional[Migrations] = None,
+        sync: str = "interval",
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        sync_interval_ms: float = DEFAULT_SYNC_INTERVAL_MS,
+        keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
+        checkpoint_every_bytes: Optional[int] = None,
+        checkpoint_every_s: Optional[float] = None,
+    ) -> Store:
+        """A standby of the store at ``path`` (docs/replication.md): its state
+        from the newest snapshot and the log, kept up to date as the primary
+        writes, readable all along; writes raise ReadOnlyError until
+        ``promote()`` makes it the primary.
+
+        ``source=None``: follow the primary writing ``path`` itself (same
+        host or shared volume; no LOCK taken). ``max_lag_s``: ``/readyz``
+        says ready while the standby is at most this far behind. ``tables``
+        and ``migrations`` as for ``Store.open`` (a newer version's
+        upcasters apply as records arrive); ``sync`` .. ``checkpoint_every_s``
+        apply once promoted.
+        Raises ConfigError, NotAStoreError, CorruptionError.
+        """
+        if source is not None:
+            raise ConfigError("a standby of a primary elsewhere (source=URL) is not in this "
+                              "build", reason="no_remote_source")
+        if token is not None or ssl_context is not None:
+            raise ConfigError("token and ssl_context are for source=URL")
+        if (isinstance(max_lag_s, bool) or not isinstance(max_lag_s, (int, float))
+                or not max_lag_s > 0):
+            raise ConfigError(f"max_lag_s must be a positive number, not {max_lag_s!r}")
+        options = {k: v for k, v in locals().items() if k in OPTION_NAMES}
+        options["create"] = False
+        return cls._open_following(path, options, "standby", float(max_lag_s))
+
+    # ------------------------------------------------------------ replication
+    @property
+    def role(self) -> str:
+        """"primary", "standby", "reader" or "moved" (docs/replication.md)."""
+        return self._role
+
+    @property
+    def epoch(self) -> int:
+        """The generation of the directory's writer this store knows."""
+        return self._epoch
+
+    @property
+    def store_id(self) -> Optional[str]:
+        """The store's identity (32 hex digits; None for a store from before
+        identities that no primary has written since)."""
+        return self._store_id
+
+    @property
+    def lag(self) -> dict[str, Any]:
+        """How far a standby is behind: {"records", "bytes", "seconds",
+        "lsn", "primary_lsn", "state"} (zeros on a primary)."""
+        follow = self._follow
+        if follow is None:
+            return {"records": 0, "bytes": 0, "seconds": 0.0, "lsn": self.lsn,
+                    "primary_lsn": self.lsn, "state": self._role}
+        return follow.lag()
+
+    @property
+    def follow_error(self) -> Optional[BaseException]:
+        """What stopped a standby's following (a CorruptionError, ...); None
+        while it follows."""
+        follow = self._follow
+        return None if follow is None else follow.error
+
+    def wait_for_lsn(self, lsn: int, timeout: Optional[float] = None) -> bool:
+        """True once this store holds every record up to ``lsn`` (on a
+        primary: once it was logged), False at the timeout: a client that
+        knows its write's LSN reads its own write on a standby. Raises the
+        error that stopped a standby's following."""
+        if type(lsn) is not int or lsn < 0:
+            raise ConfigError(f"lsn must be a non-negative int, not {lsn!r}")
+        follow = self._follow
+        if follow is None:
+            return self.lsn >= lsn
+        return follow.wait_for_lsn(lsn, timeout)
+
+    def refresh(self) -> int:
+        """A reader (or standby): apply what the primary wrote since; returns
+        the LSN now held."""
+        follow = self._follow
+        if follow is None:
+            raise ConfigError(f"refresh() is for a reader or a standby; this store is a "
+                              f"{self._role}")
+        follow.step()
+        return self.lsn
+
+    def promote(self, timeout_s: float = 5.0, hold_s: float = 2.0) -> dict[str, Any]:
+        """Make this standby the primary (docs/replication.md, "Handoff"): the
+        primary holds its writes (at most ``hold_s``), makes them durable and
+        fences itself at a new epoch; this store applies the log to that
+        point and takes the writes. A primary that is gone (its LOCK free) is
+        taken over without it. Returns {"role", "epoch", "lsn", "failover",
+        "phases", "total_s"}. HandoffError when it did not happen (the
+        primary stays primary)."""
+        for name, value in (("timeout_s", timeout_s), ("hold_s", hold_s)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0 < value <= 3600:
+                raise ConfigError(f"{name} must be a number of seconds in (0, 3600], "
+                                  f"not {value!r}")
+        if self._closed:
+            raise StoreClosedError("store is closed", path=self.path)
+        self._check_owner()
+        return self._promote_here(float(timeout_s), float(hold_s))
 
     @classmethod
     def open_background(
@@ -223,6 +353,8 @@ class Store(Lifecycle):
         (for the log's end); ``tables`` maps each known table to whether its
         state is in. A store from ``Store.open`` is ready as it is returned.
         """
+        if self._follow is not None:
+            return self._follow_readiness()
         warm = self._ready.is_set() and self._open_error is None
         ready = warm and not self._closed
         run = self._warmup
@@ -246,6 +378,20 @@ class Store(Lifecycle):
                 out["tables"] = {n: intake.all_ready or n in intake.ready for n in names}
         if self._open_error is not None:
             out["error"] = f"{type(self._open_error).__name__}: {self._open_error}"
+        return out
+
+    def _follow_readiness(self) -> dict[str, Any]:
+        """A standby is ready while it follows within ``max_lag_s``."""
+        lag = self.lag
+        state = lag["state"]
+        ready = (not self._closed and state in ("following", "catching_up")
+                 and lag["seconds"] <= self._max_lag_s)
+        out: dict[str, Any] = {"ready": ready, "phase": "closed" if self._closed else state,
+                               "progress": 1.0, "eta_s": None, "role": self._role,
+                               "lag": lag, "max_lag_s": self._max_lag_s}
+        error = self.follow_error
+        if error is not None:
+            out["error"] = f"{type(error).__name__}: {error}"
         return out
 
     def _wait_whole(self) -> None:

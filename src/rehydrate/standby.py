@@ -1,0 +1,287 @@
+"""A standby's following: the thread that applies the primary's log as it
+grows, the lag, read-your-writes waits, and the standby's side of a local
+handoff (docs/replication.md).
+
+``Follow`` owns a ``follow.LogFollower`` and applies under the store's lock
+(the lock writers take on a primary), so a read sees the state between
+frames. What wakes it is a ``dirwatch.DirWatch`` on the directory (a
+standby of a local primary) or the receiver of an HTTP stream calling
+``step()`` after it wrote what it received.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from . import _fileio
+from . import manifest as _manifest
+from .dirwatch import DirWatch
+from .errors import CorruptionError, HandoffError, RehydrateError
+from .follow import LogFollower
+from .wal import WAL_DIR
+
+__all__ = ["Follow", "HANDOFF_NAME", "request_handoff", "withdraw_request", "claim_request",
+           "FOLLOW_STATES"]
+
+FOLLOW_STATES = ("catching_up", "following", "stalled", "failed", "stopped")
+
+# How long the follow thread sleeps when nothing wakes it (a safety net
+# under inotify; the poll interval without it is dirwatch's).
+_IDLE_WAIT_S = 0.25
+# Bytes at the log's end that stay less than a frame for this long make the
+# follower "stalled": the writer is gone, or the tail is damaged.
+STALL_AFTER_S = 2.0
+
+
+class Follow:
+    """A standby's follower and its thread. ``cv`` is a Condition on the
+    store's lock: ``step`` applies under it and notifies waiters.
+
+    ``on_error(e)`` is called once if following fails (the store reports
+    it). ``lag()``, ``wait_for_lsn()``, ``state`` are read by the store.
+    """
+
+    def __init__(self, follower: LogFollower, lock: threading.Lock, peer: str,
+                 watch_dirs: Optional[list[str]]) -> None:
+        self.follower = follower
+        self.cv = threading.Condition(lock)
+        self.peer = peer
+        self.state = "catching_up"
+        self.error: Optional[BaseException] = None
+        self.primary_lsn = 0  # the newest LSN the primary is known to have written
+        self.primary_time = 0.0  # when that was learnt (time.time())
+        self.caught_up_at = time.monotonic()  # the last step that found no more
+        self.pending_since: Optional[float] = None  # an unwhole tail seen since
+        self.steps = 0
+        self._stop = threading.Event()
+        self._watch = DirWatch(watch_dirs) if watch_dirs is not None else None
+        self._thread: Optional[threading.Thread] = None
+
+    # ----------------------------------------------------------- the thread
+    def start(self, name: str) -> None:
+        if self._watch is None:
+            return  # (stepped by a receiver)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        watch = self._watch
+        assert watch is not None
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except RehydrateError:
+                return  # (state "failed", kept in self.error)
+            if self._stop.is_set():
+                return
+            watch.wait(_IDLE_WAIT_S)
+
+    def stop(self) -> None:
+        """Stop following (for good, or before a promote takes over)."""
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.wake()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join()
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        with self.cv:
+            if self.state != "failed":
+                self.state = "stopped"
+            self.cv.notify_all()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    # ------------------------------------------------------------ applying
+    def step(self) -> int:
+        """Apply what the log gained; returns the records applied. Raises
+        (and keeps) the error that ends following."""
+        with self.cv:
+            if self.error is not None:
+                raise self.error
+            try:
+                n = self.follower.poll()
+            except RehydrateError as e:
+                self.error = e
+                self.state = "failed"
+                self.cv.notify_all()
+                raise
+            self.steps += 1
+            now = time.monotonic()
+            lsn = self.follower.lsn
+            if lsn > self.primary_lsn:
+                self.primary_lsn, self.primary_time = lsn, time.time()
+            if self.follower.pending_bytes:
+                if self.pending_since is None:
+                    self.pending_since = now
+                stalled = now - self.pending_since >= STALL_AFTER_S
+                self.state = "stalled" if stalled else "following"
+            else:
+                self.pending_since = None
+                self.caught_up_at = now
+                self.state = "following" if lsn >= self.primary_lsn else "catching_up"
+            if n:
+                self.cv.notify_all()
+            return n
+
+    def heard_from_primary(self, lsn: int) -> None:
+        """A heartbeat: the primary has written up to ``lsn``."""
+        with self.cv:
+            if lsn > self.primary_lsn:
+                self.primary_lsn, self.primary_time = lsn, time.time()
+            if self.follower.lsn < lsn and self.state == "following":
+                self.state = "catching_up"
+
+    def wait_for_lsn(self, lsn: int, timeout: Optional[float]) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.cv:
+            while self.follower.lsn < lsn:
+                if self.error is not None:
+                    raise self.error
+                if self._stop.is_set() and self.state != "stopped":
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self.cv.wait(left)
+            return self.follower.lsn >= lsn
+
+    def lag(self) -> dict[str, Any]:
+        """Records and seconds behind what the primary is known to have
+        written (docs/replication.md, "Lag and reads on a standby")."""
+        with self.cv:
+            lsn = self.follower.lsn
+            records = max(0, self.primary_lsn - lsn)
+            now = time.monotonic()
+            behind = records > 0 or self.follower.pending_bytes > 0
+            seconds = (now - self.caught_up_at) if behind else 0.0
+            return {"records": records, "bytes": self.follower.pending_bytes,
+                    "seconds": seconds, "lsn": lsn, "primary_lsn": max(self.primary_lsn, lsn),
+                    "state": self.state}
+
+
+# ---------------------------------------------------------------- local handoff
+HANDOFF_NAME = "HANDOFF"
+_MAX_REQUEST_BYTES = 4096
+
+
+def request_handoff(directory: str, body: dict[str, Any]) -> None:
+    """Ask the primary writing ``directory`` to hand over: the HANDOFF file,
+    written whole (tmp, rename). HandoffError if a request is pending."""
+    path = os.path.join(directory, HANDOFF_NAME)
+    if os.path.exists(path) or os.path.exists(path + ".taken"):
+        raise HandoffError("another handoff request is pending", path=path, peer=directory,
+                           reason="busy")
+    _fileio.write_file_atomic(path, json.dumps(body).encode())
+
+
+def withdraw_request(directory: str) -> bool:
+    """Take back a request the primary has not claimed: True if withdrawn,
+    False when the primary took it first (it is then handing over)."""
+    path = os.path.join(directory, HANDOFF_NAME)
+    try:
+        os.rename(path, path + ".withdrawn")
+    except FileNotFoundError:
+        return False
+    _fileio.unlink(path + ".withdrawn")
+    return True
+
+
+def claim_request(directory: str, store_id: Optional[str]) -> Optional[dict[str, Any]]:
+    """The primary's side: take a pending request (rename, so that exactly
+    one of claim and withdraw wins) and return it, checked; None when there
+    is none. A request that is not for this store, or not readable, is
+    dropped (its sender times out)."""
+    path = os.path.join(directory, HANDOFF_NAME)
+    taken = path + ".taken"
+    try:
+        os.rename(path, taken)
+    except FileNotFoundError:
+        return None
+    try:
+        with open(taken, "rb") as f:
+            raw = f.read(_MAX_REQUEST_BYTES + 1)
+        body = json.loads(raw) if len(raw) <= _MAX_REQUEST_BYTES else None
+    except (OSError, ValueError):
+        body = None
+    finally:
+        try:
+            _fileio.unlink(taken)
+        except FileNotFoundError:
+            pass
+    if not isinstance(body, dict) or not isinstance(body.get("request"), str):
+        return None
+    if store_id is not None and body.get("store_id") != store_id:
+        return None
+    hold = body.get("hold_s")
+    if not isinstance(hold, (int, float)) or not 0 < hold <= 60:
+        body["hold_s"] = 2.0
+    address = body.get("address")
+    if address is not None and not isinstance(address, str):
+        body["address"] = None
+    return body
+
+
+def lock_is_free(directory: str) -> bool:
+    """Whether no process holds the directory's LOCK (the primary is gone),
+    without taking it."""
+    import fcntl
+
+    from .lockfile import LOCK_NAME
+
+    try:
+        fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # (closing drops the lock it may have taken)
+    return True
+
+
+def wait_for_fence(directory: str, request: str, epoch: int, deadline: float,
+                   gone: Callable[[], bool]) -> Optional[dict[str, Any]]:
+    """Wait until the MANIFEST records the handoff ``request`` (the fence:
+    returned, the MANIFEST's fields) or ``gone()`` says the primary is
+    gone (None), until ``deadline`` (time.monotonic()); HandoffError at it.
+    A fence for another request or a newer epoch than ``epoch + 1`` is a
+    HandoffError (reason ``raced``): another standby took over."""
+    stamp = _manifest.stamp(directory)
+    checks = 0
+    while True:
+        now_stamp = _manifest.stamp(directory)
+        if now_stamp != stamp:
+            stamp = now_stamp
+            try:
+                man = _manifest.read(directory)
+            except (CorruptionError, OSError):
+                man = None
+            if man is not None and _manifest.epoch(man, directory) > epoch:
+                record = man.get("handoff") or {}
+                if record.get("request") != request:
+                    raise HandoffError(
+                        f"the store moved to epoch {_manifest.epoch(man, directory)} by another "
+                        "handoff", path=directory, peer=directory, reason="raced")
+                return man
+        checks += 1
+        if checks % 50 == 0 and gone():
+            return None
+        if time.monotonic() >= deadline:
+            raise HandoffError("the primary did not hand over in time", path=directory,
+                               peer=directory, reason="timeout")
+        time.sleep(0.0002)  # (the protocol's wait: a handoff takes milliseconds)
+
+
+def wal_dir(directory: str) -> str:
+    return os.path.join(directory, WAL_DIR)
