@@ -1,5 +1,6 @@
 """The ``rehydrate`` command: version, verify, inspect, dump, digest, compact,
-repair, plan, replay, migrate (status, apply, rollback, confirm), bench.
+repair, plan, replay, migrate (status, apply, rollback, confirm), bench,
+follow, promote, status (handoff_cli.py).
 
 Exit codes: 0 clean (a tolerated torn tail is a warning), 1 damage or a failed
 check, 2 usage error or unreadable input. Every command takes ``--json``.
@@ -564,6 +565,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.add_argument("--plot", default=None, metavar="FILE.png")
     b.set_defaults(func=_cmd_bench)
+
+    from .handoff_cli import add_commands
+
+    add_commands(sub)  # follow, promote, status (docs/replication.md)
     return p
 
 

@@ -109,6 +109,7 @@ class Lifecycle(Writes):
     _max_lag_s: float
     _manifest_stamp: Optional[tuple[int, int, int]]
     _handing_over: bool  # a local handoff's thread is running
+    _files_lock: threading.Lock  # the log's and the LOCK's release
 
     # (What the surface provides that the workings call.)
     def close(self) -> None:
@@ -177,6 +178,7 @@ class Lifecycle(Writes):
         self._max_lag_s = 1.0
         self._manifest_stamp = None
         self._handing_over = False
+        self._files_lock = threading.Lock()
         _forking.track(self, self._hold_for_fork, self._release_after_fork,
                        self._inherited_across_fork)
         return self
@@ -482,15 +484,21 @@ class Lifecycle(Writes):
 
     def _release(self) -> None:
         _forking.untrack(self)
-        try:
-            self._journal.close()
-        except OSError as e:  # (everything was fsynced: nothing is lost)
-            raise StorageIOError.wrap(e, self.path) from e
-        finally:
-            # Always: a lock left held would refuse every later open here.
-            if self._dirlock is not None:
-                self._dirlock.release()
-                self._dirlock = None
+        self._release_files()
+
+    def _release_files(self) -> None:
+        """Close the log and unlock the directory, once (a close and a
+        handoff's release may race: ``_files_lock``)."""
+        with self._files_lock:
+            try:
+                self._journal.close()
+            except OSError as e:  # (everything was fsynced: nothing is lost)
+                raise StorageIOError.wrap(e, self.path) from e
+            finally:
+                # Always: a lock left held would refuse every later open here.
+                if self._dirlock is not None:
+                    self._dirlock.release()
+                    self._dirlock = None
 
     def _forked_error(self, more: str = "") -> ForkedStoreError:
         return ForkedStoreError(
@@ -567,7 +575,7 @@ class Lifecycle(Writes):
     # ------------------------------------------------------- replication
     # (docs/replication.md: roles, epochs, fencing, handoff.)
     def _not_primary(self) -> RehydrateError:
-        if self._role == "moved":
+        if self._moved is not None:  # (moved, or a demoted primary: now a standby)
             moved = self._moved or {}
             to = moved.get("address")
             return MovedError(
@@ -636,11 +644,26 @@ class Lifecycle(Writes):
         try:
             self._handoff_prepare(request["request"], float(request["hold_s"]),
                                   request.get("address"))
-            self._handoff_commit(request["request"], local=True)
+            self._handoff_commit(request["request"], local=True,
+                                 demote=request.get("demote") is True)
         except RehydrateError:
             pass  # the standby times out; this store stays primary (or failed)
         finally:
             self._handing_over = False
+
+    def _demote(self) -> _standby.Follow:
+        """A store that handed its directory over stays on as a standby of
+        it (``_lock`` held): its state is the log up to the handoff's LSN,
+        and it follows the new primary's writes from there. The caller
+        starts the returned follower once the log is the new primary's."""
+        log_start = _manifest.log_start(self._manifest, self.path)
+        follower = LogFollower(self._core, self.path, self._open_registry, self._offsets,
+                               self.lsn, log_start)
+        follow = _standby.Follow(follower, self._lock, self.path,
+                                 [self.path, _standby.wal_dir(self.path)], self._refollow)
+        self._follow = follow
+        self._role = "standby"
+        return follow
 
     def _handoff_prepare(self, request: str, hold_s: float,
                          address: Optional[str]) -> dict[str, Any]:
@@ -682,7 +705,8 @@ class Lifecycle(Writes):
             timer.cancel()
         return True
 
-    def _handoff_commit(self, request: str, local: bool) -> dict[str, Any]:
+    def _handoff_commit(self, request: str, local: bool, demote: bool = False
+                        ) -> dict[str, Any]:
         """The fence: epoch + 1 and the handoff record in the MANIFEST,
         durably; then this store is moved and the held writers get
         MovedError. Local: the log is closed and the LOCK released, for the
@@ -715,24 +739,28 @@ class Lifecycle(Writes):
                                    reason="failed") from e
             raise
         held_s = time.monotonic() - hold["since"]
+        follow = None
         with self._lock:
             self._manifest = man
             self._manifest_stamp = _manifest.stamp(self.path)
             self._role = "moved"
             self._moved = {"epoch": new_epoch, "address": hold.get("address"),
-                           "final_lsn": final}
+                           "final_lsn": final, "request": request}
+            if demote and local:
+                follow = self._demote()
+        if local:
+            # The standby appends to this log from here: let go of it (the
+            # held writers still wait, so none of them closes it meanwhile).
+            self._journal.stop()
+            if self._auto is not None:
+                self._auto.stop()
+            self._release_files()
+        with self._lock:
             self._hold = None
             self._targets.clear()
             self._hold_cv.notify_all()
-        if local:
-            # The standby appends to this log from here: let go of it.
-            self._stop_threads()
-            try:
-                self._journal.close()
-            finally:
-                if self._dirlock is not None:
-                    self._dirlock.release()
-                    self._dirlock = None
+        if follow is not None:
+            follow.start(f"rehydrate-follow:{self.path}")
         return {"epoch": new_epoch, "final_lsn": final, "held_s": held_s}
 
     @classmethod
@@ -748,13 +776,9 @@ class Lifecycle(Writes):
         self._manifest = following.manifest
         self._epoch = _manifest.epoch(following.manifest, self.path)
         self._store_id = _manifest.store_id(following.manifest, self.path)
-        self._registry = following.registry
-        base = following.base
-        follower = LogFollower(self._core, self.path, following.registry, dict(base.offsets),
-                               base.lsn, following.log_start)
-        self._offsets = follower.offsets
+        follower = self._follow_from(following)
         watch = [self.path, _standby.wal_dir(self.path)] if role == "standby" else None
-        follow = _standby.Follow(follower, self._lock, self.path, watch)
+        follow = _standby.Follow(follower, self._lock, self.path, watch, self._refollow)
         self._follow = follow
         try:
             follow.step()
@@ -768,7 +792,28 @@ class Lifecycle(Writes):
         self._ready.set()
         return self
 
-    def _promote_here(self, timeout_s: float, hold_s: float) -> dict[str, Any]:
+    def _follow_from(self, following: _opening.Following) -> LogFollower:
+        """A follower of the log after ``following``'s snapshot, whose
+        tables become this store's."""
+        base = following.base
+        follower = LogFollower(self._core, self.path, following.registry, dict(base.offsets),
+                               base.lsn, following.log_start)
+        self._registry = following.registry
+        self._offsets = follower.offsets
+        self._manifest = following.manifest
+        return follower
+
+    def _refollow(self) -> LogFollower:
+        """The follower fell behind the log's start (a checkpoint trimmed
+        what it had still to read): start again from the newest snapshot
+        (``_lock`` held). Tables read before hold the old state."""
+        following = _opening.load_for_following(self.path, self._options, self._core)
+        follower = self._follow_from(following)
+        self._targets.clear()
+        return follower
+
+    def _promote_here(self, timeout_s: float, hold_s: float, demote: bool = False,
+                      address: Optional[str] = None) -> dict[str, Any]:
         """A standby of a local primary takes its directory over: asks for
         the handoff (or finds the primary gone), then appends to the same
         log at the new epoch. Returns the phases."""
@@ -792,12 +837,13 @@ class Lifecycle(Writes):
         if not gone():
             _standby.request_handoff(self.path, {
                 "request": request, "store_id": _manifest.store_id(current, self.path),
-                "pid": os.getpid(), "hold_s": hold_s, "address": None})
+                "pid": os.getpid(), "hold_s": hold_s, "address": address,
+                "demote": demote})
             try:
                 fence = _standby.wait_for_fence(self.path, request, epoch, start + timeout_s,
                                                 gone)
             except HandoffError as e:
-                if e.reason != "timeout" or _standby.withdraw_request(self.path):
+                if _standby.withdraw_request(self.path, request) or e.reason != "timeout":
                     raise
                 # The primary took the request as the time ran out: it is
                 # handing over, and either fences or gives up within hold_s.

@@ -21,11 +21,11 @@ from . import _fileio
 from . import manifest as _manifest
 from .dirwatch import DirWatch
 from .errors import CorruptionError, HandoffError, RehydrateError
-from .follow import LogFollower
+from .follow import FellBehindError, LogFollower
 from .wal import WAL_DIR
 
 __all__ = ["Follow", "HANDOFF_NAME", "request_handoff", "withdraw_request", "claim_request",
-           "FOLLOW_STATES"]
+           "FOLLOW_STATES", "lock_is_free", "wait_for_fence"]
 
 FOLLOW_STATES = ("catching_up", "following", "stalled", "failed", "stopped")
 
@@ -46,8 +46,13 @@ class Follow:
     """
 
     def __init__(self, follower: LogFollower, lock: threading.Lock, peer: str,
-                 watch_dirs: Optional[list[str]]) -> None:
+                 watch_dirs: Optional[list[str]],
+                 rebase: Optional[Callable[[], LogFollower]] = None) -> None:
         self.follower = follower
+        # A follower the log's trim left behind starts again from the newest
+        # snapshot: rebase() loads it and returns the new follower.
+        self._rebase = rebase
+        self.rebases = 0
         self.cv = threading.Condition(lock)
         self.peer = peer
         self.state = "catching_up"
@@ -108,7 +113,15 @@ class Follow:
             if self.error is not None:
                 raise self.error
             try:
-                n = self.follower.poll()
+                try:
+                    n = self.follower.poll()
+                except FellBehindError:
+                    if self._rebase is None:
+                        raise
+                    old, self.follower = self.follower, self._rebase()
+                    old.close()
+                    self.rebases += 1
+                    n = self.follower.poll() + 1  # (the state changed: wake waiters)
             except RehydrateError as e:
                 self.error = e
                 self.state = "failed"
@@ -175,23 +188,36 @@ _MAX_REQUEST_BYTES = 4096
 
 def request_handoff(directory: str, body: dict[str, Any]) -> None:
     """Ask the primary writing ``directory`` to hand over: the HANDOFF file,
-    written whole (tmp, rename). HandoffError if a request is pending."""
+    published whole and exclusively (written aside, then linked into place:
+    of two standbys asking at once, one gets HandoffError, reason ``busy``)."""
     path = os.path.join(directory, HANDOFF_NAME)
-    if os.path.exists(path) or os.path.exists(path + ".taken"):
-        raise HandoffError("another handoff request is pending", path=path, peer=directory,
-                           reason="busy")
-    _fileio.write_file_atomic(path, json.dumps(body).encode())
-
-
-def withdraw_request(directory: str) -> bool:
-    """Take back a request the primary has not claimed: True if withdrawn,
-    False when the primary took it first (it is then handing over)."""
-    path = os.path.join(directory, HANDOFF_NAME)
+    tmp = f"{path}.{body['request']}.tmp"
+    _fileio.write_file_atomic(tmp, json.dumps(body).encode())
     try:
-        os.rename(path, path + ".withdrawn")
-    except FileNotFoundError:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise HandoffError("another handoff request is pending", path=path, peer=directory,
+                           reason="busy") from None
+    finally:
+        _fileio.unlink(tmp)
+    _fileio.fsync_dir(directory)
+
+
+def withdraw_request(directory: str, request: str) -> bool:
+    """Take back our request if the primary has not claimed it: True if
+    withdrawn, False when it is not there (the primary took it first: it is
+    handing over) or is another standby's."""
+    path = os.path.join(directory, HANDOFF_NAME)
+    aside = f"{path}.{request}.withdrawn"
+    try:
+        with open(path, "rb") as f:
+            body = json.loads(f.read(_MAX_REQUEST_BYTES))
+        if not isinstance(body, dict) or body.get("request") != request:
+            return False
+        os.rename(path, aside)
+    except (FileNotFoundError, ValueError):
         return False
-    _fileio.unlink(path + ".withdrawn")
+    _fileio.unlink(aside)
     return True
 
 

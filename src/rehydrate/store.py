@@ -191,14 +191,17 @@ class Store(Lifecycle):
         follow.step()
         return self.lsn
 
-    def promote(self, timeout_s: float = 5.0, hold_s: float = 2.0) -> dict[str, Any]:
+    def promote(self, timeout_s: float = 5.0, hold_s: float = 2.0, *,
+                demote: bool = False, address: Optional[str] = None) -> dict[str, Any]:
         """Make this standby the primary (docs/replication.md, "Handoff"): the
         primary holds its writes (at most ``hold_s``), makes them durable and
         fences itself at a new epoch; this store applies the log to that
         point and takes the writes. A primary that is gone (its LOCK free) is
         taken over without it. Returns {"role", "epoch", "lsn", "failover",
         "phases", "total_s"}. HandoffError when it did not happen (the
-        primary stays primary)."""
+        primary stays primary). ``demote``: the old primary stays on as a
+        standby of this one. ``address``: this store's, which the old
+        primary gives its writers in MovedError."""
         for name, value in (("timeout_s", timeout_s), ("hold_s", hold_s)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
                     or not 0 < value <= 3600:
@@ -206,8 +209,12 @@ class Store(Lifecycle):
                                   f"not {value!r}")
         if self._closed:
             raise StoreClosedError("store is closed", path=self.path)
+        if type(demote) is not bool:
+            raise ConfigError(f"demote must be a bool, not {demote!r}")
+        if address is not None and not isinstance(address, str):
+            raise ConfigError(f"address must be a str, not {address!r}")
         self._check_owner()
-        return self._promote_here(float(timeout_s), float(hold_s))
+        return self._promote_here(float(timeout_s), float(hold_s), demote, address)
 
     @classmethod
     def open_background(
