@@ -82,6 +82,10 @@ def test_the_documented_api_is_exported():
     (rehydrate.BackpressureError, TimeoutError),
     (rehydrate.MigrationError, RuntimeError),
     (rehydrate.ForkedStoreError, StoreClosedError),
+    (rehydrate.ReadOnlyError, RuntimeError),
+    (rehydrate.MovedError, StoreClosedError),
+    (rehydrate.ReplicationError, RuntimeError),
+    (rehydrate.HandoffError, rehydrate.ReplicationError),
 ], ids=lambda v: v.__name__)
 def test_each_error_subclasses_rehydrate_error_and_its_builtin(cls, builtin):
     assert issubclass(cls, RehydrateError) and issubclass(cls, builtin)
@@ -91,7 +95,7 @@ def test_every_exported_exception_is_a_rehydrate_error():
     exported = [getattr(rehydrate, n) for n in rehydrate.__all__]
     errors = [e for e in exported if isinstance(e, type) and issubclass(e, BaseException)
               and not issubclass(e, Warning)]
-    assert len(errors) == 22
+    assert len(errors) == 26
     for e in errors:
         assert issubclass(e, RehydrateError), e
     reasons = [e.default_reason for e in errors]

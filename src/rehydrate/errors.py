@@ -256,6 +256,52 @@ class BackpressureError(RehydrateError, TimeoutError):
     default_reason = "backpressure"
 
 
+class ReadOnlyError(RehydrateError, RuntimeError):
+    """A write on a store that does not take writes: a standby or a
+    read-only reader (docs/replication.md, "Roles")."""
+
+    default_reason = "read_only"
+
+
+class MovedError(StoreClosedError):
+    """A write on a primary that handed its writes over (docs/replication.md,
+    "Handoff"): ``address`` is the new primary's when one was given (or
+    None), ``epoch`` the directory's epoch after the handoff (or None)."""
+
+    default_reason = "moved"
+
+    def __init__(self, detail: str = "", *, address: Optional[str] = None,
+                 epoch: Optional[int] = None, **kw: Any) -> None:
+        self.address = address
+        self.epoch = epoch
+        super().__init__(detail, **kw)
+
+
+class ReplicationError(RehydrateError, RuntimeError):
+    """Replication failed or was refused (docs/replication.md): ``reason``
+    says why (``unauthorized``, ``protocol``, ``foreign_store``,
+    ``trimmed``, ``ahead``, ``bad_message``, ``bad_frame``, ``truncated``,
+    ``timeout``, ``connection``, ...), ``peer`` names the other side (an
+    address, never a token) or None."""
+
+    default_reason = "replication"
+
+    def __init__(self, detail: str = "", *, peer: Optional[str] = None, **kw: Any) -> None:
+        self.peer = peer
+        super().__init__(detail, **kw)
+
+    def _message(self) -> str:
+        text = super()._message()
+        return f"{self.peer}: {text}" if self.peer else text
+
+
+class HandoffError(ReplicationError):
+    """A handoff (``promote``) that did not happen: the primary stays primary
+    and the standby stays standby; ``reason`` says why."""
+
+    default_reason = "handoff"
+
+
 __all__ = [
     "RehydrateError",
     "BackpressureError",
@@ -279,4 +325,8 @@ __all__ = [
     "PhaseTimeout",
     "CriteriaError",
     "MemoryBudgetError",
+    "ReadOnlyError",
+    "MovedError",
+    "ReplicationError",
+    "HandoffError",
 ]
