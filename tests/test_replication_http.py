@@ -394,3 +394,71 @@ def test_tls_plain_http_gets_a_typed_error_and_https_works(primary, certificate)
             ReplicationClient(f"https://127.0.0.1:{server.port}", token="wrong",
                               ssl_context=client_ctx).hello()
         assert e.value.reason == "unauthorized"
+
+
+def test_a_silent_primary_is_a_timeout(tmp_path):
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    done = threading.Event()
+
+    def serve_silently():
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+            done.wait(30)  # sends nothing more until the test is over
+
+    t = threading.Thread(target=serve_silently, name="test-silent-primary")
+    t.start()
+    try:
+        c = ReplicationClient(f"http://127.0.0.1:{listener.getsockname()[1]}", token=TOKEN,
+                              timeout_s=0.3)
+        with pytest.raises(ReplicationError) as e:
+            list(c.stream_log(STORE_ID, 1, 0))
+        assert e.value.reason == "timeout"
+    finally:
+        done.set()
+        t.join()
+        listener.close()
+
+
+def test_closing_the_server_ends_its_streams_with_shutdown(primary):
+    fill(primary.store, 20)
+    server = observe.ReadinessServer(primary.store, "127.0.0.1", 0, None,
+                                     replication=(primary.source, TOKEN))
+    try:
+        c = client(server)
+        stream = c.stream_log(STORE_ID, c.hello()["segments"][0], 0)
+        first = next(stream)
+    finally:
+        server.close()  # returns once its streams ended
+    rest = list(stream)
+    from rehydrate.replication import END, decode_control
+
+    assert first.kind in (1, 2)
+    assert rest[-1].kind == END and decode_control(rest[-1])["reason"] == "shutdown"
+
+
+def test_a_stream_in_flight_survives_a_checkpoint_that_trims_the_log(primary, tmp_path):
+    fill(primary.store, 150)
+    before = wal_files(primary.path)
+    first = int(min(before).split(".")[0])
+    mirror = Mirror(str(tmp_path / "standby"))
+    with serving(primary) as server:
+        stream = client(server).stream_log(STORE_ID, first, 0)
+        msg = next(m for m in stream if m.kind == 1)
+        mirror.write(msg.segment, msg.offset, msg.body)
+        primary.store.checkpoint()  # unlinks segments the stream is on or past
+        assert min(wal_files(primary.path)) != min(before)
+        fill(primary.store, 100, start=150)
+        after = wal_files(primary.path)
+        newest = max(after)
+        for msg in stream:
+            if msg.kind == 1:
+                mirror.write(msg.segment, msg.offset, msg.body)
+            if mirror.position() == (int(newest.split(".")[0]), len(after[newest])):
+                break
+        stream.close()
+    mirror.close()
+    assert wal_files(str(tmp_path / "standby")) == {**before, **after}
