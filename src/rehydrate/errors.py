@@ -291,6 +291,10 @@ class ReplicationError(RehydrateError, ConnectionError):
         self.peer = peer
         super().__init__(detail, **kw)
 
+    def _message(self) -> str:
+        text = super()._message()
+        return f"{self.peer}: {text}" if self.peer else text
+
 
 class HandoffError(ReplicationError):
     """A promote that did not happen: the primary stayed primary (reason

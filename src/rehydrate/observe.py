@@ -5,8 +5,10 @@ Metrics are read from the store when scraped (a collector, nothing counted
 on the write path): the warmup's phases, replay records, bytes and rate,
 writes not yet durable, problems by kind, last and durable LSN, and the
 last checkpoint. ``store.serve_http()`` serves ``/readyz``, ``/livez`` and
-``/metrics`` on 127.0.0.1 by default, from a thread. prometheus_client is
-imported here only, when metrics are asked for.
+``/metrics`` on 127.0.0.1 by default, from a thread, and with
+``replication=True`` the ``/replication/v1/...`` endpoints (replication.py,
+imported only then). prometheus_client is imported here only, when metrics
+are asked for.
 """
 
 from __future__ import annotations
@@ -110,18 +112,39 @@ class ReadinessServer:
     ``/livez`` (200 while the store is sound, 503 once it failed),
     ``/metrics`` (Prometheus text); anything else 404. ``port``, ``close()``.
 
+    ``replication=(source, token)`` (a ``replication.Source``) adds the
+    replication endpoints (docs/replication.md); it needs a token or an
+    ``ssl_context`` that verifies client certificates (ConfigError, checked
+    before the port is bound). ``ssl_context`` serves HTTPS: each
+    connection's TLS handshake runs on its own thread, so a client that
+    stalls in it holds up no other.
+
     It serves from the process that started it: a forked child's copy has
     no serving thread, and its copy of the listening socket is closed at
     the fork (so the port is the parent's alone, and goes with it); its
     ``close()`` is then a no-op.
     """
 
-    def __init__(self, store, host: str, port: int, registry):
-        handler = _handler(store, registry)
+    def __init__(self, store, host: str, port: int, registry, replication=None,
+                 ssl_context=None):
+        self._replication = None
+        if replication is not None:
+            from .replication import Endpoints, check_config
+
+            source, token = replication
+            check_config(token, ssl_context)
+            self._replication = Endpoints(source, token)
+        elif ssl_context is not None:
+            import ssl
+
+            if not isinstance(ssl_context, ssl.SSLContext):
+                raise ConfigError("ssl_context must be an ssl.SSLContext")
+        handler = _handler(store, registry, self._replication)
         try:
-            self._httpd = ThreadingHTTPServer((host, port), handler)
+            self._httpd = _Server((host, port), handler)
         except OSError as e:
             raise ConfigError(f"cannot serve on {host}:{port}: {e.strerror or e}") from e
+        self._httpd.ssl_context = ssl_context
         self._owner_pid = os.getpid()
         _SERVERS.add(self)
         self._httpd.daemon_threads = True
@@ -140,6 +163,8 @@ class ReadinessServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join()
+        if self._replication is not None:
+            self._replication.close()  # the log streams end (END "shutdown")
 
     def _forget(self) -> None:
         """Close this process's copy of the listening socket, nothing else."""
@@ -152,8 +177,44 @@ class ReadinessServer:
         self.close()
 
 
-def _handler(store, registry):
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer, with TLS when ``ssl_context`` is set: the
+    handshake runs on the connection's thread (with a timeout), not on the
+    thread that accepts."""
+
+    ssl_context = None
+
+    def get_request(self):
+        sock, addr = super().get_request()
+        if self.ssl_context is not None:
+            sock.settimeout(_HANDSHAKE_S)
+            try:
+                sock = self.ssl_context.wrap_socket(sock, server_side=True,
+                                                    do_handshake_on_connect=False)
+            except OSError:
+                sock.close()
+                raise
+        return sock, addr
+
+    def finish_request(self, request, client_address):
+        if self.ssl_context is not None:
+            try:
+                request.do_handshake()
+            except (OSError, ValueError):
+                return  # not TLS, or not a client we verify: the connection closes
+            request.settimeout(None)
+        super().finish_request(request, client_address)
+
+
+_HANDSHAKE_S = 10.0
+
+
+def _handler(store, registry, replication=None):
     class Handler(BaseHTTPRequestHandler):
+        # A stalled client times out instead of holding a thread for good
+        # (the log stream writes at least once a second).
+        timeout = 60.0 if replication is not None else None
+
         def _send(self, code: int, body: bytes, ctype: str) -> None:
             self.send_response(code)
             self.send_header("Content-Type", ctype)
@@ -165,8 +226,10 @@ def _handler(store, registry):
             self._send(code, json.dumps(data).encode(), "application/json")
 
         def do_GET(self):  # noqa: N802 - http.server's name
-            path = self.path.split("?", 1)[0]
-            if path == "/readyz":
+            path, _, query = self.path.partition("?")
+            if replication is not None and path.startswith(_REPLICATION):
+                replication.get(self, path, query)
+            elif path == "/readyz":
                 r = store.readiness()
                 self._json(200 if r["ready"] else 503, r)
             elif path == "/livez":
@@ -181,11 +244,20 @@ def _handler(store, registry):
                 self._json(404, {"error": f"no such path {path!r}",
                                  "paths": ["/readyz", "/livez", "/metrics"]})
 
+        def do_POST(self):  # noqa: N802 - http.server's name
+            path = self.path.partition("?")[0]
+            if replication is not None and path.startswith(_REPLICATION):
+                replication.post(self, path)
+            else:
+                self._json(404, {"error": f"no such path {path!r}"})
+
         def log_message(self, fmt, *args) -> None:  # quiet: no stderr per request
             pass
 
     return Handler
 
+
+_REPLICATION = "/replication/v1/"  # replication.PREFIX, without importing it
 
 # The servers of this process (weak), for the fork hook below.
 _SERVERS: "weakref.WeakSet[ReadinessServer]" = weakref.WeakSet()

@@ -423,15 +423,65 @@ class Store(Lifecycle):
             self._metrics_registry = observe.register(self, registry)
         return self._metrics_registry
 
-    def serve_http(self, port: int = 0, host: str = "127.0.0.1", registry: Any = None) -> Any:
+    def serve_http(self, port: int = 0, host: str = "127.0.0.1", registry: Any = None, *,
+                   replication: bool = False, token: Optional[str] = None,
+                   ssl_context: Any = None) -> Any:
         """Serve ``/readyz``, ``/livez`` and ``/metrics`` from a thread; returns
         a server with ``.port`` and ``.close()``. ConfigError when the port
-        cannot be had (in use, not allowed)."""
+        cannot be had (in use, not allowed).
+
+        ``replication=True`` also serves the replication endpoints
+        (docs/replication.md): it needs ``token`` (every request's bearer
+        token) or an ``ssl_context`` (an ``ssl.SSLContext``, which serves
+        HTTPS) whose ``verify_mode`` is ``CERT_REQUIRED``; ConfigError
+        otherwise, before anything is bound."""
         from . import observe
 
         if type(port) is not int or not 0 <= port <= 65535:
             raise ConfigError(f"port must be an int in 0..65535, not {port!r}")
-        return observe.ReadinessServer(self, host, port, self.metrics(registry))
+        if type(replication) is not bool:
+            raise ConfigError(f"replication must be True or False, not {replication!r}")
+        served = None
+        if replication:
+            from .replication import check_config
+
+            check_config(token, ssl_context)
+            served = (self.replication_source(), token)
+        elif token is not None:
+            raise ConfigError("a token is for replication=True")
+        return observe.ReadinessServer(self, host, port, self.metrics(registry),
+                                       replication=served, ssl_context=ssl_context)
+
+    # PLACEHOLDER (branch http): the store-side replication hooks (lifecycle.py,
+    # another branch) replace this at merge. Built from public properties and
+    # the MANIFEST only; it takes no handoff.
+    def replication_source(self) -> Any:
+        """The ``replication.Source`` the replication endpoints serve from."""
+        import threading
+
+        from . import manifest
+        from .errors import HandoffError
+        from .replication import Source
+
+        def hello() -> dict[str, Any]:
+            m = manifest.read(self.path)
+            return {"store_id": m.get("store_id"), "epoch": m.get("epoch", 1),
+                    "role": "primary", "lsn": self.lsn, "durable_lsn": self.durable_lsn,
+                    "log_start": m.get("log_start", 1), "snapshots": list(m.get("snapshots", []))}
+
+        def wait_for_log(seen: int, timeout_s: float) -> int:
+            tick = threading.Event()
+            for _ in range(max(1, int(timeout_s / 0.01))):
+                if self.durable_lsn > seen or timeout_s <= 0:
+                    break
+                tick.wait(0.01)
+            lsn: int = self.durable_lsn
+            return lsn
+
+        def handoff(body: dict[str, Any]) -> dict[str, Any]:
+            raise HandoffError("this store takes no handoff yet", reason="unsupported")
+
+        return Source(self.path, hello, wait_for_log, handoff)
 
     def tables(self) -> list[str]:
         """Table names, in order of creation (during a background open, those
