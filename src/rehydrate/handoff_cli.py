@@ -96,8 +96,12 @@ def cmd_promote(args: argparse.Namespace) -> int:
     if is_url(args.target):
         from .replication_client import ReplicationClient
 
+        import secrets
+
         client = ReplicationClient(args.target, token=read_token(args))
-        result = client.promote({"timeout_s": args.timeout, "hold_s": args.hold})
+        result = client.handoff({"store_id": client.hello().get("store_id"),
+                                 "request": secrets.token_hex(8), "phase": "promote",
+                                 "timeout_s": args.timeout, "hold_s": args.hold})
     else:
         standby = _standby(args.target, None, args)
         try:

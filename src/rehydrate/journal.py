@@ -58,6 +58,9 @@ class Journal:
         self._on_tick = on_tick
         self._stop = threading.Event()
         self._flusher: Optional[threading.Thread] = None
+        # Notified after each frame reaches the file: what a replication
+        # stream waits on (wait_for_log).
+        self.grew = threading.Condition()
 
     @property
     def writer(self) -> WalWriter:
@@ -103,6 +106,8 @@ class Journal:
                 n = self.writer.write_frame(first, count, records, decls, offsets)
                 self.written_lsn = first + count - 1
                 self._on_written(n)
+                with self.grew:
+                    self.grew.notify_all()
             if fsync and self.written_lsn > self.durable_lsn:
                 self.writer.fsync()
                 self.durable_lsn = self.written_lsn
@@ -136,6 +141,19 @@ class Journal:
                 self.flush(fsync)
             except RehydrateError:
                 return  # writers see the failure (or the fence) on their next call
+
+    def wait_for_log(self, seen_lsn: int, timeout_s: float) -> int:
+        """The written LSN, once it is past ``seen_lsn`` or ``timeout_s``
+        passed (or ``wake_readers`` was called)."""
+        if self.written_lsn <= seen_lsn and timeout_s > 0:
+            with self.grew:
+                if self.written_lsn <= seen_lsn:
+                    self.grew.wait(timeout_s)
+        return self.written_lsn
+
+    def wake_readers(self) -> None:
+        with self.grew:
+            self.grew.notify_all()
 
     def stop(self) -> None:
         """Stop the flusher thread (what is pending stays for ``flush``)."""
@@ -176,6 +194,7 @@ class Journal:
         """In a child of fork(): the I/O lock may be held by a thread that
         did not survive the fork; take a fresh one."""
         self.io_lock = threading.Lock()
+        self.grew = threading.Condition()
 
     def forget(self) -> None:
         """Drop the files without touching them (a process that inherited

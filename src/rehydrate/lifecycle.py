@@ -109,6 +109,7 @@ class Lifecycle(Writes):
     _max_lag_s: float
     _manifest_stamp: Optional[tuple[int, int, int]]
     _handing_over: bool  # a local handoff's thread is running
+    _remote: Optional[_standby.Receiver]  # a standby of a primary over HTTP
     _files_lock: threading.Lock  # the log's and the LOCK's release
 
     # (What the surface provides that the workings call.)
@@ -179,6 +180,7 @@ class Lifecycle(Writes):
         self._manifest_stamp = None
         self._handing_over = False
         self._files_lock = threading.Lock()
+        self._remote = None
         _forking.track(self, self._hold_for_fork, self._release_after_fork,
                        self._inherited_across_fork)
         return self
@@ -466,6 +468,8 @@ class Lifecycle(Writes):
         self._journal.stop()
         if self._auto is not None:
             self._auto.stop()
+        if self._remote is not None:
+            self._remote.stop(wait=True)
         if self._follow is not None:
             self._follow.stop()
 
@@ -824,6 +828,8 @@ class Lifecycle(Writes):
         if follow.error is not None:
             raise HandoffError(f"this standby stopped following: {follow.error}",
                                path=self.path, reason="failed") from follow.error
+        if self._remote is not None:
+            return self._promote_remote(timeout_s, hold_s, address)
         t0 = time.perf_counter()
         start = time.monotonic()
         current = _manifest.read(self.path)
@@ -926,6 +932,7 @@ class Lifecycle(Writes):
             self._buf = self._core.LogBuffer(next_lsn)
             self._role = "primary"
             self._follow = None
+            self._remote = None
         if follow is not None:
             follow.follower.close()
         self._journal.open(next_lsn, resume_path, resume_size)
@@ -937,6 +944,191 @@ class Lifecycle(Writes):
         if self._atexit is None:
             self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
             atexit.register(self._atexit)
+
+    # ------------------------------------------------- replication: HTTP
+    def _replication_hello(self) -> dict[str, Any]:
+        """What the replication endpoints say of this store (``hello``)."""
+        man = self._manifest
+        out: dict[str, Any] = {
+            "store_id": self._store_id, "epoch": self._epoch, "role": self._role,
+            "lsn": self.lsn, "durable_lsn": self._journal.durable_lsn,
+            "log_start": man.get("log_start", 1),
+            "snapshots": list(man.get("snapshots") or []),
+            "versions": dict(man.get("versions") or {}),
+            "ledger": list(man.get("ledger") or [])}
+        if self._follow is not None:
+            out["lag"] = self._follow.lag()
+        return out
+
+    def _replication_wait(self, seen_lsn: int, timeout_s: float) -> int:
+        if self._follow is not None:
+            self._follow.wait_for_lsn(seen_lsn + 1, timeout_s)
+            return self.lsn
+        return self._journal.wait_for_log(seen_lsn, timeout_s)
+
+    def _replication_handoff(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A handoff request from a standby (or, on a standby, a promote
+        request): the phases of docs/replication.md. Refusals are
+        HandoffError, whose reason the endpoint answers with."""
+        phase = body.get("phase")
+        request = body["request"]
+        try:
+            if phase == "promote":
+                promote = getattr(self, "promote")
+                result: dict[str, Any] = promote(
+                    timeout_s=float(body.get("timeout_s") or 5.0),
+                    hold_s=float(body.get("hold_s") or 2.0),
+                    address=body.get("address"))
+                return result
+            if phase == "prepare":
+                return self._handoff_prepare(request, float(body.get("hold_s") or 2.0),
+                                             body.get("address"))
+            if phase == "commit":
+                moved = self._moved
+                if moved is not None and moved.get("request") == request:
+                    return {"epoch": moved["epoch"], "final_lsn": moved["final_lsn"]}
+                answer = self._handoff_commit(request, local=False)
+                self._journal.wake_readers()  # (streams send END "moved" now)
+                return answer
+            return {"aborted": self._handoff_abort(request)}
+        except HandoffError:
+            raise
+        except RehydrateError as e:
+            raise HandoffError(f"refused: {e}", path=self.path,
+                               reason=e.reason) from e
+
+    def replication_source(self) -> Any:
+        """The ``replication.Source`` the replication endpoints of
+        ``serve_http(replication=True)`` serve from (docs/replication.md)."""
+        from .replication import Source
+
+        return Source(self.path, self._replication_hello, self._replication_wait,
+                      self._replication_handoff)
+
+    @classmethod
+    def _open_remote_standby(cls, path: StrPath, options: dict[str, Any], url: str,
+                             token: Optional[str], ssl_context: Any,
+                             max_lag_s: float) -> Self:
+        """A standby of the primary at ``url``, in its own directory ``path``:
+        bootstrapped from the primary's newest snapshot when the directory
+        is new, then fed the log over HTTP into its copy (docs/replication.md)."""
+        from .replication_client import Mirror, ReplicationClient, bootstrap
+
+        client = ReplicationClient(url, token=token, ssl_context=ssl_context)
+        hello = client.hello()
+        directory = os.fspath(path)
+        start = None
+        if not os.path.exists(os.path.join(directory, _manifest.MANIFEST_NAME)):
+            start = bootstrap(client, hello, directory)
+        self = cls._new(directory, options)
+        self._role = "standby"
+        self._max_lag_s = max_lag_s
+        self._source = client.peer
+        try:
+            self._dirlock = DirLock(self.path)
+            following = _opening.load_for_following(self.path, self._options, self._core)
+            local_id = _manifest.store_id(following.manifest, self.path)
+            if local_id != hello.get("store_id"):
+                from .errors import ReplicationError
+
+                raise ReplicationError(
+                    f"{self.path} is a copy of store {local_id}; {client.peer} serves store "
+                    f"{hello.get('store_id')}", path=self.path, peer=client.peer,
+                    reason="foreign_store")
+            self._epoch = _manifest.epoch(following.manifest, self.path)
+            self._store_id = local_id
+            follower = self._follow_from(following)
+            follow = _standby.Follow(follower, self._lock, client.peer, None, self._refollow)
+            self._follow = follow
+            follow.step()
+        except BaseException:
+            self._release()
+            raise
+        mirror = Mirror(self.path)
+        self._remote = _standby.Receiver(client, mirror, local_id, follow, start,
+                                         self._rebootstrap)
+        self.warmup_report = {"phases": [], "total_s": 0.0}
+        self._remote.start(f"rehydrate-receive:{self.path}")
+        self._ready.set()
+        return self
+
+    def _rebootstrap(self) -> tuple[int, int]:
+        """The primary trimmed the log this standby needs next: start again
+        from its newest snapshot (the receiver's thread; returns where the
+        stream starts)."""
+        from .replication_client import bootstrap
+
+        remote = self._remote
+        assert remote is not None
+        start = bootstrap(remote.client, remote.client.hello(), self.path, again=True)
+        with self._lock:
+            follow = self._follow
+            assert follow is not None
+            old, follow.follower = follow.follower, self._refollow()
+            old.close()
+        return start
+
+    def _promote_remote(self, timeout_s: float, hold_s: float,
+                        address: Optional[str]) -> dict[str, Any]:
+        """Over HTTP: prepare (the primary holds its writes and says the
+        final LSN), catch up to it, make the copy durable, commit (the
+        primary fences itself), then take the new epoch here."""
+        remote, follow = self._remote, self._follow
+        assert remote is not None and follow is not None
+        if follow.error is not None:
+            raise HandoffError(f"this standby stopped following: {follow.error}",
+                               path=self.path, reason="failed") from follow.error
+        t0 = time.perf_counter()
+        request = secrets.token_hex(8)
+        body = {"store_id": self._store_id, "request": request, "hold_s": hold_s,
+                "address": address}
+        from .errors import ReplicationError
+
+        try:
+            prepared = remote.client.handoff(dict(body, phase="prepare"))
+        except ReplicationError as e:
+            raise HandoffError(f"the primary refused the handoff: {e.detail}", path=self.path,
+                               peer=remote.client.peer, reason="primary_unreachable"
+                               if e.reason in ("connection", "timeout") else e.reason) from e
+        t_held = time.perf_counter()
+        final = int(prepared["final_lsn"])
+        try:
+            if not follow.wait_for_lsn(final, timeout_s) or self.lsn != final:
+                raise HandoffError(f"this standby did not reach LSN {final} in time "
+                                   f"(it holds {self.lsn})", path=self.path, lsn=self.lsn,
+                                   reason="timeout")
+            remote.mirror.sync()
+        except BaseException:
+            try:
+                remote.client.handoff(dict(body, phase="abort"))
+            except ReplicationError:
+                pass  # (the primary's hold runs out by itself)
+            raise
+        t_caught_up = time.perf_counter()
+        try:
+            committed = remote.client.handoff(dict(body, phase="commit"))
+        except ReplicationError as e:
+            raise HandoffError(f"the primary did not commit the handoff: {e.detail}",
+                               path=self.path, peer=remote.client.peer,
+                               reason=e.reason) from e
+        t_fenced = time.perf_counter()
+        remote.stop(wait=False)
+        with self._lock:
+            follow.follower.poll()
+        follow.stop()  # (a late message from the receiver applies nothing now)
+        man = dict(self._manifest)
+        man.pop("clean_end", None)
+        man["epoch"] = int(committed["epoch"])
+        man["handoff"] = {"epoch": man["epoch"], "final_lsn": final, "request": request,
+                          "to": address, "from": remote.client.peer}
+        _manifest.write(self.path, man)
+        path, size = follow.follower.at_end()
+        self._become_primary(man, follow.follower.next_lsn, path, size)
+        t_end = time.perf_counter()
+        return {"role": "primary", "epoch": self._epoch, "lsn": self.lsn, "failover": False,
+                "phases": {"prepare_s": t_held - t0, "catch_up_s": t_caught_up - t_held,
+                           "commit_s": t_fenced - t_caught_up, "resume_s": t_end - t_fenced},
+                "total_s": t_end - t0}
 
 
 def open_options(args: dict[str, Any]) -> dict[str, Any]:

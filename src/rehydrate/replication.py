@@ -686,14 +686,17 @@ def read_json_body(h: BaseHTTPRequestHandler) -> Optional[dict[str, Any]]:
             data = None
     ok = (isinstance(data, dict) and isinstance(data.get("store_id"), str)
           and isinstance(data.get("request"), str)
-          and data.get("phase") in ("prepare", "commit", "abort")
+          and data.get("phase") in ("prepare", "commit", "abort", "promote")
+          and (data.get("timeout_s") is None or (type(data["timeout_s"]) in (int, float)
+                                                 and 0 < data["timeout_s"] <= 3600))
           and (data.get("hold_s") is None or (type(data["hold_s"]) in (int, float)
                                               and 0 < data["hold_s"] <= 60))
           and (data.get("address") is None or isinstance(data["address"], str)))
     if not ok:
         send_json(h, 400, {"error": "bad_request",
                            "detail": "a handoff is a JSON object with store_id, request, "
-                                     "phase (prepare, commit or abort), hold_s, address"})
+                                     "phase (prepare, commit, abort; promote to a standby), "
+                                     "hold_s, address, timeout_s"})
         return None
     result: dict[str, Any] = data
     return result

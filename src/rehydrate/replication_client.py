@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 from . import _fileio
 from . import _format as F
+from . import manifest as _manifest
 from .errors import ConfigError, ReplicationError
 from .replication import (
     BYTES,
@@ -442,3 +443,55 @@ def follow(client: ReplicationClient, mirror: Mirror, store_id: str, *,
             delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * (2 ** min(failures, 10)))
             stop.wait(delay * random.uniform(0.5, 1.0))
     return "stopped"
+
+
+def bootstrap(client: ReplicationClient, hello: dict[str, Any], directory: str, *,
+              again: bool = False) -> tuple[int, int]:
+    """Make ``directory`` a standby's copy of the primary's store: its newest
+    snapshot (checked by the loader when the standby opens), a MANIFEST with
+    the primary's identity, epoch, versions and ledger, and an empty log
+    copy. Returns where the log stream starts: the segment holding the LSN
+    after the snapshot, from its header. ``again``: the directory is a copy
+    already whose next segment the primary trimmed; its log copy is dropped
+    (the primary no longer has it either) and the newest snapshot fetched."""
+    store_id = hello.get("store_id")
+    if not isinstance(store_id, str):
+        raise ReplicationError("the primary has no store identity", peer=client.peer,
+                               reason="no_identity")
+    snaps = [s for s in hello.get("snapshots") or [] if type(s) is int and s > 0]
+    snap = max(snaps) if snaps else 0
+    log_start = hello.get("log_start", 1)
+    if type(log_start) is not int or (snap == 0 and log_start > 1):
+        raise ReplicationError("the primary has no snapshot and its log does not start at "
+                               "LSN 1: nothing to start a copy from", peer=client.peer,
+                               reason="no_base")
+    segments = [s for s in hello.get("segments") or [] if type(s) is int]
+    holding = [s for s in segments if s <= snap + 1]
+    if not holding:
+        raise ReplicationError(f"the primary's log has no segment holding LSN {snap + 1}",
+                               peer=client.peer, reason="trimmed")
+    directory = os.fspath(directory)
+    waldir = os.path.join(directory, WAL_DIR)
+    if not again:
+        leftover = set(os.listdir(directory)) if os.path.isdir(directory) else set()
+        if leftover - {WAL_DIR, SNAPSHOTS_DIR}:
+            # (wal/ and snapshots/ alone: a bootstrap that stopped before its MANIFEST)
+            raise ReplicationError(f"{directory} is not empty and is not a store: a standby's "
+                                   "copy starts in an empty directory", path=directory,
+                                   peer=client.peer, reason="not_empty")
+        for sub in (WAL_DIR, SNAPSHOTS_DIR):
+            shutil.rmtree(os.path.join(directory, sub), ignore_errors=True)
+    else:
+        for name in os.listdir(waldir) if os.path.isdir(waldir) else []:
+            _fileio.unlink(os.path.join(waldir, name))
+    _fileio.makedirs(waldir)
+    _fileio.fsync_dir(directory)
+    if snap and not os.path.isdir(os.path.join(directory, SNAPSHOTS_DIR, snapshot_name(snap))):
+        client.download_snapshot(snap, directory)
+    man = {"format": F.FORMAT_VERSION, "store_id": store_id,
+           "epoch": hello.get("epoch", 1), "snapshots": [snap] if snap else [],
+           # (the log starts at a segment's start, as a primary's trim leaves it)
+           "log_start": max(holding),
+           "versions": hello.get("versions") or {}, "ledger": hello.get("ledger") or []}
+    _manifest.write(directory, man)
+    return max(holding), 0

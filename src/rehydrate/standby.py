@@ -112,6 +112,8 @@ class Follow:
         with self.cv:
             if self.error is not None:
                 raise self.error
+            if self._stop.is_set():
+                return 0  # (promoted: the follower is the writer's now)
             try:
                 try:
                     n = self.follower.poll()
@@ -144,6 +146,14 @@ class Follow:
             if n:
                 self.cv.notify_all()
             return n
+
+    def fail(self, error: BaseException) -> None:
+        """Following ended with ``error`` (a receiver's): kept, reported."""
+        with self.cv:
+            if self.error is None:
+                self.error = error
+                self.state = "failed"
+            self.cv.notify_all()
 
     def heard_from_primary(self, lsn: int) -> None:
         """A heartbeat: the primary has written up to ``lsn``."""
@@ -179,6 +189,76 @@ class Follow:
             return {"records": records, "bytes": self.follower.pending_bytes,
                     "seconds": seconds, "lsn": lsn, "primary_lsn": max(self.primary_lsn, lsn),
                     "state": self.state}
+
+
+class Receiver:
+    """A standby's receiver of a primary's log over HTTP: a thread that
+    streams it into the standby's copy (``replication_client.follow``) and
+    steps the follower after each write. A primary that trimmed what the
+    copy needs next makes it start again from the primary's newest snapshot
+    (``rebootstrap()`` returns where the stream starts then)."""
+
+    def __init__(self, client: Any, mirror: Any, store_id: str, follow: Follow,
+                 start: Optional[tuple[int, int]],
+                 rebootstrap: Callable[[], tuple[int, int]]) -> None:
+        self.client = client
+        self.mirror = mirror
+        self.store_id = store_id
+        self.follow = follow
+        self.start_at = start
+        self.rebootstrap = rebootstrap
+        self.ended: Optional[str] = None  # "moved", "stopped", or the error's reason
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self, name: str) -> None:
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _on_data(self, segment: int, size: int) -> None:
+        if not self.follow.stopped:
+            try:
+                self.follow.step()
+            except RehydrateError:
+                self._stop.set()  # (kept in follow.error)
+
+    def _on_heartbeat(self, data: dict[str, Any]) -> None:
+        lsn = data.get("lsn")
+        if type(lsn) is int:
+            self.follow.heard_from_primary(lsn)
+
+    def _run(self) -> None:
+        from .errors import ReplicationError
+        from .replication_client import follow as stream
+
+        start = self.start_at
+        while not self._stop.is_set():
+            try:
+                self.ended = stream(self.client, self.mirror, self.store_id,
+                                    on_data=self._on_data, on_heartbeat=self._on_heartbeat,
+                                    stop=self._stop, start=start)
+                return
+            except ReplicationError as e:
+                if e.reason == "trimmed" and not self._stop.is_set():
+                    try:
+                        start = self.rebootstrap()
+                        continue
+                    except RehydrateError as again:
+                        e = again  # type: ignore[assignment]
+                self.ended = e.reason
+                self.follow.fail(e)
+                return
+            except RehydrateError as e:
+                self.ended = e.reason
+                self.follow.fail(e)
+                return
+
+    def stop(self, wait: bool) -> None:
+        self._stop.set()
+        t = self._thread
+        if wait and t is not None and t is not threading.current_thread():
+            t.join()
+            self.mirror.close()
 
 
 # ---------------------------------------------------------------- local handoff

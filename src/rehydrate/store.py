@@ -116,24 +116,38 @@ class Store(Lifecycle):
         ``promote()`` makes it the primary.
 
         ``source=None``: follow the primary writing ``path`` itself (same
-        host or shared volume; no LOCK taken). ``max_lag_s``: ``/readyz``
+        host or shared volume; no LOCK taken). ``source="http://HOST:PORT"``
+        (or https): a primary serving ``serve_http(replication=True)``;
+        ``path`` is then the standby's own directory (bootstrapped from the
+        primary's newest snapshot when new), ``token`` / ``ssl_context``
+        what the primary asks for. ``max_lag_s``: ``/readyz``
         says ready while the standby is at most this far behind. ``tables``
         and ``migrations`` as for ``Store.open`` (a newer version's
         upcasters apply as records arrive); ``sync`` .. ``checkpoint_every_s``
         apply once promoted.
         Raises ConfigError, NotAStoreError, CorruptionError.
         """
-        if source is not None:
-            raise ConfigError("a standby of a primary elsewhere (source=URL) is not in this "
-                              "build", reason="no_remote_source")
-        if token is not None or ssl_context is not None:
-            raise ConfigError("token and ssl_context are for source=URL")
         if (isinstance(max_lag_s, bool) or not isinstance(max_lag_s, (int, float))
                 or not max_lag_s > 0):
             raise ConfigError(f"max_lag_s must be a positive number, not {max_lag_s!r}")
         options = {k: v for k, v in locals().items() if k in OPTION_NAMES}
         options["create"] = False
-        return cls._open_following(path, options, "standby", float(max_lag_s))
+        if source is None:
+            if token is not None or ssl_context is not None:
+                raise ConfigError("token and ssl_context are for source=URL")
+            return cls._open_following(path, options, "standby", float(max_lag_s))
+        if not isinstance(source, str) or not source.startswith(("http://", "https://")):
+            raise ConfigError(f"source must be None or an http:// or https:// URL, not "
+                              f"{source!r}")
+        if token is not None and (not isinstance(token, str) or not token):
+            raise ConfigError("token must be a non-empty str")
+        if ssl_context is not None:
+            import ssl
+
+            if not isinstance(ssl_context, ssl.SSLContext):
+                raise ConfigError("ssl_context must be an ssl.SSLContext")
+        return cls._open_remote_standby(path, options, source, token, ssl_context,
+                                        float(max_lag_s))
 
     # ------------------------------------------------------------ replication
     @property
@@ -451,37 +465,6 @@ class Store(Lifecycle):
             raise ConfigError("a token is for replication=True")
         return observe.ReadinessServer(self, host, port, self.metrics(registry),
                                        replication=served, ssl_context=ssl_context)
-
-    # PLACEHOLDER (branch http): the store-side replication hooks (lifecycle.py,
-    # another branch) replace this at merge. Built from public properties and
-    # the MANIFEST only; it takes no handoff.
-    def replication_source(self) -> Any:
-        """The ``replication.Source`` the replication endpoints serve from."""
-        import threading
-
-        from . import manifest
-        from .errors import HandoffError
-        from .replication import Source
-
-        def hello() -> dict[str, Any]:
-            m = manifest.read(self.path)
-            return {"store_id": m.get("store_id"), "epoch": m.get("epoch", 1),
-                    "role": "primary", "lsn": self.lsn, "durable_lsn": self.durable_lsn,
-                    "log_start": m.get("log_start", 1), "snapshots": list(m.get("snapshots", []))}
-
-        def wait_for_log(seen: int, timeout_s: float) -> int:
-            tick = threading.Event()
-            for _ in range(max(1, int(timeout_s / 0.01))):
-                if self.durable_lsn > seen or timeout_s <= 0:
-                    break
-                tick.wait(0.01)
-            lsn: int = self.durable_lsn
-            return lsn
-
-        def handoff(body: dict[str, Any]) -> dict[str, Any]:
-            raise HandoffError("this store takes no handoff yet", reason="unsupported")
-
-        return Source(self.path, hello, wait_for_log, handoff)
 
     def tables(self) -> list[str]:
         """Table names, in order of creation (during a background open, those
