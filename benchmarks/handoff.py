@@ -168,7 +168,8 @@ class _WorkerState:
             self.store = None
 
     def handle(self, msg: list[Any]) -> Optional[dict[str, Any]]:
-        op, arg = msg[0], (msg[1] if len(msg) > 1 else None)
+        op: str = msg[0]
+        arg: Any = msg[1] if len(msg) > 1 else None
         rh = self.rh
         if op == "put":
             # One put per write, as independent clients would make them; at
@@ -192,6 +193,10 @@ class _WorkerState:
         out: dict[str, Any] = {"ok": True}
         if op == "open":
             self.store = rh.Store.open(arg["dir"], sync=arg["sync"])
+            # The open's phases, to say where a cold restart's time goes.
+            rep = self.store.warmup_report
+            out["phases"] = {ph["name"]: ph["duration_s"] for ph in rep["phases"]}
+            out["replayed"] = self.store.recovery_report.applied
         elif op == "open_standby":
             kw = {"source": arg["source"]}
             if arg.get("token"):
@@ -281,7 +286,8 @@ class Worker:
     def call(self, *msg: Any, sock: Optional[socket.socket] = None) -> dict[str, Any]:
         s = sock or self.ctl
         send_msg(s, list(msg))
-        return recv_msg(s)
+        reply: dict[str, Any] = recv_msg(s)
+        return reply
 
     def check(self, *msg: Any) -> dict[str, Any]:
         r = self.call(*msg)
@@ -407,7 +413,7 @@ def _poll(pred: Callable[[], bool], timeout_s: float, what: str, every_s: float 
 
 
 def _info_field(conn: Resp, section: str, field: str) -> str:
-    text = conn.call("INFO", section).decode()
+    text: str = conn.call("INFO", section).decode()
     for line in text.splitlines():
         if line.startswith(field + ":"):
             return line.split(":", 1)[1].strip()
@@ -616,7 +622,7 @@ class ColdRestart(System):
             t0 = perf()
             close_s = old.check("close")["seconds"]
             t1 = perf()
-            open_s = self.spare.check("open", {"dir": self.dir, "sync": self.sync})["seconds"]
+            opened = self.spare.check("open", {"dir": self.dir, "sync": self.sync})
             self.data.close()
             self.cur, self.spare = self.spare, None
             self.data = self.cur.connect()
@@ -625,7 +631,8 @@ class ColdRestart(System):
         self.wait_writer(self.generation)
         old.stop()
         self.spare = self._worker()
-        return {"close_s": close_s, "open_s": open_s, "close_rtt_s": t1 - t0,
+        return {"close_s": close_s, "open_s": opened["seconds"], "replayed": opened["replayed"],
+                **{f"open_{k}_s": v for k, v in opened["phases"].items()}, "close_rtt_s": t1 - t0,
                 "open_rtt_s": t2 - t1, "held_s": t2 - t0}
 
     def stop(self) -> None:
@@ -903,7 +910,9 @@ def measure_lag(work: str, build_dir: str, http: bool, args: argparse.Namespace,
     try:
         arg: dict[str, Any] = {"dir": pdir, "source": None}
         if http:
-            srv = primary.serve_http(0, replication=True, token=TOKEN)
+            # Through a dict: this build's Store.serve_http may not take them yet.
+            repl: dict[str, Any] = {"replication": True, "token": TOKEN}
+            srv = primary.serve_http(0, **repl)
             arg = {"dir": os.path.join(work, f"lag-{name}-standby"),
                    "source": f"http://127.0.0.1:{srv.port}", "token": TOKEN}
         lsn = primary.put(TABLE, "key:0", values[0])
