@@ -860,16 +860,19 @@ def summarize(gaps_s: list[float]) -> dict[str, float]:
             "min_ms": min(ms) if ms else math.nan}
 
 
-def timeline(records: list[tuple[float, float, list[Ack]]], ev: dict[str, Any]) -> dict[str, Any]:
+def timeline(records: list[tuple[float, float, list[Ack]]], ev: dict[str, Any],
+             next_start: float = math.inf) -> dict[str, Any]:
     """Client-visible latency (acknowledgement - scheduled time) of the
     batches around one handoff, times relative to the handoff's start."""
     span = max(ev["gap_s"], 0.001)  # the plot shows [-2, +4] x the gap (at least 1 ms)
-    t0, lo, hi = ev["start"], ev["start"] - 2 * span, ev["start"] + 4 * span
+    t0, lo = ev["start"], ev["start"] - 2 * span
+    hi = min(ev["start"] + 4 * span, next_start)  # not into the next handoff
     pts = [(s - t0, max(t for _, t in a) - s) for s, _, a in records if lo <= s <= hi and a]
     return {"t_ms": [p[0] * 1e3 for p in pts], "latency_ms": [p[1] * 1e3 for p in pts],
             "held_from_ms": (ev["held_from"] - t0) * 1e3,
             "first_ack_ms": (ev["first_ack"] - t0) * 1e3,
-            "end_ms": (ev["end"] - t0) * 1e3, "gap_ms": ev["gap_s"] * 1e3}
+            "end_ms": (ev["end"] - t0) * 1e3, "gap_ms": ev["gap_s"] * 1e3,
+            "window_ms": [(lo - t0) * 1e3, (hi - t0) * 1e3]}
 
 
 # ----------------------------------------------------------------- the state
@@ -1036,8 +1039,7 @@ def plot(res: dict[str, Any], path: str) -> None:
         ax.axvspan(tl["held_from_ms"], tl["first_ack_ms"], color="red", alpha=0.15,
                    label=f"gap {tl['gap_ms']:.2f} ms")
         ax.axvline(0, color="black", lw=1, label="handoff() called")
-        span = max(tl["gap_ms"], 1.0)
-        ax.set_xlim(-2 * span, 4 * span)
+        ax.set_xlim(*tl["window_ms"])
         ax.set_yscale("log")
         ax.set_title(f"{n}: the median handoff", fontsize=9)
         ax.set_ylabel("latency (ms)", fontsize=8)
@@ -1188,7 +1190,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             out["timeline"] = None
             if evs:
                 med = sorted(evs, key=lambda e: e["gap_s"])[len(evs) // 2]
-                out["timeline"] = timeline(out["_records"][id(med)], med)
+                later = [e["start"] for e in out["events"]
+                         if e["round"] == med["round"] and e["start"] > med["start"]]
+                out["timeline"] = timeline(out["_records"][id(med)], med,
+                                           min(later, default=math.inf))
             if name in TARGETS and out["gap"]["n"]:
                 med_t, p99_t = TARGETS[name]
                 out["target"] = {"median_ms": med_t, "p99_ms": p99_t,
