@@ -84,6 +84,7 @@ bench: $(STAMP) redis
 	$(BIN)/python benchmarks/scaling.py --plot docs/img/scaling.png
 	$(BIN)/python benchmarks/verify_throughput.py
 	$(BIN)/python benchmarks/write_throughput.py
+	$(BIN)/python benchmarks/handoff.py --plot docs/img/handoff.png
 
 # The full reliability tier (docs/reliability.md): the CI tier's scenarios,
 # many more runs each. Figures in the doc come from this target.
