@@ -363,30 +363,40 @@ def wait_for_fence(directory: str, request: str, epoch: int, deadline: float,
     gone (None), until ``deadline`` (time.monotonic()); HandoffError at it.
     A fence for another request or a newer epoch than ``epoch + 1`` is a
     HandoffError (reason ``raced``): another standby took over."""
-    stamp = _manifest.stamp(directory)
+    stamp: Optional[tuple[int, int, int]] = None  # (None: the first look reads it)
     checks = 0
     while True:
         now_stamp = _manifest.stamp(directory)
         if now_stamp != stamp:
             stamp = now_stamp
-            try:
-                man = _manifest.read(directory)
-            except (CorruptionError, OSError):
-                man = None
-            if man is not None and _manifest.epoch(man, directory) > epoch:
-                record = man.get("handoff") or {}
-                if record.get("request") != request:
-                    raise HandoffError(
-                        f"the store moved to epoch {_manifest.epoch(man, directory)} by another "
-                        "handoff", path=directory, peer=directory, reason="raced")
-                return man
+            fence = _fence_for(directory, request, epoch)
+            if fence is not None:
+                return fence
         checks += 1
         if checks % 50 == 0 and gone():
-            return None
+            # A last look: the primary may have fenced and let go just now.
+            return _fence_for(directory, request, epoch)
         if time.monotonic() >= deadline:
             raise HandoffError("the primary did not hand over in time", path=directory,
                                peer=directory, reason="timeout")
         time.sleep(0.0002)  # (the protocol's wait: a handoff takes milliseconds)
+
+
+def _fence_for(directory: str, request: str, epoch: int) -> Optional[dict[str, Any]]:
+    """The MANIFEST when it records the handoff ``request`` past ``epoch``;
+    None when it records no newer epoch; HandoffError (reason ``raced``)
+    when a newer epoch came from another request."""
+    try:
+        man = _manifest.read(directory)
+    except (CorruptionError, OSError):
+        return None  # (being replaced: the next look reads it)
+    if _manifest.epoch(man, directory) <= epoch:
+        return None
+    record = man.get("handoff") or {}
+    if record.get("request") != request:
+        raise HandoffError(f"the store moved to epoch {_manifest.epoch(man, directory)} by "
+                           "another handoff", path=directory, peer=directory, reason="raced")
+    return man
 
 
 def wal_dir(directory: str) -> str:
