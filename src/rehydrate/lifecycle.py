@@ -755,6 +755,12 @@ class Lifecycle(Writes):
         if local:
             # The standby appends to this log from here: let go of it (the
             # held writers still wait, so none of them closes it meanwhile).
+            # The LOCK first: the fence already stops this writer, and the
+            # standby waits for the LOCK.
+            with self._files_lock:
+                if self._dirlock is not None:
+                    self._dirlock.release()
+                    self._dirlock = None
             self._journal.stop()
             if self._auto is not None:
                 self._auto.stop()
@@ -856,7 +862,7 @@ class Lifecycle(Writes):
                 fence = _standby.wait_for_fence(self.path, request, epoch,
                                                 time.monotonic() + hold_s + 1.0, gone)
         t_fenced = time.perf_counter()
-        follow.stop()
+        follow.stop(wait=False)
         lock = self._take_lock(time.monotonic() + max(1.0, hold_s))
         try:
             with self._lock:

@@ -76,27 +76,35 @@ class Follow:
     def _run(self) -> None:
         watch = self._watch
         assert watch is not None
-        while not self._stop.is_set():
-            try:
-                self.step()
-            except RehydrateError:
-                return  # (state "failed", kept in self.error)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.step()
+                except RehydrateError:
+                    return  # (state "failed", kept in self.error)
+                if self._stop.is_set():
+                    return
+                watch.wait(_IDLE_WAIT_S)
+        finally:
             if self._stop.is_set():
-                return
-            watch.wait(_IDLE_WAIT_S)
+                # Closing an inotify instance can take milliseconds (the
+                # kernel waits for its readers): here, off a promote's path.
+                watch.close()
 
-    def stop(self) -> None:
-        """Stop following (for good, or before a promote takes over)."""
+    def stop(self, wait: bool = True) -> None:
+        """Stop following (for good, or before a promote takes over). No
+        step applies anything once this returns; ``wait``: also join the
+        thread (a promote does not wait for it)."""
         self._stop.set()
-        if self._watch is not None:
-            self._watch.wake()
+        watch = self._watch
+        if watch is not None:
+            watch.wake()
         t = self._thread
-        if t is not None and t is not threading.current_thread():
+        if wait and t is not None and t is not threading.current_thread():
             t.join()
-        if self._watch is not None:
-            self._watch.close()
-            self._watch = None
-        with self.cv:
+        if watch is not None and (t is None or not t.is_alive()):
+            watch.close()
+        with self.cv:  # (a step in progress ends before this)
             if self.state != "failed":
                 self.state = "stopped"
             self.cv.notify_all()
