@@ -535,3 +535,34 @@ def test_moved_error_names_the_new_primary(store_dir):
     finally:
         s.close()
         p.close()
+
+
+def test_a_standby_serves_readyz_and_lag_metrics_over_http(store_dir):
+    import json
+    import urllib.error
+    import urllib.request
+
+    with Store.open(store_dir) as p:
+        lsn = p.put("t", 1, 1)
+        p.sync()
+        s = Store.open_standby(store_dir, max_lag_s=5)
+        server = s.serve_http(0)
+        try:
+            assert s.wait_for_lsn(lsn, timeout=30)
+            url = f"http://127.0.0.1:{server.port}"
+            with urllib.request.urlopen(url + "/readyz", timeout=10) as r:
+                body = json.loads(r.read())
+            assert r.status == 200 and body["role"] == "standby" and body["lag"]["lsn"] == lsn
+            with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+                text = r.read().decode()
+            assert 'rehydrate_role{role="standby"' in text and "rehydrate_epoch" in text
+            assert "rehydrate_standby_lag_seconds" in text
+            assert 'rehydrate_standby_state{state="following"' in text
+            line = next(x for x in text.splitlines()
+                        if x.startswith("rehydrate_last_lsn"))
+            assert float(line.split()[-1]) == lsn
+        finally:
+            server.close()
+            s.close()
+        # A closed standby is not ready.
+        assert not s.readiness()["ready"]

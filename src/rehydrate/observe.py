@@ -61,8 +61,31 @@ class StoreCollector:
         yield gauge("rehydrate_last_lsn", "LSN of the last write applied", s.lsn)
         yield gauge("rehydrate_durable_lsn", "every write up to this LSN survives power loss",
                     s.durable_lsn)
+        role = s.role
         yield gauge("rehydrate_pending_writes", "writes applied but not yet durable",
-                    max(0, s.lsn - s.durable_lsn))
+                    max(0, s.lsn - s.durable_lsn) if role == "primary" else 0)
+        # Replication (docs/replication.md): the role as a 0/1 gauge per
+        # role, the epoch, and a standby's lag and follower state.
+        roles = GaugeMetricFamily("rehydrate_role", "1 for this store's role",
+                                  labels=labels + ["role"])
+        for r in ("primary", "standby", "reader", "moved"):
+            roles.add_metric(at + [r], 1.0 if r == role else 0.0)
+        yield roles
+        yield gauge("rehydrate_epoch", "the generation of the directory's writer", s.epoch)
+        lag = s.lag
+        yield gauge("rehydrate_standby_lag_records",
+                    "records the primary wrote that this standby has not applied",
+                    lag["records"])
+        yield gauge("rehydrate_standby_lag_seconds",
+                    "how long this standby has been behind the primary (0: caught up)",
+                    lag["seconds"])
+        states = GaugeMetricFamily("rehydrate_standby_state",
+                                   "1 for a standby's follower state",
+                                   labels=labels + ["state"])
+        if role in ("standby", "reader"):
+            for st in ("catching_up", "following", "stalled", "failed", "stopped"):
+                states.add_metric(at + [st], 1.0 if st == lag["state"] else 0.0)
+        yield states
         ready = s.readiness()
         yield gauge("rehydrate_warmup_progress", "how far the open is, 0..1",
                     ready["progress"])
