@@ -223,15 +223,16 @@ class LogFollower:
                                   None, None, version=self._version)
         self.next_lsn = r.next_lsn
         self.applied += r.applied
+        used: int = r.offset
         if r.status in (F.SCAN_OK, F.SCAN_TRUNCATED):
             self.waiting_detail = "" if r.status == F.SCAN_OK else r.detail
-            return r.offset
+            return used
         if r.status == F.SCAN_BAD_CRC and r.frame_end == len(buf):
             # The last bytes read end a frame whose checksum fails: a writer
             # can be mid-write (the size grows before every byte lands).
             # Wait for it; more bytes after it make it damage (next poll).
             self.waiting_detail = r.detail
-            return r.offset
+            return used
         name = F.SCAN_STATUS_NAMES.get(r.status, "bad_frame")
         raise CorruptionError(f"{r.detail} (following the log)", path=pos.path,
                               offset=base + r.offset, lsn=r.next_lsn, reason=name)

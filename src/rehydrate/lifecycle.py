@@ -119,6 +119,9 @@ class Lifecycle(Writes):
     def checkpoint(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def sync(self) -> int:
+        raise NotImplementedError
+
     def _state_digest(self) -> int:
         raise NotImplementedError
 
@@ -1034,7 +1037,7 @@ class Lifecycle(Writes):
             self._dirlock = DirLock(self.path)
             following = _opening.load_for_following(self.path, self._options, self._core)
             local_id = _manifest.store_id(following.manifest, self.path)
-            if local_id != hello.get("store_id"):
+            if local_id is None or local_id != hello.get("store_id"):
                 from .errors import ReplicationError
 
                 raise ReplicationError(
