@@ -265,11 +265,20 @@ def test_promote_hands_the_writes_over_in_process(store_dir):
     refused: list[BaseException] = []
     stop = threading.Event()
 
+    batches: list[int] = []
+
     def writer():
         i = 0
         while not stop.is_set():
             try:
-                acked.append(p.put("t", i, i))
+                if i % 5 == 4:  # a batch: all of it or none of it, on either side
+                    with p.batch() as b:
+                        for j in range(3):
+                            b.put("b", f"{i}.{j}", i)
+                    acked.append(b.lsn)
+                    batches.append(i)
+                else:
+                    acked.append(p.put("t", i, i))
             except MovedError as e:
                 refused.append(e)
                 return
@@ -285,7 +294,9 @@ def test_promote_hands_the_writes_over_in_process(store_dir):
         assert result["role"] == "primary" and s.role == "primary" and p.role == "moved"
         assert result["epoch"] == 2 == s.epoch and not result["failover"]
         assert s.lsn == max(acked), "the new primary holds every acknowledged write"
-        assert all(s.table("t")[i] == i for i in range(len(acked)))
+        assert all(s.table("t")[i] == i for i in range(len(acked)) if i % 5 != 4)
+        assert batches and len(s.table("b")) == 3 * len(batches)
+        assert all(s.table("b")[f"{i}.{j}"] == i for i in batches for j in range(3))
         lsn = s.put("t", "after", 1)
         assert lsn == max(acked) + 1
         with pytest.raises(MovedError):

@@ -420,12 +420,15 @@ class Lifecycle(Writes):
                 self._auto.bytes_since = 0
             return _checkpointing.capture(self._open_registry, self.lsn, self._offsets, prepared)
 
-    def _writable(self) -> None:
+    def _writable_early(self) -> None:
+        self._writable(hold=False)
+
+    def _writable(self, hold: bool = True) -> None:
         if self._forked:
             raise self._forked_error()
         if self._role != "primary":
             raise self._not_primary()
-        if self._hold is not None:
+        if hold and self._hold is not None:
             self._wait_out_hold()
         if self._open_error is not None:
             raise self._open_failed() from self._open_error

@@ -217,7 +217,7 @@ class Writes:
         consumed; they become durable atomically with its records and come
         back in ``store.offsets`` after a restart. ConfigError for bad offsets.
         """
-        return Batch(self._core.Staging(), self._commit, self._writable,
+        return Batch(self._core.Staging(), self._commit, self._writable_early,
                      _offsets.check_offsets(offsets) if offsets else None)
 
     def consume(self, source: str, offset: int) -> Optional[Batch]:
@@ -241,7 +241,8 @@ class Writes:
             self._wait_offsets_locked()
             if self._already_consumed(offsets):
                 return None
-        return Batch(self._core.Staging(), self._commit, self._writable, offsets, consume=True)
+        return Batch(self._core.Staging(), self._commit, self._writable_early, offsets,
+                     consume=True)
 
     def _already_consumed(self, offsets: Offsets) -> bool:
         return all(s in self._offsets and off <= self._offsets[s] for s, off in offsets.items())
@@ -410,7 +411,14 @@ class Writes:
 
     # The store's part.
     def _writable(self) -> None:
-        """Raise unless the store takes writes (closed, failed, forked)."""
+        """Raise unless the store takes writes (closed, failed, forked);
+        ``_lock`` held."""
+        raise NotImplementedError
+
+    def _writable_early(self) -> None:
+        """A batch's check as it starts (``_lock`` not held): raise now what
+        its commit would certainly raise; a handoff's hold is waited out at
+        the commit."""
         raise NotImplementedError
 
     def _after_write(self, lsn: int) -> None:
