@@ -577,3 +577,27 @@ def test_a_standby_serves_readyz_and_lag_metrics_over_http(store_dir):
             s.close()
         # A closed standby is not ready.
         assert not s.readiness()["ready"]
+
+
+def test_a_directory_that_handed_its_writes_away_over_http_never_opens_as_a_primary(tmp_path):
+    pdir, sdir = str(tmp_path / "p"), str(tmp_path / "s")
+    p = Store.open(pdir, sync="always")
+    server = p.serve_http(0, replication=True, token="tok")
+    s = Store.open_standby(sdir, f"http://127.0.0.1:{server.port}", token="tok")
+    try:
+        lsn = p.put("t", 1, 1)
+        assert s.wait_for_lsn(lsn, timeout=30)
+        result = s.promote(address="http://new:9")
+        assert result["epoch"] == 2 and s.role == "primary" and p.role == "moved"
+        assert s.put("t", 2, 2) == lsn + 1
+    finally:
+        server.close()
+        p.close()
+        s.close()
+    with pytest.raises(MovedError) as e:
+        Store.open(pdir)
+    assert e.value.address == "http://new:9" and e.value.epoch == 2
+    with Store.open(pdir, readonly=True) as r:  # its state stays readable
+        assert r.lsn == lsn and r.table("t")[1] == 1
+    with Store.open(sdir, recovery="strict") as again:  # the new primary's
+        assert again.epoch == 2 and again.table("t")[2] == 2

@@ -1,9 +1,9 @@
 """Store: open a state directory, get the state back, keep writing the log.
 
 This module is the surface a service uses. The work is done by the
-modules it holds together (README, "Layout"): lifecycle.py (how a store
-is made, opened, closed and carried across fork()), writes.py (the write
-path), options.py, opening.py, journal.py, checkpointing.py, intake.py
+modules it holds together (README, "Layout"): roles.py (primary, standby,
+reader; following and handoff), lifecycle.py (how a store is made, opened,
+closed and carried across fork()), writes.py (the write path), options.py, opening.py, journal.py, checkpointing.py, intake.py
 (a background open) and migrate_phase.py.
 """
 
@@ -15,7 +15,8 @@ from typing import Any, Optional
 from . import intake as _intake
 from ._types import ProgressFn, StrPath, TableKinds
 from .errors import ConfigError, StoreClosedError
-from .lifecycle import Lifecycle, open_options, abandon
+from .lifecycle import open_options, abandon
+from .roles import Roles
 from .migrations import Migrations
 from .options import (
     DEFAULT_KEEP_SNAPSHOTS, DEFAULT_SEGMENT_BYTES, DEFAULT_SYNC_INTERVAL_MS, MIN_SEGMENT_BYTES,
@@ -29,7 +30,7 @@ __all__ = ["Store", "abandon", "SYNC_MODES", "DEFAULT_SEGMENT_BYTES",
            "DEFAULT_SYNC_INTERVAL_MS", "MIN_SEGMENT_BYTES"]
 
 
-class Store(Lifecycle):
+class Store(Roles):
     """A state directory opened for reading and writing. Use ``Store.open``."""
 
     def __init__(self) -> None:  # pragma: no cover - use Store.open
