@@ -549,6 +549,20 @@ def test_a_hold_that_is_never_committed_expires_and_writes_resume(primary):
     assert p.put("kv", "after", 1) == lsn + 1
 
 
+def test_a_batch_begun_during_a_hold_waits_it_out(primary):
+    # (Batch.__enter__ checked writability outside the store's lock, and a
+    # hold is waited out on a Condition of that lock: RuntimeError.)
+    primary.write(3)
+    p = primary.store
+    c = ReplicationClient(primary.url, token=TOKEN)
+    body = {"store_id": p.store_id, "request": "held-2", "hold_s": 0.3}
+    prepared = c.handoff(dict(body, phase="prepare"))
+    with p.batch() as b:
+        b.put("kv", "x", 1)
+        b.put("d", "y", 2)
+    assert b.lsn == prepared["final_lsn"] + 2 and p.role == "primary"
+
+
 # ------------------------------------------------------------------- faults
 def test_a_standby_ahead_of_its_primary_is_refused_and_untouched(tmp_path):
     ppath, older = str(tmp_path / "primary"), str(tmp_path / "older")

@@ -1032,8 +1032,8 @@ class Lifecycle(Writes):
         self._source = client.peer
         try:
             self._dirlock = DirLock(self.path)
-            following = _opening.load_for_following(self.path, self._options, self._core)
-            local_id = _manifest.store_id(following.manifest, self.path)
+            # Another store's primary is refused before anything here is touched.
+            local_id = _manifest.store_id(_manifest.read(self.path), self.path)
             if local_id != hello.get("store_id"):
                 from .errors import ReplicationError
 
@@ -1041,22 +1041,48 @@ class Lifecycle(Writes):
                     f"{self.path} is a copy of store {local_id}; {client.peer} serves store "
                     f"{hello.get('store_id')}", path=self.path, peer=client.peer,
                     reason="foreign_store")
+            mirror = Mirror(self.path)
+            if start is None:
+                # The copy is this standby's own: part of a frame at its end
+                # (killed inside a write) is cut, and streamed again whole.
+                mirror.cut_torn_tail()
+            following = _opening.load_for_following(self.path, self._options, self._core)
             self._epoch = _manifest.epoch(following.manifest, self.path)
             self._store_id = local_id
             follower = self._follow_from(following)
             follow = _standby.Follow(follower, self._lock, client.peer, None, self._refollow)
+            follow.remote = True
             self._follow = follow
             follow.step()
+            self._refuse_a_primary_behind(hello, client.peer)
         except BaseException:
             self._release()
             raise
-        mirror = Mirror(self.path)
         self._remote = _standby.Receiver(client, mirror, local_id, follow, start,
                                          self._rebootstrap)
         self.warmup_report = {"phases": [], "total_s": 0.0}
         self._remote.start(f"rehydrate-receive:{self.path}")
         self._ready.set()
         return self
+
+    def _refuse_a_primary_behind(self, hello: dict[str, Any], peer: str) -> None:
+        """A copy that holds more than the primary has written (the primary
+        restored from an older copy, or it lost writes it had sent), or
+        comes from a newer epoch, is another history: following would mix
+        the two. ReplicationError ``ahead``; the copy is left as it is."""
+        from .errors import ReplicationError
+
+        primary_lsn, primary_epoch = hello.get("lsn"), hello.get("epoch", 1)
+        if type(primary_lsn) is int and self.lsn > primary_lsn:
+            raise ReplicationError(
+                f"{self.path} holds the log up to LSN {self.lsn}; {peer} has written only up "
+                f"to {primary_lsn}: the copy is ahead of its primary (restored from an older "
+                "copy?)", path=self.path, lsn=self.lsn, peer=peer, reason="ahead")
+        if type(primary_epoch) is int and self._epoch > primary_epoch:
+            raise ReplicationError(
+                f"{self.path} is at epoch {self._epoch}; {peer} at {primary_epoch}: the copy "
+                "comes from a newer primary", path=self.path, lsn=self.lsn, peer=peer,
+                reason="ahead")
 
     def _rebootstrap(self) -> tuple[int, int]:
         """The primary trimmed the log this standby needs next: start again

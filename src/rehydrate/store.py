@@ -376,6 +376,13 @@ class Store(Lifecycle):
         """
         if self._follow is not None:
             return self._follow_readiness()
+        if self._role == "moved":
+            # Handed over: it takes no write and its reads age from the
+            # handoff on; a load balancer sends nothing here any more.
+            moved = self._moved or {}
+            return {"ready": False, "phase": "closed" if self._closed else "moved",
+                    "progress": 1.0, "eta_s": None, "role": "moved",
+                    "epoch": moved.get("epoch"), "moved_to": moved.get("address")}
         warm = self._ready.is_set() and self._open_error is None
         ready = warm and not self._closed
         run = self._warmup
