@@ -24,6 +24,7 @@ from rehydrate import (
 )
 from rehydrate import manifest as _manifest
 from rehydrate.replication_client import ReplicationClient
+from rehydrate.snapshot import snapshot_name
 from rehydrate.wal import list_segments
 
 from helpers.replication import wait_until
@@ -316,12 +317,15 @@ def test_a_standby_whose_next_segment_was_trimmed_bootstraps_again(tmp_path):
     p = Served(str(tmp_path / "primary"), keep_snapshots=1)
     own = tmp_path / "standby"
     try:
-        p.write(20)
+        p.write(15)
+        p.store.checkpoint()  # the first copy starts from a snapshot too
+        p.write(5, 15)
         s = standby(own, p.url)
         try:
             caught_up(s, p)
         finally:
             s.close()
+        assert len(os.listdir(own / "snapshots")) == 1
         mine, _, _ = list_segments(str(own / "wal"))
         for k in range(3):
             p.write(60, 20 + 60 * k)
@@ -334,6 +338,8 @@ def test_a_standby_whose_next_segment_was_trimmed_bootstraps_again(tmp_path):
             caught_up(s, p)
             assert s.follow_error is None
             assert _manifest.read(str(own))["snapshots"] == [max(hello["snapshots"])]
+            # The copy's older snapshot is dropped with the log it went with.
+            assert os.listdir(own / "snapshots") == [snapshot_name(max(hello["snapshots"]))]
         finally:
             s.close()
         with Store.open(str(own), tables=KINDS, recovery="strict") as again:
@@ -655,9 +661,17 @@ def test_a_killed_primary_leaves_the_standby_its_state_and_promote_refuses(tmp_p
                 s.promote(timeout_s=2, hold_s=1)
             assert e.value.reason == "primary_unreachable"
             assert s.role == "standby" and state(s) == want
+            # force=True: the copy becomes the primary's log at epoch + 1,
+            # and the result says what that may have cost.
+            result = s.promote(timeout_s=2, hold_s=1, force=True)
+            assert result["failover"] and result["may_have_lost_writes"]
+            assert s.role == "primary" and s.epoch == 2 and state(s) == want
+            assert s.put("kv", "after", 1) == last + 1
         finally:
             s.close()
     finally:
         kill9(proc)
     with Store.open(str(own), tables=KINDS, recovery="strict") as again:
-        assert again.lsn == last
+        assert again.lsn == last + 1 and again.epoch == 2
+        assert _manifest.read(str(own))["handoff"]["failover"] is True
+        assert not again.recovery_report.problems

@@ -823,7 +823,7 @@ class Lifecycle(Writes):
         return follower
 
     def _promote_here(self, timeout_s: float, hold_s: float, demote: bool = False,
-                      address: Optional[str] = None) -> dict[str, Any]:
+                      address: Optional[str] = None, force: bool = False) -> dict[str, Any]:
         """A standby of a local primary takes its directory over: asks for
         the handoff (or finds the primary gone), then appends to the same
         log at the new epoch. Returns the phases."""
@@ -835,7 +835,7 @@ class Lifecycle(Writes):
             raise HandoffError(f"this standby stopped following: {follow.error}",
                                path=self.path, reason="failed") from follow.error
         if self._remote is not None:
-            return self._promote_remote(timeout_s, hold_s, address)
+            return self._promote_remote(timeout_s, hold_s, address, force)
         t0 = time.perf_counter()
         start = time.monotonic()
         current = _manifest.read(self.path)
@@ -1101,7 +1101,7 @@ class Lifecycle(Writes):
         return start
 
     def _promote_remote(self, timeout_s: float, hold_s: float,
-                        address: Optional[str]) -> dict[str, Any]:
+                        address: Optional[str], force: bool = False) -> dict[str, Any]:
         """Over HTTP: prepare (the primary holds its writes and says the
         final LSN), catch up to it, make the copy durable, commit (the
         primary fences itself), then take the new epoch here."""
@@ -1119,9 +1119,12 @@ class Lifecycle(Writes):
         try:
             prepared = remote.client.handoff(dict(body, phase="prepare"))
         except ReplicationError as e:
+            unreachable = e.reason in ("connection", "timeout")
+            if unreachable and force:
+                return self._take_over_unreachable(request, address, t0)
             raise HandoffError(f"the primary refused the handoff: {e.detail}", path=self.path,
                                peer=remote.client.peer, reason="primary_unreachable"
-                               if e.reason in ("connection", "timeout") else e.reason) from e
+                               if unreachable else e.reason) from e
         t_held = time.perf_counter()
         final = int(prepared["final_lsn"])
         try:
@@ -1160,6 +1163,33 @@ class Lifecycle(Writes):
         return {"role": "primary", "epoch": self._epoch, "lsn": self.lsn, "failover": False,
                 "phases": {"prepare_s": t_held - t0, "catch_up_s": t_caught_up - t_held,
                            "commit_s": t_fenced - t_caught_up, "resume_s": t_end - t_fenced},
+                "total_s": t_end - t0}
+
+
+    def _take_over_unreachable(self, request: str, address: Optional[str],
+                               t0: float) -> dict[str, Any]:
+        """``promote(force=True)`` with the primary out of reach: what the
+        copy holds becomes the log at epoch + 1. What the primary
+        acknowledged but had not sent is lost, and it cannot be fenced:
+        should it come back it still thinks itself the primary (its own
+        MANIFEST is at the old epoch), which is why this is asked for."""
+        remote, follow = self._remote, self._follow
+        assert remote is not None and follow is not None
+        remote.stop(wait=True)  # (no byte reaches the copy from here on)
+        with self._lock:
+            follow.follower.poll()
+        follow.stop()
+        man = dict(self._manifest)
+        man.pop("clean_end", None)
+        man["epoch"] = self._epoch + 1
+        man["handoff"] = {"epoch": man["epoch"], "final_lsn": self.lsn, "request": request,
+                          "to": address, "from": remote.client.peer, "failover": True}
+        _manifest.write(self.path, man)
+        path, size = follow.follower.at_end()
+        self._become_primary(man, follow.follower.next_lsn, path, size)
+        t_end = time.perf_counter()
+        return {"role": "primary", "epoch": self._epoch, "lsn": self.lsn, "failover": True,
+                "may_have_lost_writes": True, "phases": {"resume_s": t_end - t0},
                 "total_s": t_end - t0}
 
 

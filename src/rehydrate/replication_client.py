@@ -519,4 +519,13 @@ def bootstrap(client: ReplicationClient, hello: dict[str, Any], directory: str, 
            "log_start": max(holding),
            "versions": hello.get("versions") or {}, "ledger": hello.get("ledger") or []}
     _manifest.write(directory, man)
+    if again:
+        # The MANIFEST no longer names the copy's older snapshots: drop them
+        # (after it, so a crash between the two leaves only unlisted garbage,
+        # which the next bootstrap drops too).
+        sdir = os.path.join(directory, SNAPSHOTS_DIR)
+        keep = snapshot_name(snap) if snap else None
+        for name in os.listdir(sdir) if os.path.isdir(sdir) else []:
+            if name != keep:
+                shutil.rmtree(os.path.join(sdir, name), ignore_errors=True)
     return max(holding), 0
