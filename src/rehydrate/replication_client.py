@@ -36,6 +36,7 @@ from .replication import (
     decode_control,
     plain_name,
     read_message,
+    whole_frames_end,
 )
 from .snapshot import SNAPSHOTS_DIR, snapshot_name
 from .wal import WAL_DIR, list_segments, read_segment_version, segment_name
@@ -309,6 +310,30 @@ class Mirror:
             return None
         return segments[-1].first_lsn, segments[-1].size
 
+    def cut_torn_tail(self) -> int:
+        """Cut bytes past the last whole frame of the newest segment (a
+        standby killed inside a write leaves part of a frame there: the
+        primary has it whole and sends it again from the cut); returns the
+        bytes cut. Only at open, before anything streams into the copy."""
+        segments, _, _ = list_segments(self.waldir)
+        if not segments:
+            return 0
+        newest = segments[-1]
+        with open(newest.path, "rb") as f:
+            data = f.read()
+        if len(data) < F.SEGMENT_HEADER_BYTES:
+            return 0  # (created whole: not a tail a write left; the loader says what it is)
+        end = whole_frames_end(data, F.SEGMENT_HEADER_BYTES, read_segment_version(newest.path))
+        if end == len(data):
+            return 0
+        fd = os.open(newest.path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, end)
+            _fileio.fsync(fd)
+        finally:
+            os.close(fd)
+        return len(data) - end
+
     def write(self, segment: int, offset: int, body: bytes) -> int:
         """Append a BYTES message's body; returns the segment's new size.
         ReplicationError ``bad_frame`` (the body fails its checks) or
@@ -494,4 +519,13 @@ def bootstrap(client: ReplicationClient, hello: dict[str, Any], directory: str, 
            "log_start": max(holding),
            "versions": hello.get("versions") or {}, "ledger": hello.get("ledger") or []}
     _manifest.write(directory, man)
+    if again:
+        # The MANIFEST no longer names the copy's older snapshots: drop them
+        # (after it, so a crash between the two leaves only unlisted garbage,
+        # which the next bootstrap drops too).
+        sdir = os.path.join(directory, SNAPSHOTS_DIR)
+        keep = snapshot_name(snap) if snap else None
+        for name in os.listdir(sdir) if os.path.isdir(sdir) else []:
+            if name != keep:
+                shutil.rmtree(os.path.join(sdir, name), ignore_errors=True)
     return max(holding), 0

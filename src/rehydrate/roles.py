@@ -292,7 +292,7 @@ class Roles(Lifecycle):
         return follower
 
     def _promote_here(self, timeout_s: float, hold_s: float, demote: bool = False,
-                      address: Optional[str] = None) -> dict[str, Any]:
+                      address: Optional[str] = None, force: bool = False) -> dict[str, Any]:
         """A standby of a local primary takes its directory over: asks for
         the handoff (or finds the primary gone), then appends to the same
         log at the new epoch. Returns the phases."""
@@ -304,7 +304,7 @@ class Roles(Lifecycle):
             raise HandoffError(f"this standby stopped following: {follow.error}",
                                path=self.path, reason="failed") from follow.error
         if self._remote is not None:
-            return self._promote_remote(timeout_s, hold_s, address)
+            return self._promote_remote(timeout_s, hold_s, address, force)
         t0 = time.perf_counter()
         start = time.monotonic()
         current = _manifest.read(self.path)
@@ -493,29 +493,53 @@ class Roles(Lifecycle):
         self._source = client.peer
         try:
             self._dirlock = DirLock(self.path)
-            following = _opening.load_for_following(self.path, self._options, self._core)
-            local_id = _manifest.store_id(following.manifest, self.path)
+            # Another store's primary is refused before anything here is touched.
+            local_id = _manifest.store_id(_manifest.read(self.path), self.path)
             if local_id is None or local_id != hello.get("store_id"):
                 raise ReplicationError(
                     f"{self.path} is a copy of store {local_id}; {client.peer} serves store "
                     f"{hello.get('store_id')}", path=self.path, peer=client.peer,
                     reason="foreign_store")
+            mirror = Mirror(self.path)
+            if start is None:
+                # The copy is this standby's own: part of a frame at its end
+                # (killed inside a write) is cut, and streamed again whole.
+                mirror.cut_torn_tail()
+            following = _opening.load_for_following(self.path, self._options, self._core)
             self._epoch = _manifest.epoch(following.manifest, self.path)
             self._store_id = local_id
             follower = self._follow_from(following)
             follow = _standby.Follow(follower, self._lock, client.peer, None, self._refollow)
+            follow.remote = True
             self._follow = follow
             follow.step()
+            self._refuse_a_primary_behind(hello, client.peer)
         except BaseException:
             self._release()
             raise
-        mirror = Mirror(self.path)
         self._remote = _standby.Receiver(client, mirror, local_id, follow, start,
                                          self._rebootstrap)
         self.warmup_report = {"phases": [], "total_s": 0.0}
         self._remote.start(f"rehydrate-receive:{self.path}")
         self._ready.set()
         return self
+
+    def _refuse_a_primary_behind(self, hello: dict[str, Any], peer: str) -> None:
+        """A copy that holds more than the primary has written (the primary
+        restored from an older copy, or it lost writes it had sent), or
+        comes from a newer epoch, is another history: following would mix
+        the two. ReplicationError ``ahead``; the copy is left as it is."""
+        primary_lsn, primary_epoch = hello.get("lsn"), hello.get("epoch", 1)
+        if type(primary_lsn) is int and self.lsn > primary_lsn:
+            raise ReplicationError(
+                f"{self.path} holds the log up to LSN {self.lsn}; {peer} has written only up "
+                f"to {primary_lsn}: the copy is ahead of its primary (restored from an older "
+                "copy?)", path=self.path, lsn=self.lsn, peer=peer, reason="ahead")
+        if type(primary_epoch) is int and self._epoch > primary_epoch:
+            raise ReplicationError(
+                f"{self.path} is at epoch {self._epoch}; {peer} at {primary_epoch}: the copy "
+                "comes from a newer primary", path=self.path, lsn=self.lsn, peer=peer,
+                reason="ahead")
 
     def _rebootstrap(self) -> tuple[int, int]:
         """The primary trimmed the log this standby needs next: start again
@@ -534,7 +558,7 @@ class Roles(Lifecycle):
         return start
 
     def _promote_remote(self, timeout_s: float, hold_s: float,
-                        address: Optional[str]) -> dict[str, Any]:
+                        address: Optional[str], force: bool = False) -> dict[str, Any]:
         """Over HTTP: prepare (the primary holds its writes and says the
         final LSN), catch up to it, make the copy durable, commit (the
         primary fences itself), then take the new epoch here."""
@@ -550,9 +574,12 @@ class Roles(Lifecycle):
         try:
             prepared = remote.client.handoff(dict(body, phase="prepare"))
         except ReplicationError as e:
+            unreachable = e.reason in ("connection", "timeout")
+            if unreachable and force:
+                return self._take_over_unreachable(request, address, t0)
             raise HandoffError(f"the primary refused the handoff: {e.detail}", path=self.path,
                                peer=remote.client.peer, reason="primary_unreachable"
-                               if e.reason in ("connection", "timeout") else e.reason) from e
+                               if unreachable else e.reason) from e
         t_held = time.perf_counter()
         final = int(prepared["final_lsn"])
         try:
@@ -593,3 +620,28 @@ class Roles(Lifecycle):
                            "commit_s": t_fenced - t_caught_up, "resume_s": t_end - t_fenced},
                 "total_s": t_end - t0}
 
+    def _take_over_unreachable(self, request: str, address: Optional[str],
+                               t0: float) -> dict[str, Any]:
+        """``promote(force=True)`` with the primary out of reach: what the
+        copy holds becomes the log at epoch + 1. What the primary
+        acknowledged but had not sent is lost, and it cannot be fenced:
+        should it come back it still thinks itself the primary (its own
+        MANIFEST is at the old epoch), which is why this is asked for."""
+        remote, follow = self._remote, self._follow
+        assert remote is not None and follow is not None
+        remote.stop(wait=True)  # (no byte reaches the copy from here on)
+        with self._lock:
+            follow.follower.poll()
+        follow.stop()
+        man = dict(self._manifest)
+        man.pop("clean_end", None)
+        man["epoch"] = self._epoch + 1
+        man["handoff"] = {"epoch": man["epoch"], "final_lsn": self.lsn, "request": request,
+                          "to": address, "from": remote.client.peer, "failover": True}
+        _manifest.write(self.path, man)
+        path, size = follow.follower.at_end()
+        self._become_primary(man, follow.follower.next_lsn, path, size)
+        t_end = time.perf_counter()
+        return {"role": "primary", "epoch": self._epoch, "lsn": self.lsn, "failover": True,
+                "may_have_lost_writes": True, "phases": {"resume_s": t_end - t0},
+                "total_s": t_end - t0}

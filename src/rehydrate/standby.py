@@ -35,6 +35,10 @@ _IDLE_WAIT_S = 0.25
 # Bytes at the log's end that stay less than a frame for this long make the
 # follower "stalled": the writer is gone, or the tail is damaged.
 STALL_AFTER_S = 2.0
+# A standby of an HTTP primary that has had no message from it (bytes or a
+# heartbeat, sent at least every 0.5 s) for this long cannot vouch for its
+# lag: it counts it from the last message (docs/replication.md).
+SILENT_AFTER_S = 2.0
 
 
 class Follow:
@@ -62,6 +66,9 @@ class Follow:
         self.caught_up_at = time.monotonic()  # the last step that found no more
         self.pending_since: Optional[float] = None  # an unwhole tail seen since
         self.steps = 0
+        # Fed by a receiver (HTTP): the lag also counts the primary's silence.
+        self.remote = False
+        self.heard_at = time.monotonic()  # the last message from the primary
         self._stop = threading.Event()
         self._watch = DirWatch(watch_dirs) if watch_dirs is not None else None
         self._thread: Optional[threading.Thread] = None
@@ -163,8 +170,13 @@ class Follow:
                 self.state = "failed"
             self.cv.notify_all()
 
+    def heard(self) -> None:
+        """A message came from the primary (the stream is alive)."""
+        self.heard_at = time.monotonic()
+
     def heard_from_primary(self, lsn: int) -> None:
         """A heartbeat: the primary has written up to ``lsn``."""
+        self.heard_at = time.monotonic()
         with self.cv:
             if lsn > self.primary_lsn:
                 self.primary_lsn, self.primary_time = lsn, time.time()
@@ -194,9 +206,18 @@ class Follow:
             now = time.monotonic()
             behind = records > 0 or self.follower.pending_bytes > 0
             seconds = (now - self.caught_up_at) if behind else 0.0
+            state = self.state
+            silent = now - self.heard_at
+            if self.remote and state in ("following", "catching_up") \
+                    and silent >= SILENT_AFTER_S:
+                # Cut off from the primary (it went, or moved to an address
+                # this standby does not know): what it wrote since is
+                # unknown, so the lag is at least the silence, and growing.
+                seconds = max(seconds, silent)
+                state = "catching_up"
             return {"records": records, "bytes": self.follower.pending_bytes,
                     "seconds": seconds, "lsn": lsn, "primary_lsn": max(self.primary_lsn, lsn),
-                    "state": self.state}
+                    "state": state, "silent_s": silent if self.remote else 0.0}
 
 
 class Receiver:
@@ -224,6 +245,7 @@ class Receiver:
         self._thread.start()
 
     def _on_data(self, segment: int, size: int) -> None:
+        self.follow.heard()
         if not self.follow.stopped:
             try:
                 self.follow.step()

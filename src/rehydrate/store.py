@@ -207,7 +207,8 @@ class Store(Roles):
         return self.lsn
 
     def promote(self, timeout_s: float = 5.0, hold_s: float = 2.0, *,
-                demote: bool = False, address: Optional[str] = None) -> dict[str, Any]:
+                demote: bool = False, address: Optional[str] = None,
+                force: bool = False) -> dict[str, Any]:
         """Make this standby the primary (docs/replication.md, "Handoff"): the
         primary holds its writes (at most ``hold_s``), makes them durable and
         fences itself at a new epoch; this store applies the log to that
@@ -216,7 +217,11 @@ class Store(Roles):
         "phases", "total_s"}. HandoffError when it did not happen (the
         primary stays primary). ``demote``: the old primary stays on as a
         standby of this one. ``address``: this store's, which the old
-        primary gives its writers in MovedError."""
+        primary gives its writers in MovedError. ``force`` (a standby of an
+        HTTP primary): a primary that cannot be reached is taken over
+        without it, which may lose what it acknowledged but had not sent
+        (the result says ``"may_have_lost_writes": True``); without it that
+        is HandoffError, reason ``primary_unreachable``."""
         for name, value in (("timeout_s", timeout_s), ("hold_s", hold_s)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
                     or not 0 < value <= 3600:
@@ -228,8 +233,10 @@ class Store(Roles):
             raise ConfigError(f"demote must be a bool, not {demote!r}")
         if address is not None and not isinstance(address, str):
             raise ConfigError(f"address must be a str, not {address!r}")
+        if type(force) is not bool:
+            raise ConfigError(f"force must be a bool, not {force!r}")
         self._check_owner()
-        return self._promote_here(float(timeout_s), float(hold_s), demote, address)
+        return self._promote_here(float(timeout_s), float(hold_s), demote, address, force)
 
     @classmethod
     def open_background(
@@ -377,6 +384,13 @@ class Store(Roles):
         """
         if self._follow is not None:
             return self._follow_readiness()
+        if self._role == "moved":
+            # Handed over: it takes no write and its reads age from the
+            # handoff on; a load balancer sends nothing here any more.
+            moved = self._moved or {}
+            return {"ready": False, "phase": "closed" if self._closed else "moved",
+                    "progress": 1.0, "eta_s": None, "role": "moved",
+                    "epoch": moved.get("epoch"), "moved_to": moved.get("address")}
         warm = self._ready.is_set() and self._open_error is None
         ready = warm and not self._closed
         run = self._warmup
