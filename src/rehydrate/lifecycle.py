@@ -877,6 +877,10 @@ class Lifecycle(Writes):
                         reason="behind")
                 man = fence
             else:
+                # The primary died before it claimed our request: take it
+                # back, or this store, once primary, claims it on its own
+                # flusher's tick and hands the directory over to nobody.
+                _standby.withdraw_request(self.path, request)
                 man = self._take_over_from_the_dead(follower, epoch)
         except BaseException:
             lock.release()
