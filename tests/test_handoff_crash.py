@@ -244,7 +244,7 @@ def test_a_failover_does_not_leave_its_request_for_itself_to_claim(store_dir, co
 
 
 # ------------------------------------------------------------ local rounds
-LOCAL_ROUNDS = scale(10, 150)  # per core, in the five scenarios in turn
+LOCAL_ROUNDS = scale(40, 500)  # per core, in the five scenarios in turn
 ROUNDS_PER_DIRECTORY = 10
 SCENARIOS = ("kill_primary_following", "kill_standby_following", "kill_primary_handoff",
              "kill_standby_handoff", "kill_both")
@@ -309,23 +309,19 @@ def _local_round(path, seed, segment_bytes, scenario, rng, env, counts):
             w.kill()
             moved = any(x.startswith("moved") for x in w.lines)
             answer = s.expect(("promoted", "refused"))
-            if answer.startswith("refused"):
-                # Too early: the request not yet written when the primary
-                # died cannot be: promote finds the LOCK free. A refusal is
-                # only a "raced" or "timeout": count it.
-                counts[f"handoff refused ({answer.split()[1]})"] += 1
-                s.kill()
+            # A dead primary never makes a promote refuse: its fence is seen,
+            # or its LOCK is free (a failover).
+            assert answer.startswith("promoted"), (answer, s.stderr())
+            failover = answer.split()[3] == "1"
+            if not failover:
+                counts["handoff: kill after the fence, handoff completed"] += 1
+            elif pending:
+                counts["handoff: kill with the request unclaimed, failover"] += 1
             else:
-                failover = answer.split()[3] == "1"
-                if not failover:
-                    counts["kill after the fence: handoff completed"] += 1
-                elif pending:
-                    counts["kill before the claim: failover"] += 1
-                else:
-                    counts["kill between claim and fence: failover"] += 1
-                assert not (moved and failover), "a fenced primary's standby took over as dead"
-                s.acks_for(rng.choice([0, 1, 5, 20]))
-                s.kill()
+                counts["handoff: kill before the request or after its claim, failover"] += 1
+            assert not (moved and failover), "a fenced primary's standby took over as dead"
+            s.acks_for(rng.choice([0, 1, 5, 20]))
+            s.kill()
         elif scenario == "kill_standby_handoff":
             hold = rng.choice([0.2, 0.5, 1])
             s.send(f"promote 30 {hold}")
@@ -394,3 +390,104 @@ def test_kills_of_primary_standby_and_both_lose_no_acknowledged_write(tmp_path, 
                 f"round {r}: acknowledged past the fence {record}"
         previous, epoch = lsn, now_epoch
     print(f"\nT10 local, {sum(kills.values())} rounds {dict(kills)}: {dict(counts)}")
+
+
+# ------------------------------------------------------------- over HTTP
+HTTP_PRIMARY = os.path.join(HELPERS, "http_primary.py")
+HTTP_ROUNDS = scale(6, 90)  # per core, the three scenarios in turn
+HTTP_SCENARIOS = ("kill_standby_following", "kill_standby_handoff", "kill_primary")
+
+
+def _http_primary(path, seed, segment_bytes, env):
+    p = Proc([sys.executable, HTTP_PRIMARY, path, str(seed), str(segment_bytes)],
+             dict(env, REHYDRATE_TEST_TOKEN=TOKEN), stdin=True)
+    port = int(p.expect("serving ").split()[1])
+    start = int(p.expect("ready ").split()[1])
+    return p, f"http://127.0.0.1:{port}", start
+
+
+def _http_round(tmp, seed, segment_bytes, scenario, rng, env, counts):
+    """One round on a fresh pair of directories; returns (the directory that
+    holds the writes, the highest acknowledged LSN)."""
+    pdir, sdir = str(tmp / "primary"), str(tmp / "standby")
+    p, url, _ = _http_primary(pdir, seed, segment_bytes, env)
+    s = None
+    writer_dir = pdir
+    try:
+        p.acks_for(rng.choice([1, 5, 20]))
+        s, _ = _standby(sdir, seed, segment_bytes, env, url)
+        p.acks_for(rng.choice([0, 1, 5, 20]))
+        if scenario == "kill_standby_following":
+            _kill_after(s, rng, _delay(rng))
+            p.acks_for(rng.choice([0, 1, 5]))
+            s, at = _standby(sdir, seed, segment_bytes, env, url)
+            counts["standby restarted from its copy"] += 1
+            target = p.acks[-1]
+            s.send(f"wait {target} 60")
+            assert s.expect(("caught", "behind")) == f"caught {target}", s.lines[-3:]
+            p.acks_for(5)
+            s.send(f"wait {p.acks[-1]} 60")
+            assert s.expect(("caught", "behind")) == f"caught {p.acks[-1]}"
+            s.close_stdin()
+            s.finish()
+            assert s.p.returncode == 0, s.stderr()
+            p.kill()
+        elif scenario == "kill_standby_handoff":
+            hold = rng.choice([0.2, 0.5, 1])
+            s.send(f"promote 30 {hold}")
+            s.expect("promoting")
+            _kill_after(s, rng, _delay(rng))
+            promoted = any(x.startswith("promoted") for x in s.lines)
+            refused = any(x.startswith("refused") for x in s.lines)
+            end = p.acks_for(rng.choice([1, 5, 20]))
+            if end is not None and end.startswith("moved"):
+                # The commit came: every write the primary acknowledged is in
+                # the standby's copy, which is now the writer's directory.
+                writer_dir = sdir
+                counts["moved: the standby's directory holds the writes"
+                       + (" (it had taken over)" if promoted else "")] += 1
+                assert not refused
+            else:
+                assert end is None and p.p.poll() is None, (end, p.stderr())
+                assert not promoted, "the primary writes on after its standby took over"
+                counts["the primary wrote on after the hold"
+                       + (" (refused before the kill)" if refused else "")] += 1
+            p.kill()
+        else:  # kill_primary
+            _kill_after(p, rng, _delay(rng))
+            s.send("promote 2 1")
+            s.expect("promoting")
+            answer = s.expect(("promoted", "refused"))
+            assert answer.startswith("refused"), ("a standby over HTTP took over from a "
+                                                  f"dead primary: {answer}")
+            counts[f"promote refused ({answer.split()[1]})"] += 1
+            s.send("lsn")
+            copy_lsn = int(s.expect("lsn ").split()[1])
+            s.close_stdin()
+            s.finish()
+            assert s.p.returncode == 0, s.stderr()
+            # The standby's copy is an exact prefix of what was written.
+            _judge(sdir, seed, min(copy_lsn, max(p.acks)))
+    finally:
+        for proc in (p, s):
+            if proc is not None and not proc.eof:
+                proc.kill()
+    acked = max(p.acks + (s.acks if s is not None else []))
+    return writer_dir, acked
+
+
+@pytest.mark.reliability
+@pytest.mark.timeout(scale(240, 3600))
+def test_kills_around_a_handoff_over_http_lose_no_acknowledged_write(tmp_path, core_env):
+    rng = random.Random(20261211)
+    counts: collections.Counter = collections.Counter()
+    for r in range(HTTP_ROUNDS):
+        scenario = HTTP_SCENARIOS[r % len(HTTP_SCENARIOS)]
+        tmp = tmp_path / f"round{r}"
+        tmp.mkdir()
+        seed = 6000 + r
+        writer_dir, acked = _http_round(tmp, seed, rng.choice([4096, 8192]), scenario, rng,
+                                        core_env, counts)
+        _, _, _, torn = _judge(writer_dir, seed, acked)
+        counts["torn tails cut"] += torn
+    print(f"\nT10 HTTP, {HTTP_ROUNDS} rounds: {dict(counts)}")
