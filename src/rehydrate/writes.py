@@ -217,7 +217,7 @@ class Writes:
         consumed; they become durable atomically with its records and come
         back in ``store.offsets`` after a restart. ConfigError for bad offsets.
         """
-        return Batch(self._core.Staging(), self._commit, self._writable,
+        return Batch(self._core.Staging(), self._commit, self._writable_now,
                      _offsets.check_offsets(offsets) if offsets else None)
 
     def consume(self, source: str, offset: int) -> Optional[Batch]:
@@ -241,7 +241,14 @@ class Writes:
             self._wait_offsets_locked()
             if self._already_consumed(offsets):
                 return None
-        return Batch(self._core.Staging(), self._commit, self._writable, offsets, consume=True)
+        return Batch(self._core.Staging(), self._commit, self._writable_now, offsets,
+                     consume=True)
+
+    def _writable_now(self) -> None:
+        """``_writable`` for a caller without ``_lock`` (a batch's start): a
+        handoff's hold is waited out on a condition of that lock."""
+        with self._lock:
+            self._writable()
 
     def _already_consumed(self, offsets: Offsets) -> bool:
         return all(s in self._offsets and off <= self._offsets[s] for s, off in offsets.items())
