@@ -446,20 +446,28 @@ def _http_round(tmp, seed, segment_bytes, scenario, rng, env, counts):
             _kill_after(s, rng, _delay(rng))
             promoted = any(x.startswith("promoted") for x in s.lines)
             refused = any(x.startswith("refused") for x in s.lines)
-            end = p.acks_for(rng.choice([1, 5, 20]))
-            if end is not None and end.startswith("moved"):
-                # The commit came: every write the primary acknowledged is in
-                # the standby's copy, which is now the writer's directory.
+            end = p.acks_for(rng.choice([1, 5, 20]))  # (or "moved")
+            alive = p.p.poll() is None
+            p.kill()
+            # The commit fenced the primary's own directory: epoch 2.
+            man = _manifest.read(pdir)
+            if _manifest.epoch(man, pdir) > 1:
+                # Every write the primary acknowledged is in the standby's
+                # copy, which is now the writer's directory; the primary
+                # acknowledged nothing past the fence.
+                final = man["handoff"]["final_lsn"]
+                assert all(a <= final for a in p.acks), (final, p.acks[-3:])
+                assert all(a > final for a in s.acks), (final, s.acks[:3])
                 writer_dir = sdir
                 counts["moved: the standby's directory holds the writes"
                        + (" (it had taken over)" if promoted else "")] += 1
                 assert not refused
             else:
-                assert end is None and p.p.poll() is None, (end, p.stderr())
-                assert not promoted, "the primary writes on after its standby took over"
+                assert alive and (end is None or not end.startswith("moved")), \
+                    (end, p.stderr())
+                assert not promoted, "the standby took over with no fence"
                 counts["the primary wrote on after the hold"
                        + (" (refused before the kill)" if refused else "")] += 1
-            p.kill()
         else:  # kill_primary
             _kill_after(p, rng, _delay(rng))
             s.send("promote 2 1")
