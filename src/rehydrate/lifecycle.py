@@ -109,6 +109,7 @@ class Lifecycle(Writes):
     _max_lag_s: float
     _manifest_stamp: Optional[tuple[int, int, int]]
     _handing_over: bool  # a local handoff's thread is running
+    _handoff_thread: Optional[threading.Thread]  # (joined by close)
     _remote: Optional[_standby.Receiver]  # a standby of a primary over HTTP
     _files_lock: threading.Lock  # the log's and the LOCK's release
 
@@ -179,6 +180,7 @@ class Lifecycle(Writes):
         self._max_lag_s = 1.0
         self._manifest_stamp = None
         self._handing_over = False
+        self._handoff_thread = None
         self._files_lock = threading.Lock()
         self._remote = None
         _forking.track(self, self._hold_for_fork, self._release_after_fork,
@@ -383,6 +385,13 @@ class Lifecycle(Writes):
         if not self._stop_taking_writes():
             return
         self._stop_threads()
+        handoff = self._handoff_thread
+        if handoff is not None and handoff is not threading.current_thread():
+            # A local handoff under way ends first (fenced: this store is
+            # moved and records no clean end; or given up: still primary).
+            # Else this close could take itself for the primary and write its
+            # MANIFEST, at the old epoch, over the fence.
+            handoff.join()
         journal = self._journal
         try:
             if journal.failed is None and journal.wal is not None and self._role == "primary":
@@ -634,15 +643,17 @@ class Lifecycle(Writes):
         """On the flusher's tick: a standby of this directory asked for the
         writes (the HANDOFF file); hand over on a thread of its own (it
         stops the flusher)."""
-        if self._role != "primary" or self._handing_over or not os.path.exists(
-                os.path.join(self.path, _standby.HANDOFF_NAME)):
+        if self._role != "primary" or self._handing_over or self._closed \
+                or not os.path.exists(os.path.join(self.path, _standby.HANDOFF_NAME)):
             return
         request = _standby.claim_request(self.path, self._store_id)
         if request is None:
             return
         self._handing_over = True
-        threading.Thread(target=self._hand_over_locally, args=(request,),
-                         name=f"rehydrate-handoff:{self.path}", daemon=True).start()
+        thread = threading.Thread(target=self._hand_over_locally, args=(request,),
+                                  name=f"rehydrate-handoff:{self.path}", daemon=True)
+        self._handoff_thread = thread
+        thread.start()
 
     def _hand_over_locally(self, request: dict[str, Any]) -> None:
         try:
