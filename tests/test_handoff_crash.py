@@ -38,7 +38,7 @@ import time
 
 import pytest
 
-from rehydrate import HandoffError, MovedError, Store
+from rehydrate import MovedError, Store
 from rehydrate import manifest as _manifest
 from rehydrate.testing import check_recovery
 
