@@ -108,6 +108,7 @@ class Lifecycle(Writes):
     _max_lag_s: float
     _manifest_stamp: Optional[tuple[int, int, int]]
     _handing_over: bool  # a local handoff's thread is running
+    _handoff_thread: Optional[threading.Thread]  # (joined by close)
     _remote: Optional[_standby.Receiver]  # a standby of a primary over HTTP
     _files_lock: threading.Lock  # the log's and the LOCK's release
 
@@ -181,6 +182,7 @@ class Lifecycle(Writes):
         self._max_lag_s = 1.0
         self._manifest_stamp = None
         self._handing_over = False
+        self._handoff_thread = None
         self._files_lock = threading.Lock()
         self._remote = None
         _forking.track(self, self._hold_for_fork, self._release_after_fork,
@@ -386,6 +388,13 @@ class Lifecycle(Writes):
         if not self._stop_taking_writes():
             return
         self._stop_threads()
+        handoff = self._handoff_thread
+        if handoff is not None and handoff is not threading.current_thread():
+            # A local handoff under way ends first (fenced: this store is
+            # moved and records no clean end; or given up: still primary).
+            # Else this close could take itself for the primary and write its
+            # MANIFEST, at the old epoch, over the fence.
+            handoff.join()
         journal = self._journal
         try:
             if journal.failed is None and journal.wal is not None and self._role == "primary":

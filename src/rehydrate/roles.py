@@ -97,15 +97,17 @@ class Roles(Lifecycle):
         """On the flusher's tick: a standby of this directory asked for the
         writes (the HANDOFF file); hand over on a thread of its own (it
         stops the flusher)."""
-        if self._role != "primary" or self._handing_over or not os.path.exists(
-                os.path.join(self.path, _standby.HANDOFF_NAME)):
+        if self._role != "primary" or self._handing_over or self._closed \
+                or not os.path.exists(os.path.join(self.path, _standby.HANDOFF_NAME)):
             return
         request = _standby.claim_request(self.path, self._store_id)
         if request is None:
             return
         self._handing_over = True
-        threading.Thread(target=self._hand_over_locally, args=(request,),
-                         name=f"rehydrate-handoff:{self.path}", daemon=True).start()
+        thread = threading.Thread(target=self._hand_over_locally, args=(request,),
+                                  name=f"rehydrate-handoff:{self.path}", daemon=True)
+        self._handoff_thread = thread
+        thread.start()
 
     def _hand_over_locally(self, request: dict[str, Any]) -> None:
         try:
@@ -346,6 +348,10 @@ class Roles(Lifecycle):
                         reason="behind")
                 man = fence
             else:
+                # The primary died before it claimed our request: take it
+                # back, or this store, once primary, claims it on its own
+                # flusher's tick and hands the directory over to nobody.
+                _standby.withdraw_request(self.path, request)
                 man = self._take_over_from_the_dead(follower, epoch)
         except BaseException:
             lock.release()

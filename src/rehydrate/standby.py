@@ -328,6 +328,7 @@ def withdraw_request(directory: str, request: str) -> bool:
     except (FileNotFoundError, ValueError):
         return False
     _fileio.unlink(aside)
+    _fileio.fsync_dir(directory)  # (gone for good: a power cut does not bring it back)
     return True
 
 
