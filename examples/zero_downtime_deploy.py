@@ -14,7 +14,7 @@ What changes is how the state is stored: v1 keeps a price as float dollars
 (19.99), v2 as integer cents (1999). v2 carries an upcaster that reads v1's
 records as v2's, so the new code needs no migration step and no downtime.
 
-What this script does, in order (every step is a function below):
+What this script does, in order (``deploy()`` below, step by step):
 
 1. starts the **v1** service process, the primary of DIR;
 2. starts a **load generator** (client threads in this process) writing at a
@@ -29,8 +29,9 @@ What this script does, in order (every step is a function below):
    v1 acknowledged so far (``wait_for_lsn``), then ``promote(address=...)``:
    v1 holds its writes for a moment, fences itself and answers every write
    after that with 307 and v2's address; the clients follow the redirect;
-5. stops v1 (SIGTERM, by PID; it closes its moved store), lets the load run on
-   against v2, then stops the load and v2;
+5. once every client has moved to v2, stops v1 (SIGTERM, by PID; it closes
+   its moved store), lets the load run on against v2, then stops the load
+   and v2;
 6. opens DIR read-only (with v2's upcasters) and checks that every
    acknowledged write is there with its value; prints a short report (writes,
    errors, lost writes, the client-visible write unavailability window,
@@ -135,7 +136,8 @@ class PriceService:
     def decode(self, value: Value) -> int:
         return round(cast(float, value) * 100) if self.version == "v1" else cast(int, value)
 
-    def write(self, key: str, cents: int) -> tuple[int, dict[str, Any], dict[str, str]]:
+    def write(self, key: str, cents: int, waited: bool = False
+              ) -> tuple[int, dict[str, Any], dict[str, str]]:
         """POST /write: (status, JSON body, extra headers)."""
         try:
             lsn = self.store.put(TABLE, key, self.encode(cents))
@@ -151,8 +153,8 @@ class PriceService:
             # A standby. A client sent here by v1's redirect may arrive just
             # before v2 has taken over (v1 fences first, then v2 takes the
             # directory): hold the write until then rather than fail it.
-            if self.promoting.is_set() and self.promoted.wait(PROMOTE_HOLD_S):
-                return self.write(key, cents)
+            if not waited and self.promoting.is_set() and self.promoted.wait(PROMOTE_HOLD_S):
+                return self.write(key, cents, waited=True)
             return 503, {"error": "read_only", "role": self.store.role}, {"Retry-After": "1"}
         return 200, {"lsn": lsn, "served_by": self.version}, {}
 
@@ -176,9 +178,9 @@ class PriceService:
         """POST /promote (v2): catch up, then take the writes over."""
         if self.store.role != "standby":
             return 409, {"error": "not_standby", "role": self.store.role}
-        # Caught up first: promote() makes v1 hold its writes until this
-        # standby has applied the log to v1's last write, so the less there
-        # is left to apply, the shorter the clients wait.
+        # Caught up first: the clients have no primary from v1's hold until
+        # this standby has applied v1's log to its end and taken over, so the
+        # less there is left to apply then, the shorter that is.
         if not self.store.wait_for_lsn(wait_for_lsn, 10.0):
             return 504, {"error": "behind", "lsn": self.store.lsn, "wanted": wait_for_lsn}
         self.promoting.set()
@@ -187,9 +189,12 @@ class PriceService:
             result = self.store.promote(timeout_s=PROMOTE_TIMEOUT_S, hold_s=PROMOTE_HOLD_S,
                                         address=self.address)
         except HandoffError as e:
-            self.promoting.clear()
+            # Nothing happened: v1 is still the primary and takes the writes.
             return 409, {"error": "handoff", "reason": e.reason, "detail": str(e)}
-        self.promoted.set()
+        finally:
+            if self.store.role == "primary":
+                self.promoted.set()
+            self.promoting.clear()
         return 200, {"promote": json.loads(json.dumps(result, default=str))}
 
 
@@ -278,7 +283,7 @@ def serve(version: str, directory: str) -> int:
             # source=None: follow the directory v1 writes (same host); no LOCK
             # is taken until the promote.
             store = Store.open_standby(directory, migrations=v2_migrations())
-    except rehydrate.RehydrateError as e:
+    except (rehydrate.RehydrateError, OSError) as e:
         print(f"{version}: cannot open {directory}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     try:
@@ -338,14 +343,16 @@ class Client:
     retried (after a pause) until WRITE_DEADLINE_S. Re-sending is safe here
     because a write is a put of a fixed value: doing it twice changes nothing."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, timeout_s: float = 5.0) -> None:
         self.base = base
+        self.timeout_s = timeout_s
         self.conn: Optional[http.client.HTTPConnection] = None
 
     def _connection(self) -> http.client.HTTPConnection:
         if self.conn is None:
             u = urlsplit(self.base)
-            self.conn = http.client.HTTPConnection(u.hostname or HOST, u.port, timeout=5.0)
+            self.conn = http.client.HTTPConnection(u.hostname or HOST, u.port,
+                                                   timeout=self.timeout_s)
         return self.conn
 
     def close(self) -> None:
@@ -380,7 +387,7 @@ class Client:
                 # ok last: another thread may read this write as soon as ok is set
                 w.lsn, w.served_by, w.ok = answer["lsn"], answer["served_by"], True
                 break
-            if status == 307 and location:
+            if status == 307 and location and w.redirects < 5:  # (never a loop)
                 # The old primary handed over: follow it, from now on.
                 u = urlsplit(location)
                 self.close()
@@ -406,8 +413,9 @@ class LoadGenerator:
         self._next = 0
         self._lock = threading.Lock()
         self._halt = threading.Event()
-        self._threads = [threading.Thread(target=self._run, name=f"client-{n}", daemon=True)
-                         for n in range(CLIENTS)]
+        self.clients = [Client(base) for _ in range(CLIENTS)]
+        self._threads = [threading.Thread(target=self._run, args=(c,), name=f"client-{n}",
+                                          daemon=True) for n, c in enumerate(self.clients)]
         self.first_ack_by: dict[str, threading.Event] = {"v1": threading.Event(),
                                                          "v2": threading.Event()}
         self.last_acked_lsn = 0
@@ -431,8 +439,11 @@ class LoadGenerator:
             self.writes.append(w)
             return w
 
-    def _run(self) -> None:
-        client = Client(self.base)
+    def on(self, base: str) -> int:
+        """How many clients send their writes to ``base`` now."""
+        return sum(1 for c in self.clients if c.base == base)
+
+    def _run(self, client: Client) -> None:
         try:
             while not self._halt.is_set():
                 w = self._take()
@@ -498,11 +509,9 @@ def stop_service(svc: Service, timeout_s: float = 15.0) -> None:
 def call(base: str, method: str, path: str,
          body: Optional[dict[str, Any]] = None) -> tuple[int, dict[str, Any]]:
     """One request from the deploy tool (its own connection)."""
-    client = Client(base)
+    # The promote may take up to its catch-up, its timeout and its hold.
+    client = Client(base, timeout_s=10.0 + PROMOTE_TIMEOUT_S + PROMOTE_HOLD_S + 5.0)
     try:
-        # The promote may take up to its timeout plus its hold.
-        client.conn = http.client.HTTPConnection(
-            HOST, urlsplit(base).port, timeout=PROMOTE_TIMEOUT_S + PROMOTE_HOLD_S + 15)
         status, answer, _ = client.request(method, path, body)
         return status, answer
     except (OSError, http.client.HTTPException) as e:
@@ -573,11 +582,19 @@ def deploy(directory: str, seconds: float, rate: int) -> dict[str, Any]:
         if not load.first_ack_by["v2"].wait(WRITE_DEADLINE_S):
             raise DeployError("no write reached v2 after the handoff")
 
-        # 5. v1 has nothing left to do: stop it (SIGTERM by PID).
+        # 5. Drain, then stop v1 (SIGTERM by PID). A client learns where v2
+        #    is from v1's 307, at its next write: v1 stays up until every
+        #    client has been told (as a load balancer drains an instance).
+        drain_until = perf() + WRITE_DEADLINE_S + 2 * CLIENTS / rate
+        while load.on(v2.base) < CLIENTS:
+            if perf() > drain_until:
+                raise DeployError(f"{CLIENTS - load.on(v2.base)} client(s) never moved to v2")
+            time.sleep(0.005)
+        event("clients moved")
         stop_service(v1)
         services.remove(v1)
         event("v1 stopped")
-        progress(f"v1 stopped (exit code {v1.proc.returncode})")
+        progress(f"every client moved to v2; v1 stopped (exit code {v1.proc.returncode})")
         time.sleep(max(0.0, seconds - (perf() - load.t0)))
         load.stop()
         event("load stopped")
@@ -670,7 +687,8 @@ def summarize(load: LoadGenerator) -> dict[str, Any]:
 
 def report_text(res: dict[str, Any]) -> str:
     by = res.get("acknowledged_by", {})
-    lines = [f"zero-downtime deploy v1 -> v2 of {res['dir']}: {res['rate']} writes/s "
+    where = res["dir"] if res.get("dir_kept") else "a temporary directory (removed)"
+    lines = [f"zero-downtime deploy v1 -> v2 of {where}: {res['rate']} writes/s "
              f"({res.get('achieved_rate', 0):.0f} achieved) for {res['seconds']:g} s",
              f"  writes sent {res.get('sent', 0)}, acknowledged {res.get('acknowledged', 0)} "
              f"(v1 {by.get('v1', 0)}, v2 {by.get('v2', 0)}), errors {res.get('errors', 0)}, "
@@ -797,6 +815,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         if temporary:
             shutil.rmtree(directory, ignore_errors=True)
+    res["dir_kept"] = not temporary
     res["ok"] = bool(res["handoff"] and res.get("lost") == 0 and res.get("acknowledged", 0) > 0)
     if args.plot:
         plot(res, args.plot)
