@@ -748,8 +748,10 @@ def plot(res: dict[str, Any], path: str) -> None:
             for a in (ax, zoom):
                 a.axvline(t, color="grey", ls="--", lw=0.8)
                 a.annotate(name, (t, 0.98), xycoords=("data", "axes fraction"), rotation=90,
-                           va="top", ha="right", fontsize=8, color="grey",
-                           annotation_clip=True)
+                           va="top", ha="right", fontsize=8, color="dimgrey",
+                           annotation_clip=True, zorder=5,
+                           bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8,
+                                 "pad": 1})
     ax.set_title(f"zero-downtime deploy v1 -> v2: {res['rate']} writes/s, "
                  f"{res.get('acknowledged', 0)} acknowledged, {res.get('lost', '?')} lost")
     ax.legend(loc="upper left", fontsize=8, markerscale=3)
