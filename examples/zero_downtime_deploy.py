@@ -314,7 +314,7 @@ def serve(version: str, directory: str) -> int:
 
 @dataclass
 class Write:
-    """One write as its client saw it. Times are seconds from the load's start."""
+    """One write as its client saw it (times: ``perf()`` seconds)."""
 
     i: int
     key: str
@@ -385,7 +385,7 @@ class Client:
                 status, answer, location = 0, {"error": type(e).__name__}, None
             if status == 200:
                 # ok last: another thread may read this write as soon as ok is set
-                w.lsn, w.served_by, w.ok = answer["lsn"], answer["served_by"], True
+                w.lsn, w.served_by, w.error, w.ok = answer["lsn"], answer["served_by"], "", True
                 break
             if status == 307 and location and w.redirects < 5:  # (never a loop)
                 # The old primary handed over: follow it, from now on.
