@@ -565,7 +565,7 @@ def test_a_close_during_a_local_handoff_never_writes_over_the_fence(store_dir, m
     real_write = _manifest.write
 
     def write(directory, data):
-        if (data.get("handoff") or {}).get("request") == "r-close":
+        if (data.get("handoff") or {}).get("request") == "c1053c1053c10530":
             fence_may_go.wait(1.0)  # (a close that waits for it lets it go on)
             real_write(directory, data)
             fence_written.set()
@@ -588,7 +588,7 @@ def test_a_close_during_a_local_handoff_never_writes_over_the_fence(store_dir, m
             result["r"] = e
 
     import secrets as _secrets
-    monkeypatch.setattr(_secrets, "token_hex", lambda n: "r-close")
+    monkeypatch.setattr(_secrets, "token_hex", lambda n: "c1053c1053c10530")
     t = threading.Thread(target=promote)
     t.start()
     try:

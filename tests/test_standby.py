@@ -601,3 +601,37 @@ def test_a_directory_that_handed_its_writes_away_over_http_never_opens_as_a_prim
         assert r.lsn == lsn and r.table("t")[1] == 1
     with Store.open(sdir, recovery="strict") as again:  # the new primary's
         assert again.epoch == 2 and again.table("t")[2] == 2
+
+
+def test_a_request_whose_standby_is_gone_is_never_honoured(store_dir):
+    import json
+    import time
+
+    p = Store.open(store_dir, sync="always", sync_interval_ms=5)
+    try:
+        p.put("t", 1, 1)
+        request = "ab" * 8
+        body = {"request": request, "store_id": p.store_id, "pid": 1, "hold_s": 1.0,
+                "address": None}
+        # As a standby writes it, but nobody holds the request's .live lock:
+        # the standby died after asking.
+        open(os.path.join(store_dir, f"HANDOFF.{request}.live"), "w").close()
+        with open(os.path.join(store_dir, "HANDOFF"), "w") as f:
+            f.write(json.dumps(body))
+        deadline = time.monotonic() + 30
+        while os.path.exists(os.path.join(store_dir, "HANDOFF")):  # (the flusher's tick)
+            assert time.monotonic() < deadline, "the primary never looked at the request"
+            threading.Event().wait(0.005)
+        assert p.role == "primary" and p.put("t", 2, 2) == 2
+        assert not os.path.exists(os.path.join(store_dir, f"HANDOFF.{request}.live"))
+        # A request naming a file outside the directory is dropped the same way.
+        body["request"] = "../../etc"
+        with open(os.path.join(store_dir, "HANDOFF"), "w") as f:
+            f.write(json.dumps(body))
+        while os.path.exists(os.path.join(store_dir, "HANDOFF")):
+            assert time.monotonic() < deadline, "the primary never looked at the request"
+            threading.Event().wait(0.005)
+        assert p.role == "primary" and p.put("t", 3, 3) == 3
+    finally:
+        p.close()
+    assert _manifest.epoch(_manifest.read(store_dir), store_dir) == 1

@@ -113,6 +113,10 @@ class Roles(Lifecycle):
         try:
             self._handoff_prepare(request["request"], float(request["hold_s"]),
                                   request.get("address"))
+            if not _standby.requester_alive(self.path, request["request"]):
+                # The standby died while this store held its writes: keep them.
+                self._handoff_abort(request["request"])
+                return
             self._handoff_commit(request["request"], local=True,
                                  demote=request.get("demote") is True)
         except RehydrateError:
@@ -307,21 +311,33 @@ class Roles(Lifecycle):
                                path=self.path, reason="failed") from follow.error
         if self._remote is not None:
             return self._promote_remote(timeout_s, hold_s, address, force)
+        request = secrets.token_hex(8)
+        held: list[int] = []  # the request's .live lock, while it is asked for
+        try:
+            return self._promote_local(timeout_s, hold_s, demote, address, request, held)
+        finally:
+            for live in held:
+                _standby.release_request(self.path, request, live)
+
+    def _promote_local(self, timeout_s: float, hold_s: float, demote: bool,
+                       address: Optional[str], request: str, held: list[int]
+                       ) -> dict[str, Any]:
+        follow = self._follow
+        assert follow is not None
         t0 = time.perf_counter()
         start = time.monotonic()
         current = _manifest.read(self.path)
         epoch = _manifest.epoch(current, self.path)
-        request = secrets.token_hex(8)
 
         def gone() -> bool:
             return _standby.lock_is_free(self.path)
 
         fence: Optional[dict[str, Any]] = None
         if not gone():
-            _standby.request_handoff(self.path, {
+            held.append(_standby.request_handoff(self.path, {
                 "request": request, "store_id": _manifest.store_id(current, self.path),
                 "pid": os.getpid(), "hold_s": hold_s, "address": address,
-                "demote": demote})
+                "demote": demote}))
             try:
                 fence = _standby.wait_for_fence(self.path, request, epoch, start + timeout_s,
                                                 gone)

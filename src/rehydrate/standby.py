@@ -11,6 +11,7 @@ standby of a local primary) or the receiver of an HTTP stream calling
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -25,7 +26,8 @@ from .follow import FellBehindError, LogFollower
 from .wal import WAL_DIR
 
 __all__ = ["Follow", "HANDOFF_NAME", "request_handoff", "withdraw_request", "claim_request",
-           "FOLLOW_STATES", "lock_is_free", "wait_for_fence"]
+           "FOLLOW_STATES", "lock_is_free", "wait_for_fence", "release_request",
+           "requester_alive", "Receiver"]
 
 FOLLOW_STATES = ("catching_up", "following", "stalled", "failed", "stopped")
 
@@ -296,21 +298,65 @@ HANDOFF_NAME = "HANDOFF"
 _MAX_REQUEST_BYTES = 4096
 
 
-def request_handoff(directory: str, body: dict[str, Any]) -> None:
+def request_handoff(directory: str, body: dict[str, Any]) -> int:
     """Ask the primary writing ``directory`` to hand over: the HANDOFF file,
     published whole and exclusively (written aside, then linked into place:
-    of two standbys asking at once, one gets HandoffError, reason ``busy``)."""
+    of two standbys asking at once, one gets HandoffError, reason ``busy``).
+
+    Returns the descriptor of the request's ``.live`` file, which this
+    process holds locked (flock) until ``release_request``: the primary
+    hands over only to a requester that still holds it, so a standby that
+    died after asking gets no directory (``requester_alive``)."""
     path = os.path.join(directory, HANDOFF_NAME)
-    tmp = f"{path}.{body['request']}.tmp"
-    _fileio.write_file_atomic(tmp, json.dumps(body).encode())
+    request = body["request"]
+    live = _fileio.private(f"{path}.{request}.live", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(live, fcntl.LOCK_EX)
+    tmp = f"{path}.{request}.tmp"
     try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise HandoffError("another handoff request is pending", path=path, peer=directory,
-                           reason="busy") from None
+        _fileio.write_file_atomic(tmp, json.dumps(body).encode())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise HandoffError("another handoff request is pending", path=path,
+                               peer=directory, reason="busy") from None
+        finally:
+            _fileio.unlink(tmp)
+        _fileio.fsync_dir(directory)
+    except BaseException:
+        release_request(directory, request, live)
+        raise
+    return live
+
+
+def release_request(directory: str, request: str, live: int) -> None:
+    """The requester is done (promoted, or gave up): its ``.live`` file goes."""
+    try:
+        _fileio.unlink(os.path.join(directory, f"{HANDOFF_NAME}.{request}.live"))
+    except FileNotFoundError:
+        pass
+    os.close(live)  # (and with it the flock)
+
+
+def requester_alive(directory: str, request: str) -> bool:
+    """Whether the standby that asked for ``request`` still holds its
+    ``.live`` lock (the primary's check before it claims and before it
+    fences). A gone requester's file is removed."""
+    live = os.path.join(directory, f"{HANDOFF_NAME}.{request}.live")
+    try:
+        fd = os.open(live, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
     finally:
-        _fileio.unlink(tmp)
-    _fileio.fsync_dir(directory)
+        os.close(fd)  # (closing drops a lock it took)
+    try:
+        _fileio.unlink(live)
+    except FileNotFoundError:
+        pass
+    return False
 
 
 def withdraw_request(directory: str, request: str) -> bool:
@@ -356,8 +402,13 @@ def claim_request(directory: str, store_id: Optional[str]) -> Optional[dict[str,
             pass
     if not isinstance(body, dict) or not isinstance(body.get("request"), str):
         return None
+    request = body["request"]
+    if not (0 < len(request) <= 64 and all(c in "0123456789abcdef" for c in request)):
+        return None  # (it names a file here: hex digits only)
     if store_id is not None and body.get("store_id") != store_id:
         return None
+    if not requester_alive(directory, request):
+        return None  # the standby that asked is gone: nobody to hand over to
     hold = body.get("hold_s")
     if not isinstance(hold, (int, float)) or not 0 < hold <= 60:
         body["hold_s"] = 2.0
@@ -370,8 +421,6 @@ def claim_request(directory: str, store_id: Optional[str]) -> Optional[dict[str,
 def lock_is_free(directory: str) -> bool:
     """Whether no process holds the directory's LOCK (the primary is gone),
     without taking it."""
-    import fcntl
-
     from .lockfile import LOCK_NAME
 
     try:
