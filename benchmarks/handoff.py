@@ -907,7 +907,7 @@ def measure_lag(work: str, build_dir: str, http: bool, args: argparse.Namespace,
     "What the lag is made of")."""
     import rehydrate as rh
 
-    name = "http" if http else "local"
+    name = f"{'http' if http else 'local'}-{interval_ms:g}ms"
     pdir = os.path.join(work, f"lag-{name}-primary")
     shutil.copytree(build_dir, pdir)
     primary = rh.Store.open(pdir, sync=args.sync, sync_interval_ms=interval_ms)

@@ -302,13 +302,20 @@ class Mirror:
         self._fd = -1
         self._segment: Optional[int] = None
         self._version = F.FORMAT_VERSION
+        # Where the copy ends, once read from the directory: kept up to date
+        # by write (no listing per message). The receiver writes; a promote
+        # syncs from another thread: _lock.
+        self._pos: Optional[tuple[int, int]] = None
+        self._listed = False
+        self._lock = threading.Lock()
 
     def position(self) -> Optional[tuple[int, int]]:
         """(first LSN, size) of the newest segment; None when there is none."""
-        segments, _, _ = list_segments(self.waldir)
-        if not segments:
-            return None
-        return segments[-1].first_lsn, segments[-1].size
+        if not self._listed:
+            segments, _, _ = list_segments(self.waldir)
+            self._pos = (segments[-1].first_lsn, segments[-1].size) if segments else None
+            self._listed = True
+        return self._pos
 
     def cut_torn_tail(self) -> int:
         """Cut bytes past the last whole frame of the newest segment (a
@@ -332,12 +339,19 @@ class Mirror:
             _fileio.fsync(fd)
         finally:
             os.close(fd)
+        self._listed = False
         return len(data) - end
 
     def write(self, segment: int, offset: int, body: bytes) -> int:
         """Append a BYTES message's body; returns the segment's new size.
         ReplicationError ``bad_frame`` (the body fails its checks) or
         ``bad_message`` (not where the copy ends); nothing written then."""
+        with self._lock:
+            size = self._write(segment, offset, body)
+            self._pos = (segment, size)
+            return size
+
+    def _write(self, segment: int, offset: int, body: bytes) -> int:
         pos = self.position()
         if offset == 0:
             if pos is not None and segment <= pos[0]:
@@ -385,10 +399,11 @@ class Mirror:
         self._version = read_segment_version(path)
 
     def sync(self) -> None:
-        """Make what was written durable: the active file and the directory."""
-        if self._fd >= 0:
-            _fileio.fsync(self._fd)
-        _fileio.fsync_dir(self.waldir)
+        """Make what was written durable (each new segment's name was made
+        durable as it was created)."""
+        with self._lock:
+            if self._fd >= 0:
+                _fileio.fsync(self._fd)
 
     def trim_below(self, lsn: int) -> list[str]:
         """Remove segments that hold only LSNs below ``lsn`` (the next
@@ -401,6 +416,7 @@ class Mirror:
                 gone.append(os.path.basename(seg.path))
         if gone:
             _fileio.fsync_dir(self.waldir)
+            self._listed = False
         return gone
 
     def _close_active(self) -> None:
@@ -409,7 +425,8 @@ class Mirror:
             _fileio.close(fd)
 
     def close(self) -> None:
-        self._close_active()
+        with self._lock:
+            self._close_active()
 
 
 def start_of(hello: dict[str, Any]) -> tuple[int, int]:

@@ -350,7 +350,9 @@ class Roles(Lifecycle):
                                                 time.monotonic() + hold_s + 1.0, gone)
         t_fenced = time.perf_counter()
         follow.stop(wait=False)
+        t_stopped = time.perf_counter()
         lock = self._take_lock(time.monotonic() + max(1.0, hold_s))
+        t_locked = time.perf_counter()
         try:
             with self._lock:
                 follow.follower.poll()
@@ -381,6 +383,8 @@ class Roles(Lifecycle):
                 "failover": fence is None,
                 "phases": {"request_s": t_fenced - t0, "catch_up_s": t_caught_up - t_fenced,
                            "resume_s": t_end - t_caught_up},
+                "detail": {"stop_s": t_stopped - t_fenced, "lock_s": t_locked - t_stopped,
+                           "apply_s": t_caught_up - t_locked},
                 "total_s": t_end - t0}
 
     def _take_lock(self, deadline: float) -> DirLock:

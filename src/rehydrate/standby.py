@@ -34,6 +34,8 @@ FOLLOW_STATES = ("catching_up", "following", "stalled", "failed", "stopped")
 # How long the follow thread sleeps when nothing wakes it (a safety net
 # under inotify; the poll interval without it is dirwatch's).
 _IDLE_WAIT_S = 0.25
+# How often a standby's receiver fsyncs its copy of the log.
+MIRROR_SYNC_S = 0.02
 # Bytes at the log's end that stay less than a frame for this long make the
 # follower "stalled": the writer is gone, or the tail is damaged.
 STALL_AFTER_S = 2.0
@@ -239,6 +241,7 @@ class Receiver:
         self.start_at = start
         self.rebootstrap = rebootstrap
         self.ended: Optional[str] = None  # "moved", "stopped", or the error's reason
+        self._synced_at = time.monotonic()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -253,6 +256,13 @@ class Receiver:
                 self.follow.step()
             except RehydrateError:
                 self._stop.set()  # (kept in follow.error)
+                return
+        now = time.monotonic()
+        if now - self._synced_at >= MIRROR_SYNC_S:
+            # The copy made durable as it grows: a promote then fsyncs only
+            # the last few milliseconds of it, inside its window.
+            self.mirror.sync()
+            self._synced_at = now
 
     def _on_heartbeat(self, data: dict[str, Any]) -> None:
         lsn = data.get("lsn")
