@@ -564,16 +564,16 @@ def test_a_close_during_a_local_handoff_never_writes_over_the_fence(store_dir, m
     fence_written = threading.Event()
     real_write = _manifest.write
 
-    def write(directory, data):
+    def write(directory, data, sync_dir=True):
         if (data.get("handoff") or {}).get("request") == "c1053c1053c10530":
             fence_may_go.wait(1.0)  # (a close that waits for it lets it go on)
-            real_write(directory, data)
+            real_write(directory, data, sync_dir)
             fence_written.set()
             return
         if "clean_end" in data:
             fence_may_go.set()
             fence_written.wait(5)  # (after the fence, if both are under way)
-        real_write(directory, data)
+        real_write(directory, data, sync_dir)
 
     monkeypatch.setattr(_manifest, "write", write)
     p = Store.open(store_dir, sync="always", sync_interval_ms=5)

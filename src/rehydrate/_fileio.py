@@ -133,10 +133,12 @@ def map_file(path: str, private: bool = False):
         os.close(fd)
 
 
-def write_file_atomic(path: str, data: bytes) -> None:
+def write_file_atomic(path: str, data: bytes, sync_dir: bool = True) -> None:
     """tmp -> write -> fsync -> rename -> fsync directory.
 
     After a crash the file is either the old version or the new one, whole.
+    ``sync_dir`` False leaves the directory's fsync to the caller (which new
+    version a crash keeps is then open until it does).
     """
     directory = os.path.dirname(path) or "."
     tmp = f"{path}.tmp"
@@ -151,4 +153,5 @@ def write_file_atomic(path: str, data: bytes) -> None:
     finally:
         close(fd)
     rename(tmp, path)
-    fsync_dir(directory)
+    if sync_dir:
+        fsync_dir(directory)

@@ -76,15 +76,16 @@ def read(directory: str) -> dict:
     return decode(_fileio.read_file(path), path)
 
 
-def write(directory: str, data: dict) -> None:
+def write(directory: str, data: dict, sync_dir: bool = True) -> None:
     """Replace the MANIFEST, durably. It is stamped with this code's format:
     a store written by it may hold format-2 segments, which older code
-    must not read."""
+    must not read. ``sync_dir`` False: the caller fsyncs the directory
+    (a handoff's fence, which must be seen at once and durable soon)."""
     data["format"] = F.FORMAT_VERSION
     if not isinstance(data.get("store_id"), str):
         # A store from before identities gets one at its next write.
         data["store_id"] = new_store_id()
-    _fileio.write_file_atomic(os.path.join(directory, MANIFEST_NAME), encode(data))
+    _fileio.write_file_atomic(os.path.join(directory, MANIFEST_NAME), encode(data), sync_dir)
 
 
 def log_start(data: dict, directory: str) -> int:

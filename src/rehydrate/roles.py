@@ -20,6 +20,7 @@ import threading
 import time
 from typing import Any, Optional, Self
 
+from . import _fileio
 from . import forking as _forking
 from . import manifest as _manifest
 from . import opening as _opening
@@ -208,7 +209,11 @@ class Roles(Lifecycle):
             if hold["deadline"] < time.monotonic():
                 raise HandoffError("the hold ran out before the fence", path=self.path,
                                    reason="expired")
-            _manifest.write(self.path, man)
+            # Local: the fence stops live writers as soon as it is seen (the
+            # rename); the directory's fsync, which a busy disk can stall,
+            # comes after the LOCK is let go. A power cut before it keeps
+            # either MANIFEST whole, and kills both writers anyway.
+            _manifest.write(self.path, man, sync_dir=not local)
         except BaseException as e:
             self._handoff_abort(request)
             if isinstance(e, OSError) and not isinstance(e, RehydrateError):
@@ -234,6 +239,7 @@ class Roles(Lifecycle):
                 if self._dirlock is not None:
                     self._dirlock.release()
                     self._dirlock = None
+            _fileio.fsync_dir(self.path)
             self._journal.stop()
             if self._auto is not None:
                 self._auto.stop()
