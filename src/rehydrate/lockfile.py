@@ -39,17 +39,22 @@ class DirLock:
     def __exit__(self, *exc) -> None:
         self.release()
 
-    def release(self) -> None:
+    def release(self, clear_pid: bool = True) -> None:
+        """Unlock. ``clear_pid`` False leaves the pid in the file (a handoff:
+        truncating is a metadata change, which a busy disk can stall for
+        tens of milliseconds while the next writer waits for the lock; the
+        pid is only informational, and the next holder writes its own)."""
         if os.getpid() != self.pid:
             # A forked child shares the parent's lock through this fd:
             # LOCK_UN (or the truncate) would take it from the parent.
             self.forget()
             return
         if self._fd >= 0:
-            try:
-                os.ftruncate(self._fd, 0)
-            except OSError:
-                pass
+            if clear_pid:
+                try:
+                    os.ftruncate(self._fd, 0)
+                except OSError:
+                    pass
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = -1

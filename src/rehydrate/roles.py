@@ -237,7 +237,7 @@ class Roles(Lifecycle):
             # standby waits for the LOCK.
             with self._files_lock:
                 if self._dirlock is not None:
-                    self._dirlock.release()
+                    self._dirlock.release(clear_pid=False)
                     self._dirlock = None
             _fileio.fsync_dir(self.path)
             self._journal.stop()
