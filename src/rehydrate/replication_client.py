@@ -424,6 +424,14 @@ class Mirror:
             fd, self._fd, self._segment = self._fd, -1, None
             _fileio.close(fd)
 
+    def reset(self) -> None:
+        """The copy was replaced under this mirror (a bootstrap again):
+        forget where it ended and the file it appended to."""
+        with self._lock:
+            self._close_active()
+            self._listed = False
+            self._pos = None
+
     def close(self) -> None:
         with self._lock:
             self._close_active()

@@ -582,6 +582,7 @@ class Roles(Lifecycle):
         remote = self._remote
         assert remote is not None
         start = bootstrap(remote.client, remote.client.hello(), self.path, again=True)
+        remote.mirror.reset()
         with self._lock:
             follow = self._follow
             assert follow is not None
