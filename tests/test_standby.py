@@ -635,3 +635,35 @@ def test_a_request_whose_standby_is_gone_is_never_honoured(store_dir):
     finally:
         p.close()
     assert _manifest.epoch(_manifest.read(store_dir), store_dir) == 1
+
+
+def test_writes_to_a_standby_being_promoted_wait_for_it_and_go_in(store_dir):
+    import time
+
+    # The primary looks for a request once a second: the promote waits in
+    # its request phase, with the HANDOFF file there, long enough to write.
+    p = Store.open(store_dir, sync="always", sync_interval_ms=1000)
+    s = Store.open_standby(store_dir)
+    result: dict = {}
+
+    def promote():
+        result["r"] = s.promote(timeout_s=10, hold_s=5)
+
+    t = threading.Thread(target=promote)
+    try:
+        p.put("t", 1, 1)
+        with pytest.raises(ReadOnlyError):  # not promoting: refused at once
+            s.put("t", "x", 1)
+        t.start()
+        deadline = time.monotonic() + 30
+        while not os.path.exists(os.path.join(store_dir, "HANDOFF")) and "r" not in result:
+            assert time.monotonic() < deadline
+            threading.Event().wait(0.001)
+        lsn = s.put("t", "early", 1)  # waits out the takeover, then goes in
+        t.join(30)
+        assert result["r"]["role"] == "primary" and s.role == "primary"
+        assert lsn == 2 and s.table("t")["early"] == 1
+    finally:
+        t.join(30)
+        s.close()
+        p.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any, Callable, Optional
 
 from . import _format as F
@@ -61,6 +62,7 @@ class Journal:
         # Notified after each frame reaches the file: what a replication
         # stream waits on (wait_for_log).
         self.grew = threading.Condition()
+        self.open_detail: dict[str, float] = {}
 
     @property
     def writer(self) -> WalWriter:
@@ -75,19 +77,26 @@ class Journal:
         when it can take more (``resume_path`` of ``resume_size`` bytes, of
         this format), else a new one; start the flusher unless every write
         syncs itself."""
+        t0 = time.perf_counter()
         self.durable_lsn = self.written_lsn = next_lsn - 1
         self.wal = wal = WalWriter(os.path.join(self.path, WAL_DIR), self.segment_bytes)
+        created = False
         if (resume_path is not None and resume_size < self.segment_bytes
                 and WalWriter.can_append(resume_path)):
             first = parse_segment_name(os.path.basename(resume_path))
             wal.open_existing(SegmentFile(first, resume_path, resume_size), resume_size)
         else:
             wal.create(next_lsn)
+            created = True
+        t1 = time.perf_counter()
         self._stop = threading.Event()  # (a promoted standby opens a journal once)
         if self.sync != "always" or self._on_tick is not None:
             self._flusher = threading.Thread(target=self._flush_every_interval,
                                              name=f"rehydrate-sync:{self.path}", daemon=True)
             self._flusher.start()
+        # (How the open went: a promote reports it.)
+        self.open_detail = {"segment_s": t1 - t0, "new_segment": float(created),
+                            "flusher_s": time.perf_counter() - t1}
 
     def flush_locked(self, fsync: bool) -> None:
         """Frame and write what is pending, and fsync it if asked (the

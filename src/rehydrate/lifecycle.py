@@ -111,6 +111,7 @@ class Lifecycle(Writes):
     _handoff_thread: Optional[threading.Thread]  # (joined by close)
     _remote: Optional[_standby.Receiver]  # a standby of a primary over HTTP
     _files_lock: threading.Lock  # the log's and the LOCK's release
+    _resume_detail: dict[str, float]  # how a promote's resume went, for its result
 
     # (What the surface provides that the workings call.)
     def close(self) -> None:
@@ -184,6 +185,7 @@ class Lifecycle(Writes):
         self._handing_over = False
         self._handoff_thread = None
         self._files_lock = threading.Lock()
+        self._resume_detail = {}
         self._remote = None
         _forking.track(self, self._hold_for_fork, self._release_after_fork,
                        self._inherited_across_fork)
@@ -435,10 +437,15 @@ class Lifecycle(Writes):
     def _writable(self, hold: bool = True) -> None:
         if self._forked:
             raise self._forked_error()
+        if self._hold is not None:
+            # A handoff under way: on a primary, its hold on writes; on a
+            # standby being promoted, the wait until it takes writes. (A
+            # batch's early check leaves it to the commit.)
+            if not hold:
+                return
+            self._wait_out_hold()
         if self._role != "primary":
             raise self._not_primary()
-        if hold and self._hold is not None:
-            self._wait_out_hold()
         if self._open_error is not None:
             raise self._open_failed() from self._open_error
         failed = self._journal.failed

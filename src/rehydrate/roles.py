@@ -315,15 +315,28 @@ class Roles(Lifecycle):
         if follow.error is not None:
             raise HandoffError(f"this standby stopped following: {follow.error}",
                                path=self.path, reason="failed") from follow.error
-        if self._remote is not None:
-            return self._promote_remote(timeout_s, hold_s, address, force)
+        # Writes that come here while this standby takes over wait for it
+        # (instead of a ReadOnlyError each, which clients would retry in a
+        # tight loop against the process that is promoting): admitted once
+        # it is the primary, refused as before if the promote fails.
         request = secrets.token_hex(8)
-        held: list[int] = []  # the request's .live lock, while it is asked for
+        with self._lock:
+            self._hold = {"request": request, "since": time.monotonic(), "promoting": True,
+                          "deadline": time.monotonic() + timeout_s + hold_s + 1.0}
         try:
-            return self._promote_local(timeout_s, hold_s, demote, address, request, held)
+            if self._remote is not None:
+                return self._promote_remote(timeout_s, hold_s, address, force)
+            held: list[int] = []  # the request's .live lock, while it is asked for
+            try:
+                return self._promote_local(timeout_s, hold_s, demote, address, request, held)
+            finally:
+                for live in held:
+                    _standby.release_request(self.path, request, live)
         finally:
-            for live in held:
-                _standby.release_request(self.path, request, live)
+            with self._lock:
+                if self._hold is not None and self._hold.get("promoting"):
+                    self._hold = None
+                self._hold_cv.notify_all()
 
     def _promote_local(self, timeout_s: float, hold_s: float, demote: bool,
                        address: Optional[str], request: str, held: list[int]
@@ -390,7 +403,7 @@ class Roles(Lifecycle):
                 "phases": {"request_s": t_fenced - t0, "catch_up_s": t_caught_up - t_fenced,
                            "resume_s": t_end - t_caught_up},
                 "detail": {"stop_s": t_stopped - t_fenced, "lock_s": t_locked - t_stopped,
-                           "apply_s": t_caught_up - t_locked},
+                           "apply_s": t_caught_up - t_locked, **self._resume_detail},
                 "total_s": t_end - t0}
 
     def _take_lock(self, deadline: float) -> DirLock:
@@ -428,21 +441,29 @@ class Roles(Lifecycle):
     def _become_primary(self, man: dict[str, Any], next_lsn: int, resume_path: str,
                         resume_size: int) -> None:
         """A standby that holds the whole log, and the LOCK, starts writing."""
+        t0 = time.perf_counter()
         follow = self._follow
         self._manifest = man
         self._epoch = _manifest.epoch(man, self.path)
         self._store_id = _manifest.store_id(man, self.path)
         self._manifest_stamp = _manifest.stamp(self.path)
+        t1 = time.perf_counter()
         with self._lock:
             self._buf = self._core.LogBuffer(next_lsn)
             self._role = "primary"
             self._follow = None
             self._remote = None
+        t2 = time.perf_counter()
         if follow is not None:
             follow.follower.close()
+        t_closed = time.perf_counter()
         self._journal.open(next_lsn, resume_path, resume_size)
+        t3 = time.perf_counter()
         self._start_auto_checkpoint()
         self._close_at_exit()
+        self._resume_detail = {"stamp_s": t1 - t0, "buffer_s": t2 - t1,
+                               "close_s": t_closed - t2, "log_s": t3 - t_closed,
+                               **self._journal.open_detail, "rest_s": time.perf_counter() - t3}
 
     # ------------------------------------------------- replication: HTTP
     def _replication_hello(self) -> dict[str, Any]:

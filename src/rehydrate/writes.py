@@ -84,7 +84,9 @@ class Writes:
         self._writable()
         if self._warming:
             return self._write_warming(method, table, args)
-        return self._write_plain(method, table, args)
+        # (_writable may have waited out a handoff, whose promote gave this
+        # store a new log buffer: write to that one.)
+        return self._write_plain(self._rebound(method), table, args)
 
     def _write_plain(self, method: Callable[..., int], table: str, args: tuple[Any, ...]) -> int:
         registry = self._registry
