@@ -23,46 +23,18 @@ from hypothesis import strategies as st
 
 import rehydrate as rh
 from rehydrate import (
-    CorruptionError, DictTable, HandoffError, MovedError, NumericTable, ReadOnlyError,
-    StateType, Store,
+    CorruptionError, HandoffError, MovedError, ReadOnlyError, Store,
 )
 from rehydrate import manifest as _manifest
 from rehydrate.testing import check_recovery
 
 from helpers import crash_sequence
 from helpers.model import Model, apply_to_store, canon_state, store_state
+from helpers.standby_http import KINDS
 
 HELPERS = os.path.join(os.path.dirname(__file__), "helpers")
 HANDOFF_WRITER = os.path.join(HELPERS, "handoff_writer.py")
 CRASH_WRITER = os.path.join(HELPERS, "crash_writer.py")
-
-
-class Tally(StateType):
-    """A custom table: how many puts each key had."""
-
-    def __init__(self) -> None:
-        self.n: dict = {}
-
-    def apply(self, op, key, value):
-        if op == "put":
-            self.n[key] = self.n.get(key, 0) + 1
-        elif op == "delete":
-            self.n.pop(key, None)
-        elif op == "clear":
-            self.n.clear()
-
-    def snapshot(self):
-        return dict(self.n)
-
-    @classmethod
-    def restore(cls, data):
-        t = cls()
-        t.n = dict(data)
-        return t
-
-
-KINDS = {"d": DictTable, "n": NumericTable(columns={"x": "int64", "y": "float64"}, rows=16),
-         "c": Tally}
 
 
 def _contents(store, name):
