@@ -10,6 +10,7 @@
 """rehydrate: fast, safe, observable rebuilds of in-memory state from a WAL."""
 
 from .errors import (
+    ArchiveError,
     BackpressureError,
     BatchTooLargeError,
     ConfigError,
@@ -56,6 +57,7 @@ __all__ = [
     "PHASES",
     "RECOVERY_MODES",
     "SYNC_MODES",
+    "ArchiveError",
     "BackpressureError",
     "Batch",
     "BatchTooLargeError",

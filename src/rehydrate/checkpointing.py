@@ -121,7 +121,8 @@ def publish(path: str, manifest: dict[str, Any], cap: _snapshot.Capture,
 
 def checkpoint(path: str, manifest: dict[str, Any], registry: TableRegistry,
                capture_locked: Callable[[dict[str, Any]], Captured], journal: Journal,
-               keep_snapshots: int, commit: Optional[Commit] = None) -> dict[str, Any]:
+               keep_snapshots: int, commit: Optional[Commit] = None,
+               keep_after: Optional[Callable[[], int]] = None) -> dict[str, Any]:
     """One checkpoint, start to end, publishing in ``manifest`` (the
     caller's, updated in place as each new MANIFEST is durable).
 
@@ -129,6 +130,8 @@ def checkpoint(path: str, manifest: dict[str, Any], registry: TableRegistry,
     ``capture(...)``'s pair; writers pause only for it (``pause_s``).
     The result: {"lsn", "bytes", "duration_s", "pause_s", "path",
     "digest"}, and "existing" when nothing was written since the last.
+    ``keep_after()``: the last LSN held elsewhere (an archive); no segment
+    with records past it is trimmed.
     """
     t0 = time.perf_counter()
     prepared = prepare(registry)
@@ -144,13 +147,14 @@ def checkpoint(path: str, manifest: dict[str, Any], registry: TableRegistry,
         result["duration_s"] = 0.0
         return result
     with journal.io_lock:  # no roll meanwhile; the newest segment never goes
-        trim_log(path, manifest, min(manifest["snapshots"]), journal.writer.path)
+        trim_log(path, manifest, min(manifest["snapshots"]), journal.writer.path,
+                 None if keep_after is None else keep_after())
     result["duration_s"] = time.perf_counter() - t0
     return result
 
 
 def trim_log(path: str, manifest: dict[str, Any], oldest_snapshot_lsn: int,
-             active_segment: Optional[str]) -> None:
+             active_segment: Optional[str], held_through: Optional[int] = None) -> None:
     """Delete the segments every kept snapshot has made unneeded (the
     caller holds the log's I/O lock: no roll meanwhile).
 
@@ -159,13 +163,17 @@ def trim_log(path: str, manifest: dict[str, Any], oldest_snapshot_lsn: int,
     tail); the active segment never goes. The MANIFEST's ``log_start``
     moves first, durably (``manifest`` is updated in place); only then are
     the files unlinked, so a crash between the two leaves segments an open
-    recognises as below ``log_start`` and finishes removing.
+    recognises as below ``log_start`` and finishes removing. With
+    ``held_through`` (what an archive holds), a segment with records past
+    it stays.
     """
     segs = list_segments(os.path.join(path, WAL_DIR))[0]
     cut, start = [], _manifest.log_start(manifest, path)
     for seg, nxt in zip(segs, segs[1:]):
         if nxt.first_lsn - 1 > oldest_snapshot_lsn or seg.path == active_segment:
             break
+        if held_through is not None and nxt.first_lsn - 1 > held_through:
+            break  # (not archived yet: the archive needs it)
         cut.append(seg)
         start = nxt.first_lsn
     if not cut:

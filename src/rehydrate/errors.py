@@ -303,8 +303,32 @@ class HandoffError(ReplicationError):
     default_reason = "handoff"
 
 
+class ArchiveError(RehydrateError, OSError):
+    """The archive in object storage (docs/archive.md): unreachable, missing
+    an object its manifest lists, holding bytes that fail a check, another
+    store's, or unable to give the asked-for point. ``reason`` says which
+    (``unreachable``, ``missing_object``, ``bad_manifest``, ``bad_object``,
+    ``corrupt``, ``foreign_store``, ``diverged``, ``no_base``, ``no_target``,
+    ``not_empty``, ...); ``uri`` names the archive (without credentials),
+    ``object`` the object in it (``offset`` is within that object)."""
+
+    default_reason = "archive"
+
+    def __init__(self, detail: str = "", *, uri: Optional[str] = None,
+                 object: Optional[str] = None, **kw: Any) -> None:
+        self.uri = uri
+        self.object = object
+        super().__init__(detail, **kw)
+
+    def _message(self) -> str:
+        text = super()._message()
+        where = "/".join(x for x in (self.uri, self.object) if x)
+        return f"{where}: {text}" if where else text
+
+
 __all__ = [
     "RehydrateError",
+    "ArchiveError",
     "BackpressureError",
     "MigrationError",
     "CorruptionError",

@@ -138,6 +138,19 @@ class Journal:
             if self.durable_lsn < lsn:
                 self.flush_locked(fsync=True)
 
+    def durable_position(self) -> Optional[tuple[str, int, int]]:
+        """(active segment's path, its size, the LSN its last frame ends
+        at), with every byte up to that size fsynced first: what may be
+        shipped elsewhere (an archive never holds a byte a crash here could
+        take back). None before the log is open. StoreFailedError /
+        MovedError as for a flush."""
+        with self.io_lock:
+            wal = self.wal
+            if wal is None or wal.path is None:
+                return None
+            self.flush_locked(fsync=True)
+            return wal.path, wal.size, self.durable_lsn
+
     def _flush_every_interval(self) -> None:
         fsync = self.sync == "interval"
         flush = self.sync != "always"  # (then the thread only ticks)

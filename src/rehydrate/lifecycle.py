@@ -31,7 +31,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Callable, Optional, Self
+from typing import TYPE_CHECKING, Any, Callable, Optional, Self
 
 from . import _format as F
 from . import checkpointing as _checkpointing
@@ -51,6 +51,9 @@ from .errors import (
 from .journal import Journal
 from .lockfile import DirLock
 from .options import OPTION_NAMES, Options, check_options
+
+if TYPE_CHECKING:
+    from .archiver import Archiver
 from .recovery import RecoveryReport
 from .warmup import WarmupRun
 from .writes import Writes
@@ -81,6 +84,7 @@ class Lifecycle(Writes):
     _held_for_fork: bool  # _lock taken by the before-fork hook
     _dirlock: Optional[DirLock]
     _auto: Optional[_checkpointing.AutoCheckpoint]
+    _archiver: Optional[Archiver]
     _opener: Optional[threading.Thread]  # a background open's thread
     _atexit: Optional[Callable[[], None]]
     _ready: threading.Event
@@ -161,6 +165,7 @@ class Lifecycle(Writes):
         self._held_for_fork = False  # _lock taken by the before-fork hook
         self._dirlock = None
         self._auto = None
+        self._archiver = None
         self._opener = None
         self._atexit = None
         self._ready = threading.Event()
@@ -281,6 +286,7 @@ class Lifecycle(Writes):
             self._abandon()
             raise
         self._start_auto_checkpoint()
+        self._start_archiver()
         self._close_at_exit()
 
     def _warm_up(self) -> None:
@@ -389,7 +395,7 @@ class Lifecycle(Writes):
             opener.join()
         if not self._stop_taking_writes():
             return
-        self._stop_threads()
+        self._stop_threads(keep_archiver=True)
         handoff = self._handoff_thread
         if handoff is not None and handoff is not threading.current_thread():
             # A local handoff under way ends first (fenced: this store is
@@ -405,7 +411,12 @@ class Lifecycle(Writes):
                 _hints.write(self.path, [(n, registry.by_name[n].table)
                                          for n in registry.names()])
                 self._record_clean_end()
+                if self._archiver is not None:
+                    # (After the log's last write: one last upload, within a deadline.)
+                    self._archiver.stop(final=True)
         finally:
+            if self._archiver is not None:
+                self._archiver.stop(final=False)
             self._release()
 
     def _checkpoint_locked(self, commit: Optional[_checkpointing.Commit] = None
@@ -413,9 +424,13 @@ class Lifecycle(Writes):
         """A checkpoint (``_checkpoint_lock`` held). ``commit(manifest)``
         changes the MANIFEST that publishes the snapshot (a migration's
         ledger entry goes in with it, in the same write)."""
+        archiver = self._archiver
         result = _checkpointing.checkpoint(
             self.path, self._manifest, self._open_registry, self._capture, self._journal,
-            self._options.keep_snapshots, commit)
+            self._options.keep_snapshots, commit,
+            keep_after=None if archiver is None else lambda: archiver.sealed_through)
+        if archiver is not None:
+            archiver.wake()
         if not result.get("existing"):
             self.checkpoint_stats = {"count": self.checkpoint_stats["count"] + 1,
                                      "last_duration_s": result["duration_s"],
@@ -471,6 +486,9 @@ class Lifecycle(Writes):
     def _note_written(self, nbytes: int) -> None:
         if self._auto is not None:
             self._auto.note_written(nbytes)
+        archiver = self._archiver
+        if archiver is not None:
+            archiver.note_frame(self._journal.written_lsn)
 
     def _stop_taking_writes(self) -> bool:
         """Refuse writes from now on; False when the store was closed already."""
@@ -486,10 +504,12 @@ class Lifecycle(Writes):
             atexit.unregister(self._atexit)
         return True
 
-    def _stop_threads(self) -> None:
+    def _stop_threads(self, keep_archiver: bool = False) -> None:
         self._journal.stop()
         if self._auto is not None:
             self._auto.stop()
+        if self._archiver is not None and not keep_archiver:
+            self._archiver.stop(final=False)
         if self._remote is not None:
             self._remote.stop(wait=True)
         if self._follow is not None:
@@ -617,6 +637,21 @@ class Lifecycle(Writes):
             self._auto = _checkpointing.AutoCheckpoint(
                 self.checkpoint, o.checkpoint_every_bytes, o.checkpoint_every_s,
                 name=f"rehydrate-checkpoint:{self.path}")
+
+    def _start_archiver(self) -> None:
+        """Ship the log and snapshots to ``archive=`` (docs/archive.md)."""
+        o = self._options
+        if o.archive is None or self._archiver is not None:
+            return
+        from .archiver import Archiver
+
+        journal = self._journal
+        self._archiver = archiver = Archiver(
+            self.path, o.archive, store_id=self._store_id or "", epoch=self._epoch,
+            position=journal.durable_position, local_manifest=lambda: self._manifest,
+            written_lsn=lambda: journal.written_lsn, every_s=o.archive_every_s,
+            retention_s=o.archive_retention_s, keep_snapshots=o.keep_snapshots)
+        archiver.start()
 
     def _close_at_exit(self) -> None:
         """A store left open when the interpreter exits is closed then (its

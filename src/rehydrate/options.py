@@ -21,6 +21,8 @@ DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 DEFAULT_SYNC_INTERVAL_MS = 50
 MIN_SEGMENT_BYTES = 4096
 DEFAULT_KEEP_SNAPSHOTS = 2
+DEFAULT_ARCHIVE_EVERY_S = 1.0
+DEFAULT_ARCHIVE_RETENTION_S = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class Options:
     max_memory_bytes: Optional[int]
     migrations: Optional[Migrations]
     strict_migrations: bool
+    archive: Any = None
+    archive_every_s: float = DEFAULT_ARCHIVE_EVERY_S
+    archive_retention_s: float = DEFAULT_ARCHIVE_RETENTION_S
 
     @property
     def auto_checkpoint(self) -> bool:
@@ -52,7 +57,8 @@ class Options:
 # its intake limits): check_options's.
 OPTION_NAMES = ("create", "sync", "recovery", "segment_bytes", "sync_interval_ms", "progress",
                 "tables", "keep_snapshots", "checkpoint_every_bytes", "checkpoint_every_s",
-                "warmup", "max_memory_bytes", "migrations", "strict_migrations")
+                "warmup", "max_memory_bytes", "migrations", "strict_migrations", "archive",
+                "archive_every_s", "archive_retention_s")
 
 
 def _positive_number(x: Any) -> bool:
@@ -75,6 +81,9 @@ def check_options(
     max_memory_bytes: Optional[int] = None,
     migrations: Optional[Migrations] = None,
     strict_migrations: bool = False,
+    archive: Any = None,
+    archive_every_s: float = DEFAULT_ARCHIVE_EVERY_S,
+    archive_retention_s: float = DEFAULT_ARCHIVE_RETENTION_S,
 ) -> Options:
     """The options of ``Store.open``, checked; ConfigError for a bad one."""
     if sync not in SYNC_MODES:
@@ -103,10 +112,20 @@ def check_options(
         migrations.check()
     if type(strict_migrations) is not bool:
         raise ConfigError("strict_migrations must be True or False")
+    if archive is not None:
+        from .objstore import check_target
+
+        check_target(archive)
+    if not _positive_number(archive_every_s):
+        raise ConfigError("archive_every_s must be a positive number")
+    if type(archive_retention_s) not in (int, float) or not 0 <= archive_retention_s < float("inf"):
+        raise ConfigError("archive_retention_s must be a number >= 0")
     return Options(create=create, sync=sync, recovery=recovery, segment_bytes=segment_bytes,
                    sync_interval_ms=sync_interval_ms, progress=progress, kinds=kinds,
                    keep_snapshots=keep_snapshots,
                    checkpoint_every_bytes=checkpoint_every_bytes,
                    checkpoint_every_s=checkpoint_every_s, warmup=warmup,
                    max_memory_bytes=max_memory_bytes, migrations=migrations,
-                   strict_migrations=strict_migrations)
+                   strict_migrations=strict_migrations, archive=archive,
+                   archive_every_s=float(archive_every_s),
+                   archive_retention_s=float(archive_retention_s))

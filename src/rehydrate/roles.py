@@ -460,6 +460,7 @@ class Roles(Lifecycle):
         self._journal.open(next_lsn, resume_path, resume_size)
         t3 = time.perf_counter()
         self._start_auto_checkpoint()
+        self._start_archiver()
         self._close_at_exit()
         self._resume_detail = {"stamp_s": t1 - t0, "buffer_s": t2 - t1,
                                "close_s": t_closed - t2, "log_s": t3 - t_closed,

@@ -18,7 +18,9 @@ from .errors import ConfigError, StoreClosedError
 from .lifecycle import open_options, abandon
 from .roles import Roles
 from .migrations import Migrations
+from .objstore import ArchiveTarget
 from .options import (
+    DEFAULT_ARCHIVE_EVERY_S, DEFAULT_ARCHIVE_RETENTION_S,
     DEFAULT_KEEP_SNAPSHOTS, DEFAULT_SEGMENT_BYTES, DEFAULT_SYNC_INTERVAL_MS, MIN_SEGMENT_BYTES,
     OPTION_NAMES, SYNC_MODES,
 )
@@ -56,6 +58,9 @@ class Store(Roles):
         max_memory_bytes: Optional[int] = None,
         migrations: Optional[Migrations] = None,
         strict_migrations: bool = False,
+        archive: Optional[ArchiveTarget] = None,
+        archive_every_s: float = DEFAULT_ARCHIVE_EVERY_S,
+        archive_retention_s: float = DEFAULT_ARCHIVE_RETENTION_S,
         readonly: bool = False,
     ) -> Store:
         """Lock ``path``, replay its log into memory, and return the live store.
@@ -75,6 +80,14 @@ class Store(Roles):
         versions' records, and migrations run once in the migrate phase
         (docs/migrations.md); a migration whose code changed since it ran is a
         MigrationDriftWarning, or with ``strict_migrations`` a MigrationError.
+        ``archive``: ship the log and snapshots to object storage as they
+        are written (docs/archive.md): a URI ``pyarrow.fs.FileSystem.from_uri``
+        understands (``s3://bucket/prefix?endpoint_override=...``,
+        ``gs://...``, ``file:///path``) or a (``pyarrow.fs.FileSystem``,
+        prefix) pair; the segment being written goes up every
+        ``archive_every_s`` seconds, and the archive keeps ``keep_snapshots``
+        snapshots plus every one from the last ``archive_retention_s``
+        seconds, with the log they need. Writes never wait for it.
         ``readonly``: a reader of a store another process may be writing
         (docs/replication.md): no LOCK taken, nothing written; the state as
         of the open, and ``refresh()`` to catch up. Its writes raise
@@ -178,6 +191,35 @@ class Store(Roles):
         return follow.lag()
 
     @property
+    def archived_lsn(self) -> Optional[int]:
+        """The last LSN the archive holds (docs/archive.md); None without
+        ``archive=``."""
+        archiver = self._archiver
+        return None if archiver is None else archiver.archived_lsn
+
+    @property
+    def archive_status(self) -> Optional[dict[str, Any]]:
+        """The archive's state: {"state" ("starting", "ok", "retrying",
+        "failed"), "uri", "archived_lsn", "lag_records", "lag_seconds",
+        "requests" and "failures" by kind, "bytes_up", "bytes_down",
+        "error", ...}; None without ``archive=``."""
+        archiver = self._archiver
+        return None if archiver is None else archiver.stats()
+
+    def wait_for_archive(self, lsn: Optional[int] = None,
+                         timeout: Optional[float] = None) -> bool:
+        """True once the archive holds every record up to ``lsn`` (default:
+        the last written now), False at the timeout or when archiving
+        stopped for good (``archive_status["error"]`` says why). Uploads
+        what is pending at once rather than at the next interval."""
+        archiver = self._archiver
+        if archiver is None:
+            raise ConfigError("this store has no archive (Store.open(..., archive=URI))")
+        if lsn is None:
+            lsn = self.lsn
+        return archiver.wait_for(lsn, timeout)
+
+    @property
     def follow_error(self) -> Optional[BaseException]:
         """What stopped a standby's following (a CorruptionError, ...); None
         while it follows."""
@@ -260,6 +302,9 @@ class Store(Roles):
         max_memory_bytes: Optional[int] = None,
         migrations: Optional[Migrations] = None,
         strict_migrations: bool = False,
+        archive: Optional[ArchiveTarget] = None,
+        archive_every_s: float = DEFAULT_ARCHIVE_EVERY_S,
+        archive_retention_s: float = DEFAULT_ARCHIVE_RETENTION_S,
     ) -> Store:
         """Like ``Store.open`` (same options), but returns at once, with the
         open running on a thread (docs/warmup.md, "Background open").

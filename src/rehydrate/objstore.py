@@ -1,0 +1,342 @@
+"""Object storage access for the archive (docs/archive.md): one
+``ObjectStore`` over a ``pyarrow.fs`` filesystem and a prefix, counting
+its requests by kind and retrying the ones that fail with exponential
+backoff and full jitter.
+
+Every call names an object by its key below the prefix. A missing object
+is ``None`` (or ``ArchiveError`` ``missing_object`` where the caller needs
+it), never an empty file; an unreachable or failing store is
+``ArchiveError`` ``unreachable`` once the attempts are spent. Uploads are
+whole objects (an S3 PUT is visible only once complete; on a local
+filesystem the object is written aside, fsynced and renamed), and nothing
+refers to an object until it is uploaded: the archive's manifest is
+written last.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from typing import Any, Callable, Optional, TypeVar, Union
+
+from . import _fileio
+from ._backend import core
+from .errors import ArchiveError, ConfigError
+
+T = TypeVar("T")
+
+#: What ``archive=`` takes: a URI ``pyarrow.fs.FileSystem.from_uri``
+#: understands, or (a ``pyarrow.fs.FileSystem``, a prefix in it).
+ArchiveTarget = Union[str, tuple[Any, str]]
+
+REQUEST_KINDS = ("PUT", "GET", "HEAD", "LIST", "DELETE")
+#: Bytes read per range request when downloading a big object.
+CHUNK_BYTES = 8 * 1024 * 1024
+# Query parameters whose values are secrets: never printed.
+_SECRET_PARAMS = ("secret", "key", "token", "password", "credential", "signature")
+
+
+def redact(uri: str) -> str:
+    """``uri`` with credentials and secret query values replaced by ``***``."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+    except ValueError:
+        return "<bad uri>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    shown = [(k, "***" if any(s in k.lower() for s in _SECRET_PARAMS) else v) for k, v in query]
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path,
+                                    urllib.parse.urlencode(shown, safe=":/*"), ""))
+
+
+def backoff_delays(base_s: float, cap_s: float) -> Any:
+    """Delays for attempt 1, 2, ...: exponential, capped, with full jitter
+    (a uniform draw below the exponential bound), so many clients retrying
+    one failure do not come back together."""
+    attempt = 0
+    while True:
+        yield random.uniform(0.0, min(cap_s, base_s * (2 ** attempt)))
+        attempt += 1
+
+
+class ObjectStore:
+    """Objects below ``root`` in ``fs``; ``uri`` is what errors and tools
+    show (credentials removed). Thread-safe (counters under a lock)."""
+
+    def __init__(self, fs: Any, root: str, uri: str, *, attempts: int = 4,
+                 base_s: float = 0.1, cap_s: float = 5.0) -> None:
+        self.fs = fs
+        self.root = root.rstrip("/")
+        self.uri = uri
+        self.attempts = attempts
+        self.base_s, self.cap_s = base_s, cap_s
+        self.local_root: Optional[str] = None
+        from pyarrow.fs import LocalFileSystem
+
+        if isinstance(fs, LocalFileSystem):
+            self.local_root = self.root
+        self.requests: Counter[str] = Counter({k: 0 for k in REQUEST_KINDS})
+        self.failures: Counter[str] = Counter({k: 0 for k in REQUEST_KINDS})
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self._lock = threading.Lock()
+        self.cancelled = threading.Event()  # set: stop retrying (a closing store)
+
+    # ----------------------------------------------------------- accounting
+    def _count(self, kind: str, up: int = 0, down: int = 0, failed: bool = False) -> None:
+        with self._lock:
+            self.requests[kind] += 1
+            if failed:
+                self.failures[kind] += 1
+            self.bytes_up += up
+            self.bytes_down += down
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {"requests": dict(self.requests), "failures": dict(self.failures),
+                    "bytes_up": self.bytes_up, "bytes_down": self.bytes_down}
+
+    def key(self, name: str) -> str:
+        return f"{self.root}/{name}" if self.root else name
+
+    def _retry(self, kind: str, name: str, fn: Callable[[], T],
+               attempts: Optional[int] = None) -> T:
+        """``fn()``, tried up to ``attempts`` times with backoff and jitter
+        between tries; a missing object (FileNotFoundError) is not retried."""
+        tries = attempts or self.attempts
+        delays = backoff_delays(self.base_s, self.cap_s)
+        for attempt in range(1, tries + 1):
+            try:
+                return fn()
+            except FileNotFoundError:
+                raise
+            except (OSError, ValueError) as e:  # (pyarrow raises both for a failing store)
+                if attempt == tries or self.cancelled.is_set():
+                    raise ArchiveError(f"{kind} failed after {attempt} attempt(s): {e}",
+                                       uri=self.uri, object=name, reason="unreachable") from e
+                if self.cancelled.wait(next(delays)):
+                    raise ArchiveError(f"{kind} given up: the store is closing",
+                                       uri=self.uri, object=name, reason="unreachable") from e
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -------------------------------------------------------------- writes
+    def put_bytes(self, name: str, data: bytes, attempts: Optional[int] = None) -> None:
+        """Upload ``data`` as object ``name``, whole (see the module doc)."""
+        def put() -> None:
+            try:
+                if self.local_root is not None:
+                    path = os.path.join(self.local_root, name)
+                    _fileio.makedirs(os.path.dirname(path))
+                    _fileio.write_file_atomic(path, data)
+                else:
+                    with self.fs.open_output_stream(self.key(name)) as out:
+                        out.write(data)
+            except (OSError, ValueError):
+                self._count("PUT", failed=True)
+                raise
+            self._count("PUT", up=len(data))
+        self._retry("PUT", name, put, attempts)
+
+    def put_file(self, name: str, path: str, extra: bytes = b"",
+                 attempts: Optional[int] = None) -> tuple[int, int]:
+        """Upload the local file ``path`` (then ``extra``) as ``name``,
+        streaming it; returns (bytes of the file, CRC32C of those bytes).
+        FileNotFoundError when the local file went meanwhile."""
+        crc32c = core().crc32c
+
+        def put() -> tuple[int, int]:
+            n, crc = 0, 0
+            try:
+                with open(path, "rb") as src:
+                    if self.local_root is not None:
+                        dest = os.path.join(self.local_root, name)
+                        _fileio.makedirs(os.path.dirname(dest))
+                        tmp = f"{dest}.tmp{os.getpid()}.{threading.get_ident()}"
+                        with open(tmp, "wb") as out:
+                            while chunk := src.read(CHUNK_BYTES):
+                                out.write(chunk)
+                                n += len(chunk)
+                                crc = crc32c(chunk, crc)
+                            out.write(extra)
+                            out.flush()
+                            os.fsync(out.fileno())
+                        os.replace(tmp, dest)
+                        _fileio.fsync_dir(os.path.dirname(dest))
+                    else:
+                        with self.fs.open_output_stream(self.key(name)) as out:
+                            while chunk := src.read(CHUNK_BYTES):
+                                out.write(chunk)
+                                n += len(chunk)
+                                crc = crc32c(chunk, crc)
+                            out.write(extra)
+            except FileNotFoundError:
+                raise
+            except (OSError, ValueError):
+                self._count("PUT", failed=True)
+                raise
+            self._count("PUT", up=n + len(extra))
+            return n, crc
+        return self._retry("PUT", name, put, attempts)
+
+    def delete(self, name: str, attempts: Optional[int] = None) -> None:
+        """Remove object ``name`` (gone already: fine)."""
+        def rm() -> None:
+            try:
+                self.fs.delete_file(self.key(name))
+            except FileNotFoundError:
+                self._count("DELETE")
+                return
+            except (OSError, ValueError):
+                self._count("DELETE", failed=True)
+                raise
+            self._count("DELETE")
+        self._retry("DELETE", name, rm, attempts)
+
+    # --------------------------------------------------------------- reads
+    def size(self, name: str, attempts: Optional[int] = None) -> Optional[int]:
+        """The size of object ``name``; None when there is none."""
+        from pyarrow.fs import FileType
+
+        def head() -> Optional[int]:
+            try:
+                info = self.fs.get_file_info(self.key(name))
+            except (OSError, ValueError):
+                self._count("HEAD", failed=True)
+                raise
+            self._count("HEAD")
+            if info.type == FileType.NotFound:
+                return None
+            if info.type != FileType.File:
+                raise ArchiveError(f"{name} is not an object", uri=self.uri, object=name,
+                                   reason="bad_object")
+            return int(info.size)
+        return self._retry("HEAD", name, head, attempts)
+
+    def get_bytes(self, name: str, attempts: Optional[int] = None,
+                  max_bytes: int = 1 << 30) -> Optional[bytes]:
+        """The whole object ``name`` (at most ``max_bytes``: a larger one is
+        ``bad_object``); None when there is none."""
+        def get() -> Optional[bytes]:
+            try:
+                with self.fs.open_input_stream(self.key(name)) as src:
+                    data = src.read(max_bytes + 1)
+            except FileNotFoundError:
+                self._count("GET")
+                return None
+            except (OSError, ValueError):
+                self._count("GET", failed=True)
+                raise
+            self._count("GET", down=len(data))
+            return bytes(data)
+        data = self._retry("GET", name, get, attempts)
+        if data is not None and len(data) > max_bytes:
+            raise ArchiveError(f"{name} is larger than {max_bytes} bytes", uri=self.uri,
+                               object=name, reason="bad_object")
+        return data
+
+    def get_range(self, name: str, offset: int, n: int,
+                  attempts: Optional[int] = None) -> bytes:
+        """``n`` bytes of object ``name`` from ``offset`` (a range request);
+        ``missing_object`` when the object is gone, ``bad_object`` when it
+        is shorter than asked."""
+        def get() -> bytes:
+            try:
+                with self.fs.open_input_file(self.key(name)) as src:
+                    data = src.read_at(n, offset)
+            except FileNotFoundError:
+                self._count("GET")
+                raise
+            except (OSError, ValueError):
+                self._count("GET", failed=True)
+                raise
+            self._count("GET", down=len(data))
+            return bytes(data)
+        try:
+            data = self._retry("GET", name, get, attempts)
+        except FileNotFoundError as e:
+            raise ArchiveError("the object is missing (the manifest lists it)", uri=self.uri,
+                               object=name, offset=offset, reason="missing_object") from e
+        if len(data) != n:
+            raise ArchiveError(f"the object ends early: {len(data)} of {n} bytes at offset "
+                               f"{offset}", uri=self.uri, object=name, offset=offset,
+                               reason="bad_object")
+        return data
+
+    def list(self, sub: str = "", attempts: Optional[int] = None) -> list[tuple[str, int]]:
+        """(name, size) of every object below ``sub`` (a LIST: tools only;
+        an archiving store never lists)."""
+        from pyarrow.fs import FileSelector, FileType
+
+        def ls() -> list[tuple[str, int]]:
+            base = self.key(sub).rstrip("/")
+            try:
+                infos = self.fs.get_file_info(FileSelector(base, recursive=True,
+                                                           allow_not_found=True))
+            except (OSError, ValueError):
+                self._count("LIST", failed=True)
+                raise
+            self._count("LIST")
+            cut = len(self.root) + 1 if self.root else 0
+            return sorted((i.path[cut:], int(i.size)) for i in infos
+                          if i.type == FileType.File)
+        return self._retry("LIST", sub, ls, attempts)
+
+
+def open_object_store(target: ArchiveTarget, **retry: Any) -> ObjectStore:
+    """The ``ObjectStore`` for ``archive=``: a URI (``s3://bucket/prefix?
+    endpoint_override=...``, ``gs://...``, ``file:///path``) or a
+    (``pyarrow.fs.FileSystem``, prefix) pair. ConfigError for anything else."""
+    import pyarrow.fs as pafs
+
+    if isinstance(target, tuple):
+        if (len(target) != 2 or not isinstance(target[0], pafs.FileSystem)
+                or not isinstance(target[1], str)):
+            raise ConfigError("archive must be a URI or a (pyarrow.fs.FileSystem, prefix) pair")
+        fs, root = target
+        shown = f"{fs.type_name}://{root.strip('/')}"
+    elif isinstance(target, str):
+        if "://" not in target:
+            raise ConfigError(f"archive must be a URI with a scheme (s3://, gs://, file://), not "
+                              f"{redact(target)!r}")
+        try:
+            fs, root = pafs.FileSystem.from_uri(target)
+        except (OSError, ValueError, TypeError) as e:
+            raise ConfigError(f"archive URI {redact(target)!r} is not usable: {e}") from e
+        shown = redact(target)
+    else:
+        raise ConfigError("archive must be a URI or a (pyarrow.fs.FileSystem, prefix) pair")
+    if isinstance(fs, pafs.LocalFileSystem):
+        root = os.path.abspath(root or "/")
+        os.makedirs(root, exist_ok=True)
+    return ObjectStore(fs, root, shown, **retry)
+
+
+def check_target(target: Any) -> None:
+    """ConfigError unless ``target`` has the shape ``archive=`` takes
+    (nothing is contacted)."""
+    if isinstance(target, str):
+        if "://" not in target:
+            raise ConfigError(f"archive must be a URI with a scheme (s3://, gs://, file://), not "
+                              f"{redact(target)!r}")
+        return
+    if isinstance(target, tuple) and len(target) == 2 and isinstance(target[1], str):
+        import pyarrow.fs as pafs
+
+        if isinstance(target[0], pafs.FileSystem):
+            return
+    raise ConfigError("archive must be a URI or a (pyarrow.fs.FileSystem, prefix) pair")
+
+
+def wait_backoff(stop: threading.Event, delays: Any) -> bool:
+    """Wait the next delay of ``delays`` or until ``stop``; True when stopped."""
+    return stop.wait(next(delays))
+
+
+def monotonic_ms() -> int:
+    return int(time.monotonic() * 1000)

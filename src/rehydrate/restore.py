@@ -1,0 +1,400 @@
+"""Restore a state directory from an archive, to its end, an LSN or a
+time; verify an archive in place (docs/archive.md).
+
+A restore reads the archive's manifest (one GET), picks the newest
+snapshot at or before the target, downloads it and the segments after it
+with parallel range requests (each checked against the CRC32C the archive
+lists), checks the snapshot as ``verify`` does and every frame of the log,
+cuts the log at the last frame at or before the target, and writes a
+MANIFEST: the result opens as a normal store exactly there. It is built
+in ``<path>.restoring`` and renamed into place only when whole, so a
+restore that fails half-way leaves nothing that looks like a store (and
+the next try reuses the files already checked).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
+
+from . import _fileio
+from . import _format as F
+from . import archive as A
+from . import manifest as _manifest
+from ._backend import core
+from .errors import ArchiveError, ConfigError
+from .objstore import CHUNK_BYTES, ArchiveTarget, ObjectStore, open_object_store
+from .snapshot import SNAPSHOTS_DIR, check as check_snapshot, snapshot_name
+from .wal import WAL_DIR, segment_name
+
+DEFAULT_PARALLEL = 8
+STAGING_SUFFIX = ".restoring"
+TimeTarget = Union[_dt.datetime, int, float, str]
+
+
+# --------------------------------------------------------------- CRC32C
+def _gf2_times(mat: list[int], vec: int) -> int:
+    out, i = 0, 0
+    while vec:
+        if vec & 1:
+            out ^= mat[i]
+        vec >>= 1
+        i += 1
+    return out
+
+
+def _gf2_square(mat: list[int]) -> list[int]:
+    return [_gf2_times(mat, mat[n]) for n in range(32)]
+
+
+def crc32c_combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC32C of A + B from CRC32C(A), CRC32C(B) and len(B) (zlib's
+    method over GF(2), with the Castagnoli polynomial): chunks fetched in
+    parallel are checked as one object without reading them again."""
+    if len2 == 0:
+        return crc1
+    odd = [0x82F63B78] + [1 << n for n in range(31)]
+    even = _gf2_square(odd)
+    odd = _gf2_square(even)
+    while True:
+        even = _gf2_square(odd)
+        if len2 & 1:
+            crc1 = _gf2_times(even, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+        odd = _gf2_square(even)
+        if len2 & 1:
+            crc1 = _gf2_times(odd, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+    return crc1 ^ crc2
+
+
+# ------------------------------------------------------------- download
+@dataclass
+class Piece:
+    """``length`` bytes of object ``name`` from ``offset``, to land in the
+    local file ``dest`` at ``dest_offset``; CRC32C ``crc32c`` expected."""
+
+    name: str
+    offset: int
+    length: int
+    dest: str
+    dest_offset: int
+    crc32c: int
+
+
+def download(store: ObjectStore, pieces: list[Piece], parallel: int,
+             progress: Optional[Callable[[int, int], None]] = None) -> int:
+    """Fetch every piece with range requests on ``parallel`` threads,
+    writing each chunk where it belongs, and check each piece's CRC32C
+    (combined from its chunks'). Returns the bytes fetched."""
+    c = core()
+    fds: dict[str, int] = {}
+    for p in pieces:
+        if p.dest not in fds:
+            fds[p.dest] = os.open(p.dest, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    jobs: list[tuple[int, int, int]] = []  # (piece index, offset in piece, n)
+    for i, p in enumerate(pieces):
+        at = 0
+        while at < p.length:
+            n = min(CHUNK_BYTES, p.length - at)
+            jobs.append((i, at, n))
+            at += n
+    total = sum(p.length for p in pieces)
+    done = 0
+
+    def fetch(job: tuple[int, int, int]) -> tuple[int, int, int, int]:
+        i, at, n = job
+        p = pieces[i]
+        data = store.get_range(p.name, p.offset + at, n)
+        fd = fds[p.dest]
+        view = memoryview(data)
+        off = p.dest_offset + at
+        while view:
+            w = os.pwrite(fd, view, off)
+            view, off = view[w:], off + w
+        return i, at, n, c.crc32c(data)
+
+    crcs: dict[int, dict[int, tuple[int, int]]] = {}
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, parallel),
+                                thread_name_prefix="rehydrate-restore") as pool:
+            for i, at, n, crc in pool.map(fetch, jobs):
+                crcs.setdefault(i, {})[at] = (n, crc)
+                done += n
+                if progress is not None:
+                    progress(done, total)
+        for i, p in enumerate(pieces):
+            whole = 0
+            for at in sorted(crcs.get(i, {})):
+                n, crc = crcs[i][at]
+                whole = crc32c_combine(whole, crc, n) if at else crc
+            if p.length and whole != p.crc32c:
+                raise ArchiveError(f"checksum mismatch: the archive lists CRC32C {p.crc32c:#010x},"
+                                   f" the object's bytes give {whole:#010x}", uri=store.uri,
+                                   object=p.name, offset=p.offset, reason="bad_object")
+        for fd in fds.values():
+            _fileio.fsync(fd)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return total
+
+
+# --------------------------------------------------------------- target
+def to_unix_ms(when: TimeTarget) -> int:
+    """A restore time as unix milliseconds: a datetime (naive: UTC), unix
+    seconds, or an ISO 8601 string."""
+    if isinstance(when, str):
+        try:
+            when = _dt.datetime.fromisoformat(when.replace("Z", "+00:00"))
+        except ValueError as e:
+            raise ConfigError(f"to_time {when!r} is not an ISO 8601 time: {e}") from None
+    if isinstance(when, _dt.datetime):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=_dt.timezone.utc)
+        return int(when.timestamp() * 1000)
+    if type(when) in (int, float) and when >= 0:
+        return int(when * 1000)
+    raise ConfigError(f"to_time must be a datetime, unix seconds or an ISO 8601 string, not "
+                      f"{when!r}")
+
+
+def lsn_at_time(store: ObjectStore, man: dict[str, Any], t_ms: int) -> int:
+    """The newest LSN the archive's time index says was written by
+    ``t_ms`` (ArchiveError ``no_target`` before its first record)."""
+    best: Optional[tuple[dict[str, Any], dict[str, Any]]] = None
+    for seg in man["segments"]:
+        for part in seg["parts"]:
+            if part["t_first"] <= t_ms:
+                best = (seg, part)
+    snaps = [s for s in man["snapshots"] if s["time_ms"] <= t_ms]
+    floor = max((s["lsn"] for s in snaps), default=0)
+    if best is None:
+        if snaps:
+            return floor
+        raise ArchiveError(f"the archive holds nothing written by {_iso(t_ms)}", uri=store.uri,
+                           reason="no_target")
+    seg, part = best
+    if part["t_last"] <= t_ms:
+        return max(part["last"], floor)
+    name = A.part_name(seg, part)
+    trailer = store.get_range(name, part["bytes"], part["object_bytes"] - part["bytes"])
+    marks = A.parse_trailer(trailer, part["bytes"], store.uri, name)
+    before = [lsn for lsn, ms in marks if ms <= t_ms]
+    if not before:
+        return max(floor, _part_start_lsn(seg, part) - 1)
+    return max(floor, max(before))
+
+
+def _part_start_lsn(seg: dict[str, Any], part: dict[str, Any]) -> int:
+    prev = seg["first"] - 1
+    for p in seg["parts"]:
+        if p is part:
+            return prev + 1
+        prev = p["last"]
+    return prev + 1
+
+
+def _iso(ms: int) -> str:
+    return _dt.datetime.fromtimestamp(ms / 1000, _dt.timezone.utc).isoformat()
+
+
+# -------------------------------------------------------------- restore
+def restore(uri: ArchiveTarget, path: Any, to_lsn: Optional[int] = None,
+            to_time: Optional[TimeTarget] = None, *, parallel: int = DEFAULT_PARALLEL,
+            progress: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
+    """Make ``path`` (absent or empty) a store holding the archive's state
+    at its end, at ``to_lsn`` or at ``to_time`` (docs/archive.md).
+
+    The log is cut at the last frame ending at or before the target (a
+    frame is the log's unit of atomicity: a batch is never split); the
+    result's ``lsn`` says where the store opens. Returns {"lsn",
+    "target_lsn", "snapshot_lsn", "segments", "bytes", "duration_s",
+    "requests", "path"}. Raises ArchiveError (``no_archive``,
+    ``no_target``, ``no_base``, ``missing_object``, ``bad_object``,
+    ``corrupt``, ``not_empty``, ``unreachable``), ConfigError.
+    """
+    t0 = time.perf_counter()
+    if to_lsn is not None and to_time is not None:
+        raise ConfigError("give to_lsn or to_time, not both")
+    if to_lsn is not None and (type(to_lsn) is not int or to_lsn < 0):
+        raise ConfigError(f"to_lsn must be a non-negative int, not {to_lsn!r}")
+    if type(parallel) is not int or not 1 <= parallel <= 256:
+        raise ConfigError("parallel must be an int from 1 to 256")
+    t_ms = None if to_time is None else to_unix_ms(to_time)
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        raise ArchiveError(f"{path} exists and is not empty: a restore makes a new directory",
+                           path=path, reason="not_empty")
+    store = open_object_store(uri, attempts=6, base_s=0.2, cap_s=5.0)
+    man = A.read_manifest(store)
+    if man is None:
+        raise ArchiveError("no archive here (no manifest object)", uri=store.uri,
+                           object=A.MANIFEST_OBJECT, reason="no_archive")
+    if t_ms is not None:
+        target = lsn_at_time(store, man, t_ms)
+    else:
+        target = man["archived_lsn"] if to_lsn is None else to_lsn
+    plan = A.plan_restore(man, store.uri, target)
+    staging = path + STAGING_SUFFIX
+    _prepare_staging(staging, man["store_id"])
+    fetched = 0
+    snap_lsn = 0
+    meta_versions: dict[str, int] = {}
+    if plan.snapshot is not None:
+        snap_lsn = plan.snapshot["lsn"]
+        fetched += _fetch_snapshot(store, plan.snapshot, staging, parallel, progress)
+        meta_versions = _snapshot_versions(staging, snap_lsn)
+    reached = snap_lsn
+    fetched_segs = 0
+    if plan.segments:
+        fetched += _fetch_segments(store, plan.segments, staging, parallel, progress)
+        reached = max(reached, _check_and_cut(store, plan.segments, staging, target))
+        fetched_segs = len(plan.segments)
+    log_start = plan.segments[0]["first"] if plan.segments else snap_lsn + 1
+    local = {"format": F.FORMAT_VERSION, "store_id": man["store_id"], "epoch": man["epoch"],
+             "snapshots": [snap_lsn] if snap_lsn else [], "log_start": log_start,
+             "versions": meta_versions,
+             "ledger": [e for e in man.get("ledger") or []
+                        if isinstance(e, dict) and type(e.get("lsn")) is int
+                        and e["lsn"] <= reached],
+             "restored": {"from": store.uri, "lsn": reached, "target_lsn": target,
+                          "at": _iso(int(time.time() * 1000))}}
+    _manifest.write(staging, local)
+    os.unlink(os.path.join(staging, _MARKER))
+    if os.path.isdir(path):
+        os.rmdir(path)
+    os.rename(staging, path)
+    _fileio.fsync_dir(os.path.dirname(path) or ".")
+    return {"lsn": reached, "target_lsn": target, "snapshot_lsn": snap_lsn,
+            "segments": fetched_segs, "bytes": fetched, "path": path,
+            "duration_s": time.perf_counter() - t0, "requests": store.stats()["requests"],
+            "archive_updated_ms": man["updated_ms"]}
+
+
+_MARKER = "RESTORING"
+
+
+def _prepare_staging(staging: str, store_id: str) -> None:
+    """A staging directory for this archive: one left by an earlier try of
+    the same store is reused (its files are checked again as they are
+    used); anything else there is refused."""
+    marker = os.path.join(staging, _MARKER)
+    if os.path.exists(staging):
+        try:
+            with open(marker) as f:
+                same = json.load(f).get("store_id") == store_id
+        except (OSError, ValueError, AttributeError):
+            same = False
+        if not same:
+            raise ArchiveError(f"{staging} exists and is not an earlier restore of this store",
+                               path=staging, reason="not_empty")
+        shutil.rmtree(os.path.join(staging, WAL_DIR), ignore_errors=True)
+    else:
+        os.makedirs(staging)
+        with open(marker, "w") as f:
+            json.dump({"store_id": store_id}, f)
+    for sub in (WAL_DIR, SNAPSHOTS_DIR):
+        os.makedirs(os.path.join(staging, sub), exist_ok=True)
+
+
+def _fetch_snapshot(store: ObjectStore, snap: dict[str, Any], staging: str, parallel: int,
+                    progress: Optional[Callable[[int, int], None]]) -> int:
+    lsn = snap["lsn"]
+    sdir = os.path.join(staging, SNAPSHOTS_DIR, snapshot_name(lsn))
+    os.makedirs(sdir, exist_ok=True)
+    pieces = []
+    for f in snap["files"]:
+        dest = os.path.join(sdir, f["name"])
+        if os.path.exists(dest) and os.path.getsize(dest) == f["bytes"] and \
+                _file_crc(dest) == f["crc32c"]:
+            continue  # (an earlier try fetched and checked it)
+        with open(dest, "wb"):
+            pass
+        pieces.append(Piece(A.snapshot_object(lsn, f["name"]), 0, f["bytes"], dest, 0,
+                            f["crc32c"]))
+    fetched = download(store, pieces, parallel, progress)
+    checked = check_snapshot(sdir, lsn)
+    if checked.damage:
+        err = checked.damage[0]
+        raise ArchiveError(f"snapshot {lsn} fails its checks: {err.detail}", uri=store.uri,
+                           object=A.snapshot_object(lsn, os.path.basename(err.path or "META")),
+                           offset=err.offset, lsn=lsn, reason="corrupt")
+    return fetched
+
+
+def _file_crc(path: str) -> int:
+    crc, c = 0, core()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            crc = c.crc32c(chunk, crc)
+    return crc
+
+
+def _snapshot_versions(staging: str, lsn: int) -> dict[str, int]:
+    from .snapshot import read_meta
+
+    meta = read_meta(os.path.join(staging, SNAPSHOTS_DIR, snapshot_name(lsn)))
+    out = {}
+    for t in meta.get("tables") or []:
+        v = t.get("version", 1)
+        if type(v) is int and v >= 2:
+            out[t["name"]] = v
+    return out
+
+
+def _fetch_segments(store: ObjectStore, segs: list[dict[str, Any]], staging: str,
+                    parallel: int, progress: Optional[Callable[[int, int], None]]) -> int:
+    pieces = []
+    for seg in segs:
+        dest = os.path.join(staging, WAL_DIR, segment_name(seg["first"]))
+        with open(dest, "wb"):
+            pass
+        for part in seg["parts"]:
+            pieces.append(Piece(A.part_name(seg, part), 0, part["bytes"], dest, part["offset"],
+                                part["crc32c"]))
+    return download(store, pieces, parallel, progress)
+
+
+def _check_and_cut(store: ObjectStore, segs: list[dict[str, Any]], staging: str,
+                   target: int) -> int:
+    """Walk every fetched segment's frames; cut the last at the target.
+    Returns the last LSN kept."""
+    last = 0
+    for i, seg in enumerate(segs):
+        dest = os.path.join(staging, WAL_DIR, segment_name(seg["first"]))
+        with open(dest, "rb") as f:
+            buf = f.read()
+        final = i == len(segs) - 1
+        walked = A.walk_segment(buf, seg["first"], seg["version"], uri=store.uri,
+                                obj=A.part_name(seg, seg["parts"][0]),
+                                upto_lsn=target if final else None)
+        if not final and walked.end != len(buf):
+            raise ArchiveError("the segment's frames end before its bytes do", uri=store.uri,
+                               object=A.part_name(seg, seg["parts"][0]), offset=walked.end,
+                               lsn=walked.last_lsn + 1, reason="corrupt")
+        if not final and walked.last_lsn != seg["last"]:
+            raise ArchiveError(f"the segment ends at LSN {walked.last_lsn}, the manifest says "
+                               f"{seg['last']}", uri=store.uri,
+                               object=A.part_name(seg, seg["parts"][0]), lsn=walked.last_lsn,
+                               reason="corrupt")
+        if final and walked.end != len(buf):
+            fd = os.open(dest, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.ftruncate(fd, walked.end)
+                _fileio.fsync(fd)
+            finally:
+                os.close(fd)
+        last = walked.last_lsn
+    _fileio.fsync_dir(os.path.join(staging, WAL_DIR))
+    return last
