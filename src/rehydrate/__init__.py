@@ -48,6 +48,7 @@ from .batch import Batch
 from .options import SYNC_MODES
 from .store import Store
 from .migration_rollback import rollback
+from .archive_restore import restore
 from .verify import inspect, verify
 from .warmup import PHASES, Warmup
 
@@ -98,6 +99,7 @@ __all__ = [
     "format_digest",
     "inspect",
     "parse_digest",
+    "restore",
     "rollback",
     "verify",
 ]

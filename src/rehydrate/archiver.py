@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 
 from . import archive as A
 from ._backend import core
-from .errors import ArchiveError, RehydrateError
+from .errors import ArchiveError, RehydrateError, StoreClosedError
 from .objstore import ArchiveTarget, ObjectStore, backoff_delays, open_object_store
 from .snapshot import SNAPSHOTS_DIR, snapshot_name
 from .wal import WAL_DIR, list_segments, read_segment_version
@@ -168,7 +168,14 @@ class Archiver:
                 if final or self._stop.wait(next(delays)):
                     return
                 continue
-            except (RehydrateError, OSError) as e:  # the log failed, or a local file
+            except StoreClosedError as e:
+                # The store handed its writes away (MovedError: its new
+                # primary archives from here), failed or closed: this
+                # archiver's part is over; the next writer's goes on.
+                self.error = e
+                self.state = "stopped"
+                return
+            except (RehydrateError, OSError) as e:  # a local file
                 self._failed_pass(e)
                 if final or self._stop.wait(next(delays)):
                     return
@@ -246,11 +253,12 @@ class Archiver:
 
     @staticmethod
     def _sealed_end(man: dict[str, Any]) -> int:
-        end = 0
+        """Every segment of the log up to this LSN is archived whole (or
+        was, and retention dropped it behind a snapshot)."""
         for seg in man["segments"]:
-            if seg["sealed"]:
-                end = seg["last"]
-        return end
+            if not seg["sealed"]:
+                return int(seg["first"]) - 1
+        return int(man["archived_lsn"])
 
     # ----------------------------------------------------------------- pass
     def _publish(self, man: dict[str, Any]) -> None:

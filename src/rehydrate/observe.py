@@ -111,6 +111,39 @@ class StoreCollector:
         yield gauge("rehydrate_checkpoint_pause_seconds",
                     "how long the last checkpoint paused writers", cp["last_pause_s"])
         yield gauge("rehydrate_checkpoint_lsn", "LSN of the last checkpoint", cp["last_lsn"])
+        arch = s.archive_status
+        if arch is not None:
+            # The archive (docs/archive.md): how far behind it is, and what
+            # it cost, by request kind.
+            yield gauge("rehydrate_archive_lsn", "the last LSN the archive holds",
+                        arch["archived_lsn"])
+            yield gauge("rehydrate_archive_lag_records",
+                        "records written that the archive does not hold yet",
+                        arch["lag_records"])
+            yield gauge("rehydrate_archive_lag_seconds",
+                        "age of the oldest write the archive does not hold (0: caught up)",
+                        arch["lag_seconds"])
+            astates = GaugeMetricFamily("rehydrate_archive_state", "1 for the archiver's state",
+                                        labels=labels + ["state"])
+            for st in ("starting", "ok", "retrying", "failed", "stopped"):
+                astates.add_metric(at + [st], 1.0 if st == arch["state"] else 0.0)
+            yield astates
+            reqs = CounterMetricFamily("rehydrate_archive_requests",
+                                       "requests to the object store, by kind",
+                                       labels=labels + ["kind"])
+            fails = CounterMetricFamily("rehydrate_archive_request_failures",
+                                        "requests to the object store that failed, by kind",
+                                        labels=labels + ["kind"])
+            for kind in sorted(arch["requests"]):
+                reqs.add_metric(at + [kind], arch["requests"][kind])
+                fails.add_metric(at + [kind], arch["failures"][kind])
+            yield reqs
+            yield fails
+            yield _counter("rehydrate_archive_bytes_uploaded",
+                           "bytes sent to the object store", at, arch["bytes_up"])
+            yield _counter("rehydrate_archive_failed_passes",
+                           "upload passes that failed (each retried after a backoff)", at,
+                           arch["pass_failures"])
 
 
 def _counter(name, doc, at, value):

@@ -529,7 +529,7 @@ class Roles(Lifecycle):
     @classmethod
     def _open_remote_standby(cls, path: StrPath, options: dict[str, Any], url: str,
                              token: Optional[str], ssl_context: Any,
-                             max_lag_s: float) -> Self:
+                             max_lag_s: float, from_archive: Any = None) -> Self:
         """A standby of the primary at ``url``, in its own directory ``path``:
         bootstrapped from the primary's newest snapshot when the directory
         is new, then fed the log over HTTP into its copy (docs/replication.md)."""
@@ -540,7 +540,22 @@ class Roles(Lifecycle):
         directory = os.fspath(path)
         start = None
         if not os.path.exists(os.path.join(directory, _manifest.MANIFEST_NAME)):
-            start = bootstrap(client, hello, directory)
+            if from_archive is not None:
+                # The copy comes from the archive; the primary streams from
+                # where it ends (a prefix of the primary's log, byte for byte).
+                from .archive import read_manifest
+                from .objstore import open_object_store
+                from .archive_restore import restore
+
+                archived = read_manifest(open_object_store(from_archive))
+                if archived is not None and archived["store_id"] != hello.get("store_id"):
+                    raise ReplicationError(
+                        f"the archive holds store {archived['store_id']}; {client.peer} serves "
+                        f"store {hello.get('store_id')}", path=directory, peer=client.peer,
+                        reason="foreign_store")
+                restore(from_archive, directory)
+            else:
+                start = bootstrap(client, hello, directory)
         self = cls._new(directory, options)
         self._role = "standby"
         self._max_lag_s = max_lag_s

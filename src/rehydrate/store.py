@@ -123,6 +123,10 @@ class Store(Roles):
         keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
         checkpoint_every_bytes: Optional[int] = None,
         checkpoint_every_s: Optional[float] = None,
+        bootstrap: Optional[ArchiveTarget] = None,
+        archive: Optional[ArchiveTarget] = None,
+        archive_every_s: float = DEFAULT_ARCHIVE_EVERY_S,
+        archive_retention_s: float = DEFAULT_ARCHIVE_RETENTION_S,
     ) -> Store:
         """A standby of the store at ``path`` (docs/replication.md): its state
         from the newest snapshot and the log, kept up to date as the primary
@@ -138,7 +142,10 @@ class Store(Roles):
         says ready while the standby is at most this far behind. ``tables``
         and ``migrations`` as for ``Store.open`` (a newer version's
         upcasters apply as records arrive); ``sync`` .. ``checkpoint_every_s``
-        apply once promoted.
+        and ``archive`` .. ``archive_retention_s`` apply once promoted.
+        ``bootstrap`` (with ``source=URL``): a new standby's copy is restored
+        from this archive (docs/archive.md) instead of downloaded from the
+        primary, which then streams only what the archive lacks.
         Raises ConfigError, NotAStoreError, CorruptionError.
         """
         if (isinstance(max_lag_s, bool) or not isinstance(max_lag_s, (int, float))
@@ -149,6 +156,8 @@ class Store(Roles):
         if source is None:
             if token is not None or ssl_context is not None:
                 raise ConfigError("token and ssl_context are for source=URL")
+            if bootstrap is not None:
+                raise ConfigError("bootstrap is for source=URL (a standby in its own directory)")
             return cls._open_following(path, options, "standby", float(max_lag_s))
         if not isinstance(source, str) or not source.startswith(("http://", "https://")):
             raise ConfigError(f"source must be None or an http:// or https:// URL, not "
@@ -160,8 +169,12 @@ class Store(Roles):
 
             if not isinstance(ssl_context, ssl.SSLContext):
                 raise ConfigError("ssl_context must be an ssl.SSLContext")
+        if bootstrap is not None:
+            from .objstore import check_target
+
+            check_target(bootstrap)
         return cls._open_remote_standby(path, options, source, token, ssl_context,
-                                        float(max_lag_s))
+                                        float(max_lag_s), bootstrap)
 
     # ------------------------------------------------------------ replication
     @property
@@ -200,7 +213,7 @@ class Store(Roles):
     @property
     def archive_status(self) -> Optional[dict[str, Any]]:
         """The archive's state: {"state" ("starting", "ok", "retrying",
-        "failed"), "uri", "archived_lsn", "lag_records", "lag_seconds",
+        "failed", "stopped"), "uri", "archived_lsn", "lag_records", "lag_seconds",
         "requests" and "failures" by kind, "bytes_up", "bytes_down",
         "error", ...}; None without ``archive=``."""
         archiver = self._archiver
