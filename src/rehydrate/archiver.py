@@ -31,6 +31,9 @@ log = logging.getLogger("rehydrate")
 
 #: Marks closer than this are merged (the time index's resolution).
 MARK_RESOLUTION_S = 0.1
+#: A segment shipped in this many parts is sealed (the store goes on in a
+#: new one): its whole object replaces them, and the manifest stays short.
+MAX_PARTS = 256
 #: How long a clean close waits for the last upload.
 CLOSE_DEADLINE_S = 5.0
 
@@ -51,7 +54,8 @@ class Archiver:
     def __init__(self, path: str, target: ArchiveTarget, *, store_id: str, epoch: int,
                  position: Position, local_manifest: Callable[[], dict[str, Any]],
                  written_lsn: Callable[[], int], every_s: float, retention_s: float,
-                 keep_snapshots: int, store: Optional[ObjectStore] = None) -> None:
+                 keep_snapshots: int, seal: Optional[Callable[[], None]] = None,
+                 store: Optional[ObjectStore] = None) -> None:
         self.path = path
         self.store = store if store is not None else open_object_store(target, attempts=1)
         self.store_id, self.epoch = store_id, epoch
@@ -60,6 +64,7 @@ class Archiver:
         self._position = position
         self._local_manifest = local_manifest
         self._written_lsn = written_lsn
+        self._seal = seal
         self.manifest: Optional[dict[str, Any]] = None
         self.archived_lsn = 0
         self.sealed_through = 0
@@ -115,7 +120,7 @@ class Archiver:
         the archiver stopped for good)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._caught_up:
-            while self.archived_lsn < lsn:
+            while self.archived_lsn < lsn or self.manifest is None:
                 if self.failed is not None or self._stop.is_set():
                     return False
                 left = None if deadline is None else deadline - time.monotonic()
@@ -213,7 +218,12 @@ class Archiver:
                                reason="fenced")
         else:
             self._check_same_history(man)
+        fresh = man["archived_lsn"] == 0 and not man["segments"]
         man["epoch"] = self.epoch
+        if fresh:
+            # (A new archive is claimed at once: another store pointed at
+            # this prefix is refused from its first pass.)
+            self._publish(man)
         self.manifest = man
         self.archived_lsn = man["archived_lsn"]
         self.sealed_through = self._sealed_end(man)
@@ -388,6 +398,8 @@ class Archiver:
         entry["last"] = durable_lsn
         self._publish(man)
         self._last_part = time.monotonic()
+        if len(entry["parts"]) >= MAX_PARTS and self._seal is not None:
+            self._seal()
 
     def _upload_snapshot(self, man: dict[str, Any]) -> None:
         local = sorted(self._local_manifest().get("snapshots") or [], reverse=True)

@@ -151,6 +151,19 @@ class Journal:
             self.flush_locked(fsync=True)
             return wal.path, wal.size, self.durable_lsn
 
+    def seal_active(self) -> None:
+        """End the active segment here (what is pending framed and fsynced
+        first) and go on in a new one: an archive that has shipped the
+        segment in many parts gets it whole, and its manifest stays short.
+        Nothing happens when the active segment holds no frame."""
+        with self.io_lock:
+            wal = self.wal
+            if wal is None or wal.path is None:
+                return
+            self.flush_locked(fsync=True)
+            if wal.size > F.SEGMENT_HEADER_BYTES:
+                wal.roll(self.written_lsn + 1)
+
     def _flush_every_interval(self) -> None:
         fsync = self.sync == "interval"
         flush = self.sync != "always"  # (then the thread only ticks)

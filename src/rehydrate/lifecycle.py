@@ -650,7 +650,8 @@ class Lifecycle(Writes):
             self.path, o.archive, store_id=self._store_id or "", epoch=self._epoch,
             position=journal.durable_position, local_manifest=lambda: self._manifest,
             written_lsn=lambda: journal.written_lsn, every_s=o.archive_every_s,
-            retention_s=o.archive_retention_s, keep_snapshots=o.keep_snapshots)
+            retention_s=o.archive_retention_s, keep_snapshots=o.keep_snapshots,
+            seal=journal.seal_active)
         archiver.start()
 
     def _close_at_exit(self) -> None:
