@@ -309,12 +309,52 @@ def open_object_store(target: ArchiveTarget, **retry: Any) -> ObjectStore:
         except (OSError, ValueError, TypeError) as e:
             raise ConfigError(f"archive URI {redact(target)!r} is not usable: {e}") from e
         shown = redact(target)
+        if isinstance(fs, pafs.S3FileSystem):
+            fs = tune_s3(fs)
     else:
         raise ConfigError("archive must be a URI or a (pyarrow.fs.FileSystem, prefix) pair")
     if isinstance(fs, pafs.LocalFileSystem):
         root = os.path.abspath(root or "/")
         os.makedirs(root, exist_ok=True)
     return ObjectStore(fs, root, shown, **retry)
+
+
+#: Seconds to connect, and of a stalled transfer, before an S3 request
+#: fails (and is retried by ``ObjectStore``).
+S3_CONNECT_TIMEOUT_S = 3.0
+S3_REQUEST_TIMEOUT_S = 20.0
+
+
+def tune_s3(fs: Any) -> Any:
+    """``fs`` (made by ``from_uri``) with the settings an archive wants:
+    at most 2 attempts per request inside the SDK (``ObjectStore`` retries
+    with backoff and jitter on top; ``from_uri``'s own strategy retries
+    every 200 ms for 6 s, which holds a closing store), bounded connect
+    and stall timeouts, and small objects sent as one PUT rather than a
+    three-request multipart upload (``allow_delayed_open``)."""
+    import pyarrow.fs as pafs
+
+    try:
+        kw = dict(fs.__reduce__()[1][0])
+    except (AttributeError, IndexError, TypeError):
+        return fs
+    proxy = kw.get("proxy_options") or {}
+    if not proxy.get("host"):
+        kw["proxy_options"] = None
+    for key in ("connect_timeout", "request_timeout"):
+        if kw.get(key) is not None and kw[key] < 0:
+            kw[key] = None
+    kw["connect_timeout"] = kw.get("connect_timeout") or S3_CONNECT_TIMEOUT_S
+    kw["request_timeout"] = kw.get("request_timeout") or S3_REQUEST_TIMEOUT_S
+    kw["allow_delayed_open"] = True
+    kw["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=2)
+    for key in ("role_arn", "session_name", "external_id", "tls_ca_file_path"):
+        if kw.get(key) == "":
+            kw.pop(key)
+    try:
+        return pafs.S3FileSystem(**kw)
+    except (TypeError, ValueError, OSError):
+        return fs  # (another pyarrow's options: keep what from_uri made)
 
 
 def check_target(target: Any) -> None:
