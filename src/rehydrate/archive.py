@@ -15,7 +15,7 @@ import json
 import re
 import struct
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, TypeGuard
 
 from . import _format as F
 from ._backend import core
@@ -69,7 +69,7 @@ def _bad(uri: str, why: str) -> ArchiveError:
                         object=MANIFEST_OBJECT, reason="bad_manifest")
 
 
-def _int(x: Any, lo: int = 0, hi: int = (1 << 63) - 1) -> bool:
+def _int(x: Any, lo: int = 0, hi: int = (1 << 63) - 1) -> TypeGuard[int]:
     return type(x) is int and lo <= x <= hi
 
 

@@ -181,27 +181,27 @@ def lsn_at_time(store: ObjectStore, man: dict[str, Any], t_ms: int) -> int:
     floor = max((s["lsn"] for s in snaps), default=0)
     if best is None:
         if snaps:
-            return floor
+            return int(floor)
         raise ArchiveError(f"the archive holds nothing written by {_iso(t_ms)}", uri=store.uri,
                            reason="no_target")
     seg, part = best
     if part["t_last"] <= t_ms:
-        return max(part["last"], floor)
+        return int(max(part["last"], floor))
     name = A.part_name(seg, part)
     trailer = store.get_range(name, part["bytes"], part["object_bytes"] - part["bytes"])
     marks = A.parse_trailer(trailer, part["bytes"], store.uri, name)
     before = [lsn for lsn, ms in marks if ms <= t_ms]
     if not before:
-        return max(floor, _part_start_lsn(seg, part) - 1)
-    return max(floor, max(before))
+        return int(max(floor, _part_start_lsn(seg, part) - 1))
+    return int(max(floor, max(before)))
 
 
 def _part_start_lsn(seg: dict[str, Any], part: dict[str, Any]) -> int:
-    prev = seg["first"] - 1
+    prev = int(seg["first"]) - 1
     for p in seg["parts"]:
         if p is part:
             return prev + 1
-        prev = p["last"]
+        prev = int(p["last"])
     return prev + 1
 
 
