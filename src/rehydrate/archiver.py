@@ -92,8 +92,8 @@ class Archiver:
         closer than the resolution (a mark never claims an LSN earlier than
         it was written)."""
         now = _now_ms()
-        marks = self._marks
         with self._marks_lock:
+            marks = self._marks
             if len(marks) >= 2 and now - marks[-2][1] < MARK_RESOLUTION_S * 1000:
                 marks[-1] = (lsn, now)
             else:
