@@ -86,6 +86,7 @@ def test_the_documented_api_is_exported():
     (rehydrate.MovedError, StoreClosedError),
     (rehydrate.ReplicationError, ConnectionError),
     (rehydrate.HandoffError, rehydrate.ReplicationError),
+    (rehydrate.ArchiveError, OSError),
 ], ids=lambda v: v.__name__)
 def test_each_error_subclasses_rehydrate_error_and_its_builtin(cls, builtin):
     assert issubclass(cls, RehydrateError) and issubclass(cls, builtin)
@@ -95,7 +96,7 @@ def test_every_exported_exception_is_a_rehydrate_error():
     exported = [getattr(rehydrate, n) for n in rehydrate.__all__]
     errors = [e for e in exported if isinstance(e, type) and issubclass(e, BaseException)
               and not issubclass(e, Warning)]
-    assert len(errors) == 26
+    assert len(errors) == 27
     for e in errors:
         assert issubclass(e, RehydrateError), e
     reasons = [e.default_reason for e in errors]
