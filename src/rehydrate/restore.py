@@ -178,7 +178,7 @@ def lsn_at_time(store: ObjectStore, man: dict[str, Any], t_ms: int) -> int:
             if part["t_first"] <= t_ms:
                 best = (seg, part)
     snaps = [s for s in man["snapshots"] if s["time_ms"] <= t_ms]
-    floor = max((s["lsn"] for s in snaps), default=0)
+    floor: int = max((s["lsn"] for s in snaps), default=0)
     if best is None:
         if snaps:
             return floor
@@ -186,7 +186,7 @@ def lsn_at_time(store: ObjectStore, man: dict[str, Any], t_ms: int) -> int:
                            reason="no_target")
     seg, part = best
     if part["t_last"] <= t_ms:
-        return max(part["last"], floor)
+        return max(int(part["last"]), floor)
     name = A.part_name(seg, part)
     trailer = store.get_range(name, part["bytes"], part["object_bytes"] - part["bytes"])
     marks = A.parse_trailer(trailer, part["bytes"], store.uri, name)
@@ -197,7 +197,7 @@ def lsn_at_time(store: ObjectStore, man: dict[str, Any], t_ms: int) -> int:
 
 
 def _part_start_lsn(seg: dict[str, Any], part: dict[str, Any]) -> int:
-    prev = seg["first"] - 1
+    prev: int = seg["first"] - 1
     for p in seg["parts"]:
         if p is part:
             return prev + 1
