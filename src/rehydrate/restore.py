@@ -236,7 +236,7 @@ def restore(uri: ArchiveTarget, path: Any, to_lsn: Optional[int] = None,
     if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
         raise ArchiveError(f"{path} exists and is not empty: a restore makes a new directory",
                            path=path, reason="not_empty")
-    store = open_object_store(uri, attempts=6, base_s=0.2, cap_s=5.0)
+    store = open_object_store(uri, attempts=6, base_s=0.2, cap_s=5.0, create=False)
     man = A.read_manifest(store)
     if man is None:
         raise ArchiveError("no archive here (no manifest object)", uri=store.uri,
