@@ -242,7 +242,7 @@ class Walked:
     frames: int
 
 
-def walk_segment(buf: bytes, first_lsn: int, version: int, *, uri: str, obj: str,
+def walk_segment(buf: bytes | bytearray, first_lsn: int, version: int, *, uri: str, obj: str,
                  upto_lsn: Optional[int] = None) -> Walked:
     """Check a segment's header and every frame (header checksum, bounds,
     CRC32C, LSN order). With ``upto_lsn``, stop before the first frame
