@@ -1,5 +1,5 @@
 """Restore a state directory from an archive, to its end, an LSN or a
-time; verify an archive in place (docs/archive.md).
+time (docs/archive.md); archive_verify.py checks an archive in place.
 
 A restore reads the archive's manifest (one GET), picks the newest
 snapshot at or before the target, downloads it and the segments after it
