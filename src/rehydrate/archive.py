@@ -90,7 +90,7 @@ def decode_manifest(data: bytes, uri: str) -> dict[str, Any]:
         raise _bad(uri, f"not JSON: {e}") from None
     if not isinstance(man, dict):
         raise _bad(uri, "not a JSON object")
-    fmt = man.get("format")
+    fmt: Any = man.get("format")
     if not _int(fmt, 1):
         raise _bad(uri, "no format")
     if fmt > ARCHIVE_FORMAT:
@@ -242,7 +242,7 @@ class Walked:
     frames: int
 
 
-def walk_segment(buf: bytes, first_lsn: int, version: int, *, uri: str, obj: str,
+def walk_segment(buf: bytes | bytearray, first_lsn: int, version: int, *, uri: str, obj: str,
                  upto_lsn: Optional[int] = None) -> Walked:
     """Check a segment's header and every frame (header checksum, bounds,
     CRC32C, LSN order). With ``upto_lsn``, stop before the first frame
@@ -296,7 +296,7 @@ def ledger_floor(man: dict[str, Any], lsn: int) -> int:
     is a rollback point, never a base."""
     floor = 0
     for entry in man.get("ledger") or []:
-        at = entry.get("lsn") if isinstance(entry, dict) else None
+        at: Any = entry.get("lsn") if isinstance(entry, dict) else None
         if _int(at) and at <= lsn:
             floor = max(floor, at)
     return floor

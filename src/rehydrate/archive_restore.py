@@ -1,5 +1,5 @@
 """Restore a state directory from an archive, to its end, an LSN or a
-time; verify an archive in place (docs/archive.md).
+time (docs/archive.md); archive_verify.py checks an archive in place.
 
 A restore reads the archive's manifest (one GET), picks the newest
 snapshot at or before the target, downloads it and the segments after it
@@ -178,7 +178,7 @@ def lsn_at_time(store: ObjectStore, man: dict[str, Any], t_ms: int) -> int:
             if part["t_first"] <= t_ms:
                 best = (seg, part)
     snaps = [s for s in man["snapshots"] if s["time_ms"] <= t_ms]
-    floor = max((s["lsn"] for s in snaps), default=0)
+    floor: int = max((s["lsn"] for s in snaps), default=0)
     if best is None:
         if snaps:
             return int(floor)
@@ -236,7 +236,7 @@ def restore(uri: ArchiveTarget, path: Any, to_lsn: Optional[int] = None,
     if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
         raise ArchiveError(f"{path} exists and is not empty: a restore makes a new directory",
                            path=path, reason="not_empty")
-    store = open_object_store(uri, attempts=6, base_s=0.2, cap_s=5.0)
+    store = open_object_store(uri, attempts=6, base_s=0.2, cap_s=5.0, create=False)
     man = A.read_manifest(store)
     if man is None:
         raise ArchiveError("no archive here (no manifest object)", uri=store.uri,

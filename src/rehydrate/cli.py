@@ -1,6 +1,7 @@
 """The ``rehydrate`` command: version, verify, inspect, dump, digest, compact,
 repair, plan, replay, migrate (status, apply, rollback, confirm), bench,
-follow, promote, status (handoff_cli.py).
+follow, promote, status (handoff_cli.py), restore, archive ls and verify of
+an archive URI (archive_cli.py).
 
 Exit codes: 0 clean (a tolerated torn tail is a warning), 1 damage or a failed
 check, 2 usage error or unreadable input. Every command takes ``--json``.
@@ -133,8 +134,11 @@ def _print_problems(problems) -> None:
 
 
 def _cmd_verify(args) -> int:
+    from .archive_cli import cmd_verify_archive, is_uri
     from .verify import is_snapshot_dir, verify
 
+    if is_uri(args.dir):
+        return cmd_verify_archive(args)
     bar, update = _progress_bar("verify", not args.json)
     try:
         report = verify(args.dir, recovery=args.recovery, deep=args.deep, progress=update,
@@ -503,7 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
         return c
 
     vc = dir_cmd("verify", _cmd_verify, "check segments, frames, checksums, LSN order and "
-                 "snapshots (DIR: a store, or one snapshot folder)", tables=True)
+                 "snapshots (DIR: a store, one snapshot folder, or an archive's URI, "
+                 "scheme://...)", tables=True)
     vc.add_argument("--deep", action="store_true",
                     help="also replay in memory, decode every key and value, print the digest")
     dir_cmd("inspect", _cmd_inspect, "segments, LSN ranges, tables and sizes", recovery=False,
@@ -569,11 +574,20 @@ def build_parser() -> argparse.ArgumentParser:
     from .handoff_cli import add_commands
 
     add_commands(sub)  # follow, promote, status (docs/replication.md)
+    from .archive_cli import add_commands as add_archive_commands
+
+    add_archive_commands(sub)  # restore, archive ls (docs/archive.md)
     return p
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).splitlines())
+
+
 def main(argv=None) -> int:
+    from .archive_cli import exit_code as archive_exit_code
     from .errors import (
+        ArchiveError,
         ConfigError,
         LockedError,
         NotAStoreError,
@@ -594,10 +608,13 @@ def main(argv=None) -> int:
         return args.func(args)
     except (NotAStoreError, UnsupportedFormatError, ConfigError, StorageIOError,
             LockedError) as e:
-        print(f"rehydrate {args.command}: {e}", file=sys.stderr)
+        print(f"rehydrate {args.command}: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
+    except ArchiveError as e:  # unreachable, no archive there...: 2; damage: 1
+        print(f"rehydrate {args.command}: {_one_line(e)}", file=sys.stderr)
+        return archive_exit_code(e)
     except RehydrateError as e:
-        print(f"rehydrate {args.command}: {e}", file=sys.stderr)
+        print(f"rehydrate {args.command}: {_one_line(e)}", file=sys.stderr)
         return EXIT_DAMAGE
     except BrokenPipeError:  # `rehydrate dump | head`
         return EXIT_OK

@@ -288,10 +288,13 @@ class ObjectStore:
         return self._retry("LIST", sub, ls, attempts)
 
 
-def open_object_store(target: ArchiveTarget, **retry: Any) -> ObjectStore:
+def open_object_store(target: ArchiveTarget, *, create: bool = True,
+                      **retry: Any) -> ObjectStore:
     """The ``ObjectStore`` for ``archive=``: a URI (``s3://bucket/prefix?
     endpoint_override=...``, ``gs://...``, ``file:///path``) or a
-    (``pyarrow.fs.FileSystem``, prefix) pair. ConfigError for anything else."""
+    (``pyarrow.fs.FileSystem``, prefix) pair. ConfigError for anything else,
+    a URI that names no bucket included. ``create``: make a local prefix's
+    directory (a writer's; readers pass False and find no archive there)."""
     import pyarrow.fs as pafs
 
     if isinstance(target, tuple):
@@ -315,7 +318,10 @@ def open_object_store(target: ArchiveTarget, **retry: Any) -> ObjectStore:
         raise ConfigError("archive must be a URI or a (pyarrow.fs.FileSystem, prefix) pair")
     if isinstance(fs, pafs.LocalFileSystem):
         root = os.path.abspath(root or "/")
-        os.makedirs(root, exist_ok=True)
+        if create:
+            os.makedirs(root, exist_ok=True)
+    elif isinstance(target, str) and fs.type_name in ("s3", "gcs") and not root.strip("/"):
+        raise ConfigError(f"archive URI {shown!r} names no bucket (SCHEME://BUCKET/PREFIX)")
     return ObjectStore(fs, root, shown, **retry)
 
 
