@@ -18,6 +18,7 @@ import datetime as _dt
 import json
 import os
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -111,11 +112,24 @@ def download(store: ObjectStore, pieces: list[Piece], parallel: int,
             at += n
     total = sum(p.length for p in pieces)
     done = 0
+    # Each object is opened once (on S3, one HEAD) and read by range from
+    # any thread, not opened again for each chunk.
+    handles: dict[str, Any] = {}
+    opening = {p.name: threading.Lock() for p in pieces}
+
+    def handle(name: str) -> Any:
+        h = handles.get(name)
+        if h is None:
+            with opening[name]:
+                h = handles.get(name)
+                if h is None:
+                    h = handles[name] = store.open_ranged(name)
+        return h
 
     def fetch(job: tuple[int, int, int]) -> tuple[int, int, int, int]:
         i, at, n = job
         p = pieces[i]
-        data = store.get_range(p.name, p.offset + at, n)
+        data = store.get_range(p.name, p.offset + at, n, handle=handle(p.name))
         fd = fds[p.dest]
         view = memoryview(data)
         off = p.dest_offset + at
@@ -147,6 +161,8 @@ def download(store: ObjectStore, pieces: list[Piece], parallel: int,
     finally:
         for fd in fds.values():
             os.close(fd)
+        for h in handles.values():
+            h.close()
     return total
 
 
