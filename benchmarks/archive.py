@@ -25,7 +25,10 @@ alternating):
   each (a ``pyarrow.fs`` input stream read whole), written into a directory
   laid out as the store (the segment bytes, the snapshot files, the
   original's MANIFEST), then ``Store.open`` of it. Target: (a) <= 1.5 x (b).
-  ``--compare-python`` adds (a) run by another build's interpreter.
+  Both again from a ``file://`` archive of the same objects (the restore's
+  own cost, without the S3 server). ``--compare-python`` adds (a) run by
+  another build's interpreter. The requests of each are counted once more,
+  untimed, at a FaultProxy.
 - ``writes``: single ``put`` calls in a tight loop, ``sync="interval"``, for
   ``--write-s`` seconds, with no archive, a ``file://`` archive (on
   /dev/shm when there is one) and the S3 server, alternating. Target: the
@@ -645,27 +648,31 @@ def plot(res: dict[str, Any], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2),
-                             gridspec_kw={"width_ratios": [1.1, 2, 1.1]})
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4),
+                             gridspec_kw={"width_ratios": [1.5, 2, 1.1]})
     ax = axes[0]
     if "restore" in res:
         med = res["restore"]["median"]
-        names = [("restore", "restore", "rehydrate.restore"),
-                 ("baseline", "download", "sequential GETs")]
+        names = [("restore", "restore", "restore\nS3"),
+                 ("baseline", "download", "sequential\nGETs S3")]
         if "restore_compare" in med:
             names.insert(1, ("restore_compare", "restore", "restore\n(before)"))
+        if "restore_file" in med:
+            names += [("restore_file", "restore", "restore\nfile://"),
+                      ("baseline_file", "download", "copy\nfile://")]
         xs = range(len(names))
         first = [med[k][f"{p}_s"] for k, p, _ in names]
         second = [med[k]["open_s"] for k, _, _ in names]
-        ax.bar(xs, first, color="#4c72b0", label="download")
+        ax.bar(xs, first, color="#4c72b0", label="restore / download")
         ax.bar(xs, second, bottom=first, color="#dd8452", label="Store.open")
         for x, f, s in zip(xs, first, second):
-            ax.text(x, f + s, f"{f + s:.2f} s", ha="center", va="bottom", fontsize=9)
-        ax.set_xticks(list(xs), [n for _, _, n in names], fontsize=9)
+            ax.text(x, f + s, f"{f + s:.2f} s", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(list(xs), [n for _, _, n in names], fontsize=8)
         ax.set_ylabel("seconds to an open store (median)")
         r = res["restore"]
         ax.set_title(f"Restore: {r['keys'] / 1e6:g}M-key snapshot + {r['ops'] / 1e6:g}M ops\n"
-                     f"ratio {r['ratio']:.2f} (target <= 1.5)", fontsize=10)
+                     f"S3 ratio {r['ratio']:.2f} (target <= 1.5), file:// "
+                     f"{r.get('ratio_file', float('nan')):.2f}", fontsize=10)
         ax.legend(fontsize=8)
     ax = axes[1]
     if "lag" in res:
