@@ -85,6 +85,7 @@ bench: $(STAMP) redis
 	$(BIN)/python benchmarks/verify_throughput.py
 	$(BIN)/python benchmarks/write_throughput.py
 	$(BIN)/python benchmarks/handoff.py --plot docs/img/handoff.png
+	$(BIN)/python benchmarks/archive.py --plot docs/img/archive.png
 
 # The full reliability tier (docs/reliability.md): the CI tier's scenarios,
 # many more runs each. Figures in the doc come from this target.

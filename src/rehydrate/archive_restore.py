@@ -18,6 +18,7 @@ import datetime as _dt
 import json
 import os
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,28 +54,37 @@ def _gf2_square(mat: list[int]) -> list[int]:
     return [_gf2_times(mat, mat[n]) for n in range(32)]
 
 
+#: _ZEROS[k]: the GF(2) operator that runs a CRC32C over 2**k zero bytes
+#: (built once, on first use, instead of for each combine).
+_ZEROS: list[list[int]] = []
+_ZEROS_LOCK = threading.Lock()
+
+
+def _zeros_operator(k: int) -> list[int]:
+    if len(_ZEROS) <= k:
+        with _ZEROS_LOCK:
+            if not _ZEROS:
+                odd = [0x82F63B78] + [1 << n for n in range(31)]  # one zero bit
+                even = _gf2_square(odd)  # two
+                odd = _gf2_square(even)  # four
+                _ZEROS.append(_gf2_square(odd))  # eight: one byte
+            while len(_ZEROS) <= k:
+                _ZEROS.append(_gf2_square(_ZEROS[-1]))
+    return _ZEROS[k]
+
+
 def crc32c_combine(crc1: int, crc2: int, len2: int) -> int:
     """CRC32C of A + B from CRC32C(A), CRC32C(B) and len(B) (zlib's
     method over GF(2), with the Castagnoli polynomial): chunks fetched in
-    parallel are checked as one object without reading them again."""
-    if len2 == 0:
-        return crc1
-    odd = [0x82F63B78] + [1 << n for n in range(31)]
-    even = _gf2_square(odd)
-    odd = _gf2_square(even)
-    while True:
-        even = _gf2_square(odd)
+    parallel are checked as one object without reading them again. The
+    operators for 1, 2, 4, ... zero bytes are kept, so a combine costs a
+    few matrix-vector products."""
+    k = 0
+    while len2:
         if len2 & 1:
-            crc1 = _gf2_times(even, crc1)
+            crc1 = _gf2_times(_zeros_operator(k), crc1)
         len2 >>= 1
-        if not len2:
-            break
-        odd = _gf2_square(even)
-        if len2 & 1:
-            crc1 = _gf2_times(odd, crc1)
-        len2 >>= 1
-        if not len2:
-            break
+        k += 1
     return crc1 ^ crc2
 
 
@@ -111,11 +121,24 @@ def download(store: ObjectStore, pieces: list[Piece], parallel: int,
             at += n
     total = sum(p.length for p in pieces)
     done = 0
+    # Each object is opened once (on S3, one HEAD) and read by range from
+    # any thread, not opened again for each chunk.
+    handles: dict[str, Any] = {}
+    opening = {p.name: threading.Lock() for p in pieces}
+
+    def handle(name: str) -> Any:
+        h = handles.get(name)
+        if h is None:
+            with opening[name]:
+                h = handles.get(name)
+                if h is None:
+                    h = handles[name] = store.open_ranged(name)
+        return h
 
     def fetch(job: tuple[int, int, int]) -> tuple[int, int, int, int]:
         i, at, n = job
         p = pieces[i]
-        data = store.get_range(p.name, p.offset + at, n)
+        data = store.get_range(p.name, p.offset + at, n, handle=handle(p.name))
         fd = fds[p.dest]
         view = memoryview(data)
         off = p.dest_offset + at
@@ -147,6 +170,8 @@ def download(store: ObjectStore, pieces: list[Piece], parallel: int,
     finally:
         for fd in fds.values():
             os.close(fd)
+        for h in handles.values():
+            h.close()
     return total
 
 

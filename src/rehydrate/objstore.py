@@ -240,19 +240,51 @@ class ObjectStore:
                                object=name, reason="bad_object")
         return data
 
-    def get_range(self, name: str, offset: int, n: int,
-                  attempts: Optional[int] = None) -> bytes:
-        """``n`` bytes of object ``name`` from ``offset`` (a range request);
-        ``missing_object`` when the object is gone, ``bad_object`` when it
-        is shorter than asked."""
-        def get() -> bytes:
+    def open_ranged(self, name: str, attempts: Optional[int] = None) -> Any:
+        """Object ``name`` opened for range reads (``get_range(...,
+        handle=)``, from any thread; the caller closes it): one HEAD for
+        the object, where opening it for each range costs a HEAD per
+        range. ``missing_object`` when there is none."""
+        def head() -> Any:
             try:
-                with self.fs.open_input_file(self.key(name)) as src:
+                src = self.fs.open_input_file(self.key(name))
+            except FileNotFoundError:
+                self._count("HEAD")
+                raise
+            except (OSError, ValueError):
+                self._count("HEAD", failed=True)
+                raise
+            self._count("HEAD")
+            return src
+        try:
+            return self._retry("HEAD", name, head, attempts)
+        except FileNotFoundError as e:
+            raise ArchiveError("the object is missing (the manifest lists it)", uri=self.uri,
+                               object=name, reason="missing_object") from e
+
+    def get_range(self, name: str, offset: int, n: int,
+                  attempts: Optional[int] = None, handle: Any = None) -> bytes:
+        """``n`` bytes of object ``name`` from ``offset`` (a range request:
+        through ``handle`` from ``open_ranged``, else the object is opened,
+        a HEAD, for this read); ``missing_object`` when the object is gone,
+        ``bad_object`` when it is shorter than asked. A retry opens the
+        object anew."""
+        opened = [handle]
+
+        def get() -> bytes:
+            src = opened[0]
+            try:
+                if src is not None:
                     data = src.read_at(n, offset)
+                else:
+                    self._count("HEAD")
+                    with self.fs.open_input_file(self.key(name)) as src:
+                        data = src.read_at(n, offset)
             except FileNotFoundError:
                 self._count("GET")
                 raise
             except (OSError, ValueError):
+                opened[0] = None
                 self._count("GET", failed=True)
                 raise
             self._count("GET", down=len(data))
