@@ -113,10 +113,19 @@ def download(store: ObjectStore, pieces: list[Piece], parallel: int,
         if p.dest not in fds:
             fds[p.dest] = os.open(p.dest, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     jobs: list[tuple[int, int, int]] = []  # (piece index, offset in piece, n)
+    # With at least as many objects as threads, each object is one GET,
+    # streamed (the threads work on different objects); with fewer, each
+    # is cut into about ``parallel`` / objects ranges of at least 8 MiB.
+    # Fewer, bigger requests cost less per byte on every S3 we measured.
+    split = max(1, -(-parallel // max(1, len(pieces))))
     for i, p in enumerate(pieces):
+        if split == 1 or p.length <= CHUNK_BYTES:
+            jobs.append((i, 0, p.length))
+            continue
+        size = max(CHUNK_BYTES, -(-p.length // split))
         at = 0
         while at < p.length:
-            n = min(CHUNK_BYTES, p.length - at)
+            n = min(size, p.length - at)
             jobs.append((i, at, n))
             at += n
     total = sum(p.length for p in pieces)
@@ -135,17 +144,28 @@ def download(store: ObjectStore, pieces: list[Piece], parallel: int,
                     h = handles[name] = store.open_ranged(name)
         return h
 
-    def fetch(job: tuple[int, int, int]) -> tuple[int, int, int, int]:
-        i, at, n = job
-        p = pieces[i]
-        data = store.get_range(p.name, p.offset + at, n, handle=handle(p.name))
-        fd = fds[p.dest]
+    def write(fd: int, data: bytes, off: int) -> None:
         view = memoryview(data)
-        off = p.dest_offset + at
         while view:
             w = os.pwrite(fd, view, off)
             view, off = view[w:], off + w
-        return i, at, n, c.crc32c(data)
+
+    def fetch(job: tuple[int, int, int]) -> tuple[int, int, int, int]:
+        i, at, n = job
+        p = pieces[i]
+        fd = fds[p.dest]
+        if at == 0 and n == p.length and p.offset == 0:
+            crc = store.stream_to(p.name, n,
+                                  lambda off, chunk: write(fd, chunk, p.dest_offset + off))
+            return i, at, n, crc
+        crc, got = 0, 0
+        while got < n:  # (a range read a sub-range at a time: memory stays bounded)
+            k = min(4 * CHUNK_BYTES, n - got)
+            data = store.get_range(p.name, p.offset + at + got, k, handle=handle(p.name))
+            write(fd, data, p.dest_offset + at + got)
+            crc = crc32c_combine(crc, c.crc32c(data), k) if got else c.crc32c(data)
+            got += k
+        return i, at, n, crc
 
     crcs: dict[int, dict[int, tuple[int, int]]] = {}
     try:

@@ -240,6 +240,43 @@ class ObjectStore:
                                object=name, reason="bad_object")
         return data
 
+    def stream_to(self, name: str, n: int, sink: Callable[[int, bytes], None],
+                  attempts: Optional[int] = None) -> int:
+        """The first ``n`` bytes of object ``name`` in one GET, handed to
+        ``sink(offset, chunk)`` a chunk at a time (memory stays at a chunk
+        whatever the object's size); returns their CRC32C. A retry starts
+        the object again (``sink`` gets the same offsets again).
+        ``missing_object`` / ``bad_object`` (shorter than ``n``)."""
+        crc32c = core().crc32c
+
+        def get() -> int:
+            at, crc = 0, 0
+            try:
+                with self.fs.open_input_stream(self.key(name)) as src:
+                    while at < n:
+                        chunk = src.read(min(CHUNK_BYTES, n - at))
+                        if not chunk:
+                            break
+                        sink(at, chunk)
+                        crc = crc32c(chunk, crc)
+                        at += len(chunk)
+            except FileNotFoundError:
+                self._count("GET")
+                raise
+            except (OSError, ValueError):
+                self._count("GET", failed=True, down=at)
+                raise
+            self._count("GET", down=at)
+            if at != n:
+                raise ArchiveError(f"the object ends early: {at} of {n} bytes", uri=self.uri,
+                                   object=name, offset=at, reason="bad_object")
+            return crc
+        try:
+            return self._retry("GET", name, get, attempts)
+        except FileNotFoundError as e:
+            raise ArchiveError("the object is missing (the manifest lists it)", uri=self.uri,
+                               object=name, reason="missing_object") from e
+
     def open_ranged(self, name: str, attempts: Optional[int] = None) -> Any:
         """Object ``name`` opened for range reads (``get_range(...,
         handle=)``, from any thread; the caller closes it): one HEAD for
