@@ -266,6 +266,29 @@ def test_a_running_store_makes_no_list_requests(tmp_path, s3_server, s3_bucket, 
     assert fault_proxy.requests["PUT"] > 10 and fault_proxy.requests["DELETE"] > 0
 
 
+# ------------------------------------------------------------ bad targets
+def _bad_targets():
+    fs = pafs.LocalFileSystem()
+    return [("no-scheme", "just/a/path"), ("empty", ""), ("int", 5),
+            ("tuple-of-str", ("a", "b")), ("one-tuple", (fs,)), ("prefix-not-str", (fs, 5)),
+            ("three-tuple", (fs, "/x", "y")), ("unknown-scheme", "bogus://x/y"),
+            ("s3-bad-query", "s3://bucket/p?region=us-east-1&nonsense=1"),
+            ("file-with-host", "file://relative/x")]
+
+
+@pytest.mark.parametrize("name, target", _bad_targets(), ids=[n for n, _ in _bad_targets()])
+def test_a_bad_archive_value_is_a_config_error_before_touching_disk(tmp_path, name, target):
+    path = tmp_path / "state"
+    with pytest.raises(ConfigError):
+        Store.open(str(path), archive=target)
+    assert not path.exists()
+    with pytest.raises(ConfigError):
+        Store.open_background(str(path), archive=target)
+    assert not path.exists()
+    with Store.open(str(path)) as s:  # (nothing was left locked)
+        s.put("t", 1, 1)
+
+
 # -------------------------------------------------------- one history
 def test_another_store_at_the_prefix_is_refused_and_writes_go_on(tmp_path, request, kind):
     uri, objs = make_archive(kind, tmp_path, request)
