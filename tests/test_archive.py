@@ -205,6 +205,7 @@ def test_archived_lsn_and_archive_status(tmp_path, request, kind):
         assert st["requests"]["LIST"] == 0 and st["bytes_up"] > 0
         assert sum(st["failures"].values()) == 0
         assert st["uri"] == uri  # (no credential in it to hide)
+    assert s.archive_status["state"] == "stopped"  # (closed)
 
 
 def _metric(text: str, name: str, **labels) -> float:

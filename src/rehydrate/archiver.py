@@ -143,6 +143,8 @@ class Archiver:
         self._wake.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
+        if self.state != "failed":
+            self.state = "stopped"  # (closed: a failure's reason stays shown)
 
     _final: Optional[float] = None
     _urgent = False  # a waiter wants the next part now, not at the interval
