@@ -179,6 +179,36 @@ def test_retention_deletes_older_snapshots_and_segments(tmp_path, request, kind)
     assert ei.value.reason == "no_base"
 
 
+def test_the_local_log_is_trimmed_only_below_what_the_archive_holds(tmp_path, s3_server,
+                                                                    s3_bucket, fault_proxy):
+    uri = s3_server.uri(s3_bucket, "arch", endpoint=fault_proxy.endpoint)
+    path = tmp_path / "state"
+    seq = Seq(7)
+    with open_archiving(path, uri, keep_snapshots=1) as s:
+        seq.write(s, 30)
+        assert s.wait_for_archive(timeout=WAIT_S)
+        fault_proxy.refuse()
+        held = s.archived_lsn
+        while len(wal_segments(path)) < 5:
+            seq.write(s, 10)
+        kept = wal_segments(path)
+        s.checkpoint()
+        assert wait_until(lambda: s.archive_status["state"] == "retrying", WAIT_S)
+        status = s.archive_status
+        assert status["lag_records"] == s.lsn - held > 0 and s.archived_lsn == held
+        # Every segment with records the archive lacks is still here.
+        assert wal_segments(path)[:len(kept) - 1] == kept[:-1]
+        fault_proxy.accept()
+        assert s.wait_for_archive(timeout=60), s.archive_status
+        s.checkpoint()
+        now = wal_segments(path)
+        assert len(now) < len(kept) and now[0] > kept[-2], (kept, now)
+        assert s.archive_status["state"] == "ok"
+        want = state(s)
+    _, got = restored(s3_server.uri(s3_bucket, "arch"), tmp_path / "r")
+    assert got == want
+
+
 # ------------------------------------------------ status, metrics, requests
 def test_archived_lsn_and_archive_status(tmp_path, request, kind):
     uri, _ = make_archive(kind, tmp_path, request)
