@@ -129,6 +129,31 @@ def test_restore_to_a_time_holds_exactly_the_writes_made_before_it(tmp_path, req
         rh.restore(uri, str(tmp_path / "bad"), to_time="yesterday")
 
 
+def test_restore_to_a_time_before_a_reopen_in_a_segment_sealed_after_it(tmp_path, request,
+                                                                        kind):
+    """The segment written before and after a reopen is sealed (archived
+    whole) by the second process, which never saw the first one's time
+    marks: its time index must still say when the first writes were made
+    (from the parts already archived), or a restore to a time between them
+    misses writes made well before it."""
+    uri, _ = make_archive(kind, tmp_path, request)
+    seq = Seq(4)
+    path = tmp_path / "state"
+    with open_archiving(path, uri, segment_bytes=32768) as s:
+        first = seq.write(s, 20)
+        assert s.wait_for_archive(timeout=WAIT_S)
+    let_the_clock_pass(0.25)
+    t = time.time()
+    let_the_clock_pass(0.25)
+    with open_archiving(path, uri, segment_bytes=32768) as s:
+        while len(wal_segments(path)) < 3:  # (the first segment is sealed)
+            seq.write(s, 10)
+        assert s.wait_for_archive(timeout=WAIT_S)
+        assert s.archive_status["sealed_through"] > first
+    result, got = restored(uri, tmp_path / "r", to_time=t)
+    assert result["lsn"] == first and got == seq.state_at(first)
+
+
 def test_archive_as_a_filesystem_and_prefix(tmp_path, request, kind):
     if kind == "file":
         target = (pafs.LocalFileSystem(), str(tmp_path / "fsarch"))
