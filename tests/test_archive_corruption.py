@@ -335,7 +335,7 @@ def test_a_flipped_byte_in_a_segment_object_is_bad_object(arch, tmp_path):
     assert e.offset == 0  # (the checksum is the whole object's)
 
 
-@pytest.mark.parametrize("where", ["sealed"])
+@pytest.mark.parametrize("where", ["sealed", "part"])
 def test_a_frame_that_fails_its_checks_is_corrupt_with_object_offset_and_lsn(arch, tmp_path,
                                                                            where):
     """The bytes changed and the manifest's CRC32C changed with them (as a

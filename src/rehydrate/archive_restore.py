@@ -366,27 +366,44 @@ def _fetch_segments(store: ObjectStore, segs: list[dict[str, Any]], staging: str
     return download(store, pieces, parallel, progress)
 
 
+def _in_part(seg: dict[str, Any], offset: int) -> tuple[str, int]:
+    """The object holding byte ``offset`` of segment ``seg`` (one of its
+    parts), and the offset in that object."""
+    for part in seg["parts"]:
+        if offset < part["offset"] + part["bytes"]:
+            return A.part_name(seg, part), offset - int(part["offset"])
+    part = seg["parts"][-1]
+    return A.part_name(seg, part), offset - int(part["offset"])
+
+
 def _check_and_cut(store: ObjectStore, segs: list[dict[str, Any]], staging: str,
                    target: int) -> int:
     """Walk every fetched segment's frames; cut the last at the target.
-    Returns the last LSN kept."""
+    Returns the last LSN kept. A failure names the object (the part)
+    holding the bad bytes, and the offset in it."""
     last = 0
     for i, seg in enumerate(segs):
         dest = os.path.join(staging, WAL_DIR, segment_name(seg["first"]))
         with open(dest, "rb") as f:
             buf = f.read()
         final = i == len(segs) - 1
-        walked = A.walk_segment(buf, seg["first"], seg["version"], uri=store.uri,
-                                obj=A.part_name(seg, seg["parts"][0]),
-                                upto_lsn=target if final else None)
+        try:
+            walked = A.walk_segment(buf, seg["first"], seg["version"], uri=store.uri,
+                                    obj=A.part_name(seg, seg["parts"][0]),
+                                    upto_lsn=target if final else None)
+        except ArchiveError as e:
+            name, offset = _in_part(seg, e.offset or 0)
+            raise ArchiveError(e.detail, uri=store.uri, object=name, offset=offset, lsn=e.lsn,
+                               reason=e.reason) from None
         if not final and walked.end != len(buf):
+            name, offset = _in_part(seg, walked.end)
             raise ArchiveError("the segment's frames end before its bytes do", uri=store.uri,
-                               object=A.part_name(seg, seg["parts"][0]), offset=walked.end,
-                               lsn=walked.last_lsn + 1, reason="corrupt")
+                               object=name, offset=offset, lsn=walked.last_lsn + 1,
+                               reason="corrupt")
         if not final and walked.last_lsn != seg["last"]:
             raise ArchiveError(f"the segment ends at LSN {walked.last_lsn}, the manifest says "
                                f"{seg['last']}", uri=store.uri,
-                               object=A.part_name(seg, seg["parts"][0]), lsn=walked.last_lsn,
+                               object=A.part_name(seg, seg["parts"][-1]), lsn=walked.last_lsn,
                                reason="corrupt")
         if final and walked.end != len(buf):
             fd = os.open(dest, os.O_WRONLY | os.O_CLOEXEC)
