@@ -48,6 +48,10 @@ class Objects:
     def delete(self, name: str) -> None:
         self.fs.delete_file(self.path(name))
 
+    def size(self, name: str) -> int | None:
+        info = self.fs.get_file_info(self.path(name))
+        return info.size if info.type == pafs.FileType.File else None
+
     def exists(self, name: str) -> bool:
         return self.fs.get_file_info(self.path(name)).type == pafs.FileType.File
 
