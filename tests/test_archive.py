@@ -247,8 +247,9 @@ def test_archived_lsn_and_archive_status(tmp_path, request, kind):
         assert st["state"] == "ok" and st["archived_lsn"] == 0 == s.archived_lsn
         for i in range(10):
             s.put("t", i, i)
-        st = s.archive_status
-        assert st["lag_records"] == 10 and st["archived_lsn"] == 0 and st["lag_seconds"] >= 0
+        st = s.archive_status  # (a pass may have shipped some meanwhile)
+        assert 0 < st["lag_records"] <= 10 and st["archived_lsn"] < 10
+        assert st["lag_seconds"] >= 0
         assert s.wait_for_archive(lsn=5, timeout=WAIT_S) and s.archived_lsn == 10
         st = s.archive_status
         assert set(st) >= {"state", "uri", "archived_lsn", "sealed_through", "lag_records",
@@ -284,9 +285,9 @@ def test_archive_metrics(tmp_path, request, kind):
         assert s.wait_for_archive(timeout=WAIT_S)
         for i in range(7):
             s.put("t", i, i)
-        text = generate_latest(reg).decode()
-        assert _metric(text, "rehydrate_archive_lag_records") == 7
-        assert _metric(text, "rehydrate_archive_lsn") == 0
+        text = generate_latest(reg).decode()  # (a pass may have shipped some meanwhile)
+        assert 0 < _metric(text, "rehydrate_archive_lag_records") <= 7
+        assert _metric(text, "rehydrate_archive_lsn") < 7
         assert s.wait_for_archive(timeout=WAIT_S)
         st = s.archive_status
         text = generate_latest(reg).decode()
