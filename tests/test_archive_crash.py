@@ -64,6 +64,7 @@ class Writer:
         self.archived = [0]
 
     def _take(self, line):
+        assert not line.startswith("failed "), f"archiving stopped for good: {line}"
         if line.startswith("archived "):
             self.archived.append(int(line.split()[1]))
         elif line.strip().isdigit():

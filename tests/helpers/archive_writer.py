@@ -6,7 +6,9 @@ Opens DIR with sync="always", small segments and ``archive=URI``
 each write returns prints its LSN (flushed: a printed LSN is durable).
 Whenever the store's ``archived_lsn`` has moved since the last look it
 prints "archived N": the archive's manifest holding the log up to N has
-been written, so a restore from the archive must give at least N. Every
+been written, so a restore from the archive must give at least N (and
+"failed ERROR" if archiving has stopped for good, which it never should
+here). Every
 CHECKPOINT_EVERY writes (default 150) it checkpoints, so snapshots go up
 and the archive's retention runs too. Prints "ready LSN" after the open.
 The parent kills it with SIGKILL.
@@ -38,6 +40,8 @@ def main() -> int:
         if now != archived:
             archived = now
             print(f"archived {now}", flush=True)
+        if n % 10 == 0 and store.archive_status["state"] == "failed":
+            print(f"failed {store.archive_status['error']}", flush=True)
         if n % every == 0:
             store.checkpoint()
     return 1
