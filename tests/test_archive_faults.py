@@ -310,3 +310,50 @@ def test_a_restore_cut_off_half_way_is_finished_by_the_next_try(tmp_path, via, f
     assert logged(fault_proxy, "GET", "/snapshots/") == 0
     assert logged(fault_proxy, "GET", "/wal/") > 0
     shutil.rmtree(dest)
+
+
+def test_a_restore_reading_the_manifest_while_the_store_replaces_it(tmp_path, via,
+                                                                   fault_proxy):
+    """The manifest is replaced in place by a running store, and an S3 read
+    is a HEAD (the size) then ranged GETs. A restore whose GET lands after
+    a new, longer manifest replaced the one its HEAD measured gets the new
+    one's first bytes: that read fails its own length check, and must be
+    read again, not called a bad manifest. The GET is held by the proxy
+    while the store publishes a new manifest."""
+    import threading
+
+    uri, direct, objs = via
+    seq = Seq(38)
+    with open_archiving(tmp_path / "state", direct, segment_bytes=1 << 20,
+                        archive_every_s=60.0) as s:
+        seq.write(s, 10)
+        assert s.wait_for_archive(timeout=WAIT_S)
+        older = objs.read(A.MANIFEST_OBJECT)
+        rule = fault_proxy.slow(3.0, method="GET", path_contains="/MANIFEST", times=1)
+        result = {}
+
+        def restore():
+            try:
+                result["r"] = rh.restore(uri, str(tmp_path / "r"))
+            except BaseException as e:  # noqa: BLE001 - reported below
+                result["r"] = e
+
+        t = threading.Thread(target=restore)
+        t.start()
+        try:
+            assert wait_until(lambda: rule.hits == 1, WAIT_S)  # (its HEAD measured `older`)
+            lsn = seq.write(s, 10)
+            assert s.wait_for_archive(timeout=WAIT_S)
+            newer = objs.read(A.MANIFEST_OBJECT)
+            assert len(newer) > len(older)
+            # The scenario happened: the new manifest is in place and the
+            # restore's GET is still held (the proxy logs it once forwarded).
+            assert logged(fault_proxy, "GET", "/MANIFEST") == 0
+            want = state(s)
+        finally:
+            t.join(WAIT_S)
+    assert isinstance(result.get("r"), dict), result
+    assert result["r"]["lsn"] == lsn
+    with Store.open(str(tmp_path / "r")) as again:
+        assert state(again) == want
+    assert logged(fault_proxy, "GET", "/MANIFEST") >= 2
