@@ -357,3 +357,54 @@ def test_a_restore_reading_the_manifest_while_the_store_replaces_it(tmp_path, vi
     with Store.open(str(tmp_path / "r")) as again:
         assert state(again) == want
     assert logged(fault_proxy, "GET", "/MANIFEST") >= 2
+
+
+def test_a_restore_while_the_store_seals_the_segment_it_is_reading(tmp_path, via,
+                                                                  fault_proxy):
+    """A restore of a live store's archive reads the manifest, then the
+    objects it lists. The segment being written is listed as parts; once it
+    is sealed, its whole object replaces them and the parts are deleted. A
+    restore whose GET of a part comes after that finds it gone: the archive
+    moved on, it was not emptied, and the restore must go on from the new
+    manifest rather than fail with missing_object. The part's GET is held
+    by the proxy while the store seals the segment."""
+    import threading
+
+    uri, direct, objs = via
+    seq = Seq(39)
+    path = tmp_path / "state"
+    with open_archiving(path, direct, segment_bytes=8192, archive_every_s=60.0) as s:
+        seq.write(s, 10)
+        assert s.wait_for_archive(timeout=WAIT_S)
+        seg = objs.manifest()["segments"][-1]
+        assert not seg["sealed"]
+        part = A.part_name(seg, seg["parts"][0])
+        rule = fault_proxy.slow(3.0, method="GET", path_contains=".part", times=1)
+        result = {}
+
+        def restore():
+            try:
+                result["r"] = rh.restore(uri, str(tmp_path / "r"))
+            except BaseException as e:  # noqa: BLE001 - reported below
+                result["r"] = e
+
+        t = threading.Thread(target=restore)
+        t.start()
+        try:
+            assert wait_until(lambda: rule.hits == 1, WAIT_S)
+            first = len(os.listdir(path / "wal"))
+            while len(os.listdir(path / "wal")) == first:  # (the segment seals)
+                seq.write(s, 5)
+            lsn = seq.write(s, 1)
+            assert s.wait_for_archive(timeout=WAIT_S)
+            assert wait_until(lambda: not objs.exists(part), WAIT_S)
+            # The scenario happened: the part is gone, the restore's GET of it
+            # still held (the proxy logs it once forwarded).
+            assert logged(fault_proxy, "GET", ".part") == 0
+            want = state(s)
+        finally:
+            t.join(WAIT_S)
+    assert isinstance(result.get("r"), dict), result
+    assert result["r"]["lsn"] == lsn
+    with Store.open(str(tmp_path / "r")) as again:
+        assert state(again) == want

@@ -241,26 +241,24 @@ def restore(uri: ArchiveTarget, path: Any, to_lsn: Optional[int] = None,
     if man is None:
         raise ArchiveError("no archive here (no manifest object)", uri=store.uri,
                            object=A.MANIFEST_OBJECT, reason="no_archive")
-    if t_ms is not None:
-        target = lsn_at_time(store, man, t_ms)
-    else:
-        target = man["archived_lsn"] if to_lsn is None else to_lsn
-    plan = A.plan_restore(man, store.uri, target)
     staging = path + STAGING_SUFFIX
-    _prepare_staging(staging, man["store_id"])
-    fetched = 0
-    snap_lsn = 0
-    meta_versions: dict[str, int] = {}
-    if plan.snapshot is not None:
-        snap_lsn = plan.snapshot["lsn"]
-        fetched += _fetch_snapshot(store, plan.snapshot, staging, parallel, progress)
-        meta_versions = _snapshot_versions(staging, snap_lsn)
-    reached = snap_lsn
-    fetched_segs = 0
-    if plan.segments:
-        fetched += _fetch_segments(store, plan.segments, staging, parallel, progress)
-        reached = max(reached, _check_and_cut(store, plan.segments, staging, target))
-        fetched_segs = len(plan.segments)
+    for moved in range(MOVED_ON_RETRIES + 1):
+        try:
+            got = _fetch(store, man, staging, to_lsn, t_ms, parallel, progress)
+            break
+        except ArchiveError as e:
+            if e.reason != "missing_object" or moved == MOVED_ON_RETRIES:
+                raise
+            # A listed object is gone. When the archive moved on meanwhile
+            # (a live store sealed the segment whose parts were listed, or
+            # retention dropped what the manifest read listed), go on from
+            # its new manifest; else it is missing.
+            newer = A.read_manifest(store)
+            if newer is None or newer["updated_ms"] == man["updated_ms"] \
+                    or newer["store_id"] != man["store_id"]:
+                raise
+            man = newer
+    target, plan, snap_lsn, meta_versions, reached, fetched, fetched_segs = got
     log_start = plan.segments[0]["first"] if plan.segments else snap_lsn + 1
     local = {"format": F.FORMAT_VERSION, "store_id": man["store_id"], "epoch": man["epoch"],
              "snapshots": [snap_lsn] if snap_lsn else [], "log_start": log_start,
@@ -283,6 +281,43 @@ def restore(uri: ArchiveTarget, path: Any, to_lsn: Optional[int] = None,
 
 
 _MARKER = "RESTORING"
+#: Times a restore starts over from a newer manifest when an object it
+#: lists went while the restore ran (the archive's store moved on).
+MOVED_ON_RETRIES = 3
+
+
+def _fetch(store: ObjectStore, man: dict[str, Any], staging: str, to_lsn: Optional[int],
+           t_ms: Optional[int], parallel: int,
+           progress: Optional[Callable[[int, int], None]]
+           ) -> tuple[int, A.Plan, int, dict[str, int], int, int, int]:
+    """Resolve the target in ``man``, fetch and check what it needs into
+    ``staging``, cut the log there: (target, plan, snapshot LSN, the
+    snapshot's table versions, the LSN reached, bytes fetched, segments)."""
+    if t_ms is not None:
+        target = lsn_at_time(store, man, t_ms)
+    else:
+        target = man["archived_lsn"] if to_lsn is None else to_lsn
+    plan = A.plan_restore(man, store.uri, target)
+    _prepare_staging(staging, man["store_id"])
+    fetched = 0
+    snap_lsn = 0
+    meta_versions: dict[str, int] = {}
+    if plan.snapshot is not None:
+        snap_lsn = plan.snapshot["lsn"]
+        fetched += _fetch_snapshot(store, plan.snapshot, staging, parallel, progress)
+        meta_versions = _snapshot_versions(staging, snap_lsn)
+    # (A snapshot an earlier try fetched for another base is not this one's.)
+    sdir = os.path.join(staging, SNAPSHOTS_DIR)
+    for name in os.listdir(sdir):
+        if not snap_lsn or name != snapshot_name(snap_lsn):
+            shutil.rmtree(os.path.join(sdir, name), ignore_errors=True)
+    reached = snap_lsn
+    fetched_segs = 0
+    if plan.segments:
+        fetched += _fetch_segments(store, plan.segments, staging, parallel, progress)
+        reached = max(reached, _check_and_cut(store, plan.segments, staging, target))
+        fetched_segs = len(plan.segments)
+    return target, plan, snap_lsn, meta_versions, reached, fetched, fetched_segs
 
 
 def _prepare_staging(staging: str, store_id: str) -> None:
