@@ -228,7 +228,8 @@ def test_the_local_log_is_trimmed_only_below_what_the_archive_holds(tmp_path, s3
         s.checkpoint()
         now = wal_segments(path)
         assert len(now) < len(kept) and now[0] > kept[-2], (kept, now)
-        assert s.archive_status["state"] == "ok"
+        # (wait_for_archive can return inside the pass that reached the LSN.)
+        assert wait_until(lambda: s.archive_status["state"] == "ok", WAIT_S)
         want = state(s)
     _, got = restored(s3_server.uri(s3_bucket, "arch"), tmp_path / "r")
     assert got == want
@@ -243,14 +244,18 @@ def test_archived_lsn_and_archive_status(tmp_path, request, kind):
             plain.wait_for_archive()
     with open_archiving(tmp_path / "state", uri, archive_every_s=60.0) as s:
         assert s.wait_for_archive(timeout=WAIT_S)  # (an empty store: the archive is claimed)
+        # (wait_for_archive can return inside the pass that reached the LSN.)
+        assert wait_until(lambda: s.archive_status["state"] == "ok", WAIT_S)
         st = s.archive_status
-        assert st["state"] == "ok" and st["archived_lsn"] == 0 == s.archived_lsn
+        assert st["archived_lsn"] == 0 == s.archived_lsn
         for i in range(10):
             s.put("t", i, i)
         st = s.archive_status  # (a pass may have shipped some meanwhile)
         assert 0 < st["lag_records"] <= 10 and st["archived_lsn"] < 10
         assert st["lag_seconds"] >= 0
         assert s.wait_for_archive(lsn=5, timeout=WAIT_S) and s.archived_lsn == 10
+        assert wait_until(lambda: s.archive_status["passes"] > st["passes"]
+                          and s.archive_status["state"] == "ok", WAIT_S)
         st = s.archive_status
         assert set(st) >= {"state", "uri", "archived_lsn", "sealed_through", "lag_records",
                            "lag_seconds", "passes", "pass_failures", "error", "requests",
@@ -289,6 +294,7 @@ def test_archive_metrics(tmp_path, request, kind):
         assert 0 < _metric(text, "rehydrate_archive_lag_records") <= 7
         assert _metric(text, "rehydrate_archive_lsn") < 7
         assert s.wait_for_archive(timeout=WAIT_S)
+        assert wait_until(lambda: s.archive_status["state"] == "ok", WAIT_S)
         st = s.archive_status
         text = generate_latest(reg).decode()
     assert _metric(text, "rehydrate_archive_lsn") == 7
