@@ -192,13 +192,37 @@ def _check_segment(seg: Any, i: int, uri: str) -> None:
         raise _bad(uri, f"segment {i}: its parts do not add up to it")
 
 
+#: Reads of a manifest whose bytes do not match their own length or CRC32C
+#: before it is called bad: see ``read_manifest``.
+MANIFEST_READS = 3
+
+
+def _torn(data: bytes) -> bool:
+    """A manifest object's bytes that start right but do not match their
+    own length or checksum."""
+    if len(data) < 16 or data[:8] != MANIFEST_MAGIC:
+        return False
+    n, crc = struct.unpack_from("<II", data, 8)
+    return bool(n != len(data) - 16 or core().crc32c(data[16:]) != crc)
+
+
 def read_manifest(store: ObjectStore, attempts: Optional[int] = None) -> Optional[dict[str, Any]]:
     """The archive's manifest, checked; None when there is no archive
-    (no manifest object). ArchiveError when it cannot be read or checked."""
-    data = store.get_bytes(MANIFEST_OBJECT, attempts=attempts, max_bytes=MAX_MANIFEST_BYTES)
-    if data is None:
-        return None
-    return decode_manifest(data, store.uri)
+    (no manifest object). ArchiveError when it cannot be read or checked.
+
+    The manifest is the one object replaced in place, and an S3 read is a
+    HEAD (the size) then ranged GETs: a store writing a new manifest in
+    between gives the first bytes of the new object cut at the old one's
+    size. Such a read, which fails its own length or CRC32C, is read again
+    (up to MANIFEST_READS times in all) before the manifest is bad."""
+    for n in range(1, MANIFEST_READS + 1):
+        data = store.get_bytes(MANIFEST_OBJECT, attempts=attempts, max_bytes=MAX_MANIFEST_BYTES)
+        if data is None:
+            return None
+        if n < MANIFEST_READS and _torn(data):
+            continue
+        return decode_manifest(data, store.uri)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def new_manifest(store_id: str, epoch: int) -> dict[str, Any]:

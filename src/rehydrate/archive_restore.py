@@ -286,26 +286,24 @@ def restore(uri: ArchiveTarget, path: Any, to_lsn: Optional[int] = None,
     if man is None:
         raise ArchiveError("no archive here (no manifest object)", uri=store.uri,
                            object=A.MANIFEST_OBJECT, reason="no_archive")
-    if t_ms is not None:
-        target = lsn_at_time(store, man, t_ms)
-    else:
-        target = man["archived_lsn"] if to_lsn is None else to_lsn
-    plan = A.plan_restore(man, store.uri, target)
     staging = path + STAGING_SUFFIX
-    _prepare_staging(staging, man["store_id"])
-    fetched = 0
-    snap_lsn = 0
-    meta_versions: dict[str, int] = {}
-    if plan.snapshot is not None:
-        snap_lsn = plan.snapshot["lsn"]
-        fetched += _fetch_snapshot(store, plan.snapshot, staging, parallel, progress)
-        meta_versions = _snapshot_versions(staging, snap_lsn)
-    reached = snap_lsn
-    fetched_segs = 0
-    if plan.segments:
-        fetched += _fetch_segments(store, plan.segments, staging, parallel, progress)
-        reached = max(reached, _check_and_cut(store, plan.segments, staging, target))
-        fetched_segs = len(plan.segments)
+    for moved in range(MOVED_ON_RETRIES + 1):
+        try:
+            got = _fetch(store, man, staging, to_lsn, t_ms, parallel, progress)
+            break
+        except ArchiveError as e:
+            if e.reason != "missing_object" or moved == MOVED_ON_RETRIES:
+                raise
+            # A listed object is gone. When the archive moved on meanwhile
+            # (a live store sealed the segment whose parts were listed, or
+            # retention dropped what the manifest read listed), go on from
+            # its new manifest; else it is missing.
+            newer = A.read_manifest(store)
+            if newer is None or newer["updated_ms"] == man["updated_ms"] \
+                    or newer["store_id"] != man["store_id"]:
+                raise
+            man = newer
+    target, plan, snap_lsn, meta_versions, reached, fetched, fetched_segs = got
     log_start = plan.segments[0]["first"] if plan.segments else snap_lsn + 1
     local = {"format": F.FORMAT_VERSION, "store_id": man["store_id"], "epoch": man["epoch"],
              "snapshots": [snap_lsn] if snap_lsn else [], "log_start": log_start,
@@ -328,6 +326,43 @@ def restore(uri: ArchiveTarget, path: Any, to_lsn: Optional[int] = None,
 
 
 _MARKER = "RESTORING"
+#: Times a restore starts over from a newer manifest when an object it
+#: lists went while the restore ran (the archive's store moved on).
+MOVED_ON_RETRIES = 3
+
+
+def _fetch(store: ObjectStore, man: dict[str, Any], staging: str, to_lsn: Optional[int],
+           t_ms: Optional[int], parallel: int,
+           progress: Optional[Callable[[int, int], None]]
+           ) -> tuple[int, A.Plan, int, dict[str, int], int, int, int]:
+    """Resolve the target in ``man``, fetch and check what it needs into
+    ``staging``, cut the log there: (target, plan, snapshot LSN, the
+    snapshot's table versions, the LSN reached, bytes fetched, segments)."""
+    if t_ms is not None:
+        target = lsn_at_time(store, man, t_ms)
+    else:
+        target = man["archived_lsn"] if to_lsn is None else to_lsn
+    plan = A.plan_restore(man, store.uri, target)
+    _prepare_staging(staging, man["store_id"])
+    fetched = 0
+    snap_lsn = 0
+    meta_versions: dict[str, int] = {}
+    if plan.snapshot is not None:
+        snap_lsn = plan.snapshot["lsn"]
+        fetched += _fetch_snapshot(store, plan.snapshot, staging, parallel, progress)
+        meta_versions = _snapshot_versions(staging, snap_lsn)
+    # (A snapshot an earlier try fetched for another base is not this one's.)
+    sdir = os.path.join(staging, SNAPSHOTS_DIR)
+    for name in os.listdir(sdir):
+        if not snap_lsn or name != snapshot_name(snap_lsn):
+            shutil.rmtree(os.path.join(sdir, name), ignore_errors=True)
+    reached = snap_lsn
+    fetched_segs = 0
+    if plan.segments:
+        fetched += _fetch_segments(store, plan.segments, staging, parallel, progress)
+        reached = max(reached, _check_and_cut(store, plan.segments, staging, target))
+        fetched_segs = len(plan.segments)
+    return target, plan, snap_lsn, meta_versions, reached, fetched, fetched_segs
 
 
 def _prepare_staging(staging: str, store_id: str) -> None:
@@ -411,27 +446,44 @@ def _fetch_segments(store: ObjectStore, segs: list[dict[str, Any]], staging: str
     return download(store, pieces, parallel, progress)
 
 
+def _in_part(seg: dict[str, Any], offset: int) -> tuple[str, int]:
+    """The object holding byte ``offset`` of segment ``seg`` (one of its
+    parts), and the offset in that object."""
+    for part in seg["parts"]:
+        if offset < part["offset"] + part["bytes"]:
+            return A.part_name(seg, part), offset - int(part["offset"])
+    part = seg["parts"][-1]
+    return A.part_name(seg, part), offset - int(part["offset"])
+
+
 def _check_and_cut(store: ObjectStore, segs: list[dict[str, Any]], staging: str,
                    target: int) -> int:
     """Walk every fetched segment's frames; cut the last at the target.
-    Returns the last LSN kept."""
+    Returns the last LSN kept. A failure names the object (the part)
+    holding the bad bytes, and the offset in it."""
     last = 0
     for i, seg in enumerate(segs):
         dest = os.path.join(staging, WAL_DIR, segment_name(seg["first"]))
         with open(dest, "rb") as f:
             buf = f.read()
         final = i == len(segs) - 1
-        walked = A.walk_segment(buf, seg["first"], seg["version"], uri=store.uri,
-                                obj=A.part_name(seg, seg["parts"][0]),
-                                upto_lsn=target if final else None)
+        try:
+            walked = A.walk_segment(buf, seg["first"], seg["version"], uri=store.uri,
+                                    obj=A.part_name(seg, seg["parts"][0]),
+                                    upto_lsn=target if final else None)
+        except ArchiveError as e:
+            name, offset = _in_part(seg, e.offset or 0)
+            raise ArchiveError(e.detail, uri=store.uri, object=name, offset=offset, lsn=e.lsn,
+                               reason=e.reason) from None
         if not final and walked.end != len(buf):
+            name, offset = _in_part(seg, walked.end)
             raise ArchiveError("the segment's frames end before its bytes do", uri=store.uri,
-                               object=A.part_name(seg, seg["parts"][0]), offset=walked.end,
-                               lsn=walked.last_lsn + 1, reason="corrupt")
+                               object=name, offset=offset, lsn=walked.last_lsn + 1,
+                               reason="corrupt")
         if not final and walked.last_lsn != seg["last"]:
             raise ArchiveError(f"the segment ends at LSN {walked.last_lsn}, the manifest says "
                                f"{seg['last']}", uri=store.uri,
-                               object=A.part_name(seg, seg["parts"][0]), lsn=walked.last_lsn,
+                               object=A.part_name(seg, seg["parts"][-1]), lsn=walked.last_lsn,
                                reason="corrupt")
         if final and walked.end != len(buf):
             fd = os.open(dest, os.O_WRONLY | os.O_CLOEXEC)

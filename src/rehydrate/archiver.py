@@ -143,6 +143,8 @@ class Archiver:
         self._wake.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
+        if self.state != "failed":
+            self.state = "stopped"  # (closed: a failure's reason stays shown)
 
     _final: Optional[float] = None
     _urgent = False  # a waiter wants the next part now, not at the interval
@@ -219,6 +221,8 @@ class Archiver:
         else:
             self._check_same_history(man)
         fresh = man["archived_lsn"] == 0 and not man["segments"]
+        if man["segments"] and not man["segments"][-1]["sealed"]:
+            self._carry_marks(man["segments"][-1])
         man["epoch"] = self.epoch
         if fresh:
             # (A new archive is claimed at once: another store pointed at
@@ -227,6 +231,28 @@ class Archiver:
         self.manifest = man
         self.archived_lsn = man["archived_lsn"]
         self.sealed_through = self._sealed_end(man)
+
+    def _carry_marks(self, seg: dict[str, Any]) -> None:
+        """The time marks of the parts an earlier run of the store shipped
+        of the segment still being written: its whole object, uploaded once
+        it is sealed, replaces those parts, and its time index must still
+        say when their records were written. Read from each part's time
+        index (one range request each); a part whose index cannot be read
+        gives its last LSN at its last time (never earlier than written)."""
+        carried: list[A.Mark] = []
+        for part in seg["parts"]:
+            name = A.part_name(seg, part)
+            try:
+                data = self.store.get_range(name, part["bytes"],
+                                            part["object_bytes"] - part["bytes"])
+                carried += A.parse_trailer(data, part["bytes"], self.store.uri, name)
+            except ArchiveError as e:
+                log.warning("the time index of %s is unreadable (%s): its part's last "
+                            "time stands for it", name, e)
+                carried.append((part["last"], part["t_last"]))
+        with self._marks_lock:
+            newer = self._marks[0][0] if self._marks else None
+            self._marks = [m for m in carried if newer is None or m[0] < newer] + self._marks
 
     def _check_same_history(self, man: dict[str, Any]) -> None:
         """The archive's newest segment must be a prefix of this store's

@@ -143,13 +143,16 @@ def checkpoint(path: str, manifest: dict[str, Any], registry: TableRegistry,
     result = publish(path, manifest, cap, digests, keep_snapshots=keep_snapshots,
                      make_durable=journal.make_durable, commit=commit)
     result["pause_s"] = pause_s
-    if result.get("existing"):
+    existing = bool(result.get("existing"))
+    if existing and keep_after is None:
         result["duration_s"] = 0.0
         return result
+    # (With an archive, also when nothing was written since: the log kept
+    # while the archive was behind goes once the archive holds it.)
     with journal.io_lock:  # no roll meanwhile; the newest segment never goes
         trim_log(path, manifest, min(manifest["snapshots"]), journal.writer.path,
                  None if keep_after is None else keep_after())
-    result["duration_s"] = time.perf_counter() - t0
+    result["duration_s"] = 0.0 if existing else time.perf_counter() - t0
     return result
 
 

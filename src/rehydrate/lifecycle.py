@@ -54,6 +54,7 @@ from .options import OPTION_NAMES, Options, check_options
 
 if TYPE_CHECKING:
     from .archiver import Archiver
+    from .objstore import ObjectStore
 from .recovery import RecoveryReport
 from .warmup import WarmupRun
 from .writes import Writes
@@ -85,6 +86,7 @@ class Lifecycle(Writes):
     _dirlock: Optional[DirLock]
     _auto: Optional[_checkpointing.AutoCheckpoint]
     _archiver: Optional[Archiver]
+    _archive_store: Optional[ObjectStore]  # where ``archive=`` points, resolved by _new
     _opener: Optional[threading.Thread]  # a background open's thread
     _atexit: Optional[Callable[[], None]]
     _ready: threading.Event
@@ -166,6 +168,14 @@ class Lifecycle(Writes):
         self._dirlock = None
         self._auto = None
         self._archiver = None
+        self._archive_store = None
+        if o.archive is not None:
+            # (Resolved now, before anything on disk is touched: a URI that
+            # pyarrow refuses is a ConfigError here, not a store left open
+            # and locked by a failing archiver.)
+            from .objstore import open_object_store
+
+            self._archive_store = open_object_store(o.archive, attempts=1)
         self._opener = None
         self._atexit = None
         self._ready = threading.Event()
@@ -651,7 +661,7 @@ class Lifecycle(Writes):
             position=journal.durable_position, local_manifest=lambda: self._manifest,
             written_lsn=lambda: journal.written_lsn, every_s=o.archive_every_s,
             retention_s=o.archive_retention_s, keep_snapshots=o.keep_snapshots,
-            seal=journal.seal_active)
+            seal=journal.seal_active, store=self._archive_store)
         archiver.start()
 
     def _close_at_exit(self) -> None:

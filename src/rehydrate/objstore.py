@@ -42,6 +42,13 @@ _SECRET_PARAMS = ("secret", "key", "token", "password", "credential", "signature
 
 def redact(uri: str) -> str:
     """``uri`` with credentials and secret query values replaced by ``***``."""
+    scheme, sep, rest = uri.partition("://")
+    head, q, tail = rest.partition("?")
+    if sep and "@" in head:
+        # Credentials before the host, taken whole up to the last "@" before
+        # the query: a secret pasted unescaped (AWS secret keys hold "/")
+        # would otherwise end the netloc early and be shown.
+        uri = f"{scheme}://***@{head.rsplit('@', 1)[1]}{q}{tail}"
     try:
         parts = urllib.parse.urlsplit(uri)
     except ValueError:
