@@ -121,8 +121,8 @@ class ObjectStore:
         for attempt in range(1, tries + 1):
             try:
                 return fn()
-            except FileNotFoundError:
-                raise
+            except (FileNotFoundError, ArchiveError):
+                raise  # (missing, or a verdict on the bytes: another try changes nothing)
             except (OSError, ValueError) as e:  # (pyarrow raises both for a failing store)
                 if attempt == tries or self.cancelled.is_set():
                     raise ArchiveError(f"{kind} failed after {attempt} attempt(s): {e}",
