@@ -379,7 +379,7 @@ def test_a_restore_while_the_store_seals_the_segment_it_is_reading(tmp_path, via
         seg = objs.manifest()["segments"][-1]
         assert not seg["sealed"]
         part = A.part_name(seg, seg["parts"][0])
-        rule = fault_proxy.slow(3.0, method="GET", path_contains=".part", times=1)
+        rule = fault_proxy.slow(3.0, method="GET", path_contains=part, times=1)
         result = {}
 
         def restore():
@@ -400,7 +400,7 @@ def test_a_restore_while_the_store_seals_the_segment_it_is_reading(tmp_path, via
             assert wait_until(lambda: not objs.exists(part), WAIT_S)
             # The scenario happened: the part is gone, the restore's GET of it
             # still held (the proxy logs it once forwarded).
-            assert logged(fault_proxy, "GET", ".part") == 0
+            assert logged(fault_proxy, "GET", part) == 0
             want = state(s)
         finally:
             t.join(WAIT_S)
