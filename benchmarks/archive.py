@@ -185,7 +185,7 @@ def c_build(path: str, uri: str, keys: int, ops: int, file_uri: str = "") -> dic
     archived (opened with ``archive=``, ``wait_for_archive``, closed), and
     the same to ``file_uri`` when given."""
     import rehydrate as rh
-    from replay import OP_INCR, OP_PUT
+    from replay import write_ops
 
     values = random_values(1)
     t0 = time.perf_counter()
@@ -196,16 +196,7 @@ def c_build(path: str, uri: str, keys: int, ops: int, file_uri: str = "") -> dic
                     b.put("kv", f"key:{k}", values[k % N_VALUES])
         snap = store.checkpoint()
         for chunk in op_chunks(ops, keys):
-            for start in range(0, len(chunk), 1000):
-                with store.batch() as b:
-                    put, incr, delete = b.put, b.incr, b.delete
-                    for kind, k, v in chunk[start:start + 1000]:
-                        if kind == OP_PUT:
-                            put("kv", k, v)
-                        elif kind == OP_INCR:
-                            incr("kv", k, 1)
-                        else:
-                            delete("kv", k)
+            write_ops(store, chunk)
         lsn = store.lsn
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()

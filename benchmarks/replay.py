@@ -31,6 +31,22 @@ from _common import (machine, median, peak_rss_bytes, rss_budget, run_child,  # 
 OP_PUT, OP_INCR, OP_DELETE = 0, 1, 2
 
 
+def write_ops(store, chunk) -> None:
+    """Write ``chunk`` (op_stream's items) to table "kv" in batches of 1,000
+    ops, as a service writing in small transactions; the store cuts frames
+    of ~256 KiB from them."""
+    for start in range(0, len(chunk), 1000):
+        with store.batch() as b:
+            put, incr, delete = b.put, b.incr, b.delete
+            for kind, k, v in chunk[start:start + 1000]:
+                if kind == OP_PUT:
+                    put("kv", k, v)
+                elif kind == OP_INCR:
+                    incr("kv", k, 1)
+                else:
+                    delete("kv", k)
+
+
 def op_stream(ops: int, keys: int, seed: int = 42):
     """Deterministic (op, key, value) chunks, generated with numpy for speed."""
     import numpy as np
@@ -65,18 +81,7 @@ def build(directory: str, baseline_file: str, ops: int, keys: int) -> dict:
     packer = msgpack.Packer(use_bin_type=True)
     with rh.Store.open(directory, sync="none") as store, open(baseline_file, "wb") as f:
         for chunk in op_stream(ops, keys):
-            # Batches of 1,000 ops, as a service writing in small transactions;
-            # the store cuts frames of ~256 KiB from them.
-            for start in range(0, len(chunk), 1000):
-                with store.batch() as b:
-                    put, incr, delete = b.put, b.incr, b.delete
-                    for kind, k, v in chunk[start:start + 1000]:
-                        if kind == OP_PUT:
-                            put("kv", k, v)
-                        elif kind == OP_INCR:
-                            incr("kv", k, 1)
-                        else:
-                            delete("kv", k)
+            write_ops(store, chunk)
             f.write(b"".join(packer.pack(item) for item in chunk))
         lsn = store.lsn
     return {"lsn": lsn, "build_s": time.perf_counter() - t0}

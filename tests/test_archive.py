@@ -22,8 +22,9 @@ from rehydrate import archive as A
 from rehydrate.replication_client import ReplicationClient
 
 from helpers.archive_util import (
-    KINDS, Seq, let_the_clock_pass, listed, make_archive, restored, state, wait_until,
+    KINDS, Seq, let_the_clock_pass, listed, make_archive, restored, state,
 )
+from helpers.replication import wait_until
 
 TOKEN = "archive-test-token"
 WAIT_S = 30.0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 
 import pytest
 
@@ -24,7 +25,8 @@ from rehydrate import ArchiveError, Store
 from rehydrate import archive as A
 from rehydrate.archive_restore import STAGING_SUFFIX
 
-from helpers.archive_util import Objects, Seq, listed, restored, state, wait_until
+from helpers.archive_util import Objects, Seq, listed, restored, state
+from helpers.replication import wait_until
 
 WAIT_S = 60.0
 
@@ -70,6 +72,22 @@ def catch_up_and_compare(s, proxy, direct_uri, tmp_path):
     result, got = restored(direct_uri, tmp_path / "restored")
     assert result["lsn"] == lsn and got == want
     return st
+
+
+def restore_in_background(uri: str, dest: str) -> tuple[threading.Thread, dict]:
+    """A restore on a thread of its own (started); ``result["r"]`` is its
+    result or the exception it raised once the thread ends."""
+    result: dict = {}
+
+    def restore() -> None:
+        try:
+            result["r"] = rh.restore(uri, dest)
+        except BaseException as e:  # noqa: BLE001 - reported by the caller
+            result["r"] = e
+
+    t = threading.Thread(target=restore)
+    t.start()
+    return t, result
 
 
 # ------------------------------------------------------------ failing PUTs
@@ -320,8 +338,6 @@ def test_a_restore_reading_the_manifest_while_the_store_replaces_it(tmp_path, vi
     one's first bytes: that read fails its own length check, and must be
     read again, not called a bad manifest. The GET is held by the proxy
     while the store publishes a new manifest."""
-    import threading
-
     uri, direct, objs = via
     seq = Seq(38)
     with open_archiving(tmp_path / "state", direct, segment_bytes=1 << 20,
@@ -330,16 +346,7 @@ def test_a_restore_reading_the_manifest_while_the_store_replaces_it(tmp_path, vi
         assert s.wait_for_archive(timeout=WAIT_S)
         older = objs.read(A.MANIFEST_OBJECT)
         rule = fault_proxy.slow(3.0, method="GET", path_contains="/MANIFEST", times=1)
-        result = {}
-
-        def restore():
-            try:
-                result["r"] = rh.restore(uri, str(tmp_path / "r"))
-            except BaseException as e:  # noqa: BLE001 - reported below
-                result["r"] = e
-
-        t = threading.Thread(target=restore)
-        t.start()
+        t, result = restore_in_background(uri, str(tmp_path / "r"))
         try:
             assert wait_until(lambda: rule.hits == 1, WAIT_S)  # (its HEAD measured `older`)
             lsn = seq.write(s, 10)
@@ -368,7 +375,6 @@ def test_a_restore_while_the_store_seals_the_segment_it_is_reading(tmp_path, via
     moved on, it was not emptied, and the restore must go on from the new
     manifest rather than fail with missing_object. The part's GET is held
     by the proxy while the store seals the segment."""
-    import threading
 
     uri, direct, objs = via
     seq = Seq(39)
@@ -380,16 +386,7 @@ def test_a_restore_while_the_store_seals_the_segment_it_is_reading(tmp_path, via
         assert not seg["sealed"]
         part = A.part_name(seg, seg["parts"][0])
         rule = fault_proxy.slow(3.0, method="GET", path_contains=part, times=1)
-        result = {}
-
-        def restore():
-            try:
-                result["r"] = rh.restore(uri, str(tmp_path / "r"))
-            except BaseException as e:  # noqa: BLE001 - reported below
-                result["r"] = e
-
-        t = threading.Thread(target=restore)
-        t.start()
+        t, result = restore_in_background(uri, str(tmp_path / "r"))
         try:
             assert wait_until(lambda: rule.hits == 1, WAIT_S)
             first = len(os.listdir(path / "wal"))

@@ -22,6 +22,7 @@ from rehydrate import Store
 from rehydrate import archive as A
 from rehydrate.testing import canon_state, store_state
 
+
 KINDS = ("file", "s3")
 
 
@@ -117,17 +118,6 @@ def restored(uri, dest, **kw) -> tuple[dict, dict]:
         assert s.lsn == result["lsn"], (s.lsn, result)
         assert not s.recovery_report.problems, s.recovery_report.as_dict()
         return result, state(s)
-
-
-def wait_until(predicate, timeout_s: float = 30.0) -> bool:
-    """Poll ``predicate`` (a condition, not a timing) until true or the deadline."""
-    tick = threading.Event()
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        tick.wait(0.01)
-    return True
 
 
 def let_the_clock_pass(seconds: float) -> None:
