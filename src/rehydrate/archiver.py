@@ -275,11 +275,10 @@ class Archiver:
                 data = f.read(seg["bytes"])
         except FileNotFoundError:
             return
-        crc, c = 0, core()
+        c = core()
         offset = 0
         for part in seg["parts"]:
-            crc = c.crc32c(data[offset:offset + part["bytes"]])
-            if crc != part["crc32c"]:
+            if c.crc32c(data[offset:offset + part["bytes"]]) != part["crc32c"]:
                 raise ArchiveError(
                     f"the archive's copy of segment {seg['first']} differs from this store's "
                     f"at offset {offset}: another history; archive to a new prefix",

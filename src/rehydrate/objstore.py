@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import random
 import threading
-import time
 import urllib.parse
 from collections import Counter
 from typing import Any, Callable, Optional, TypeVar, Union
@@ -373,16 +372,11 @@ def open_object_store(target: ArchiveTarget, *, create: bool = True,
     directory (a writer's; readers pass False and find no archive there)."""
     import pyarrow.fs as pafs
 
+    check_target(target)
     if isinstance(target, tuple):
-        if (len(target) != 2 or not isinstance(target[0], pafs.FileSystem)
-                or not isinstance(target[1], str)):
-            raise ConfigError("archive must be a URI or a (pyarrow.fs.FileSystem, prefix) pair")
         fs, root = target
         shown = f"{fs.type_name}://{root.strip('/')}"
-    elif isinstance(target, str):
-        if "://" not in target:
-            raise ConfigError(f"archive must be a URI with a scheme (s3://, gs://, file://), not "
-                              f"{redact(target)!r}")
+    else:
         try:
             fs, root = pafs.FileSystem.from_uri(target)
         except (OSError, ValueError, TypeError) as e:
@@ -390,8 +384,6 @@ def open_object_store(target: ArchiveTarget, *, create: bool = True,
         shown = redact(target)
         if isinstance(fs, pafs.S3FileSystem):
             fs = tune_s3(fs)
-    else:
-        raise ConfigError("archive must be a URI or a (pyarrow.fs.FileSystem, prefix) pair")
     if isinstance(fs, pafs.LocalFileSystem):
         root = os.path.abspath(root or "/")
         if create:
@@ -454,11 +446,3 @@ def check_target(target: Any) -> None:
             return
     raise ConfigError("archive must be a URI or a (pyarrow.fs.FileSystem, prefix) pair")
 
-
-def wait_backoff(stop: threading.Event, delays: Any) -> bool:
-    """Wait the next delay of ``delays`` or until ``stop``; True when stopped."""
-    return stop.wait(next(delays))
-
-
-def monotonic_ms() -> int:
-    return int(time.monotonic() * 1000)
