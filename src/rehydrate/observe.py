@@ -1,172 +1,460 @@
-"""Observability: Prometheus metrics of a store and its readiness over HTTP
-(docs/warmup.md, "Metrics and HTTP").
+"""Observability: Prometheus metrics of stores and their readiness over HTTP
+(docs/observability.md).
 
-Metrics are read from the store when scraped (a collector, nothing counted
+Metrics are read from the stores when scraped (a collector, nothing counted
 on the write path): the warmup's phases, replay records, bytes and rate,
-writes not yet durable, problems by kind, last and durable LSN, and the
-last checkpoint. ``store.serve_http()`` serves ``/readyz``, ``/livez`` and
-``/metrics`` on 127.0.0.1 by default, from a thread, and with
-``replication=True`` the ``/replication/v1/...`` endpoints (replication.py,
-imported only then). prometheus_client is imported here only, when metrics
+writes not yet durable, problems by kind, last and durable LSN, the last
+checkpoint, replication and the archive. One collector per registry holds
+every store registered in it (weakly), each sample labelled ``store`` (the
+directory), so several stores share a registry.
+
+``/readyz``, ``/livez`` and ``/metrics`` are answered by one function,
+``respond()``, free of any HTTP framework; three servers speak it: the
+threaded server of ``store.serve_http()`` (which, with
+``replication=True``, also serves the ``/replication/v1/...`` endpoints of
+replication.py, imported only then), an ASGI3 app and a WSGI app to mount
+in a web framework. prometheus_client is imported here only, when metrics
 are asked for.
 """
 
 from __future__ import annotations
 
+import http
 import json
 import os
 import threading
 import weakref
 from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Optional
 
 from .errors import ConfigError
 
+# -- metrics ------------------------------------------------------------------
 
-class StoreCollector:
-    """A prometheus_client collector reading one store at scrape time."""
+# Every family a collector may yield: name -> (type, help, labels besides
+# "store"). A counter's samples are named NAME_total.
+FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "rehydrate_warmup_phase_seconds": (
+        "gauge", "seconds each warmup phase of the last open took", ("phase",)),
+    "rehydrate_warmup_seconds": ("gauge", "seconds the last open took", ()),
+    "rehydrate_replay_records": ("gauge", "records the last open replayed", ()),
+    "rehydrate_replay_bytes": ("gauge", "log bytes the last open read", ()),
+    "rehydrate_replay_records_per_second": ("gauge", "replay rate of the last open", ()),
+    "rehydrate_ready": ("gauge", "1 once the store is open and warm", ()),
+    "rehydrate_last_lsn": ("gauge", "LSN of the last write applied", ()),
+    "rehydrate_durable_lsn": (
+        "gauge", "every write up to this LSN survives power loss", ()),
+    "rehydrate_pending_writes": ("gauge", "writes applied but not yet durable", ()),
+    "rehydrate_role": ("gauge", "1 for this store's role", ("role",)),
+    "rehydrate_epoch": ("gauge", "the generation of the directory's writer", ()),
+    "rehydrate_standby_lag_records": (
+        "gauge", "records the primary wrote that this standby has not applied", ()),
+    "rehydrate_standby_lag_seconds": (
+        "gauge", "how long this standby has been behind the primary (0: caught up)", ()),
+    "rehydrate_standby_state": ("gauge", "1 for a standby's follower state", ("state",)),
+    "rehydrate_warmup_progress": ("gauge", "how far the open is, 0..1", ()),
+    "rehydrate_intake_pending_records": (
+        "gauge", "writes taken during a background open, waiting for their table", ()),
+    "rehydrate_intake_pending_bytes": (
+        "gauge", "bytes of the writes waiting for their table", ()),
+    "rehydrate_tables_ready": ("gauge", "tables whose state is in", ()),
+    "rehydrate_recovery_problems": (
+        "counter", "problems the last open's recovery found, by kind", ("kind",)),
+    "rehydrate_checkpoints": ("counter", "checkpoints written since open", ()),
+    "rehydrate_checkpoint_seconds": ("gauge", "duration of the last checkpoint", ()),
+    "rehydrate_checkpoint_pause_seconds": (
+        "gauge", "how long the last checkpoint paused writers", ()),
+    "rehydrate_checkpoint_lsn": ("gauge", "LSN of the last checkpoint", ()),
+    # The archive (docs/archive.md), for a store that has one: how far
+    # behind it is, and what it cost, by request kind.
+    "rehydrate_archive_lsn": ("gauge", "the last LSN the archive holds", ()),
+    "rehydrate_archive_lag_records": (
+        "gauge", "records written that the archive does not hold yet", ()),
+    "rehydrate_archive_lag_seconds": (
+        "gauge", "age of the oldest write the archive does not hold (0: caught up)", ()),
+    "rehydrate_archive_state": ("gauge", "1 for the archiver's state", ("state",)),
+    "rehydrate_archive_requests": (
+        "counter", "requests to the object store, by kind", ("kind",)),
+    "rehydrate_archive_request_failures": (
+        "counter", "requests to the object store that failed, by kind", ("kind",)),
+    "rehydrate_archive_bytes_uploaded": ("counter", "bytes sent to the object store", ()),
+    "rehydrate_archive_failed_passes": (
+        "counter", "upload passes that failed (each retried after a backoff)", ()),
+}
 
-    def __init__(self, store):
-        self._store = store
+_ROLES = ("primary", "standby", "reader", "moved")
+_FOLLOW_STATES = ("catching_up", "following", "stalled", "failed", "stopped")
+_ARCHIVE_STATES = ("starting", "ok", "retrying", "failed", "stopped")
 
-    def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: F401
-
-        s = self._store
-        labels = ["store"]
-        at = [s.path]
-
-        def gauge(name, doc, value, extra=None):
-            g = GaugeMetricFamily(name, doc, labels=labels + list(extra or {}))
-            g.add_metric(at + list((extra or {}).values()), value)
-            return g
-
-        report = getattr(s, "warmup_report", None) or {"phases": [], "total_s": 0.0}
-        phases = GaugeMetricFamily("rehydrate_warmup_phase_seconds",
-                                   "seconds each warmup phase of the last open took",
-                                   labels=labels + ["phase"])
-        for p in report["phases"]:
-            phases.add_metric(at + [p["name"]], p["duration_s"])
-        yield phases
-        yield gauge("rehydrate_warmup_seconds", "seconds the last open took", report["total_s"])
-        replay = next((p for p in report["phases"] if p["name"] == "replay"), {})
-        yield gauge("rehydrate_replay_records", "records the last open replayed",
-                    replay.get("records", 0))
-        yield gauge("rehydrate_replay_bytes", "log bytes the last open read",
-                    replay.get("bytes", 0))
-        yield gauge("rehydrate_replay_records_per_second", "replay rate of the last open",
-                    replay.get("rate", 0.0))
-        yield gauge("rehydrate_ready", "1 once the store is open and warm", 1.0 if
-                    s.readiness()["ready"] else 0.0)
-        yield gauge("rehydrate_last_lsn", "LSN of the last write applied", s.lsn)
-        yield gauge("rehydrate_durable_lsn", "every write up to this LSN survives power loss",
-                    s.durable_lsn)
-        role = s.role
-        yield gauge("rehydrate_pending_writes", "writes applied but not yet durable",
-                    max(0, s.lsn - s.durable_lsn) if role == "primary" else 0)
-        # Replication (docs/replication.md): the role as a 0/1 gauge per
-        # role, the epoch, and a standby's lag and follower state.
-        roles = GaugeMetricFamily("rehydrate_role", "1 for this store's role",
-                                  labels=labels + ["role"])
-        for r in ("primary", "standby", "reader", "moved"):
-            roles.add_metric(at + [r], 1.0 if r == role else 0.0)
-        yield roles
-        yield gauge("rehydrate_epoch", "the generation of the directory's writer", s.epoch)
-        lag = s.lag
-        yield gauge("rehydrate_standby_lag_records",
-                    "records the primary wrote that this standby has not applied",
-                    lag["records"])
-        yield gauge("rehydrate_standby_lag_seconds",
-                    "how long this standby has been behind the primary (0: caught up)",
-                    lag["seconds"])
-        states = GaugeMetricFamily("rehydrate_standby_state",
-                                   "1 for a standby's follower state",
-                                   labels=labels + ["state"])
-        if role in ("standby", "reader"):
-            for st in ("catching_up", "following", "stalled", "failed", "stopped"):
-                states.add_metric(at + [st], 1.0 if st == lag["state"] else 0.0)
-        yield states
-        ready = s.readiness()
-        yield gauge("rehydrate_warmup_progress", "how far the open is, 0..1",
-                    ready["progress"])
-        yield gauge("rehydrate_intake_pending_records",
-                    "writes taken during a background open, waiting for their table",
-                    ready.get("pending_records", 0))
-        yield gauge("rehydrate_intake_pending_bytes",
-                    "bytes of the writes waiting for their table", ready.get("pending_bytes", 0))
-        tables = ready.get("tables")
-        yield gauge("rehydrate_tables_ready", "tables whose state is in",
-                    sum(tables.values()) if tables is not None else len(s.tables()))
-        problems = CounterMetricFamily("rehydrate_recovery_problems",
-                                       "problems the last open's recovery found, by kind",
-                                       labels=labels + ["kind"])
-        for kind, n in sorted(Counter(p.kind for p in s.recovery_report.problems).items()):
-            problems.add_metric(at + [kind], n)
-        yield problems
-        cp = s.checkpoint_stats
-        yield _counter("rehydrate_checkpoints", "checkpoints written since open", at,
-                       cp["count"])
-        yield gauge("rehydrate_checkpoint_seconds", "duration of the last checkpoint",
-                    cp["last_duration_s"])
-        yield gauge("rehydrate_checkpoint_pause_seconds",
-                    "how long the last checkpoint paused writers", cp["last_pause_s"])
-        yield gauge("rehydrate_checkpoint_lsn", "LSN of the last checkpoint", cp["last_lsn"])
-        arch = s.archive_status
-        if arch is not None:
-            # The archive (docs/archive.md): how far behind it is, and what
-            # it cost, by request kind.
-            yield gauge("rehydrate_archive_lsn", "the last LSN the archive holds",
-                        arch["archived_lsn"])
-            yield gauge("rehydrate_archive_lag_records",
-                        "records written that the archive does not hold yet",
-                        arch["lag_records"])
-            yield gauge("rehydrate_archive_lag_seconds",
-                        "age of the oldest write the archive does not hold (0: caught up)",
-                        arch["lag_seconds"])
-            astates = GaugeMetricFamily("rehydrate_archive_state", "1 for the archiver's state",
-                                        labels=labels + ["state"])
-            for st in ("starting", "ok", "retrying", "failed", "stopped"):
-                astates.add_metric(at + [st], 1.0 if st == arch["state"] else 0.0)
-            yield astates
-            reqs = CounterMetricFamily("rehydrate_archive_requests",
-                                       "requests to the object store, by kind",
-                                       labels=labels + ["kind"])
-            fails = CounterMetricFamily("rehydrate_archive_request_failures",
-                                        "requests to the object store that failed, by kind",
-                                        labels=labels + ["kind"])
-            for kind in sorted(arch["requests"]):
-                reqs.add_metric(at + [kind], arch["requests"][kind])
-                fails.add_metric(at + [kind], arch["failures"][kind])
-            yield reqs
-            yield fails
-            yield _counter("rehydrate_archive_bytes_uploaded",
-                           "bytes sent to the object store", at, arch["bytes_up"])
-            yield _counter("rehydrate_archive_failed_passes",
-                           "upload passes that failed (each retried after a backoff)", at,
-                           arch["pass_failures"])
+Sample = tuple[str, tuple[str, ...], float]  # family, its extra label values, value
 
 
-def _counter(name, doc, at, value):
-    from prometheus_client.core import CounterMetricFamily
+def samples(store: Any) -> list[Sample]:
+    """The samples of one store, read now (no ``store`` label yet)."""
+    s = store
+    out: list[Sample] = []
 
-    c = CounterMetricFamily(name, doc, labels=["store"])
-    c.add_metric(at, value)
-    return c
+    def add(name: str, value: float, *extra: str) -> None:
+        out.append((name, extra, float(value)))
+
+    report = s.warmup_report or {"phases": [], "total_s": 0.0}
+    for p in report["phases"]:
+        add("rehydrate_warmup_phase_seconds", p["duration_s"], p["name"])
+    add("rehydrate_warmup_seconds", report["total_s"])
+    replay: dict[str, Any] = next((p for p in report["phases"] if p["name"] == "replay"), {})
+    add("rehydrate_replay_records", replay.get("records", 0))
+    add("rehydrate_replay_bytes", replay.get("bytes", 0))
+    add("rehydrate_replay_records_per_second", replay.get("rate", 0.0))
+    ready = s.readiness()
+    add("rehydrate_ready", 1.0 if ready["ready"] else 0.0)
+    add("rehydrate_last_lsn", s.lsn)
+    add("rehydrate_durable_lsn", s.durable_lsn)
+    role = s.role
+    add("rehydrate_pending_writes", max(0, s.lsn - s.durable_lsn) if role == "primary" else 0)
+    # Replication (docs/replication.md): the role as a 0/1 gauge per role,
+    # the epoch, and a standby's lag and follower state.
+    for r in _ROLES:
+        add("rehydrate_role", 1.0 if r == role else 0.0, r)
+    add("rehydrate_epoch", s.epoch)
+    lag = s.lag
+    add("rehydrate_standby_lag_records", lag["records"])
+    add("rehydrate_standby_lag_seconds", lag["seconds"])
+    if role in ("standby", "reader"):
+        for st in _FOLLOW_STATES:
+            add("rehydrate_standby_state", 1.0 if st == lag["state"] else 0.0, st)
+    add("rehydrate_warmup_progress", ready["progress"])
+    add("rehydrate_intake_pending_records", ready.get("pending_records", 0))
+    add("rehydrate_intake_pending_bytes", ready.get("pending_bytes", 0))
+    tables = ready.get("tables")
+    add("rehydrate_tables_ready", sum(tables.values()) if tables is not None else len(s.tables()))
+    for kind, n in sorted(Counter(p.kind for p in s.recovery_report.problems).items()):
+        add("rehydrate_recovery_problems", n, kind)
+    cp = s.checkpoint_stats
+    add("rehydrate_checkpoints", cp["count"])
+    add("rehydrate_checkpoint_seconds", cp["last_duration_s"])
+    add("rehydrate_checkpoint_pause_seconds", cp["last_pause_s"])
+    add("rehydrate_checkpoint_lsn", cp["last_lsn"])
+    arch = s.archive_status
+    if arch is not None:
+        add("rehydrate_archive_lsn", arch["archived_lsn"])
+        add("rehydrate_archive_lag_records", arch["lag_records"])
+        add("rehydrate_archive_lag_seconds", arch["lag_seconds"])
+        for st in _ARCHIVE_STATES:
+            add("rehydrate_archive_state", 1.0 if st == arch["state"] else 0.0, st)
+        for kind in sorted(arch["requests"]):
+            add("rehydrate_archive_requests", arch["requests"][kind], kind)
+            add("rehydrate_archive_request_failures", arch["failures"][kind], kind)
+        add("rehydrate_archive_bytes_uploaded", arch["bytes_up"])
+        add("rehydrate_archive_failed_passes", arch["pass_failures"])
+    return out
 
 
-def register(store, registry=None):
-    """The store's collector registered in ``registry`` (a new one if None)."""
+def _family(name: str) -> Any:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    kind, doc, extra = FAMILIES[name]
+    cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+    return cls(name, doc, labels=["store", *extra])
+
+
+class StoresCollector:
+    """A prometheus_client collector reading, at scrape time, every store
+    registered in it: each family has one sample (set) per store, labelled
+    ``store``. Stores are held weakly, and one closed is dropped: its
+    samples are gone from the next scrape on."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stores: list[weakref.ref[Any]] = []
+
+    def add(self, store: Any) -> None:
+        """Hold ``store`` (again: nothing). ConfigError when another open
+        store with the same directory is here: their samples would be the
+        same series."""
+        with self._lock:
+            live = self._live()
+            if any(s is store for s in live):
+                return
+            for s in live:
+                if s.path == store.path:
+                    raise ConfigError(
+                        f"another open store of {store.path!r} is in this registry already; "
+                        "give each its own registry")
+            self._stores.append(weakref.ref(store))
+
+    def stores(self) -> list[Any]:
+        """The stores held, open ones only, in the order they came."""
+        with self._lock:
+            return self._live()
+
+    def _live(self) -> list[Any]:
+        live = []
+        for ref in self._stores:
+            s = ref()
+            if s is not None and not s.closed:
+                live.append(s)
+        self._stores = [weakref.ref(s) for s in live]
+        return live
+
+    def describe(self) -> Iterator[Any]:
+        # Every family, empty: what a registry checks for duplicate names,
+        # without reading any store.
+        for name in FAMILIES:
+            yield _family(name)
+
+    def collect(self) -> Iterator[Any]:
+        families: dict[str, Any] = {}
+        for store in self.stores():
+            at = store.path
+            for name, extra, value in samples(store):
+                if name not in families:
+                    families[name] = _family(name)
+                families[name].add_metric([at, *extra], value)
+        # In FAMILIES' order, whatever order the stores yielded them in.
+        for name in FAMILIES:
+            if name in families:
+                yield families[name]
+
+
+# registry -> its collector; an entry goes with its registry.
+_COLLECTORS: "weakref.WeakKeyDictionary[Any, StoresCollector]" = weakref.WeakKeyDictionary()
+_COLLECTORS_LOCK = threading.Lock()
+
+
+def register(store: Any, registry: Any = None) -> Any:
+    """``registry`` (a new ``CollectorRegistry`` if None) with ``store``'s
+    metrics in it. One collector per registry holds all its stores, so
+    registering several stores in one registry (the default
+    ``prometheus_client.REGISTRY`` too) is fine, and registering one twice
+    does nothing."""
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry() if registry is None else registry
-    registry.register(StoreCollector(store))
+    with _COLLECTORS_LOCK:
+        try:
+            collector = _COLLECTORS.get(registry)
+        except TypeError:
+            raise ConfigError(
+                f"registry must be a prometheus_client CollectorRegistry, not {registry!r}"
+            ) from None
+        if collector is None:
+            collector = StoresCollector()
+            try:
+                registry.register(collector)
+            except (AttributeError, ValueError) as e:
+                # ValueError: another collector there already has these names.
+                raise ConfigError(f"cannot add rehydrate metrics to {registry!r}: {e}") from e
+            _COLLECTORS[registry] = collector
+    collector.add(store)
     return registry
 
+
+def collector_of(registry: Any) -> Optional[StoresCollector]:
+    """The collector of rehydrate metrics in ``registry``, if any."""
+    with _COLLECTORS_LOCK:
+        return _COLLECTORS.get(registry)
+
+
+# -- the probes, free of any HTTP framework ------------------------------------
+
+PATHS = ("/readyz", "/livez", "/metrics")
+_ALLOW = "GET, HEAD"
+_JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class Response:
+    """What to answer: a status, headers (Content-Type and Content-Length
+    among them) and a body (empty for HEAD, Content-Length as for GET)."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    @property
+    def status_line(self) -> str:
+        return f"{self.status} {http.HTTPStatus(self.status).phrase}"
+
+
+def respond(stores: tuple[Any, ...], registry: Any, method: str, path: str,
+            accept: Optional[str] = None) -> Response:
+    """The answer to ``method path`` (``path`` relative to where the probes
+    are mounted, no query string).
+
+    ``/readyz``: 200 when ready, else 503, ``store.readiness()`` as JSON;
+    for several stores ``{"ready": every one is, "stores": {path:
+    readiness}}``. ``/livez``: 200 while sound, 503 once failed (several:
+    ``{"live": every one is, "stores": {path: {"live", "error"}}}``).
+    ``/metrics``: ``registry`` in OpenMetrics text when ``accept`` asks for
+    ``application/openmetrics-text``, else in Prometheus text. Another
+    method than GET or HEAD on these is 405; any other path 404.
+
+    All of it is a read of memory (readiness is a few fields under the
+    store's lock, metrics a collector's read of counters), so it is fine to
+    call from an event loop.
+    """
+    extra: tuple[tuple[str, str], ...] = ()
+    if path not in PATHS:
+        status, ctype, body = 404, _JSON, _dumps(
+            {"error": f"no such path {path!r}", "paths": list(PATHS)})
+    elif method not in ("GET", "HEAD"):
+        status, ctype, body = 405, _JSON, _dumps(
+            {"error": f"method {method} not allowed on {path}", "allow": ["GET", "HEAD"]})
+        extra = (("Allow", _ALLOW),)
+    elif path == "/metrics":
+        from prometheus_client.exposition import choose_encoder
+
+        encode, ctype = choose_encoder(accept or "")
+        status, body = 200, encode(registry)
+    elif path == "/readyz":
+        status, data = _readyz(stores)
+        ctype, body = _JSON, _dumps(data)
+    else:
+        status, data = _livez(stores)
+        ctype, body = _JSON, _dumps(data)
+    headers = (("Content-Type", ctype), ("Content-Length", str(len(body))), *extra)
+    return Response(status, headers, b"" if method == "HEAD" else body)
+
+
+def _dumps(data: Mapping[str, Any]) -> bytes:
+    return json.dumps(data).encode()
+
+
+def _readyz(stores: tuple[Any, ...]) -> tuple[int, dict[str, Any]]:
+    if len(stores) == 1:
+        r: dict[str, Any] = stores[0].readiness()
+        return (200 if r["ready"] else 503), r
+    each = {s.path: s.readiness() for s in stores}
+    ready = all(r["ready"] for r in each.values())
+    return (200 if ready else 503), {"ready": ready, "stores": each}
+
+
+def _live(store: Any) -> dict[str, Any]:
+    failed = store.failed
+    return {"live": not failed, "error": repr(failed) if failed else None}
+
+
+def _livez(stores: tuple[Any, ...]) -> tuple[int, dict[str, Any]]:
+    if len(stores) == 1:
+        out = _live(stores[0])
+    else:
+        each = {s.path: _live(s) for s in stores}
+        out = {"live": all(r["live"] for r in each.values()), "stores": each}
+    return (200 if out["live"] else 503), out
+
+
+def _probed(stores: Iterable[Any], registry: Any) -> tuple[tuple[Any, ...], Any]:
+    """The stores (each once, in order) and the registry they are all in
+    (a new one if None); ConfigError for no store."""
+    unique: list[Any] = []
+    for s in stores:
+        if not any(s is u for u in unique):
+            unique.append(s)
+    if not unique:
+        raise ConfigError("probes need at least one store")
+    for s in unique:
+        registry = register(s, registry)
+    return tuple(unique), registry
+
+
+# -- ASGI and WSGI --------------------------------------------------------------
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class AsgiApp:
+    """An ASGI3 app answering ``respond()`` (no framework needed): mount it,
+    e.g. ``app.mount("/rehydrate", store.asgi_app())`` in Starlette or
+    FastAPI. The path routed is the request's path less ``root_path`` (the
+    mount point, as Starlette and ``uvicorn --root-path`` set it). It
+    completes ``lifespan`` startup and shutdown, and refuses a websocket.
+    It answers inline: see ``respond()``."""
+
+    def __init__(self, stores: tuple[Any, ...], registry: Any) -> None:
+        self.stores, self.registry = stores, registry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            headers = scope.get("headers") or ()
+            accept = ", ".join(v.decode("latin-1") for k, v in headers
+                               if k.lower() == b"accept")
+            r = respond(self.stores, self.registry, scope["method"], _route_path(scope),
+                        accept)
+            await send({"type": "http.response.start", "status": r.status,
+                        "headers": [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                                    for k, v in r.headers]})
+            await send({"type": "http.response.body", "body": r.body})
+        elif kind == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1008})  # before accept: 403
+        else:
+            raise ConfigError(f"an ASGI scope of type {kind!r} is not served here")
+
+
+def _route_path(scope: Scope) -> str:
+    """``path`` less ``root_path`` where it starts with it: servers and
+    frameworks differ on whether ``path`` still holds the mount point
+    (ASGI says it does; older Starlette stripped it)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path") or ""
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+        return path[len(root):]
+    return path
+
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+
+
+class WsgiApp:
+    """A WSGI app answering ``respond()``: it routes ``PATH_INFO`` (what is
+    left below ``SCRIPT_NAME``, the mount point), so it mounts under a
+    prefix with werkzeug's DispatcherMiddleware, in Flask or Django."""
+
+    def __init__(self, stores: tuple[Any, ...], registry: Any) -> None:
+        self.stores, self.registry = stores, registry
+
+    def __call__(self, environ: Mapping[str, Any], start_response: StartResponse
+                 ) -> list[bytes]:
+        r = respond(self.stores, self.registry, environ.get("REQUEST_METHOD", "GET"),
+                    environ.get("PATH_INFO") or "", environ.get("HTTP_ACCEPT"))
+        start_response(r.status_line, list(r.headers))
+        return [r.body]
+
+
+def asgi_app(*stores: Any, registry: Any = None) -> AsgiApp:
+    """An ASGI app serving the probes of ``stores`` (at least one) and the
+    metrics of ``registry``, where each store is registered (a new registry
+    when None). With several stores, ``/readyz`` is 200 only when every one
+    is ready and ``/livez`` only while every one is sound."""
+    return AsgiApp(*_probed(stores, registry))
+
+
+def wsgi_app(*stores: Any, registry: Any = None) -> WsgiApp:
+    """The WSGI twin of ``asgi_app()``."""
+    return WsgiApp(*_probed(stores, registry))
+
+
+# -- the threaded server of serve_http() ----------------------------------------
 
 class ReadinessServer:
     """``/readyz`` (200 when ready, else 503; JSON progress either way),
     ``/livez`` (200 while the store is sound, 503 once it failed),
-    ``/metrics`` (Prometheus text); anything else 404. ``port``, ``close()``.
+    ``/metrics`` (Prometheus or OpenMetrics text); another method 405,
+    anything else 404 (``respond()``). ``port``, ``close()``.
 
     ``replication=(source, token)`` (a ``replication.Source``) adds the
     replication endpoints (docs/replication.md); it needs a token or an
@@ -181,8 +469,8 @@ class ReadinessServer:
     ``close()`` is then a no-op.
     """
 
-    def __init__(self, store, host: str, port: int, registry, replication=None,
-                 ssl_context=None):
+    def __init__(self, store: Any, host: str, port: int, registry: Any,
+                 replication: Any = None, ssl_context: Any = None) -> None:
         self._replication = None
         if replication is not None:
             from .replication import Endpoints, check_config
@@ -226,10 +514,10 @@ class ReadinessServer:
         """Close this process's copy of the listening socket, nothing else."""
         self._httpd.socket.close()
 
-    def __enter__(self):
+    def __enter__(self) -> ReadinessServer:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -238,9 +526,9 @@ class _Server(ThreadingHTTPServer):
     handshake runs on the connection's thread (with a timeout), not on the
     thread that accepts."""
 
-    ssl_context = None
+    ssl_context: Any = None
 
-    def get_request(self):
+    def get_request(self) -> tuple[Any, Any]:
         sock, addr = super().get_request()
         if self.ssl_context is not None:
             sock.settimeout(_HANDSHAKE_S)
@@ -252,7 +540,7 @@ class _Server(ThreadingHTTPServer):
                 raise
         return sock, addr
 
-    def finish_request(self, request, client_address):
+    def finish_request(self, request: Any, client_address: Any) -> None:
         if self.ssl_context is not None:
             try:
                 request.do_handshake()
@@ -265,49 +553,42 @@ class _Server(ThreadingHTTPServer):
 _HANDSHAKE_S = 10.0
 
 
-def _handler(store, registry, replication=None):
+def _handler(store: Any, registry: Any, replication: Any = None) -> type[BaseHTTPRequestHandler]:
+    stores = (store,)
+
     class Handler(BaseHTTPRequestHandler):
         # A stalled client times out instead of holding a thread for good
         # (the log stream writes at least once a second).
         timeout = 60.0 if replication is not None else None
 
-        def _send(self, code: int, body: bytes, ctype: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
+        def _probe(self, path: str) -> None:
+            r = respond(stores, registry, self.command, path, self.headers.get("Accept"))
+            self.send_response(r.status)
+            for name, value in r.headers:
+                self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(body)
+            self.wfile.write(r.body)
 
-        def _json(self, code: int, data: dict) -> None:
-            self._send(code, json.dumps(data).encode(), "application/json")
-
-        def do_GET(self):  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
             path, _, query = self.path.partition("?")
             if replication is not None and path.startswith(_REPLICATION):
                 replication.get(self, path, query)
-            elif path == "/readyz":
-                r = store.readiness()
-                self._json(200 if r["ready"] else 503, r)
-            elif path == "/livez":
-                failed = store.failed
-                self._json(503 if failed else 200,
-                           {"live": not failed, "error": repr(failed) if failed else None})
-            elif path == "/metrics":
-                from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             else:
-                self._json(404, {"error": f"no such path {path!r}",
-                                 "paths": ["/readyz", "/livez", "/metrics"]})
+                self._probe(path)
 
-        def do_POST(self):  # noqa: N802 - http.server's name
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
             path = self.path.partition("?")[0]
             if replication is not None and path.startswith(_REPLICATION):
                 replication.post(self, path)
             else:
-                self._json(404, {"error": f"no such path {path!r}"})
+                self._probe(path)
 
-        def log_message(self, fmt, *args) -> None:  # quiet: no stderr per request
+        def _other(self) -> None:
+            self._probe(self.path.partition("?")[0])
+
+        do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other  # noqa: N815
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet: no stderr per request
             pass
 
     return Handler

@@ -10,7 +10,7 @@ closed and carried across fork()), writes.py (the write path), options.py, openi
 from __future__ import annotations
 
 import copy
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from . import intake as _intake
 from ._types import ProgressFn, StrPath, TableKinds
@@ -25,6 +25,9 @@ from .options import (
     OPTION_NAMES, SYNC_MODES,
 )
 from .warmup import Warmup
+
+if TYPE_CHECKING:
+    from . import observe
 
 _DEFAULT_MAX_LAG_S = 1.0
 
@@ -502,13 +505,34 @@ class Store(Roles):
 
     def metrics(self, registry: Any = None) -> Any:
         """A prometheus_client registry with this store's metrics (read at
-        scrape time; docs/warmup.md). Pass ``registry`` to add them to yours
-        (one store per registry: the metric names are the store's)."""
+        scrape time; docs/observability.md): without ``registry``, the
+        store's own (the same one on every call); with one, this store is
+        added to it (yours, or ``prometheus_client.REGISTRY``), which then
+        is the store's. Several stores may share a registry: each sample is
+        labelled with its store's directory; a store closed leaves it.
+        Adding a store twice does nothing; ConfigError for another open
+        store of the same directory."""
         from . import observe
 
         if self._metrics_registry is None or registry is not None:
             self._metrics_registry = observe.register(self, registry)
         return self._metrics_registry
+
+    def asgi_app(self, registry: Any = None) -> observe.AsgiApp:
+        """An ASGI3 app serving ``/readyz``, ``/livez`` and ``/metrics``
+        as ``serve_http()`` does, to mount in your own server, e.g.
+        ``app.mount("/rehydrate", store.asgi_app())`` (Starlette, FastAPI).
+        ``registry`` as for ``metrics()`` (docs/observability.md)."""
+        from . import observe
+
+        return observe.AsgiApp((self,), self.metrics(registry))
+
+    def wsgi_app(self, registry: Any = None) -> observe.WsgiApp:
+        """The WSGI twin of ``asgi_app()`` (Flask, Django; mount it under a
+        prefix with werkzeug's DispatcherMiddleware)."""
+        from . import observe
+
+        return observe.WsgiApp((self,), self.metrics(registry))
 
     def serve_http(self, port: int = 0, host: str = "127.0.0.1", registry: Any = None, *,
                    replication: bool = False, token: Optional[str] = None,
