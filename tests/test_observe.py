@@ -1,4 +1,5 @@
-"""Metrics and readiness over real HTTP (docs/warmup.md, "Metrics and HTTP")."""
+"""Metrics and readiness over real HTTP, several stores in one registry, OpenMetrics
+(docs/observability.md)."""
 
 from __future__ import annotations
 
