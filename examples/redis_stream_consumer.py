@@ -3,7 +3,7 @@
     python examples/redis_stream_consumer.py --redis-url redis://127.0.0.1:6379/0 \\
         --stream events --group counters --store DIR [--sync always|interval|none] \\
         [--consumer NAME] [--count N] [--max-idle SECONDS] \\
-        [--http-host HOST] [--http-port PORT]
+        [--checkpoint-every-s SECONDS] [--http-host HOST] [--http-port PORT]
 
 Each stream entry ``{"key": K, "delta": D}`` adds the integer D to
 ``counters[K]`` in the store (an entry without them is kept in table
@@ -226,6 +226,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--count", type=int, default=100, help="entries per read and batch")
     p.add_argument("--max-idle", type=float, default=None, metavar="SECONDS",
                    help="exit after SECONDS without an entry (0: once drained)")
+    p.add_argument("--checkpoint-every-s", type=float, default=None, metavar="SECONDS",
+                   help="write a snapshot this often, so a restart replays at most "
+                        "that much log")
     p.add_argument("--http-host", default="127.0.0.1")
     p.add_argument("--http-port", type=int, default=None,
                    help="serve /readyz, /livez and /metrics on this port")
@@ -242,7 +245,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     stop = Stop()
     stop.install()
     try:
-        store = Store.open_background(args.store, sync=args.sync)
+        store = Store.open_background(args.store, sync=args.sync,
+                                      checkpoint_every_s=args.checkpoint_every_s)
         try:
             server = (store.serve_http(port=args.http_port, host=args.http_host)
                       if args.http_port is not None else None)
