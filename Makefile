@@ -55,7 +55,8 @@ demo: $(STAMP) redis
 	$(BIN)/python -m rehydrate bench --records 2000000 --keys 400000 --snapshot-at 0.5 \
 		--repeat 3 --plot $(VENV)/bench.png
 
-# mypy over the package, examples/typed_usage.py and zero_downtime_deploy.py, configured in
+# mypy over the package, examples/typed_usage.py, zero_downtime_deploy.py and
+# redis_stream_consumer.py, configured in
 # pyproject.toml ([tool.mypy]; docs/typing.md), and the native core's stub
 # for the oldest and newest Python the project supports (on its own: under
 # the package, the stub's parent `rehydrate` is imported too, and the
