@@ -283,6 +283,10 @@ class TableView(Mapping):
     def get(self, key, default=None):
         return self._table().get(key, default)
 
+    def to_arrow(self):
+        """The table's ``to_arrow()``, once it is ready (docs/tables.md)."""
+        return self._table().to_arrow()
+
     def __getattr__(self, attr):
         if attr.startswith("__"):
             raise AttributeError(attr)

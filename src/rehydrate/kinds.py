@@ -15,12 +15,17 @@ from __future__ import annotations
 import sys
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from . import _format as F
 from .errors import ConfigError, InvalidOperationError
 from ._types import Key, TableKinds, Value
 from .ready import Ready
+
+if TYPE_CHECKING:
+    import pyarrow
+
+    from .export import LockOf
 
 __all__ = ["DictTable", "StateType", "resolve_kinds"]
 
@@ -55,7 +60,7 @@ class DictTable(Ready, Mapping[Key, Value]):
     read-only Mapping.
     """
 
-    __slots__ = ("_d", "_version", "_name", "_c")
+    __slots__ = ("_d", "_version", "_name", "_c", "_export_lock")
 
     def __init__(self, _core: Any = None, _name: str = "") -> None:
         self._d: dict[Key, Value] = {}
@@ -63,6 +68,8 @@ class DictTable(Ready, Mapping[Key, Value]):
         self._version = 0
         self._name = _name
         self._c = _core if _core is not None else _default_core()
+        # The store's lock for ``to_arrow``'s copy (set by Store.table).
+        self._export_lock: Optional[LockOf] = None
 
     # -- Mapping surface -------------------------------------------------
     def __len__(self) -> int:
@@ -100,6 +107,14 @@ class DictTable(Ready, Mapping[Key, Value]):
     def to_dict(self) -> dict[Key, Value]:
         """A plain dict copy (shallow: its values are the live objects)."""
         return dict(self._d)
+
+    def to_arrow(self) -> pyarrow.Table:
+        """The table as a pyarrow.Table of ``key`` and ``value`` columns
+        (docs/tables.md, "Data out"): one consistent state, the values
+        converted (never shared with the table)."""
+        from .export import dict_to_arrow
+
+        return dict_to_arrow(self, self._export_lock)
 
     # __eq__ (against any mapping) is Mapping's own, and so __hash__ is None.
 
@@ -261,6 +276,13 @@ class StateType(Ready):
         # A StateType is a state object, not a container: an empty-looking
         # len() must not make it falsy.
         return True
+
+    def to_arrow(self) -> pyarrow.Table:
+        """ConfigError (reason ``no_export``): a custom state is the class's
+        own, with no key/value form to export. A class may define its own."""
+        from .export import refuse_custom
+
+        raise refuse_custom(getattr(self, "_rh_name", None))
 
     def _digest(self) -> int:
         # The digest is defined over entries (docs/FORMAT.md); a custom

@@ -31,6 +31,9 @@ from .ready import Ready
 
 if TYPE_CHECKING:
     import numpy
+    import pyarrow
+
+    from .export import LockOf
 
 DTYPES = ("int64", "float64")
 MAX_COLUMNS = 1024
@@ -66,7 +69,8 @@ class NumericTable(Ready):
     live table ``store.table(name)`` returns (reads only; writes go through
     the store, so they are logged)."""
 
-    __slots__ = ("_columns", "_rows", "_index", "_arrays", "_name", "__weakref__")
+    __slots__ = ("_columns", "_rows", "_index", "_arrays", "_name", "_export_lock",
+                 "__weakref__")
     # How the native core knows this table without importing this module:
     # replay may set cells of ``_live()``'s arrays itself, with
     # ``rows`` and ``columns`` as the layout.
@@ -78,6 +82,8 @@ class NumericTable(Ready):
         self._index = {name: i for i, (name, _) in enumerate(self._columns)}
         self._arrays: Any = None  # numpy arrays once the store makes the live table
         self._name: str | None = None
+        # The store's lock for ``to_arrow``'s copy (set by Store.table).
+        self._export_lock: LockOf | None = None
 
     # -- schema ----------------------------------------------------------
     def schema(self) -> dict[str, Any]:
@@ -147,6 +153,15 @@ class NumericTable(Ready):
         view = arrays[i].view()
         view.flags.writeable = False
         return view
+
+    def to_arrow(self) -> pyarrow.Table:
+        """The columns as a pyarrow.Table (int64 / float64, schema order, row
+        i at position i; docs/tables.md, "Data out"). A copy taken under the
+        store's lock: one consistent state, which later writes never change
+        (``column(name)`` is the live, zero-copy view)."""
+        from .export import numeric_to_arrow
+
+        return numeric_to_arrow([n for n, _ in self._columns], self._live(), self._export_lock)
 
     def __getitem__(self, row: int) -> dict[str, int | float]:
         """{column: value} of one row (Python ints and floats)."""

@@ -9,9 +9,13 @@ closed and carried across fork()), writes.py (the write path), options.py, openi
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import TYPE_CHECKING, Any, Optional
+import functools
+import weakref
+from typing import TYPE_CHECKING, Any, ContextManager, Optional
 
+from . import _format as F
 from . import intake as _intake
 from ._types import ProgressFn, StrPath, TableKinds
 from .errors import ConfigError, StoreClosedError
@@ -30,6 +34,9 @@ if TYPE_CHECKING:
     from . import observe
 
 _DEFAULT_MAX_LAG_S = 1.0
+# The kinds whose ``to_arrow()`` copies the table under the store's lock
+# (a custom table has no export).
+_EXPORTED_KINDS = (F.KIND_KV, F.KIND_DICT, F.KIND_NUMERIC)
 
 __all__ = ["Store", "abandon", "SYNC_MODES", "DEFAULT_SEGMENT_BYTES",
            "DEFAULT_SYNC_INTERVAL_MS", "MIN_SEGMENT_BYTES"]
@@ -412,7 +419,13 @@ class Store(Roles):
         info = self._open_registry.by_name.get(name)
         if info is None:
             raise KeyError(f"no table {name!r} in {self.path}")
-        return info.table
+        table = info.table
+        if info.kind in _EXPORTED_KINDS and table._export_lock is None:
+            # ``to_arrow()`` copies under the write lock: one consistent
+            # state. The store is held weakly (no cycle through its tables),
+            # and its lock looked up at each export (a fork replaces it).
+            table._export_lock = functools.partial(_write_lock, weakref.ref(self))
+        return table
 
     def digest(self) -> int:
         """The state's content digest (docs/FORMAT.md, "Digest"): a 64-bit int,
@@ -612,3 +625,10 @@ class Store(Roles):
         read-only view of the state as of the fork (ForkedStoreError on
         every write, sync and checkpoint)."""
         return self._forked
+
+
+def _write_lock(ref: weakref.ref[Store]) -> ContextManager[Any]:
+    """The lock a table's ``to_arrow()`` copies under: the store's write
+    lock, or none once the store is gone (nothing writes the table then)."""
+    store = ref()
+    return contextlib.nullcontext() if store is None else store._lock

@@ -269,6 +269,13 @@ cdef class KVTable:
             free(bulk)
         return out
 
+    def to_arrow(self):
+        """The table as a pyarrow.Table of ``key`` and ``value`` columns
+        (docs/tables.md, "Data out"): one consistent state, decoded."""
+        from rehydrate.export import kv_to_arrow
+
+        return kv_to_arrow(self, self._export_lock)
+
     def __eq__(self, other):
         if isinstance(other, Mapping) or isinstance(other, KVTable):
             return self.to_dict() == dict(other.items())

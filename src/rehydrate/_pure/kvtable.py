@@ -108,11 +108,13 @@ class KVTable:
     during iteration raises RuntimeError (as ``dict`` does).
     """
 
-    __slots__ = ("_d", "_version", "__weakref__")
+    __slots__ = ("_d", "_version", "_export_lock", "__weakref__")
 
     def __init__(self) -> None:
         self._d: dict[bytes, bytes] = {}
         self._version = 0
+        # The store's lock for ``to_arrow``'s copy (set by Store.table).
+        self._export_lock = None
 
     # -- Mapping surface -------------------------------------------------
     def __len__(self) -> int:
@@ -159,6 +161,13 @@ class KVTable:
     def to_dict(self) -> dict:
         """A plain dict of decoded keys and values (a copy)."""
         return {decode_key(k): unpack_value(v) for k, v in self._d.items()}
+
+    def to_arrow(self):
+        """The table as a pyarrow.Table of ``key`` and ``value`` columns
+        (docs/tables.md, "Data out"): one consistent state, decoded."""
+        from ..export import kv_to_arrow
+
+        return kv_to_arrow(self, self._export_lock)
 
     def __eq__(self, other):
         if isinstance(other, Mapping) or isinstance(other, KVTable):
