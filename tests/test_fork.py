@@ -36,6 +36,7 @@ from rehydrate import (
 )
 
 FORK_EXIT = os.path.join(os.path.dirname(__file__), "helpers", "fork_exit.py")
+FORK_GC = os.path.join(os.path.dirname(__file__), "helpers", "fork_gc.py")
 SYNCS = ("always", "interval", "none")
 # Long enough that the flusher never runs during a test: what a write left
 # in the buffer stays there, for the child to (not) flush.
@@ -314,6 +315,17 @@ def test_a_child_leaving_through_the_interpreters_exit_touches_nothing(store_dir
         assert dict(s.table("t").items()) == {i: i for i in range(got["written"])}
         assert s.lsn == got["written"] == got["parent_lsn"]
     assert verify(store_dir, recovery="strict").ok
+
+
+def test_a_collection_inside_the_fork_hooks_does_not_deadlock_the_fork(tmp_path, core_env):
+    # Dropped stores finalized by a garbage collection that starts inside
+    # the at-fork hooks untrack themselves there, on the forking thread.
+    out = subprocess.run([sys.executable, FORK_GC, str(tmp_path)], env=core_env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0"  # the child read the parent's state
+    with Store.open(str(tmp_path / "live"), recovery="strict") as s:
+        assert dict(s.table("t").items()) == {1: 1, 2: 2}
 
 
 @pytest.mark.parametrize("how", ["os_exit", "close"])

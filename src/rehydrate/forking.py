@@ -19,9 +19,12 @@ from typing import Callable
 
 _Callbacks = tuple["weakref.WeakMethod[Callable[[], None]]", ...]
 # id(owner) -> (hold, release, inherited). _LOCK guards it; it is never
-# taken while a store's lock is held.
+# taken while a store's lock is held. Reentrant because the fork hooks
+# hold it while they run callbacks, and an allocation there may start a
+# garbage collection whose finalizer (a dropped store's) calls untrack on
+# the same thread: a plain Lock deadlocked the fork.
 _TRACKED: dict[int, _Callbacks] = {}
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()
 
 
 def track(owner: object, hold: Callable[[], None], release: Callable[[], None],
