@@ -11,8 +11,8 @@ need no mirror path. The wheel carries the extensions, the Python modules,
 (MANIFEST.in), never the ``.c`` Cython generates (docs/packaging.md).
 
 On Linux the extensions are built without debug information (``-g0``) and
-linked stripped (``-s``): the extensions are a sixth of their size with both.
-``REHYDRATE_DEBUG_SYMBOLS=1`` keeps both, for gdb, perf or valgrind.
+linked stripped (``-s``): a sixth of the size they have with their symbols,
+which ``REHYDRATE_DEBUG_SYMBOLS=1`` keeps, for gdb, perf or valgrind.
 
 Cython is a build requirement (pyproject.toml); a missing compiler or Cython
 stops the build with a clear message instead of installing a package whose
