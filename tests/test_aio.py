@@ -276,3 +276,13 @@ def test_random_cancellations_and_a_kill_keep_every_write_whole_or_absent(
     result = check_recovery(lambda: rh.Store.open(state), ops, acked_lsn,
                             base=base_model)
     assert result["outcome"] == "recovered"
+
+
+def test_the_async_surface_is_annotated():
+    from test_public_types import _missing, _public_callables
+
+    names = [n for n in rha.__all__ if callable(getattr(rha, n))]
+    assert {"open", "open_background", "AsyncStore", "AsyncBatch"} <= set(names)
+    checked = [c for n in names for c in _public_callables(getattr(rha, n))]
+    assert len(checked) > 30
+    assert {qual: _missing(fn) for qual, fn in checked if _missing(fn)} == {}
