@@ -286,3 +286,29 @@ def test_the_async_surface_is_annotated():
     checked = [c for n in names for c in _public_callables(getattr(rha, n))]
     assert len(checked) > 30
     assert {qual: _missing(fn) for qual, fn in checked if _missing(fn)} == {}
+
+
+def test_a_write_cancelled_during_a_handoffs_hold_is_never_applied(store_dir):
+    """A handoff's hold (roles.py) is a wait for admission too: a write
+    cancelled in it is aborted; once the handoff gives up, writes go on."""
+    async def main():
+        async with await rha.open(store_dir, sync="always") as s:
+            assert await s.put("t", 0, 0) == 1
+            source = s.store.replication_source()
+            request = "ab" * 8
+            source.handoff({"phase": "prepare", "request": request, "hold_s": 60})
+            held = asyncio.create_task(s.put("t", 1, 1))
+            kept = asyncio.create_task(s.put("t", 2, 2))
+            await until(lambda: sum(t.name.startswith("rehydrate-aio-write")
+                                    for t in threading.enumerate()) >= 2)
+            held.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await held
+            assert not kept.done() and s.lsn == 1
+            assert source.handoff({"phase": "abort", "request": request}) == {"aborted": True}
+            assert await kept == 2
+            assert s.get("t", 1) is None and s.lsn == 2
+
+    asyncio.run(main())
+    with rh.Store.open(store_dir, recovery="strict") as s:
+        assert s.table("t").to_dict() == {0: 0, 2: 2}
