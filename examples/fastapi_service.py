@@ -95,7 +95,7 @@ def create_app(state_dir: str | None = None, sync: str | None = None) -> FastAPI
         return {"sid": sid, "session": value}
 
     @app.post("/sync")
-    async def sync(request: Request) -> dict[str, int]:
+    async def sync_all(request: Request) -> dict[str, int]:
         return {"durable_lsn": await request.app.state.store.sync()}
 
     return app

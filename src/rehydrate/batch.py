@@ -59,6 +59,9 @@ class Batch:
         # Writes after the block would never be committed: refuse them loudly.
         self.put = self.delete = self.incr = self.clear = _batch_is_over
         if exc_type is None:
+            # A commit that raises before applying anything (an aborted wait
+            # for admission, intake.Aborted) leaves the staging as it was:
+            # calling __exit__ again commits it then (rehydrate.aio does).
             self.lsn, self.skipped = self._commit(self._staging, self._offsets, self._consume)
 
 

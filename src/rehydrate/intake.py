@@ -21,6 +21,15 @@ a ``TableView`` whose reads wait for it.
 
 All state here is guarded by the store's ``_lock`` (the condition ``cv``
 is built on it).
+
+Every wait of a write for admission (here, and a handoff's hold in
+roles.py) goes through ``admission_wait``, which a caller on another
+thread's behalf can end: ``call_with(WriteContext(abort), store.put, ...)``
+runs a write whose waits raise ``Aborted`` once ``abort.abort()`` is called,
+before anything is applied or logged (rehydrate.aio's cancellation,
+docs/asyncio.md). A ``WriteContext`` may also defer the step that makes a
+write durable (an fsync under ``sync="always"``, the flush of a full
+buffer) to its caller, who runs it where blocking is harmless.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from .errors import BackpressureError, ConfigError
 
@@ -36,10 +45,102 @@ DEFAULT_MAX_PENDING_RECORDS = 1_000_000
 DEFAULT_MAX_PENDING_BYTES = 256 << 20
 DEFAULT_ADMISSION_TIMEOUT_S = 30.0
 _PUT, _DELETE, _CLEAR = 1, 2, 4
+T = TypeVar("T")
 
 
 class NotReady(Exception):
     """Internal: the op needs its table's state, which is not in yet."""
+
+
+class Aborted(Exception):
+    """Internal: the write's ``Abort`` was set while (or before) it waited for
+    admission; nothing of it was applied or logged."""
+
+
+class Abort:
+    """A write's way out of its waits for admission. ``abort()`` wakes the
+    write if it waits (it then raises ``Aborted``); a write not yet waiting
+    raises ``Aborted`` at its first wait. A write already past its waits
+    (applied, handed to the log) is not affected: it completes."""
+
+    __slots__ = ("aborted", "_cv")
+
+    def __init__(self, aborted: bool = False) -> None:
+        self.aborted = aborted
+        self._cv: Optional[threading.Condition] = None  # what the write waits on now
+
+    def abort(self) -> None:
+        # Set before reading ``_cv``; the waiter sets ``_cv`` before it looks
+        # at ``aborted`` (with the condition's lock held): one of the two sees
+        # the other, so the write never sleeps through its abort.
+        self.aborted = True
+        cv = self._cv
+        if cv is not None:
+            with cv:
+                cv.notify_all()
+
+
+# An Abort that is set from the start: a write under it raises Aborted
+# instead of waiting at all (a caller that must not block tries this first).
+NEVER_WAIT = Abort(aborted=True)
+
+
+class WriteContext:
+    """How the writes of one call on this thread behave (``call_with``):
+    ``abort`` ends their admission waits; with ``defer_durability``, what
+    would make a write durable, or flush a full buffer, after it is applied
+    is left in ``deferred`` (a callable, or None when nothing is due) for the
+    caller to run, instead of being run on this thread."""
+
+    __slots__ = ("abort", "defer_durability", "deferred")
+
+    def __init__(self, abort: Optional[Abort] = None, defer_durability: bool = False) -> None:
+        self.abort = abort
+        self.defer_durability = defer_durability
+        self.deferred: Optional[Callable[[], None]] = None
+
+
+_local = threading.local()
+
+
+def current_context() -> Optional[WriteContext]:
+    """The ``WriteContext`` of the call running on this thread, if any."""
+    context: Optional[WriteContext] = getattr(_local, "context", None)
+    return context
+
+
+def call_with(context: WriteContext, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` (a store's write call) with ``context`` as the
+    context of its writes on this thread."""
+    local = _local
+    previous = getattr(local, "context", None)
+    local.context = context
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        local.context = previous
+
+
+def admission_wait(cv: threading.Condition, timeout: Optional[float]) -> None:
+    """Wait on ``cv`` (its lock held) for up to ``timeout`` seconds, as a
+    write held for admission does: raises Aborted, at once or on waking,
+    when this thread's call was aborted."""
+    context = current_context()
+    abort = context.abort if context is not None else None
+    if abort is None:
+        cv.wait(timeout)
+        return
+    if abort.aborted:
+        raise Aborted()  # (NEVER_WAIT, shared by threads, is never given a _cv)
+    abort._cv = cv
+    try:
+        if abort.aborted:
+            raise Aborted()
+        cv.wait(timeout)
+        if abort.aborted:
+            raise Aborted()
+    finally:
+        abort._cv = None
 
 
 def check_limits(max_pending_records, max_pending_bytes, admission_timeout_s) -> None:
@@ -235,7 +336,7 @@ class Deadline:
         if left <= 0:
             raise BackpressureError(f"write refused after {self.intake.timeout_s} s: {why}",
                                     path=self.path)
-        self.intake.cv.wait(left)
+        admission_wait(self.intake.cv, left)
 
 
 class TableView(Mapping):

@@ -483,9 +483,19 @@ class Lifecycle(Writes):
     # ------------------------------------------------------------ durability
     def _after_write(self, lsn: int) -> None:
         if self._sync_always:
-            self._journal.make_durable(lsn)
+            durable: Optional[Callable[[], None]] = functools.partial(
+                self._journal.make_durable, lsn)
         elif self._buf.pending_bytes >= F.FRAME_TARGET_BYTES:
-            self._journal.flush(fsync=False)
+            durable = functools.partial(self._journal.flush, False)
+        else:
+            return
+        context = _intake.current_context()
+        if context is not None and context.defer_durability:
+            # The caller runs it (rehydrate.aio, on a thread of its own).
+            context.deferred = durable
+            return
+        assert durable is not None
+        durable()
 
     def _refuse_writes(self) -> None:
         """The journal failed a write: every later write goes the slow way

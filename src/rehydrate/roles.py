@@ -22,6 +22,7 @@ from typing import Any, Optional, Self
 
 from . import _fileio
 from . import forking as _forking
+from . import intake as _intake
 from . import manifest as _manifest
 from . import opening as _opening
 from . import standby as _standby
@@ -58,13 +59,15 @@ class Roles(Lifecycle):
 
     def _wait_out_hold(self) -> None:
         """A write during a handoff's hold (``_lock`` held): wait until the
-        handoff ends. It ended in a move: MovedError; it gave up: go on."""
+        handoff ends. It ended in a move: MovedError; it gave up: go on.
+        The wait is one for admission (intake.admission_wait): an aborted
+        write leaves it with nothing applied."""
         while self._hold is not None:
             left = self._hold["deadline"] + 1.0 - time.monotonic()
             if left <= 0:
                 raise BackpressureError("a handoff holds writes and has not ended",
                                         path=self.path, lsn=self.lsn, reason="handoff_hold")
-            self._hold_cv.wait(left)
+            _intake.admission_wait(self._hold_cv, left)
         if self._role != "primary":
             raise self._not_primary()
 

@@ -427,6 +427,19 @@ class Store(Roles):
             table._export_lock = functools.partial(_write_lock, weakref.ref(self))
         return table
 
+    def table_keys(self, name: str) -> list[Any]:
+        """The keys of ``name`` at one moment: listed under the write lock,
+        so no write lands in the middle of the listing (iterating the live
+        table while writers run gives no such promise). KeyError if never
+        written. During a background open, waits for the table's state
+        first, as a read of it does."""
+        table = self.table(name)
+        if not table.ready:
+            table.wait_ready()
+            table = self.table(name)
+        with self._lock:
+            return list(table)
+
     def digest(self) -> int:
         """The state's content digest (docs/FORMAT.md, "Digest"): a 64-bit int,
         equal for equal states whatever their history. Written down (the
