@@ -168,6 +168,16 @@ def test_a_second_signal_during_the_close_is_logged_and_ignored(tmp_path, core_e
     assert problems == []
 
 
+def test_a_failing_on_close_exits_1_after_closing_the_store(tmp_path, core_env):
+    path = str(tmp_path / "s")
+    child = Child(core_env, "raising", path, "interval")
+    assert child.ready() == N
+    child.proc.send_signal(signal.SIGTERM)
+    assert child.finish() == 1, child.stderr()
+    assert "on_close of main.<locals>.failing_cleanup failed: RuntimeError" in child.stderr()
+    assert reopened(path) == (N, want_rows(N), [])
+
+
 def test_a_missed_deadline_exits_1_naming_the_store_not_closed(tmp_path, core_env):
     deadline_s = 2.0
     child = Child(core_env, "stuck", str(tmp_path), "interval", deadline_s=deadline_s)
@@ -235,9 +245,10 @@ def test_uninstall_with_a_loop_removes_the_loop_handler(tmp_path):
         loop = asyncio.get_running_loop()
         handle = rh.close_on_signals(store, signals=[signal.SIGUSR2])
         assert handle.loop is loop
-        assert signal.SIGUSR2 in loop._signal_handlers
+        # The loop's own handler (it wakes the loop), not the helper's:
+        assert signal.getsignal(signal.SIGUSR2) not in (signal.SIG_DFL, handle._on_signal)
         handle.uninstall()
-        assert signal.SIGUSR2 not in loop._signal_handlers
+        assert signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL
 
     try:
         asyncio.run(main())

@@ -193,7 +193,8 @@ class ShutdownHandle:
             ("sync", [(s.path, functools.partial(_sync, s)) for s in self.stores])]
         on_close = self.on_close
         if on_close is not None:
-            steps.append(("on_close", [("on_close", functools.partial(on_close, signum))]))
+            what = getattr(on_close, "__qualname__", None) or repr(on_close)
+            steps.append(("on_close", [(what, functools.partial(on_close, signum))]))
         steps.append(("close", [(s.path, s.close) for s in self.stores]))
         for step, tasks in steps:
             late = _run_all(step, tasks, deadline, problems)
@@ -303,11 +304,11 @@ def _check_signals(signals: Iterable[int]) -> tuple[signal.Signals, ...]:
 def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
     """The running asyncio loop, if any; asyncio is not imported for it
     (no loop runs where asyncio was never imported)."""
-    asyncio = sys.modules.get("asyncio")
-    if asyncio is None:
+    aio = sys.modules.get("asyncio")
+    if aio is None:
         return None
     try:
-        loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
+        loop: asyncio.AbstractEventLoop = aio.get_running_loop()
     except RuntimeError:
         return None
     return loop
@@ -364,8 +365,20 @@ def _run_all(step: str, tasks: list[tuple[str, Callable[[], object]]], deadline:
     return late
 
 
+# How long the exit waits for the logs and streams to flush: a pipe nobody
+# reads must not keep a stopped process alive.
+_FLUSH_WAIT_S = 2.0
+
+
 def _exit(code: int) -> None:
     """End the process now, logs and standard streams flushed first."""
+    flusher = threading.Thread(target=_flush_all, name="rehydrate-shutdown-flush", daemon=True)
+    flusher.start()
+    flusher.join(_FLUSH_WAIT_S)
+    os._exit(code)
+
+
+def _flush_all() -> None:
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -373,7 +386,6 @@ def _exit(code: int) -> None:
                 stream.flush()
         except (OSError, ValueError):
             pass  # (a closed or broken stream: nothing more to say there)
-    os._exit(code)
 
 
 def _name(signum: int) -> str:

@@ -12,6 +12,7 @@ Scenarios:
 
 - ``plain``: ``close_on_signals(store)``, the main thread in
   ``signal.pause()``.
+- ``raising``: ``on_close`` raises.
 - ``closed``: as ``plain``, the store closed by the service before the signal.
 - ``bare``: no helper (the control: SIGTERM ends the process as the OS does).
 - ``asyncio``: ``close_on_signals(store)`` from a coroutine (the running
@@ -110,6 +111,11 @@ def main() -> int:
             sys.stdin.readline()
 
         rh.close_on_signals(store, deadline_s=deadline_s, on_close=on_close)
+    elif scenario == "raising":
+        def failing_cleanup(signum: int) -> None:
+            raise RuntimeError("the service's cleanup failed")
+
+        rh.close_on_signals(store, deadline_s=deadline_s, on_close=failing_cleanup)
     elif scenario == "closed":
         rh.close_on_signals(store, deadline_s=deadline_s)
         put_all(store, n)
