@@ -196,13 +196,13 @@ class ShutdownHandle:
             what = getattr(on_close, "__qualname__", None) or repr(on_close)
             steps.append(("on_close", [(what, functools.partial(on_close, signum))]))
         steps.append(("close", [(s.path, s.close) for s in self.stores]))
-        for step, tasks in steps:
+        for i, (step, tasks) in enumerate(steps):
             late = _run_all(step, tasks, deadline, problems)
             if late:
-                after = [name for name, _ in steps[[n for n, _ in steps].index(step) + 1:]]
+                after = [name for name, _ in steps[i + 1:]]
                 log.error("%s: the shutdown's deadline of %.1f s passed; not done: %s%s%s",
                           _name(signum), self.deadline_s,
-                          "; ".join(f"{step} of {what}" for what in late),
+                          "; ".join(f"{step} of {name}" for name in late),
                           f" (so not started: {', '.join(after)})" if after else "",
                           "".join(f"; {p}" for p in problems))
                 _exit(EXIT_NOT_CLEAN)
