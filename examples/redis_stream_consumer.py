@@ -47,10 +47,12 @@ entries=<n> lsn=<store lsn>``; the start prints ``ready offset=<int or
 none>``. ``--max-idle S`` exits (0) once no entry came for S seconds (0: as
 soon as the stream is drained); without it the consumer runs until SIGTERM
 or SIGINT, which end it after the batch in hand (a read blocks at most one
-second), closing the store cleanly. ``--http-port`` serves the store's
-``/readyz``, ``/livez`` and ``/metrics`` (``store.serve_http``); the store
-opens in the background, so ``/readyz`` says 503 with its progress during a
-cold start (examples/kubernetes/).
+second), closing the store cleanly: ``rehydrate.close_on_signals`` syncs the
+store, lets the loop finish its batch (its ``on_close``), closes the store
+and exits (0 on SIGTERM, 130 on SIGINT, 1 past ``SHUTDOWN_DEADLINE_S``).
+``--http-port`` serves the store's ``/readyz``, ``/livez`` and ``/metrics``
+(``store.serve_http``); the store opens in the background, so ``/readyz``
+says 503 with its progress during a cold start (examples/kubernetes/).
 
 Needs the ``redis`` package (redis-py; in the project's ``test`` extra).
 """
@@ -58,16 +60,15 @@ Needs the ``redis`` package (redis-py; in the project's ``test`` extra).
 from __future__ import annotations
 
 import argparse
-import signal
 import socket
 import sys
 import threading
 import time
-from types import FrameType
 from typing import Any, Optional, Sequence, cast
 
 import redis
 
+import rehydrate
 from rehydrate import ConfigError, RehydrateError, Store
 
 TABLE = "counters"
@@ -77,7 +78,8 @@ MAX_SEQ = (1 << SEQ_BITS) - 1
 MAX_MS = (1 << (63 - SEQ_BITS)) - 1
 SYNC_MODES = ("always", "interval", "none")
 # How long a shutdown may take, SIGTERM to a closed store: the batch in hand
-# (a read blocks at most READ_BLOCK_MS) and the store's close. A Kubernetes
+# (a read blocks at most READ_BLOCK_MS) and the store's close; past it the
+# process exits with 1 (rehydrate.close_on_signals). A Kubernetes
 # terminationGracePeriodSeconds must exceed it (examples/kubernetes/).
 SHUTDOWN_DEADLINE_S = 20.0
 READ_BLOCK_MS = 1000
@@ -171,20 +173,26 @@ def consume_entries(store: Store, r: redis.Redis, stream: str, group: str,
 
 
 class Stop:
-    """Set by SIGTERM/SIGINT; the loop ends after the batch in hand."""
+    """SIGTERM/SIGINT: the loop ends after the batch in hand, then the store
+    closes and the process exits (rehydrate.close_on_signals)."""
 
     def __init__(self) -> None:
-        self.event = threading.Event()
+        self.event = threading.Event()  # set: the loop stops
+        self.loop_over = threading.Event()  # set by main once the loop has ended
 
-    def install(self) -> None:
-        # Where rehydrate.close_on_signals(store, deadline_s=SHUTDOWN_DEADLINE_S)
-        # would go: this minimal version only asks the loop to stop, and the
-        # loop closes the store (a read blocks at most READ_BLOCK_MS).
-        signal.signal(signal.SIGTERM, self._handle)
-        signal.signal(signal.SIGINT, self._handle)
+    def install(self, store: Store) -> rehydrate.ShutdownHandle:
+        # On a signal: the store synced, then _finish_batch, then the store
+        # closed and the process gone, all within SHUTDOWN_DEADLINE_S.
+        return rehydrate.close_on_signals(store, deadline_s=SHUTDOWN_DEADLINE_S,
+                                          on_close=self._finish_batch)
 
-    def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
+    def _finish_batch(self, signum: int) -> None:
+        # The batch in hand is committed, synced and XACKed before the store
+        # closes (else its entries stay pending until the next start). A
+        # read blocks at most READ_BLOCK_MS; half the deadline is left for
+        # the close.
         self.event.set()
+        self.loop_over.wait(SHUTDOWN_DEADLINE_S / 2)
 
 
 def run(store: Store, r: redis.Redis, stream: str, group: str, consumer: str,
@@ -243,11 +251,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     stop = Stop()
-    stop.install()
     try:
         store = Store.open_background(args.store, sync=args.sync,
                                       checkpoint_every_s=args.checkpoint_every_s)
         try:
+            handle = stop.install(store)
             server = (store.serve_http(port=args.http_port, host=args.http_host)
                       if args.http_port is not None else None)
             try:
@@ -261,10 +269,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 finally:
                     r.close()
             finally:
+                stop.loop_over.set()
                 if server is not None:
                     server.close()
+                handle.uninstall()  # (a shutdown under way goes on, and exits)
         finally:
-            store.close()
+            store.close()  # (waits for a shutdown's close under way)
     except (RehydrateError, redis.RedisError) as e:
         print(f"redis_stream_consumer: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

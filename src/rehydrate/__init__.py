@@ -9,6 +9,8 @@
 # docs/FORMAT.md is the on-disk spec.
 """rehydrate: fast, safe, observable rebuilds of in-memory state from a WAL."""
 
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+
 from .errors import (
     ArchiveError,
     BackpressureError,
@@ -54,6 +56,23 @@ from .warmup import PHASES, Warmup
 
 __version__ = "0.1.0"
 
+# Loaded when first used (shutdown.py): a service that never asks for it
+# pays nothing for it at import.
+_LAZY = ("close_on_signals", "ShutdownHandle")
+if _TYPE_CHECKING:
+    from .shutdown import ShutdownHandle, close_on_signals
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'rehydrate' has no attribute {name!r}")
+    from . import shutdown
+
+    value = getattr(shutdown, name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
     "PHASES",
     "RECOVERY_MODES",
@@ -83,6 +102,7 @@ __all__ = [
     "RecoveryReport",
     "RehydrateError",
     "ReplicationError",
+    "ShutdownHandle",
     "StallError",
     "StateType",
     "StorageIOError",
@@ -96,6 +116,7 @@ __all__ = [
     "Warmup",
     "WarmupError",
     "__version__",
+    "close_on_signals",
     "format_digest",
     "inspect",
     "parse_digest",

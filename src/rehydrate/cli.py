@@ -596,6 +596,11 @@ def main(argv=None) -> int:
         UnsupportedFormatError,
     )
 
+    from .shutdown_risk import silence
+
+    # A tool's store is closed by the tool: the warning about SIGTERM and
+    # unsynced writes is for services (docs/durability.md).
+    silence()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

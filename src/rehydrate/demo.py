@@ -25,6 +25,8 @@ import sys
 import tempfile
 import time
 
+from .shutdown_risk import silence
+
 
 def _bar(total, desc, unit):
     from tqdm import tqdm
@@ -125,6 +127,7 @@ def main(argv=None) -> int:
     p.add_argument("--keys", type=int, default=200_000)
     p.add_argument("--_rehydrate", nargs=2, metavar=("DIR", "EXPECTED"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    silence()  # (its stores are closed by the demo: no SIGTERM warning)
     if args._rehydrate:
         return rehydrate_and_check(*args._rehydrate)
     if args.ops < 1 or args.keys < 1:

@@ -41,6 +41,7 @@ from . import intake as _intake
 from . import manifest as _manifest
 from . import opening as _opening
 from . import plan as _plan
+from . import shutdown_risk as _shutdown_risk
 from . import standby as _standby
 from ._backend import core as _core
 from ._types import StrPath
@@ -80,6 +81,9 @@ class Lifecycle(Writes):
     _journal: Journal
     _open_error: Optional[BaseException]
     _closed: bool
+    _closer: Optional[threading.Thread]  # the thread whose close() is closing the store
+    _close_done: threading.Event  # set once that close is over
+    _risk_checked: bool  # the SIGTERM warning's check ran (shutdown_risk.py)
     _owner_pid: int
     _forked: bool  # set in a child that inherited this store
     _held_for_fork: bool  # _lock taken by the before-fork hook
@@ -162,6 +166,9 @@ class Lifecycle(Writes):
                                 self._note_written, self._check_fence, self._look_for_handoff)
         self._open_error = None
         self._closed = False
+        self._closer = None
+        self._close_done = threading.Event()
+        self._risk_checked = False
         self._owner_pid = os.getpid()
         self._forked = False  # set in a child that inherited this store
         self._held_for_fork = False  # _lock taken by the before-fork hook
@@ -404,7 +411,24 @@ class Lifecycle(Writes):
             self._cancel[0] = 1
             opener.join()
         if not self._stop_taking_writes():
+            self._wait_for_other_close()
             return
+        try:
+            self._close_taken()
+        finally:
+            self._close_done.set()
+
+    def _wait_for_other_close(self) -> None:
+        """A close while another thread's close is under way returns once
+        that one is over: a caller that exits after ``close()`` (a shutdown
+        on a signal, the main thread's ``finally``) never cuts the other's
+        final flush short."""
+        closer = self._closer
+        if closer is not None and closer is not threading.current_thread():
+            self._close_done.wait()
+
+    def _close_taken(self) -> None:
+        """The close, once this thread has stopped the writes."""
         self._stop_threads(keep_archiver=True)
         handoff = self._handoff_thread
         if handoff is not None and handoff is not threading.current_thread():
@@ -504,6 +528,13 @@ class Lifecycle(Writes):
             self._targets.clear()
 
     def _note_written(self, nbytes: int) -> None:
+        if not self._risk_checked:
+            # Once per store, at its first frame rather than on every write:
+            # a buffered store that has taken writes, in a process a SIGTERM
+            # would end without its close (shutdown_risk.py).
+            self._risk_checked = True
+            if not self._sync_always:
+                _shutdown_risk.check(self.path, self._options.sync)
         if self._auto is not None:
             self._auto.note_written(nbytes)
         archiver = self._archiver
@@ -517,6 +548,7 @@ class Lifecycle(Writes):
                 return False
             # From here no write is accepted, so a flush after is the last.
             self._closed = True
+            self._closer = threading.current_thread()
             self._targets.clear()
             if self._intake is not None:
                 self._intake.cv.notify_all()
@@ -692,8 +724,11 @@ def abandon(store: Lifecycle) -> None:
     its directory unlocked, without writing anything more (buffered writes
     are lost; what reached the OS stays). For crash tests (rehydrate.testing)."""
     store._stop_taking_writes()
-    store._stop_threads()
-    store._release()
+    try:
+        store._stop_threads()
+        store._release()
+    finally:
+        store._close_done.set()
 
 
 def _close_at_exit(ref: weakref.ref[Lifecycle]) -> None:

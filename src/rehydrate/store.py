@@ -615,9 +615,11 @@ class Store(Roles):
     def close(self) -> None:
         """Write and fsync what is pending (every sync mode), then unlock.
 
-        Closing twice is fine. A failed store closes without writing. In a
-        process that inherited the store across fork(), close touches nothing
-        on disk: the parent's buffered writes, log and LOCK stay its own.
+        Closing twice is fine; a close while another thread's close is
+        under way returns once that one is over. A failed store closes
+        without writing. In a process that inherited the store across
+        fork(), close touches nothing on disk: the parent's buffered writes,
+        log and LOCK stay its own.
         """
         self._close()
 
