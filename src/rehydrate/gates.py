@@ -126,7 +126,9 @@ def lag_below(seconds: float) -> Requirement:
 
 
 def _callable_name(fn: object) -> str:
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    # (__name__, not __qualname__: it is what why() and /readyz show, and
+    # a nested function's qualified name is mostly its enclosing function.)
+    return getattr(fn, "__name__", None) or repr(fn)
 
 
 def describe(req: Requirement) -> str:
