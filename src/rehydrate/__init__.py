@@ -41,6 +41,7 @@ from .errors import (
     WarmupError,
 )
 from .digest import format_digest, parse_digest
+from .gates import Gate, lag_below, migration_at, phase_done, table_ready
 from .kinds import DictTable, StateType
 from .migrations import MigrationDriftWarning, Migrations
 from .numeric import NumericTable
@@ -86,6 +87,7 @@ __all__ = [
     "CriteriaError",
     "DictTable",
     "ForkedStoreError",
+    "Gate",
     "HandoffError",
     "InvalidOperationError",
     "LockedError",
@@ -119,8 +121,12 @@ __all__ = [
     "close_on_signals",
     "format_digest",
     "inspect",
+    "lag_below",
+    "migration_at",
     "parse_digest",
+    "phase_done",
     "restore",
     "rollback",
+    "table_ready",
     "verify",
 ]

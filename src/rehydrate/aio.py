@@ -29,14 +29,15 @@ import asyncio
 import concurrent.futures
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
 
 from . import intake as _intake
 from ._types import Key, Number, Offsets, StrPath, Value
 from .batch import Batch
 from .errors import ConfigError, StoreClosedError
+from .gates import Gate, Requirement
 from .recovery import RecoveryReport
 from .store import Store
 
@@ -367,6 +368,13 @@ class AsyncStore:
     def readiness(self) -> dict[str, Any]:
         """``Store.readiness``."""
         return self._store.readiness()
+
+    def gate(self, name: str,
+             requires: Sequence[Union[Requirement, Callable[[Store], object]]]) -> Gate:
+        """``Store.gate``: a feature gate; ``bool(gate)`` on the request
+        path, ``await gate.wait_async(timeout)`` (docs/warmup.md, "Feature
+        gates")."""
+        return self._store.gate(name, requires)
 
     @property
     def lsn(self) -> int:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Self
 from . import _format as F
 from . import checkpointing as _checkpointing
 from . import forking as _forking
+from . import gates as _gates
 from . import hints as _hints
 from . import intake as _intake
 from . import manifest as _manifest
@@ -97,6 +98,7 @@ class Lifecycle(Writes):
     _manifest: dict[str, Any]
     _plan: Optional[dict[str, Any]]
     _metrics_registry: Any  # a prometheus_client registry, once asked for
+    _gates: _gates.Gates  # the feature gates (gates.py)
     recovery_report: RecoveryReport
     # A dict once the store is warm (None before: a background open's). Any,
     # as it was, so that code reading a Store.open store's report needs no
@@ -209,6 +211,11 @@ class Lifecycle(Writes):
         self._files_lock = threading.Lock()
         self._resume_detail = {}
         self._remote = None
+        self._gates = _gates.Gates(_gates.GateHost(
+            self, self.path, self._gate_table_state, self._gate_phase_done,
+            self._gate_migration_state, self._gate_lag_s, self._gate_failure,
+            lambda: self._open_error, self._warmup.notify))
+        self._warmup.after_phase = self._reevaluate_gates
         _forking.track(self, self._hold_for_fork, self._release_after_fork,
                        self._inherited_across_fork)
         return self
@@ -262,6 +269,7 @@ class Lifecycle(Writes):
                 self._targets.clear()
                 intake.cv.notify_all()
             self._ready.set()
+            self._reevaluate_gates()  # (every gate closes: the open failed)
 
     def _rebuild_state(self) -> None:
         """Plan, snapshot, replay (opening.py), then open the log for writing."""
@@ -389,6 +397,55 @@ class Lifecycle(Writes):
                                       "only there)")
         return StoreFailedError(f"the background open failed: {type(e).__name__}: {e}",
                                 path=self.path)
+
+    # ---------------------------------------------- feature gates (gates.py)
+    def _reevaluate_gates(self) -> None:
+        """The state a gate reads changed (never called with ``_lock`` held)."""
+        self._gates.evaluate()
+
+    def _gate_table_state(self, name: str) -> str:
+        registry, intake = self._registry, self._intake
+        known = registry is not None and name in registry.by_name
+        if intake is not None and not intake.all_ready:
+            if not intake.open:
+                # (Before the checking pass, the log's tables are not known.)
+                return "pending" if known else "unknown"
+            if known:
+                return "ready" if name in intake.ready else "pending"
+            return "absent"
+        if registry is None:
+            return "unknown"
+        return "ready" if known else "absent"
+
+    def _gate_phase_done(self, phase: str) -> bool:
+        if self._ready.is_set() and self._open_error is None:
+            return True  # (warm; a standby or a reader runs no phases)
+        return any(p["name"] == phase for p in list(self._warmup.phases))
+
+    def _gate_migration_state(self, migration: str) -> str:
+        manifest = self._manifest
+        if any(e.get("id") == migration for e in manifest.get("ledger") or []):
+            return "applied"
+        registered = self._options.migrations
+        if registered is not None and any(m.id == migration for m in registered.migrations):
+            return "pending"
+        return "absent" if manifest else "unknown"  # ({}: the MANIFEST not read yet)
+
+    def _gate_lag_s(self) -> Optional[float]:
+        follow = self._follow
+        if follow is None:
+            return 0.0 if self._role == "primary" else None
+        lag = follow.lag()
+        if lag["state"] not in ("following", "catching_up", "stalled"):
+            return None
+        seconds: float = lag["seconds"]
+        return seconds
+
+    def _gate_failure(self) -> Optional[str]:
+        error = self._open_error
+        if error is not None:
+            return f"the open failed: {type(error).__name__}: {error}"
+        return "the store is closed" if self._closed else None
 
     def _checkpoint_now(self) -> dict[str, Any]:
         with self._checkpoint_lock:
@@ -646,6 +703,7 @@ class Lifecycle(Writes):
                                                 path=self.path, owner_pid=self._owner_pid)
         self._ready = threading.Event()
         self._ready.set()  # (wait_ready answers at once: ready, or the error above)
+        self._gates.inherited()
         self._drop_parent_files()
 
     def _drop_parent_files(self) -> None:

@@ -61,6 +61,8 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "rehydrate_intake_pending_bytes": (
         "gauge", "bytes of the writes waiting for their table", ()),
     "rehydrate_tables_ready": ("gauge", "tables whose state is in", ()),
+    "rehydrate_gate_open": (
+        "gauge", "1 while the feature gate is open (docs/warmup.md)", ("gate",)),
     "rehydrate_recovery_problems": (
         "counter", "problems the last open's recovery found, by kind", ("kind",)),
     "rehydrate_checkpoints": ("counter", "checkpoints written since open", ()),
@@ -130,6 +132,8 @@ def samples(store: Any) -> list[Sample]:
     add("rehydrate_intake_pending_bytes", ready.get("pending_bytes", 0))
     tables = ready.get("tables")
     add("rehydrate_tables_ready", sum(tables.values()) if tables is not None else len(s.tables()))
+    for gate, state in sorted(ready.get("gates", {}).items()):
+        add("rehydrate_gate_open", 1.0 if state["open"] else 0.0, gate)
     for kind, n in sorted(Counter(p.kind for p in s.recovery_report.problems).items()):
         add("rehydrate_recovery_problems", n, kind)
     cp = s.checkpoint_stats

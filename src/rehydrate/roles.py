@@ -139,6 +139,7 @@ class Roles(Lifecycle):
         follow = _standby.Follow(follower, self._lock, self.path,
                                  [self.path, _standby.wal_dir(self.path)], self._refollow)
         self._follow = follow
+        follow.on_change = self._reevaluate_gates
         self._role = "standby"
         return follow
 
@@ -255,6 +256,7 @@ class Roles(Lifecycle):
             self._hold_cv.notify_all()
         if follow is not None:
             follow.start(f"rehydrate-follow:{self.path}")
+        self._reevaluate_gates()  # (a moved store's lag is unknown)
         return {"epoch": new_epoch, "final_lsn": final, "held_s": held_s}
 
     @classmethod
@@ -274,6 +276,7 @@ class Roles(Lifecycle):
         watch = [self.path, _standby.wal_dir(self.path)] if role == "standby" else None
         follow = _standby.Follow(follower, self._lock, self.path, watch, self._refollow)
         self._follow = follow
+        follow.on_change = self._reevaluate_gates
         try:
             follow.step()
         except BaseException:
@@ -340,6 +343,7 @@ class Roles(Lifecycle):
                 if self._hold is not None and self._hold.get("promoting"):
                     self._hold = None
                 self._hold_cv.notify_all()
+            self._reevaluate_gates()  # (a primary's lag is 0)
 
     def _promote_local(self, timeout_s: float, hold_s: float, demote: bool,
                        address: Optional[str], request: str, held: list[int]
@@ -584,6 +588,7 @@ class Roles(Lifecycle):
             follow = _standby.Follow(follower, self._lock, client.peer, None, self._refollow)
             follow.remote = True
             self._follow = follow
+            follow.on_change = self._reevaluate_gates
             follow.step()
             self._refuse_a_primary_behind(hello, client.peer)
         except BaseException:

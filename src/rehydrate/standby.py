@@ -76,6 +76,9 @@ class Follow:
         self._stop = threading.Event()
         self._watch = DirWatch(watch_dirs) if watch_dirs is not None else None
         self._thread: Optional[threading.Thread] = None
+        # Called after each step and heartbeat, without the lock: the
+        # store's feature gates look at the lag again (gates.py).
+        self.on_change: Optional[Callable[[], None]] = None
 
     # ----------------------------------------------------------- the thread
     def start(self, name: str) -> None:
@@ -128,6 +131,17 @@ class Follow:
     def step(self) -> int:
         """Apply what the log gained; returns the records applied. Raises
         (and keeps) the error that ends following."""
+        try:
+            return self._step()
+        finally:
+            self._changed()
+
+    def _changed(self) -> None:
+        on_change = self.on_change
+        if on_change is not None:
+            on_change()
+
+    def _step(self) -> int:
         with self.cv:
             if self.error is not None:
                 raise self.error
@@ -173,6 +187,7 @@ class Follow:
                 self.error = error
                 self.state = "failed"
             self.cv.notify_all()
+        self._changed()
 
     def heard(self) -> None:
         """A message came from the primary (the stream is alive)."""
@@ -186,6 +201,7 @@ class Follow:
                 self.primary_lsn, self.primary_time = lsn, time.time()
             if self.follower.lsn < lsn and self.state == "following":
                 self.state = "catching_up"
+        self._changed()
 
     def wait_for_lsn(self, lsn: int, timeout: Optional[float]) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -12,13 +12,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import threading
 import weakref
-from typing import TYPE_CHECKING, Any, ContextManager, Optional
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ContextManager, Optional, Union
 
 from . import _format as F
 from . import intake as _intake
 from ._types import ProgressFn, StrPath, TableKinds
 from .errors import ConfigError, StoreClosedError
+from .gates import Gate, Requirement
 from .lifecycle import open_options, abandon
 from .roles import Roles
 from .migrations import Migrations
@@ -459,16 +462,48 @@ class Store(Roles):
             registry = self._open_registry
             return state_digest({n: registry.by_name[n].table for n in registry.names()})
 
+    # ------------------------------------------------------ feature gates
+    def gate(self, name: str,
+             requires: Sequence[Union[Requirement, Callable[[Store], object]]]) -> Gate:
+        """A feature gate (docs/warmup.md, "Feature gates"): open while every
+        requirement is met. A requirement is ``rehydrate.table_ready(t)``,
+        ``phase_done(p)``, ``migration_at(id, fraction)``,
+        ``lag_below(seconds)`` or a callable ``fn(store)`` that returns True
+        when met. ``bool(gate)`` is a read of one attribute;
+        ``gate.wait(timeout)``, ``await gate.wait_async(timeout)`` and
+        ``gate.why()``. Gates are in ``readiness()["gates"]``, in the
+        metrics (``rehydrate_gate_open``) and told to the warmup's listeners
+        (``on_gate_open(name)``, ``on_gate_close(name, why)``).
+
+        ConfigError for a name that is empty, not a str or taken, no
+        requirement or a bad one, a table or migration this store does not
+        have (a background open that does not know the log's tables yet
+        checks them once it does: see the docs). StoreClosedError on a
+        closed store (StoreFailedError once its open failed).
+        """
+        self._raise_if_open_failed()
+        if self._closed:
+            raise StoreClosedError("store is closed", path=self.path)
+        return self._gates.add(name, requires)
+
     # ------------------------------------------------------ observability
     def readiness(self) -> dict[str, Any]:
-        """{"ready", "phase", "progress", "eta_s", "writes", "tables", ...}.
+        """{"ready", "phase", "progress", "eta_s", "writes", "tables",
+        "gates", ...}.
 
         ``phase`` is the warmup phase running, "ready", "failed" or
         "closed"; ``progress`` (0..1) and ``eta_s`` come from the replay's
         bytes and the plan's prediction; ``writes`` is "taken" or "waiting"
         (for the log's end); ``tables`` maps each known table to whether its
-        state is in. A store from ``Store.open`` is ready as it is returned.
+        state is in; ``gates`` maps each feature gate to {"open", "unmet"}
+        (re-evaluated now; a closed gate does not make the store unready).
+        A store from ``Store.open`` is ready as it is returned.
         """
+        out = self._readiness()
+        out["gates"] = self._gates.report()
+        return out
+
+    def _readiness(self) -> dict[str, Any]:
         if self._follow is not None:
             return self._follow_readiness()
         if self._role == "moved":
@@ -620,8 +655,15 @@ class Store(Roles):
         without writing. In a process that inherited the store across
         fork(), close touches nothing on disk: the parent's buffered writes,
         log and LOCK stay its own.
+        Its feature gates close.
         """
-        self._close()
+        try:
+            self._close()
+        finally:
+            if self._opener is not threading.current_thread():
+                # (A failing background open closes its store itself; the
+                # gates look once its error is set, and tell that.)
+                self._reevaluate_gates()
 
     def __enter__(self) -> Store:
         return self

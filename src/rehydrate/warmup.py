@@ -41,7 +41,8 @@ Criterion: TypeAlias = Callable[[Any], object]
 PHASES = ("plan", "snapshot", "replay", "migrate", "populate", "prime")
 _HOOK_PHASES = ("populate", "prime")
 _POLICIES = ("fail", "warn")
-_LISTENER_EVENTS = ("on_phase_start", "on_progress", "on_phase_end", "on_corruption")
+_LISTENER_EVENTS = ("on_phase_start", "on_progress", "on_phase_end", "on_corruption",
+                    "on_gate_open", "on_gate_close")
 _PROGRESS_EVERY_S = 0.1
 # Where each phase starts on readiness's 0..1 progress scale (the replay,
 # measured by bytes, spans most of it).
@@ -63,6 +64,12 @@ class LoggingListener:
         extra = "".join(f", {k} {stats[k]:,}" for k in ("records", "bytes") if stats.get(k))
         log.info("warmup phase %s: %.3f s%s", phase, stats["duration_s"], extra)
 
+    def on_gate_open(self, name: str) -> None:
+        log.info("gate %s: open", name)
+
+    def on_gate_close(self, name: str, why: list[str]) -> None:
+        log.info("gate %s: closed (%s)", name, "; ".join(why))
+
 
 class Warmup:
     """How an open warms up: ``Store.open(path, warmup=Warmup(...))``.
@@ -72,8 +79,9 @@ class Warmup:
     ``prime``: lists of hooks ``fn(store, progress)``; ``criteria``: {phase:
     [fn(store) -> True]}; ``listeners``: objects with any of
     on_phase_start(phase, info), on_progress(phase, done, total),
-    on_phase_end(phase, stats), on_corruption(problem) (default: one that
-    logs phase ends); ``policy``: {phase: "fail" | "warn"} (default fail).
+    on_phase_end(phase, stats), on_corruption(problem), on_gate_open(name),
+    on_gate_close(name, why) (default: one that logs phase ends and gates'
+    changes); ``policy``: {phase: "fail" | "warn"} (default fail).
     ConfigError for anything else.
     """
 
@@ -98,7 +106,8 @@ class Warmup:
         if listeners is None or not all(any(hasattr(x, e) for e in _LISTENER_EVENTS)
                                         for x in listeners):
             raise ConfigError("listeners must be a list of objects with on_phase_start, "
-                              "on_progress, on_phase_end or on_corruption")
+                              "on_progress, on_phase_end, on_corruption, on_gate_open "
+                              "or on_gate_close")
         self.listeners = listeners
         self.policy: dict[Optional[str], str] = self._per_phase(policy, "policy", self._check_policy)
 
@@ -149,6 +158,9 @@ class WarmupRun:
         self._done = 0
         self._total = 0
         self._last_progress_event = 0.0
+        # Called after each phase's end is told (the store re-evaluates its
+        # feature gates there: gates.py).
+        self.after_phase: Optional[Callable[[], None]] = None
 
     # -- listeners ---------------------------------------------------------
     def _tell(self, event: str, *args: Any) -> None:
@@ -163,6 +175,11 @@ class WarmupRun:
 
     def corruption(self, problem: object) -> None:
         self._tell("on_corruption", problem)
+
+    def notify(self, event: str, *args: Any) -> None:
+        """Tell the listeners that have ``event`` (a gate opened or closed:
+        gates.py), as the warmup's own events are told."""
+        self._tell(event, *args)
 
     # -- phases --------------------------------------------------------------
     def start(self, phase: str, **info: Any) -> None:
@@ -207,6 +224,8 @@ class WarmupRun:
                                        f"of {budget} s", phase=phase, elapsed_s=elapsed,
                                        path=self.path))
         self._tell("on_phase_end", phase, dict(entry))
+        if self.after_phase is not None:
+            self.after_phase()
         return entry
 
     def _overrun(self, err: WarmupError) -> None:

@@ -394,6 +394,7 @@ class Writes:
         self._open_writer(index.next_lsn, index.resume_path, index.resume_size)
         with self._lock:
             intake.take_writes(self._open_registry, index.last_lsn, self._live_targets())
+        self._reevaluate_gates()
 
     def _replayed_through(self, path: str, next_lsn: Optional[int]) -> None:
         intake = self._intake
@@ -401,6 +402,7 @@ class Writes:
         if next_lsn is not None and intake.waiting:
             with self._lock:
                 intake.replayed_through(next_lsn, self._open_registry, self._live_targets())
+            self._reevaluate_gates()
 
     def _all_ready(self) -> None:
         """The replay is over: every table's state is in."""
@@ -410,8 +412,14 @@ class Writes:
         with self._lock:
             intake.all_in(self._open_registry, self._live_targets())
             self._warming = False
+        self._reevaluate_gates()
 
     # The store's part.
+    def _reevaluate_gates(self) -> None:
+        """Table readiness changed: the feature gates look again (without
+        ``_lock`` held)."""
+        raise NotImplementedError
+
     def _writable(self) -> None:
         """Raise unless the store takes writes (closed, failed, forked);
         ``_lock`` held."""
