@@ -360,3 +360,26 @@ def test_a_crash_while_recording_a_failure_leaves_a_history_that_reads(tmp_path,
                        _ops(5) + [("put", "index", "built", True)], acked + 1)
         assert rh.crashloop.decide(path, 3, warn=False).failed_opens == 0
     assert kills > 0
+
+
+class _Loader:
+    def __call__(self, store, progress):
+        raise RuntimeError("no")
+
+
+def test_a_partial_or_a_callable_object_is_the_same_step_in_every_process(store_dir):
+    import functools
+
+    from rehydrate.crashloop import hook_step
+
+    def load(store, progress, source):
+        raise RuntimeError(source)
+
+    a, b = functools.partial(load, source="a"), functools.partial(load, source="a")
+    assert hook_step("populate", a) == hook_step("populate", b)
+    assert hook_step("populate", a).name.endswith("load")
+    assert hook_step("prime", _Loader()) == hook_step("prime", _Loader())
+    assert hook_step("prime", _Loader()).name == "_Loader"
+    _fail_opens(store_dir, 3, warmup=Warmup(prime=[_Loader()]))
+    with Store.open(store_dir, warmup=Warmup(prime=[_Loader()])) as s:
+        assert s.degraded

@@ -16,6 +16,8 @@ logger, and the open runs in full.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import time
@@ -55,10 +57,20 @@ class Step:
                 "code_hash": self.code_hash}
 
 
-def hook_step(phase: str, name: str, fn: Callable[..., Any]) -> Step:
+def hook_step(phase: str, fn: Callable[..., Any]) -> Step:
+    """The step a hook is: its qualified name and the hash of its code, the
+    same in every process (a ``functools.partial`` is its function's; a
+    callable object its class's)."""
     from .migrations import code_hash
 
-    return Step("hook", phase, name, code_hash(fn))
+    target: Any = fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    if not (inspect.isfunction(target) or inspect.ismethod(target)):
+        target = target if isinstance(target, type) else type(target)
+    name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None) \
+        or type(target).__name__
+    return Step("hook", phase, name, code_hash(target))
 
 
 @dataclass(frozen=True)

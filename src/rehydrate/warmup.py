@@ -285,7 +285,7 @@ class WarmupRun:
         self.start(phase, hooks=[_name(f) for f in self.w.hooks[phase]])
         attempts, skipped = 0, []
         for fn in self.w.hooks[phase]:
-            step = hook_step(phase, _name(fn), fn)
+            step = hook_step(phase, fn)
             if step in self.skip:
                 skipped.append(step.name)
                 self.skipped.append(step)
