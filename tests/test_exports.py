@@ -96,7 +96,7 @@ def test_every_exported_exception_is_a_rehydrate_error():
     exported = [getattr(rehydrate, n) for n in rehydrate.__all__]
     errors = [e for e in exported if isinstance(e, type) and issubclass(e, BaseException)
               and not issubclass(e, Warning)]
-    assert len(errors) == 27
+    assert len(errors) == 28
     for e in errors:
         assert issubclass(e, RehydrateError), e
     reasons = [e.default_reason for e in errors]

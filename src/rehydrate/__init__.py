@@ -30,6 +30,7 @@ from .errors import (
     ReadOnlyError,
     RehydrateError,
     ReplicationError,
+    RetryableError,
     StallError,
     StorageIOError,
     StoreClosedError,
@@ -51,6 +52,7 @@ from .batch import Batch
 from .options import SYNC_MODES
 from .store import Store
 from .migration_rollback import rollback
+from .crashloop import clear_failures
 from .archive_restore import restore
 from .verify import inspect, verify
 from .warmup import PHASES, Warmup
@@ -104,6 +106,7 @@ __all__ = [
     "RecoveryReport",
     "RehydrateError",
     "ReplicationError",
+    "RetryableError",
     "ShutdownHandle",
     "StallError",
     "StateType",
@@ -118,6 +121,7 @@ __all__ = [
     "Warmup",
     "WarmupError",
     "__version__",
+    "clear_failures",
     "close_on_signals",
     "format_digest",
     "inspect",

@@ -23,7 +23,8 @@ from typing import Any, Callable, Optional
 from . import archive as A
 from ._backend import core
 from .errors import ArchiveError, RehydrateError, StoreClosedError
-from .objstore import ArchiveTarget, ObjectStore, backoff_delays, open_object_store
+from .backoff import backoff_delays
+from .objstore import ArchiveTarget, ObjectStore, open_object_store
 from .snapshot import SNAPSHOTS_DIR, snapshot_name
 from .wal import WAL_DIR, list_segments, read_segment_version
 

@@ -209,6 +209,15 @@ class WarmupError(RehydrateError, RuntimeError):
         super().__init__(detail, **where)
 
 
+class RetryableError(RehydrateError):
+    """Raised by a ``populate`` or ``prime`` hook (or by an archive's
+    filesystem) for a failure that another try may not meet: the phase
+    tries again with exponential backoff and full jitter, within its budget
+    (docs/warmup.md, "Retries"). Any other error fails the phase at once."""
+
+    default_reason = "retryable"
+
+
 class StallError(WarmupError):
     """No progress for ``stall_s`` seconds in a phase."""
 

@@ -1,5 +1,7 @@
 """The replication commands of ``rehydrate``: follow, promote, status
-(docs/replication.md, "Commands"). cli.py parses; these run.
+(docs/replication.md, "Commands"). cli.py parses; these run. ``status
+DIR`` also shows the crash-loop guard's record (docs/warmup.md,
+"Crash-loop safe mode") and ``--clear-failures`` resets it.
 
 A token is read from ``--token-file`` or the REHYDRATE_TOKEN environment
 variable, never from the command line (where ``ps`` shows it), and never
@@ -17,7 +19,7 @@ import time
 from typing import Any, Optional
 
 from .errors import ConfigError
-from .exitcodes import EXIT_OK
+from .exitcodes import EXIT_DAMAGE, EXIT_OK
 
 __all__ = ["cmd_follow", "cmd_promote", "cmd_status", "is_url", "read_token"]
 
@@ -122,17 +124,28 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Role, epoch, LSN and lag of a store: a URL (its hello) or a DIR
-    (its MANIFEST, its LOCK, and a read of its log)."""
+    (its MANIFEST, its LOCK, and a read of its log), and for a DIR the
+    failed opens recorded and whether the next open runs in safe mode (exit
+    1 when it does). ``--clear-failures`` forgets them first."""
+    guard = None
     if is_url(args.target):
+        if args.clear_failures:
+            raise ConfigError("--clear-failures is for a store directory, not a URL")
         from .replication_client import ReplicationClient
 
         info = ReplicationClient(args.target, token=read_token(args)).hello()
     else:
+        from . import crashloop as _crashloop
         from . import manifest as _manifest
         from .standby import lock_is_free
         from .store import Store
 
         _manifest.check_store_dir(args.target)
+        if type(args.max_failed_opens) is not int or args.max_failed_opens < 0:
+            raise ConfigError("--max-failed-opens must be an int >= 0")
+        cleared = _crashloop.clear_failures(args.target) if args.clear_failures else None
+        decision = _crashloop.decide(args.target, args.max_failed_opens, warn=False)
+        guard = dict(decision.as_dict(args.max_failed_opens), cleared=cleared)
         man = _manifest.read(args.target)
         with Store.open(args.target, readonly=True) as reader:
             info = {"role": "no writer" if lock_is_free(args.target) else "primary",
@@ -140,13 +153,32 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "store_id": _manifest.store_id(man, args.target), "lsn": reader.lsn,
                     "log_start": _manifest.log_start(man, args.target),
                     "snapshots": list(man.get("snapshots") or []),
-                    "handoff": man.get("handoff")}
+                    "handoff": man.get("handoff"), "failures": guard}
     lag = info.get("lag") or {}
     text = (f"{info.get('role')}  epoch {info.get('epoch')}  lsn {info.get('lsn')}"
             + (f"  behind {lag.get('records')} records {lag.get('seconds', 0) * 1000:.1f} ms"
                if lag else "") + f"  store {info.get('store_id')}")
+    if guard is not None:
+        text += "\n" + _guard_text(guard)
     _print(args, info, text)
-    return EXIT_OK
+    return EXIT_DAMAGE if guard is not None and guard["safe_mode"] else EXIT_OK
+
+
+def _guard_text(guard: dict[str, Any]) -> str:
+    lines = []
+    if guard["cleared"] is not None:
+        lines.append(f"cleared {guard['cleared']} failed opens")
+    if guard["history_problem"]:
+        lines.append(f"HISTORY ignored: {guard['history_problem']}")
+    lines.append(f"failed opens since the last full open: {guard['failed_opens']} "
+                 f"(safe mode after {guard['max_failed_opens']} of one step"
+                 f"{'; off' if not guard['max_failed_opens'] else ''})")
+    for c in guard["counts"]:
+        lines.append(f"  {c['count']}x {c['kind']} {c['name']} of phase {c['phase']} "
+                     f"({c['code_hash'][:19]})")
+    lines.append("next open: " + (f"SAFE MODE (degraded): {guard['reason']}"
+                                  if guard["safe_mode"] else "full"))
+    return "\n".join(lines)
 
 
 def add_commands(sub: Any) -> None:
@@ -173,7 +205,13 @@ def add_commands(sub: Any) -> None:
                    help="the longest the primary holds writes (default %(default)s)")
     token(p)
     p.set_defaults(func=cmd_promote)
-    s = sub.add_parser("status", help="role, epoch, LSN and lag of a store (URL or DIR)")
+    s = sub.add_parser("status", help="role, epoch, LSN and lag of a store (URL or DIR); for "
+                                      "a DIR, its failed opens and whether the next one runs "
+                                      "in safe mode (exit 1 when it does)")
     s.add_argument("target", metavar="URL_OR_DIR")
+    s.add_argument("--clear-failures", action="store_true",
+                   help="forget the failed opens recorded (the next open runs every step)")
+    s.add_argument("--max-failed-opens", type=int, default=3, metavar="N",
+                   help="the service's Store.open(max_failed_opens=) (default %(default)s)")
     token(s)
     s.set_defaults(func=cmd_status)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import logging
 import os
 import threading
 import time
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Self
 
 from . import _format as F
 from . import checkpointing as _checkpointing
+from . import crashloop as _crashloop
 from . import forking as _forking
 from . import gates as _gates
 from . import hints as _hints
@@ -66,6 +68,7 @@ from .writes import Writes
 # the lock itself, say from a custom table's apply) the fork goes on, and
 # the child gets a fresh lock.
 _FORK_LOCK_WAIT_S = 10.0
+_guard_log = logging.getLogger("rehydrate.warmup")
 
 
 class Lifecycle(Writes):
@@ -124,6 +127,10 @@ class Lifecycle(Writes):
     _remote: Optional[_standby.Receiver]  # a standby of a primary over HTTP
     _files_lock: threading.Lock  # the log's and the LOCK's release
     _resume_detail: dict[str, float]  # how a promote's resume went, for its result
+    # The crash-loop guard (crashloop.py): safe mode's {"reason", "skipped",
+    # "failed_opens"} (None: a full open), and the failed opens recorded.
+    _degraded: Optional[dict[str, Any]]
+    _failed_opens: int
 
     # (What the surface provides that the workings call.)
     def close(self) -> None:
@@ -216,6 +223,8 @@ class Lifecycle(Writes):
             self._gate_migration_state, self._gate_lag_s, self._gate_failure,
             lambda: self._open_error, self._warmup.notify))
         self._warmup.after_phase = self._reevaluate_gates
+        self._degraded = None
+        self._failed_opens = 0
         _forking.track(self, self._hold_for_fork, self._release_after_fork,
                        self._inherited_across_fork)
         return self
@@ -250,6 +259,7 @@ class Lifecycle(Writes):
         try:
             self._warm_up()
         except BaseException as e:
+            self._record_failed_open(e)
             self.close()
             if isinstance(e, OSError) and not isinstance(e, RehydrateError):
                 raise StorageIOError.wrap(e, self.path) from e  # (a migration's checkpoint)
@@ -316,8 +326,12 @@ class Lifecycle(Writes):
 
     def _warm_up(self) -> None:
         """The phases that run on the open store: migrate (the pending
-        migrations), populate and prime (the hooks); then the store is ready."""
+        migrations), populate and prime (the hooks); then the store is ready.
+        In safe mode the steps the crash-loop guard names are left out."""
         run = self._warmup
+        guard = self._options.max_failed_opens
+        decision = _crashloop.decide(self.path, guard) if guard else _crashloop.Decision()
+        run.skip = decision.skip
         run.start("migrate")
         applied: list[str] = []
         if self._options.migrations is not None:
@@ -329,7 +343,8 @@ class Lifecycle(Writes):
                                  self._log_in_new_segment)
             applied = run_pending(host, self._options.migrations, run)
         self._all_ready()
-        run.end(self, migrations=applied)
+        run.end(self, migrations=applied,
+                skipped=[s.name for s in run.skipped if s.kind == "migration"])
         for phase in ("populate", "prime"):
             run.run_hooks(phase, self)
         self.warmup_report = report = run.report()
@@ -337,7 +352,42 @@ class Lifecycle(Writes):
         assert plan is not None  # (the plan phase made it)
         report["predicted_s"] = plan["predicted_s"]
         report["plan"] = plan
-        _plan.record_open(self.path, plan, report)
+        skipped = [s.as_dict() for s in run.skipped]
+        if skipped:
+            self._degraded = {"reason": decision.reason, "skipped": skipped,
+                              "failed_opens": decision.failed_opens}
+            self._failed_opens = decision.failed_opens
+            _guard_log.warning(
+                "%s: opened in safe mode (degraded) after %d failed opens: left out %s. "
+                "Fix the step, or run `rehydrate status %s --clear-failures` to try it "
+                "again", self.path, decision.failed_opens,
+                ", ".join(s.label() for s in run.skipped), self.path)
+        report["degraded"] = bool(skipped)
+        report["degraded_reason"] = decision.reason if skipped else None
+        report["skipped_steps"] = skipped
+        report["failed_opens"] = self._failed_opens
+        # A full open ends the crash-loop count.
+        cleared = _plan.record_open(self.path, plan, report, clear_failures=not skipped)
+        if cleared:
+            _guard_log.info("%s: a full open: %d failed opens cleared", self.path, cleared)
+
+    def _record_failed_open(self, e: BaseException) -> None:
+        """Record in HISTORY (crashloop.py) a warmup that failed at a
+        migration or a hook; not an open given up by close(), nor one
+        interrupted (KeyboardInterrupt), nor a failure of no such step."""
+        step = self._warmup.step
+        guard = self._options.max_failed_opens
+        if step is None or not guard or not isinstance(e, Exception) \
+                or getattr(e, "reason", None) == "cancelled":
+            return
+        reason = e.reason if isinstance(e, RehydrateError) else type(e).__name__
+        n = _crashloop.record_failure(self.path, step, reason, f"{type(e).__name__}: {e}")
+        if n:
+            _guard_log.warning(
+                "%s: the open failed at %s (%s); %d failed opens of it in a row%s",
+                self.path, step.label(), reason, n,
+                "; the next open leaves it out (safe mode)" if n >= guard
+                else f"; safe mode after {guard}")
 
     def _replace_state(self, name: str, table: Any, version: int) -> None:
         with self._lock:

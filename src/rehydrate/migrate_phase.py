@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 from . import _format as F
 from ._hashing import format_digest
+from .crashloop import Step
 from .errors import MigrationError
 from .migrations import Migration, Migrations
 from .tables import TableRegistry
@@ -71,14 +72,28 @@ class MigrationHost:
 
 
 def run_pending(store: MigrationHost, migrations: Migrations, run: Any) -> list[str]:
-    """Apply the pending migrations in registration order; their ids."""
+    """Apply the pending migrations in registration order; their ids.
+
+    In safe mode (crashloop.py) ``run.skip`` names the migrations that
+    failed too many opens: each is left pending, and so is every later
+    migration of its table (each builds on the version before). ``run.step``
+    is the migration running (what a failure is blamed on); ``run.skipped``
+    gets those left pending."""
     done = {e.get("id") for e in store.manifest().get("ledger") or []}
     applied: list[str] = []
+    held: set[str] = set()  # tables whose next migration is skipped
     for m in migrations.migrations:
         if m.id in done:
             continue
+        step = Step("migration", "migrate", m.id, m.code_hash)
+        if step in run.skip or m.table in held:
+            held.add(m.table)
+            run.skipped.append(step)
+            continue
         run.tick()
+        run.step = step
         apply_one(store, migrations, m)
+        run.step = None
         applied.append(m.id)
         run.tick()
     return applied

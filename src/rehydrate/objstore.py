@@ -16,7 +16,6 @@ written last.
 from __future__ import annotations
 
 import os
-import random
 import threading
 import urllib.parse
 from collections import Counter
@@ -24,7 +23,8 @@ from typing import Any, Callable, Optional, TypeVar, Union
 
 from . import _fileio
 from ._backend import core
-from .errors import ArchiveError, ConfigError
+from .backoff import backoff_delays
+from .errors import ArchiveError, ConfigError, RetryableError
 
 T = TypeVar("T")
 
@@ -59,16 +59,6 @@ def redact(uri: str) -> str:
     shown = [(k, "***" if any(s in k.lower() for s in _SECRET_PARAMS) else v) for k, v in query]
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path,
                                     urllib.parse.urlencode(shown, safe=":/*"), ""))
-
-
-def backoff_delays(base_s: float, cap_s: float) -> Any:
-    """Delays for attempt 1, 2, ...: exponential, capped, with full jitter
-    (a uniform draw below the exponential bound), so many clients retrying
-    one failure do not come back together."""
-    attempt = 0
-    while True:
-        yield random.uniform(0.0, min(cap_s, base_s * (2 ** attempt)))
-        attempt += 1
 
 
 class ObjectStore:
@@ -122,7 +112,9 @@ class ObjectStore:
                 return fn()
             except (FileNotFoundError, ArchiveError):
                 raise  # (missing, or a verdict on the bytes: another try changes nothing)
-            except (OSError, ValueError) as e:  # (pyarrow raises both for a failing store)
+            except (OSError, ValueError, RetryableError) as e:
+                # (pyarrow raises OSError and ValueError for a failing store;
+                # a filesystem of one's own may say RetryableError.)
                 if attempt == tries or self.cancelled.is_set():
                     raise ArchiveError(f"{kind} failed after {attempt} attempt(s): {e}",
                                        uri=self.uri, object=name, reason="unreachable") from e

@@ -44,6 +44,13 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "rehydrate_replay_bytes": ("gauge", "log bytes the last open read", ()),
     "rehydrate_replay_records_per_second": ("gauge", "replay rate of the last open", ()),
     "rehydrate_ready": ("gauge", "1 once the store is open and warm", ()),
+    # The warmup's hook retries and the crash-loop guard (docs/warmup.md).
+    "rehydrate_hook_retries": (
+        "counter", "tries of populate and prime hooks after a retryable error", ("phase",)),
+    "rehydrate_degraded": (
+        "gauge", "1 while the store runs in safe mode (a failing step left out)", ()),
+    "rehydrate_failed_opens": (
+        "gauge", "failed opens recorded since the last full open", ()),
     "rehydrate_last_lsn": ("gauge", "LSN of the last write applied", ()),
     "rehydrate_durable_lsn": (
         "gauge", "every write up to this LSN survives power loss", ()),
@@ -112,6 +119,11 @@ def samples(store: Any) -> list[Sample]:
     add("rehydrate_replay_records_per_second", replay.get("rate", 0.0))
     ready = s.readiness()
     add("rehydrate_ready", 1.0 if ready["ready"] else 0.0)
+    for p in report["phases"]:
+        if "retries" in p:
+            add("rehydrate_hook_retries", p["retries"], p["name"])
+    add("rehydrate_degraded", 1.0 if ready.get("degraded") else 0.0)
+    add("rehydrate_failed_opens", report.get("failed_opens", 0))
     add("rehydrate_last_lsn", s.lsn)
     add("rehydrate_durable_lsn", s.durable_lsn)
     role = s.role
@@ -327,12 +339,18 @@ def _dumps(data: Mapping[str, Any]) -> bytes:
     return json.dumps(data).encode()
 
 
+def _serving(r: Mapping[str, Any]) -> bool:
+    """Whether ``/readyz`` says 200 for this readiness: ready, and not in
+    safe mode under ``degraded_readyz=503`` (docs/warmup.md)."""
+    return bool(r["ready"]) and not (r.get("degraded") and r.get("degraded_readyz") == 503)
+
+
 def _readyz(stores: tuple[Any, ...]) -> tuple[int, dict[str, Any]]:
     if len(stores) == 1:
         r: dict[str, Any] = stores[0].readiness()
-        return (200 if r["ready"] else 503), r
+        return (200 if _serving(r) else 503), r
     each = {s.path: s.readiness() for s in stores}
-    ready = all(r["ready"] for r in each.values())
+    ready = all(_serving(r) for r in each.values())
     return (200 if ready else 503), {"ready": ready, "stores": each}
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ._types import ProgressFn, TableKinds
+from .crashloop import DEFAULT_MAX_FAILED_OPENS, check_max_failed_opens
 from .errors import ConfigError
 from .kinds import resolve_kinds
 from .migrations import Migrations
@@ -46,6 +47,8 @@ class Options:
     archive: Any = None
     archive_every_s: float = DEFAULT_ARCHIVE_EVERY_S
     archive_retention_s: float = DEFAULT_ARCHIVE_RETENTION_S
+    max_failed_opens: int = DEFAULT_MAX_FAILED_OPENS
+    degraded_readyz: int = 200
 
     @property
     def auto_checkpoint(self) -> bool:
@@ -58,7 +61,8 @@ class Options:
 OPTION_NAMES = ("create", "sync", "recovery", "segment_bytes", "sync_interval_ms", "progress",
                 "tables", "keep_snapshots", "checkpoint_every_bytes", "checkpoint_every_s",
                 "warmup", "max_memory_bytes", "migrations", "strict_migrations", "archive",
-                "archive_every_s", "archive_retention_s")
+                "archive_every_s", "archive_retention_s", "max_failed_opens",
+                "degraded_readyz")
 
 
 def _positive_number(x: Any) -> bool:
@@ -84,6 +88,8 @@ def check_options(
     archive: Any = None,
     archive_every_s: float = DEFAULT_ARCHIVE_EVERY_S,
     archive_retention_s: float = DEFAULT_ARCHIVE_RETENTION_S,
+    max_failed_opens: int = DEFAULT_MAX_FAILED_OPENS,
+    degraded_readyz: int = 200,
 ) -> Options:
     """The options of ``Store.open``, checked; ConfigError for a bad one."""
     if sync not in SYNC_MODES:
@@ -120,6 +126,9 @@ def check_options(
         raise ConfigError("archive_every_s must be a positive number")
     if type(archive_retention_s) not in (int, float) or not 0 <= archive_retention_s < float("inf"):
         raise ConfigError("archive_retention_s must be a number >= 0")
+    check_max_failed_opens(max_failed_opens)
+    if type(degraded_readyz) is not int or degraded_readyz not in (200, 503):
+        raise ConfigError(f"degraded_readyz must be 200 or 503, not {degraded_readyz!r}")
     return Options(create=create, sync=sync, recovery=recovery, segment_bytes=segment_bytes,
                    sync_interval_ms=sync_interval_ms, progress=progress, kinds=kinds,
                    keep_snapshots=keep_snapshots,
@@ -128,4 +137,5 @@ def check_options(
                    max_memory_bytes=max_memory_bytes, migrations=migrations,
                    strict_migrations=strict_migrations, archive=archive,
                    archive_every_s=float(archive_every_s),
-                   archive_retention_s=float(archive_retention_s))
+                   archive_retention_s=float(archive_retention_s),
+                   max_failed_opens=max_failed_opens, degraded_readyz=degraded_readyz)

@@ -4,20 +4,19 @@ much memory it should need, decided before anything is loaded
 
 The prediction comes from HISTORY, the last opens of this directory (bytes
 read and seconds per phase), or, with no history, from rates measured on
-this kind of machine. HISTORY is like HINTS: not authoritative, written
-without fsync, and untrusted when read (a bad file is ignored).
+this kind of machine. HISTORY (history.py) is like HINTS: not authoritative, untrusted
+when read (a bad file is ignored), and its opens are written without fsync.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import json
 import os
 import statistics
 import time
 
-from . import _fileio
+from . import history as _history
 from . import _format as F
 from . import hints as _hints
 from . import manifest as _manifest
@@ -27,10 +26,8 @@ from .errors import MemoryBudgetError
 from .snapshot import SNAPSHOTS_DIR, read_meta, snapshot_name
 from .wal import WAL_DIR, list_segments, segment_version
 
-HISTORY_NAME = "HISTORY"
-HISTORY_FORMAT = 1
+HISTORY_NAME = _history.HISTORY_NAME
 HISTORY_KEEP = 20
-MAX_HISTORY_BYTES = 1 << 20
 # Without history: rates measured here (docs/benchmarks.md): a snapshot's
 # files at ~2 GB/s (1.8M keys, 210 MB, 0.09 s), the log at ~0.25 GB/s
 # (10M ops, 368 MB, ~1.4 s).
@@ -44,23 +41,19 @@ COUNT_READ_BYTES = 256 << 10
 
 
 def _read_history(path: str) -> list:
-    hpath = os.path.join(path, HISTORY_NAME)
-    try:
-        if os.path.getsize(hpath) > MAX_HISTORY_BYTES:
-            return []
-        data = json.loads(_fileio.read_file(hpath))
-    except (OSError, ValueError):
-        return []
-    if not isinstance(data, dict) or data.get("format") != HISTORY_FORMAT or \
-            not isinstance(data.get("opens"), list):
-        return []
+    return _valid_opens(_history.read(path).opens)
+
+
+def _valid_opens(opens: list) -> list:
     keys = ("snapshot_bytes", "snapshot_s", "wal_bytes", "replay_s", "total_s")
-    return [o for o in data["opens"] if isinstance(o, dict) and
+    return [o for o in opens if isinstance(o, dict) and
             all(type(o.get(k)) in (int, float) and o[k] >= 0 for k in keys)]
 
 
-def record_open(path: str, plan: dict, report: dict) -> None:
-    """Append this open to HISTORY (best effort: a failure is ignored)."""
+def record_open(path: str, plan: dict, report: dict, clear_failures: bool = False) -> int:
+    """Append this open to HISTORY (best effort: a failure is ignored).
+    ``clear_failures``: a full open, which also ends the crash-loop guard's
+    count (crashloop.py); how many failures that cleared."""
     phases = {p["name"]: p["duration_s"] for p in report["phases"]}
     # A background open's replay phase also holds its checking pass; what
     # is kept is what a plain open would have spent, which is what is predicted.
@@ -70,14 +63,19 @@ def record_open(path: str, plan: dict, report: dict) -> None:
              "snapshot_s": phases.get("snapshot", 0.0), "wal_bytes": plan["wal_bytes"],
              "replay_s": phases.get("replay", 0.0) - check_s,
              "total_s": report["total_s"] - check_s}
-    opens = (_read_history(path) + [entry])[-HISTORY_KEEP:]
-    hpath = os.path.join(path, HISTORY_NAME)
+    found = _history.read(path)
+    if found.newer:
+        return 0  # a newer version's file: left as it is (history.py)
+    opens = (_valid_opens(found.opens) + [entry])[-HISTORY_KEEP:]
+    cleared = len(found.failures) if clear_failures else 0
+    failures = [] if clear_failures else found.failures
     try:
-        with open(hpath + ".tmp", "w", opener=_fileio.private) as f:
-            json.dump({"format": HISTORY_FORMAT, "opens": opens}, f)
-        _fileio.rename(hpath + ".tmp", hpath)
+        # Durable when failures are kept or cleared: the guard's count must
+        # not come back, nor go, with a crash.
+        _history.write(path, opens, failures, durable=bool(found.failures))
     except OSError:
-        pass
+        return 0
+    return cleared
 
 
 def _snapshot_part(path: str, man: dict) -> dict:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ContextManager, Optional, Union
 from . import _format as F
 from . import intake as _intake
 from ._types import ProgressFn, StrPath, TableKinds
+from .crashloop import DEFAULT_MAX_FAILED_OPENS
 from .errors import ConfigError, StoreClosedError
 from .gates import Gate, Requirement
 from .lifecycle import open_options, abandon
@@ -74,6 +75,8 @@ class Store(Roles):
         archive: Optional[ArchiveTarget] = None,
         archive_every_s: float = DEFAULT_ARCHIVE_EVERY_S,
         archive_retention_s: float = DEFAULT_ARCHIVE_RETENTION_S,
+        max_failed_opens: int = DEFAULT_MAX_FAILED_OPENS,
+        degraded_readyz: int = 200,
         readonly: bool = False,
     ) -> Store:
         """Lock ``path``, replay its log into memory, and return the live store.
@@ -101,6 +104,11 @@ class Store(Roles):
         ``archive_every_s`` seconds, and the archive keeps ``keep_snapshots``
         snapshots plus every one from the last ``archive_retention_s``
         seconds, with the log they need. Writes never wait for it.
+        ``max_failed_opens``: the crash-loop guard (docs/warmup.md,
+        "Crash-loop safe mode"): after this many failed opens at one
+        migration or hook (0: never), the next open skips it and opens
+        degraded (``store.degraded``); ``degraded_readyz``: what ``/readyz``
+        answers then, 200 (default: serve from the safe state) or 503.
         ``readonly``: a reader of a store another process may be writing
         (docs/replication.md): no LOCK taken, nothing written; the state as
         of the open, and ``refresh()`` to catch up. Its writes raise
@@ -331,6 +339,8 @@ class Store(Roles):
         archive: Optional[ArchiveTarget] = None,
         archive_every_s: float = DEFAULT_ARCHIVE_EVERY_S,
         archive_retention_s: float = DEFAULT_ARCHIVE_RETENTION_S,
+        max_failed_opens: int = DEFAULT_MAX_FAILED_OPENS,
+        degraded_readyz: int = 200,
     ) -> Store:
         """Like ``Store.open`` (same options), but returns at once, with the
         open running on a thread (docs/warmup.md, "Background open").
@@ -383,6 +393,13 @@ class Store(Roles):
     def auto_checkpoint_error(self) -> Optional[BaseException]:
         """What the last automatic checkpoint raised; None after one succeeds."""
         return self._auto.error if self._auto is not None else None
+
+    @property
+    def degraded(self) -> bool:
+        """True when this store opened in safe mode: the crash-loop guard
+        left out a migration or hook that failed ``max_failed_opens`` opens
+        (docs/warmup.md, "Crash-loop safe mode"); ``readiness()`` says why."""
+        return self._degraded is not None
 
     @property
     def ledger(self) -> list[dict[str, Any]]:
@@ -498,6 +515,9 @@ class Store(Roles):
         state is in; ``gates`` maps each feature gate to {"open", "unmet"}
         (re-evaluated now; a closed gate does not make the store unready).
         A store from ``Store.open`` is ready as it is returned.
+        In safe mode (``store.degraded``): ``"degraded": True``,
+        ``"degraded_reason"``, ``"skipped_steps"`` and ``"degraded_readyz"``
+        (the status ``/readyz`` answers while ready).
         """
         out = self._readiness()
         out["gates"] = self._gates.report()
@@ -536,6 +556,12 @@ class Store(Roles):
                 out["tables"] = {n: intake.all_ready or n in intake.ready for n in names}
         if self._open_error is not None:
             out["error"] = f"{type(self._open_error).__name__}: {self._open_error}"
+        degraded = self._degraded
+        if degraded is not None:
+            out["degraded"] = True
+            out["degraded_reason"] = degraded["reason"]
+            out["skipped_steps"] = degraded["skipped"]
+            out["degraded_readyz"] = self._options.degraded_readyz
         return out
 
     def _follow_readiness(self) -> dict[str, Any]:

@@ -16,11 +16,18 @@ the open can give up on it on time even when the hook never returns (Python
 cannot stop a thread: a hook given up on runs on in the background, its
 result ignored). Criteria are ``fn(store) -> True``; anything else, or an
 exception, is a CriteriaError naming the criterion.
+
+A hook that raises ``RetryableError`` (or a type of ``retry_on``) is tried
+again after a backoff with full jitter (backoff.py), up to
+``retry_attempts`` tries and within its phase's budget; the tries are
+counted in the phase's report (``attempts``, ``retries``). The hooks that
+the crash-loop guard skips (crashloop.py) are not run (``skipped``).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import sys
 import threading
 import time
@@ -28,8 +35,12 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional, TypeAlias
 
+from . import backoff as _backoff
 from ._sysinfo import proc_kb_field
-from .errors import ConfigError, CriteriaError, PhaseTimeout, StallError, WarmupError
+from .crashloop import Step, hook_step
+from .errors import (
+    ConfigError, CriteriaError, PhaseTimeout, RetryableError, StallError, WarmupError,
+)
 
 # The store is typed Any here: warmup.py is imported by store.py.
 #: A populate or prime hook: ``fn(store, progress)``; ``progress(n=1)`` counts
@@ -82,7 +93,13 @@ class Warmup:
     on_phase_end(phase, stats), on_corruption(problem), on_gate_open(name),
     on_gate_close(name, why) (default: one that logs phase ends and gates'
     changes); ``policy``: {phase: "fail" | "warn"} (default fail).
-    ConfigError for anything else.
+    Retries (docs/warmup.md, "Retries"): a hook that raises
+    ``RetryableError``, or an instance of one of the exception types in
+    ``retry_on``, is tried again, at most ``retry_attempts`` tries in all
+    (>= 1; 1: no retry), after waits drawn from an exponential backoff with
+    full jitter: ``retry_random()`` (a fraction in [0, 1), ``random.random``
+    by default) of ``min(retry_max_s, retry_base_s * 2**(try-1))``, and
+    never past the phase's budget. ConfigError for anything else.
     """
 
     def __init__(self, *, budgets: Optional[Mapping[str, float]] = None,
@@ -90,7 +107,11 @@ class Warmup:
                  prime: Sequence[Hook] = (),
                  criteria: Optional[Mapping[str, Sequence[Criterion]]] = None,
                  listeners: Optional[Sequence[object]] = None,
-                 policy: Optional[Mapping[str, str]] = None) -> None:
+                 policy: Optional[Mapping[str, str]] = None,
+                 retry_on: Sequence[type[BaseException]] = (),
+                 retry_attempts: int = 5, retry_base_s: float = 0.1,
+                 retry_max_s: float = 5.0,
+                 retry_random: Callable[[], float] = random.random) -> None:
         # Keyed by phase; looked up with the current phase, None before the first.
         self.budgets: dict[Optional[str], float] = self._per_phase(budgets, "budgets", self._check_seconds)
         if stall_s is not None:
@@ -110,6 +131,19 @@ class Warmup:
                               "or on_gate_close")
         self.listeners = listeners
         self.policy: dict[Optional[str], str] = self._per_phase(policy, "policy", self._check_policy)
+        if not isinstance(retry_on, (list, tuple)) or not all(
+                isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
+            raise ConfigError("retry_on must be a list or tuple of exception types")
+        self.retry_on: tuple[type[BaseException], ...] = (RetryableError, *retry_on)
+        if type(retry_attempts) is not int or retry_attempts < 1:
+            raise ConfigError(f"retry_attempts must be an int >= 1, not {retry_attempts!r}")
+        self.retry_attempts = retry_attempts
+        self._check_seconds("retry_base_s", retry_base_s)
+        self._check_seconds("retry_max_s", retry_max_s)
+        self.retry_base_s, self.retry_max_s = float(retry_base_s), float(retry_max_s)
+        if not callable(retry_random):
+            raise ConfigError("retry_random must be a callable returning a fraction in [0, 1)")
+        self.retry_random = retry_random
 
     @staticmethod
     def _check_seconds(what: str, v: object) -> None:
@@ -161,6 +195,13 @@ class WarmupRun:
         # Called after each phase's end is told (the store re-evaluates its
         # feature gates there: gates.py).
         self.after_phase: Optional[Callable[[], None]] = None
+        # The crash-loop guard (crashloop.py): the steps to skip, those
+        # skipped, and the step running now (what a failure is blamed on).
+        self.skip: tuple[Step, ...] = ()
+        self.skipped: list[Step] = []
+        self.step: Optional[Step] = None
+        self.retries: dict[str, int] = {}
+        self._backoff_wake = threading.Event()  # (waited on with a timeout)
 
     # -- listeners ---------------------------------------------------------
     def _tell(self, event: str, *args: Any) -> None:
@@ -261,9 +302,65 @@ class WarmupRun:
     # -- hooks ---------------------------------------------------------------
     def run_hooks(self, phase: str, store: Any) -> dict[str, Any]:
         self.start(phase, hooks=[_name(f) for f in self.w.hooks[phase]])
+        attempts, skipped = 0, []
         for fn in self.w.hooks[phase]:
-            self._run_hook(phase, fn, store)
-        return self.end(store, hooks=len(self.w.hooks[phase]))
+            step = hook_step(phase, fn)
+            if step in self.skip:
+                skipped.append(step.name)
+                self.skipped.append(step)
+                continue
+            self.step = step
+            attempts += self._run_with_retries(phase, fn, store)
+            self.step = None
+        self.retries[phase] = attempts - (len(self.w.hooks[phase]) - len(skipped))
+        return self.end(store, hooks=len(self.w.hooks[phase]), attempts=attempts,
+                        retries=self.retries[phase], skipped=skipped)
+
+    def _run_with_retries(self, phase: str, fn: Hook, store: Any) -> int:
+        """Run ``fn`` until it returns, trying again after a retryable
+        error (backoff with full jitter, within the budget); the tries made."""
+        w, attempt = self.w, 1
+        while True:
+            try:
+                self._run_hook(phase, fn, store)
+                return attempt
+            except _Retryable as r:
+                e = r.error
+                if attempt >= w.retry_attempts:
+                    raise WarmupError(
+                        f"hook {_name(fn)} of phase {phase} raised {type(e).__name__}: {e} "
+                        f"(retryable; {attempt} attempts made, retry_attempts "
+                        f"{w.retry_attempts})", phase=phase,
+                        elapsed_s=time.perf_counter() - self._phase_t0, path=self.path,
+                        reason="hook_error") from e
+                wait = _backoff.delay(w.retry_base_s, w.retry_max_s, attempt, w.retry_random)
+                log.info("hook %s of phase %s: %s: %s; try %d in %.3f s", _name(fn), phase,
+                         type(e).__name__, e, attempt + 1, wait)
+                self._back_off(phase, fn, wait, attempt, e)
+                attempt += 1
+
+    def _back_off(self, phase: str, fn: Hook, wait: float, attempt: int,
+                  error: BaseException) -> None:
+        """Wait ``wait`` seconds before the next try: a real wait on an
+        event, in slices, given up when the store closes or the phase's
+        budget passes (policy "fail"); a backoff is no stall."""
+        budget = None if self.w.policy.get(phase, "fail") == "warn" else self.w.budgets.get(phase)
+        deadline = time.perf_counter() + wait
+        while True:
+            if self.cancel[0]:
+                raise WarmupError(f"hook {_name(fn)} of phase {phase} given up on: the store "
+                                  "is closing", phase=phase, path=self.path, reason="cancelled",
+                                  elapsed_s=time.perf_counter() - self._phase_t0)
+            err = self._limit_error(f"hook {_name(fn)} of phase {phase} (retrying after "
+                                    f"{attempt} attempts: {type(error).__name__}: {error})",
+                                    None, budget)
+            if err is not None:
+                raise err from error
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                break
+            self._backoff_wake.wait(min(left, 0.05))
+        self._last_tick = time.perf_counter()
 
     def _run_hook(self, phase: str, fn: Hook, store: Any) -> None:
         outcome: dict[str, BaseException] = {}
@@ -299,6 +396,8 @@ class WarmupRun:
                 raise err  # the hook's thread runs on; its result is ignored
         if "error" in outcome:
             e = outcome["error"]
+            if isinstance(e, self.w.retry_on):
+                raise _Retryable(e)
             raise WarmupError(f"hook {_name(fn)} of phase {phase} raised "
                               f"{type(e).__name__}: {e}", phase=phase,
                               elapsed_s=time.perf_counter() - self._phase_t0,
@@ -323,6 +422,14 @@ class WarmupRun:
     def report(self) -> dict[str, Any]:
         return {"phases": list(self.phases), "total_s": time.perf_counter() - self.t0,
                 "predicted_s": None}
+
+
+class _Retryable(Exception):
+    """A hook's retryable error, on its way to ``_run_with_retries``."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _rss_bytes() -> Optional[int]:
