@@ -274,7 +274,8 @@ class WarmupRun:
                 outcome["error"] = e
 
         # (What the hook traces nests under its phase's span.)
-        t = threading.Thread(target=self.trace.carried(body), name=f"rehydrate-hook:{_name(fn)}", daemon=True)
+        t = threading.Thread(target=self.trace.carried(body), name=f"rehydrate-hook:{_name(fn)}",
+                             daemon=True)
         self._last_tick = time.perf_counter()
         t.start()
         budget, stall = self._limits()
