@@ -32,32 +32,50 @@ from rehydrate import ArchiveError, Store, Warmup, WarmupError, tracing
 PHASES = ["plan", "snapshot", "replay", "migrate", "populate", "prime"]
 
 
+class _Armed(SimpleSpanProcessor):
+    """Exports only while a test here runs: the provider stays set for the
+    rest of the worker's session, whose other tests' spans are dropped."""
+
+    def __init__(self, exporter):
+        super().__init__(exporter)
+        self.exporter = exporter
+        self.armed = False
+
+    def on_end(self, span):
+        if self.armed:
+            super().on_end(span)
+
+
 @pytest.fixture(scope="session")
-def _exporter():
-    exporter = InMemorySpanExporter()
+def _processor():
+    processor = _Armed(InMemorySpanExporter())
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
     # (Set once per process: a provider set before would keep the spans.)
     assert trace.get_tracer_provider() is provider
-    return exporter
+    return processor
 
 
 @pytest.fixture
-def spans(_exporter):
+def spans(_processor):
     """A function returning the spans finished since its last call (or the
     test's start)."""
-    _exporter.clear()
+    exporter = _processor.exporter
+    exporter.clear()
 
     def take():
-        found = list(_exporter.get_finished_spans())
-        _exporter.clear()
+        found = list(exporter.get_finished_spans())
+        exporter.clear()
         return found
-    return take
+    _processor.armed = True
+    yield take
+    _processor.armed = False
+    exporter.clear()
 
 
 @pytest.fixture
-def tracer(_exporter):
+def tracer(_processor):
     return trace.get_tracer("tests")
 
 
