@@ -13,7 +13,7 @@ SOURCES := pyproject.toml setup.py MANIFEST.in $(shell find src -name '*.py' -o 
 # PYTEST_ARGS= runs it serially.
 PYTEST_ARGS ?= -n auto
 
-.PHONY: all install demo test typecheck bench fuzz clean redis fiu strace reliability dist dist-check
+.PHONY: all install demo test typecheck bench fuzz clean redis fiu strace promtool reliability dist dist-check
 
 all: test
 
@@ -51,6 +51,12 @@ strace:
 	@command -v strace >/dev/null || (apt-get update -qq && apt-get install -y -qq strace) \
 		|| $(call missing,strace could not be installed: the protocol trace test is skipped)
 
+# examples/prometheus-rules.yml is checked and unit-tested with promtool
+# (Debian's prometheus package; tests/test_alert_rules.py).
+promtool:
+	@command -v promtool >/dev/null || (apt-get update -qq && apt-get install -y -qq prometheus) \
+		|| $(call missing,promtool could not be installed: the alert rules' promtool tests are skipped)
+
 # The main job: cold starts of a synthetic state, phase by phase, next to the
 # baselines (rehydrate bench; docs/bench.md).
 demo: $(STAMP) redis
@@ -68,7 +74,7 @@ typecheck: $(STAMP)
 	$(BIN)/python -m mypy --config-file= --strict --follow-imports=silent --python-version 3.11 --cache-dir $(VENV)/.mypy_cache src/rehydrate/_core/__init__.pyi
 	$(BIN)/python -m mypy --config-file= --strict --follow-imports=silent --python-version 3.12 --cache-dir $(VENV)/.mypy_cache src/rehydrate/_core/__init__.pyi
 
-test: $(STAMP) redis fiu strace typecheck
+test: $(STAMP) redis fiu strace promtool typecheck
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 # The sdist and a wheel built from it, into dist/ (docs/packaging.md); `build`

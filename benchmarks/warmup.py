@@ -1,6 +1,6 @@
 """What the warmup machinery costs, and how good its prediction is.
 
-    .venv/bin/python benchmarks/warmup.py [--ops 10000000] [--repeat 5] [--json]
+    .venv/bin/python benchmarks/warmup.py [--ops 10000000] [--repeat 5] [--trace] [--json]
 
 Builds the 10M-op log of ``benchmarks/replay.py``, then, alternating, in
 fresh processes:
@@ -17,9 +17,16 @@ fresh processes:
   callable), re-evaluated at every replay chunk and phase end, one waited
   for: what gates add to an open (target <= 1%).
 
-Targets (issue): watched costs <= 2% more than plain (medians); the
-predicted duration of an open (from HISTORY, after earlier opens of the same
-directory) is within +-30% of the actual.
+With ``--trace``, two more in the same rotation:
+
+- ``traced``: ``plain`` with OpenTelemetry's SDK tracer provider set, spans
+  kept by its in-memory exporter, the open under a caller's span;
+- ``no-otel``: ``plain`` with the ``opentelemetry`` package hidden (what a
+  service without it runs).
+
+Targets: watched costs <= 2% more than plain, traced <= 1% more than plain
+(medians); the predicted duration of an open (from HISTORY, after earlier
+opens of the same directory) is within +-30% of the actual.
 """
 
 from __future__ import annotations
@@ -58,7 +65,62 @@ def background_child(path: str, gated: bool = False) -> dict:
     return {"returned_s": returned_s, "first_write_s": write_s, "ready_s": ready_s}
 
 
-def child(path: str, watched: bool) -> dict:
+class _HideOtel:
+    """A sys.meta_path finder that refuses opentelemetry, as when it is not
+    installed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "opentelemetry" or name.startswith("opentelemetry."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+def traced_child(path: str) -> dict:
+    import rehydrate as rh
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    tracer = trace.get_tracer("benchmark")
+    t0 = time.perf_counter()
+    with tracer.start_as_current_span("service start"):
+        s = rh.Store.open(path, warmup=rh.Warmup(listeners=[]))
+    open_s = time.perf_counter() - t0
+    out = {"open_s": open_s, "predicted_s": s.warmup_report["predicted_s"],
+           "spans": len(exporter.get_finished_spans())}
+    s.close()
+    out["spans_cost_s"] = _spans_cost(path)
+    return out
+
+
+def _spans_cost(path: str, n: int = 500) -> float:
+    """Seconds one open's spans take to make, record and export (the open
+    and its six phases, with their attributes), without the open: the
+    tracing's cost measured on its own, where the opens' medians above are
+    too noisy to show it."""
+    from rehydrate import PHASES, tracing
+
+    entry = {"duration_s": 0.1, "records": 10, "bytes": 100, "rate": 100.0, "lsn": 5}
+    t0 = time.perf_counter()
+    for _ in range(n):
+        trace = tracing.start_open(path, mode="foreground", recovery="tolerate-tail")
+        with trace.current():
+            for phase in PHASES:
+                trace.phase_started(phase)
+                trace.phase_stats({"name": phase, **entry}, 0.1)
+                trace.phase_ended()
+        trace.finished(lsn=5, predicted_s=1.0)
+    return (time.perf_counter() - t0) / n
+
+
+def child(path: str, watched: bool, hide_otel: bool = False) -> dict:
+    if hide_otel:
+        sys.meta_path.insert(0, _HideOtel())
     import rehydrate as rh
 
     events = [0]
@@ -98,8 +160,12 @@ def main(argv=None) -> int:
     p.add_argument("--ops", type=int, default=10_000_000)
     p.add_argument("--keys", type=int, default=2_000_000)
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--trace", action="store_true",
+                   help="also time opens traced by the OpenTelemetry SDK, and without it")
     p.add_argument("--json", action="store_true")
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--traced", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-otel", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--watched", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--background", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--gated", action="store_true", help=argparse.SUPPRESS)
@@ -107,8 +173,11 @@ def main(argv=None) -> int:
     if a.child and a.background:
         print(json.dumps(background_child(a.child, a.gated)))
         return 0
+    if a.child and a.traced:
+        print(json.dumps(traced_child(a.child)))
+        return 0
     if a.child:
-        print(json.dumps(child(a.child, a.watched)))
+        print(json.dumps(child(a.child, a.watched, a.no_otel)))
         return 0
     import replay  # the 10M-op log of benchmarks/replay.py
 
@@ -119,15 +188,22 @@ def main(argv=None) -> int:
         replay.build(path, os.path.join(work, "ops.msgpack"), a.ops, a.keys)
         me = os.path.abspath(__file__)
         run_child([me, "--child", path])  # a first open: HISTORY for the predictions
-        plain, watched, bg, gated = [], [], [], []
+        plain, watched, bg, gated, traced, no_otel = [], [], [], [], [], []
         for i in range(a.repeat):
             plain.append(run_child([me, "--child", path]))
             watched.append(run_child([me, "--child", path, "--watched"]))
             bg.append(run_child([me, "--child", path, "--background"]))
             gated.append(run_child([me, "--child", path, "--background", "--gated"]))
+            more = ""
+            if a.trace:
+                traced.append(run_child([me, "--child", path, "--traced"]))
+                no_otel.append(run_child([me, "--child", path, "--no-otel"]))
+                more = (f", traced {traced[-1]['open_s']:.3f} s, no-otel "
+                        f"{no_otel[-1]['open_s']:.3f} s")
             print(f"  run {i + 1}: plain {plain[-1]['open_s']:.3f} s, watched "
-                  f"{watched[-1]['open_s']:.3f} s (predicted {plain[-1]['predicted_s']:.3f}"
-                  f" / {watched[-1]['predicted_s']:.3f} s)", file=sys.stderr)
+                  f"{watched[-1]['open_s']:.3f} s{more} (predicted "
+                  f"{plain[-1]['predicted_s']:.3f} / {watched[-1]['predicted_s']:.3f} s)",
+                  file=sys.stderr)
         m_plain = median([r["open_s"] for r in plain])
         m_watched = median([r["open_s"] for r in watched])
         errors = [r["predicted_s"] / r["open_s"] - 1 for r in plain + watched]
@@ -141,6 +217,15 @@ def main(argv=None) -> int:
                "gated": {k: median([r[k] for r in gated])
                          for k in ("returned_s", "first_write_s", "ready_s")},
                "machine": machine()}
+        if a.trace:
+            m_traced = median([r["open_s"] for r in traced])
+            m_no_otel = median([r["open_s"] for r in no_otel])
+            out["trace"] = {"traced_open_s": m_traced, "no_otel_open_s": m_no_otel,
+                            "overhead": m_traced / m_plain - 1,
+                            "overhead_vs_no_otel": m_traced / m_no_otel - 1,
+                            "overhead_target": 0.01, "spans_per_open": traced[0]["spans"],
+                            "spans_cost_s": median([r["spans_cost_s"] for r in traced])}
+            out["trace"]["spans_cost_of_plain_open"] = out["trace"]["spans_cost_s"] / m_plain
         if a.json:
             print(json.dumps(out, indent=2))
         else:
@@ -157,6 +242,13 @@ def main(argv=None) -> int:
             print(f"gated          ready after {g['ready_s']:.3f} s: "
                   f"{g['ready_s'] / b['ready_s'] - 1:+.1%} against background without gates "
                   "(target <= +1%)")
+            if a.trace:
+                t = out["trace"]
+                print(f"traced open    {t['traced_open_s']:.3f} s ({t['spans_per_open']} spans): "
+                      f"overhead {t['overhead']:+.1%} (target <= +1%); without opentelemetry "
+                      f"{t['no_otel_open_s']:.3f} s ({t['overhead_vs_no_otel']:+.1%})")
+                print(f"spans alone    {t['spans_cost_s'] * 1e6:.0f} us per open: "
+                      f"{t['spans_cost_of_plain_open']:.4%} of a plain open")
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

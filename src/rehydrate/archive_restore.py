@@ -28,9 +28,10 @@ from . import _fileio
 from . import _format as F
 from . import archive as A
 from . import manifest as _manifest
+from . import tracing as _tracing
 from ._backend import core
 from .errors import ArchiveError, ConfigError
-from .objstore import CHUNK_BYTES, ArchiveTarget, ObjectStore, open_object_store
+from .objstore import CHUNK_BYTES, ArchiveTarget, ObjectStore, open_object_store, redact
 from .snapshot import SNAPSHOTS_DIR, check as check_snapshot, snapshot_name
 from .wal import WAL_DIR, segment_name
 
@@ -269,6 +270,21 @@ def restore(uri: ArchiveTarget, path: Any, to_lsn: Optional[int] = None,
     ``no_target``, ``no_base``, ``missing_object``, ``bad_object``,
     ``corrupt``, ``not_empty``, ``unreachable``), ConfigError.
     """
+    with _tracing.span("rehydrate.archive.restore",
+                       uri=redact(uri) if isinstance(uri, str) else None,
+                       to_lsn=to_lsn, to_time=None if to_time is None else str(to_time),
+                       parallel=parallel) as span:
+        result = _restore(uri, path, to_lsn, to_time, parallel, progress)
+        span.set(path=result["path"], lsn=result["lsn"], target_lsn=result["target_lsn"],
+                 snapshot_lsn=result["snapshot_lsn"], segments=result["segments"],
+                 bytes=result["bytes"], duration_s=result["duration_s"])
+        return result
+
+
+def _restore(uri: ArchiveTarget, path: Any, to_lsn: Optional[int],
+             to_time: Optional[TimeTarget], parallel: int,
+             progress: Optional[Callable[[int, int], None]]) -> dict[str, Any]:
+    """``restore``'s work (its span around it)."""
     t0 = time.perf_counter()
     if to_lsn is not None and to_time is not None:
         raise ConfigError("give to_lsn or to_time, not both")

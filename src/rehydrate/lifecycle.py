@@ -46,6 +46,7 @@ from . import opening as _opening
 from . import plan as _plan
 from . import shutdown_risk as _shutdown_risk
 from . import standby as _standby
+from . import tracing as _tracing
 from ._backend import core as _core
 from ._types import StrPath
 from .errors import (
@@ -242,14 +243,39 @@ class Lifecycle(Writes):
             raise
         except OSError as e:
             raise StorageIOError.wrap(e, self.path) from e
+        # The open's span starts here, under this (the caller's) thread's
+        # current span; the opener thread makes it current there.
+        self._start_trace("background")
         self._opener = threading.Thread(target=self._run_open_in_background,
                                         name=f"rehydrate-open:{self.path}", daemon=True)
         self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
         atexit.register(self._atexit)
         self._opener.start()
 
+    def _start_trace(self, mode: str) -> None:
+        self._warmup.trace = _tracing.start_open(self.path, mode=mode,
+                                                 recovery=self._options.recovery)
+
     def _run_open(self) -> None:
-        """The open itself, on this thread: state in, writer open, warm up."""
+        """The open itself, on this thread, traced (tracing.py)."""
+        trace = self._warmup.trace
+        # (A background open started its trace on the caller's thread.)
+        if trace is _tracing.NO_TRACE:
+            self._start_trace("foreground")
+            trace = self._warmup.trace
+        with trace.current():
+            try:
+                self._open_here()
+            except BaseException as e:
+                trace.failed(e)
+                raise
+        # (Ended before the store says ready: whoever waits for it finds
+        # the open's span over.)
+        trace.finished(lsn=self.lsn, predicted_s=self._warmup.predicted.get("open"))
+        self._ready.set()
+
+    def _open_here(self) -> None:
+        """State in, writer open, warm up."""
         try:
             self._rebuild_state()
         except RehydrateError:
@@ -264,7 +290,6 @@ class Lifecycle(Writes):
             if isinstance(e, OSError) and not isinstance(e, RehydrateError):
                 raise StorageIOError.wrap(e, self.path) from e  # (a migration's checkpoint)
             raise
-        self._ready.set()
 
     def _run_open_in_background(self) -> None:
         intake = self._intake
@@ -341,7 +366,8 @@ class Lifecycle(Writes):
                                  lambda: self.lsn, lambda: self._manifest, self._state_digest,
                                  self._checkpoint_locked, self._replace_state,
                                  self._log_in_new_segment)
-            applied = run_pending(host, self._options.migrations, run)
+            with run.trace.in_phase():
+                applied = run_pending(host, self._options.migrations, run)
         self._all_ready()
         run.end(self, migrations=applied,
                 skipped=[s.name for s in run.skipped if s.kind == "migration"])
@@ -566,10 +592,14 @@ class Lifecycle(Writes):
         changes the MANIFEST that publishes the snapshot (a migration's
         ledger entry goes in with it, in the same write)."""
         archiver = self._archiver
-        result = _checkpointing.checkpoint(
-            self.path, self._manifest, self._open_registry, self._capture, self._journal,
-            self._options.keep_snapshots, commit,
-            keep_after=None if archiver is None else lambda: archiver.sealed_through)
+        with _tracing.span("rehydrate.checkpoint", path=self.path) as span:
+            result = _checkpointing.checkpoint(
+                self.path, self._manifest, self._open_registry, self._capture, self._journal,
+                self._options.keep_snapshots, commit,
+                keep_after=None if archiver is None else lambda: archiver.sealed_through)
+            span.set(lsn=result.get("lsn"), bytes=result.get("bytes"),
+                     duration_s=result.get("duration_s"), pause_s=result.get("pause_s"),
+                     existing=bool(result.get("existing")))
         if archiver is not None:
             archiver.wake()
         if not result.get("existing"):

@@ -117,6 +117,7 @@ def plan_open(path: str, options: Options, core: Any, run: Any, owner: Any,
         warn_drift(copy.deepcopy(manifest.get("ledger") or []), options.migrations,
                    options.strict_migrations, path)
     plan = _plan.make_plan(path, manifest)
+    run.expect(plan)
     _plan.preflight(plan, options.max_memory_bytes)
     ended = time.perf_counter()
     waldir = os.path.join(path, WAL_DIR)

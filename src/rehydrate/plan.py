@@ -203,6 +203,8 @@ def make_plan(path: str, man=None) -> dict:
             "records_estimate": snap["keys"] + n_log,
             "log_records": n_log, "log_records_exact": log_exact,
             "predicted_s": predicted_s,
+            "predicted_phases_s": {"snapshot": snap["bytes"] / snap_bps,
+                                   "replay": wal_bytes / replay_bps},
             "predicted_from": {"snapshot": snap_src, "replay": replay_src},
             "predicted_peak_bytes": BASE_MEMORY_BYTES + memory,
             "memory_from": memory_src, "history_opens": len(opens)}

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ContextManager, Optional, Union
 
 from . import _format as F
 from . import intake as _intake
+from . import tracing as _tracing
 from ._types import ProgressFn, StrPath, TableKinds
 from .crashloop import DEFAULT_MAX_FAILED_OPENS
 from .errors import ConfigError, StoreClosedError
@@ -312,7 +313,15 @@ class Store(Roles):
         if type(force) is not bool:
             raise ConfigError(f"force must be a bool, not {force!r}")
         self._check_owner()
-        return self._promote_here(float(timeout_s), float(hold_s), demote, address, force)
+        with _tracing.span("rehydrate.handoff", path=self.path, from_epoch=self._epoch,
+                           remote=self._remote is not None, demote=demote,
+                           force=force) as span:
+            result = self._promote_here(float(timeout_s), float(hold_s), demote, address,
+                                        force)
+            span.set(epoch=result.get("epoch"), lsn=result.get("lsn"),
+                     failover=result.get("failover"), total_s=result.get("total_s"),
+                     may_have_lost_writes=result.get("may_have_lost_writes"))
+        return result
 
     @classmethod
     def open_background(

@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional, TypeAlias
 
 from . import backoff as _backoff
+from . import tracing as _tracing
 from ._sysinfo import proc_kb_field
 from .crashloop import Step, hook_step
 from .errors import (
@@ -202,6 +203,15 @@ class WarmupRun:
         self.step: Optional[Step] = None
         self.retries: dict[str, int] = {}
         self._backoff_wake = threading.Event()  # (waited on with a timeout)
+        # The open's spans (tracing.py; a no-op without OpenTelemetry), set
+        # by the store when the open starts, and the plan's seconds per phase.
+        self.trace: _tracing.OpenTrace = _tracing.NO_TRACE
+        self.predicted: dict[str, float] = {}
+
+    def expect(self, plan: Mapping[str, Any]) -> None:
+        """The plan's prediction of each phase's seconds, for the trace."""
+        self.predicted = dict(plan.get("predicted_phases_s") or {})
+        self.predicted["open"] = plan["predicted_s"]
 
     # -- listeners ---------------------------------------------------------
     def _tell(self, event: str, *args: Any) -> None:
@@ -215,6 +225,7 @@ class WarmupRun:
                 log.exception("warmup listener %r failed in %s", listener, event)
 
     def corruption(self, problem: object) -> None:
+        self.trace.problem(problem)
         self._tell("on_corruption", problem)
 
     def notify(self, event: str, *args: Any) -> None:
@@ -227,6 +238,7 @@ class WarmupRun:
         self.current = phase
         self._phase_t0 = self._last_tick = time.perf_counter()
         self._done = self._total = 0
+        self.trace.phase_started(phase)
         self._tell("on_phase_start", phase, dict(info))
 
     def tick(self, done: Optional[int] = None, total: Optional[int] = None, n: int = 1) -> None:
@@ -244,6 +256,8 @@ class WarmupRun:
         """Close the current phase: its criteria, its budget, the listeners."""
         phase = self.current
         elapsed = time.perf_counter() - self._phase_t0
+        self.trace.phase_stats({"name": phase, "duration_s": elapsed, **stats},
+                               self.predicted.get(phase or ""))
         for fn in self.w.criteria.get(phase, ()):
             try:
                 ok = fn(store)
@@ -264,6 +278,7 @@ class WarmupRun:
             self._overrun(PhaseTimeout(f"phase {phase} took {elapsed:.3f} s, over its budget "
                                        f"of {budget} s", phase=phase, elapsed_s=elapsed,
                                        path=self.path))
+        self.trace.phase_ended()
         self._tell("on_phase_end", phase, dict(entry))
         if self.after_phase is not None:
             self.after_phase()
@@ -374,7 +389,9 @@ class WarmupRun:
             except BaseException as e:  # noqa: BLE001 - handed to the opening thread
                 outcome["error"] = e
 
-        t = threading.Thread(target=body, name=f"rehydrate-hook:{_name(fn)}", daemon=True)
+        # (What the hook traces nests under its phase's span.)
+        t = threading.Thread(target=self.trace.carried(body), name=f"rehydrate-hook:{_name(fn)}",
+                             daemon=True)
         self._last_tick = time.perf_counter()
         t.start()
         budget, stall = self._limits()

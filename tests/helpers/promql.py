@@ -1,0 +1,52 @@
+"""The metric names a PromQL expression reads, and the names stores export:
+what the Grafana dashboard's and the alert rules' tests check against each
+other (tests/test_dashboard.py, tests/test_alert_rules.py)."""
+
+from __future__ import annotations
+
+import re
+
+# PromQL words that are not metric names.
+_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool",
+             "and", "or", "unless", "inf", "nan"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names an expression reads: what is left once label
+    matchers, ranges, strings, variables, grouping clauses, function names
+    and numbers are taken out."""
+    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # strings (in matchers too)
+    e = re.sub(r"\{[^}]*\}", " ", e)  # label matchers
+    e = re.sub(r"\[[^\]]*\]", " ", e)  # ranges, subqueries
+    e = re.sub(r"\$\{?\w+\}?", " ", e)  # dashboard variables
+    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", e)
+    names = set()
+    for m in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", e):
+        word = m.group(0)
+        follows = e[m.end():].lstrip()
+        if word.lower() in _KEYWORDS or follows.startswith("("):
+            continue  # a keyword or a function
+        if m.start() > 0 and (e[m.start() - 1].isdigit() or e[m.start() - 1] == "."):
+            continue  # part of a number (1e3, 5m)
+        names.add(word)
+    return names
+
+
+def exported_metric_names(tmp_path) -> set[str]:
+    """Every sample name the stores export: a primary with an archive (writes,
+    a checkpoint, the archive caught up) and a standby following it."""
+    from rehydrate import Store
+
+    path = str(tmp_path / "state")
+    names = set()
+    with Store.open(path, sync="always",
+                    archive=f"file://{tmp_path / 'archive'}", archive_every_s=0.05) as s:
+        for i in range(20):
+            s.put("t", i, i)
+        s.checkpoint()
+        s.put("t", "x", 1)
+        with Store.open_standby(path) as standby:
+            for store in (s, standby):
+                for family in store.metrics().collect():
+                    names |= {sample.name for sample in family.samples}
+    return names
