@@ -22,11 +22,6 @@ EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
 RULES = os.path.join(EXAMPLES, "prometheus-rules.yml")
 RULES_TEST = os.path.join(EXAMPLES, "prometheus-rules.test.yml")
 
-# Metrics being added beside these rules; their group's rules are checked
-# for names only once they are exported.
-PENDING_METRICS = {"rehydrate_degraded"}
-PENDING_GROUP = "rehydrate-safe-mode"
-
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None,
                                     reason="promtool not installed (make promtool)")
@@ -100,18 +95,12 @@ def test_the_unit_tests_catch_a_changed_threshold(tmp_path):
 def test_every_rule_reads_metrics_a_store_exports(tmp_path):
     exported = exported_metric_names(tmp_path)
     missing = {}
-    for group, rule in _each_rule():
+    for _, rule in _each_rule():
         names = metric_names(rule["expr"])
         assert names, rule["alert"]
-        if group == PENDING_GROUP:
-            names -= PENDING_METRICS
         if names - exported:
             missing[rule["alert"]] = sorted(names - exported)
     assert missing == {}
-    # The pending names are used only where the allowlist reaches.
-    for group, rule in _each_rule():
-        if group != PENDING_GROUP:
-            assert not metric_names(rule["expr"]) & PENDING_METRICS, rule["alert"]
 
 
 def test_every_rule_says_how_long_how_bad_and_what_to_do():

@@ -323,6 +323,10 @@ def load_and_replay(path: str, options: Options, core: Any, run: Any, cancel: by
                 # log as it was (docs/warmup.md, "Background open").
                 walk_args["end"] = index.end
                 walk_args["on_chunk"] = on_replayed
+                # The checking pass held the whole log to its clean end; the
+                # replay reads only up to the index's end, which (for an empty
+                # log) may leave out the header-only segment the end names.
+                walk_args["clean_end"] = None
         result = walk(core, path, **walk_args)
     except CancelledError:
         if watch.error is None:
