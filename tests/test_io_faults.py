@@ -43,8 +43,10 @@ SCENARIOS = {  # name: (libfiu point, errno of the failed call; 0 for a short wr
     "fsync-EIO": ("posix/io/sync/fsync", errno.EIO),
     "rename-EIO": ("posix/io/dir/rename", errno.EIO),
 }
-# Sites that write best effort by design (HINTS, HISTORY): losing them only slows an open.
-BEST_EFFORT = {"hints.write", "plan.record_open"}
+# Sites that write best effort by design (HINTS, HISTORY): losing them only
+# slows an open (HISTORY also holds the crash-loop guard's count: a lost
+# write there at worst runs a failing step once more, docs/warmup.md).
+BEST_EFFORT = {"hints.write", "plan.record_open", "history.write"}
 TYPED = {"StoreFailedError", "StorageIOError"}
 
 
