@@ -24,50 +24,11 @@ from hypothesis import strategies as st
 import rehydrate as rh
 from rehydrate import BackpressureError, ConfigError, LockedError, Store, Warmup
 
-SEG = 4096
+from helpers.background import SEG, Hold, build_log
 
 
 def _build(path, n=300):
-    """c: only in the snapshot; b: then in the log; d: after b, to the end."""
-    with Store.open(path, segment_bytes=SEG) as s:
-        s.put("c", 1, "snap")
-        s.checkpoint()
-        for table in ("b", "d"):
-            for i in range(n):
-                s.put(table, i, i)
-                if i % 20 == 19:
-                    s.sync()  # many small frames: several segments
-
-
-class Hold:
-    """A replay progress callback that holds the replay at the first call
-    where ``when(readiness)`` is true, until ``release()``."""
-
-    def __init__(self, when):
-        self.when = when
-        self.store = None
-        self._started = threading.Event()
-        self.held = threading.Event()
-        self._gate = threading.Event()
-
-    def __call__(self, done, total):
-        self._started.wait()
-        if not self.held.is_set() and self.when(self.store.readiness()):
-            self.held.set()
-            self._gate.wait()
-
-    def open(self, path, **kw):
-        self.store = Store.open_background(path, progress=self, segment_bytes=SEG, **kw)
-        self._started.set()
-        return self.store
-
-    def wait_held(self):
-        # The open thread either holds here or finishes; both end the wait.
-        while not self.held.wait(0.05):
-            assert not self.store._ready.is_set(), "the open finished without holding"
-
-    def release(self):
-        self._gate.set()
+    build_log(path, n)
 
 
 def b_in_d_not(r):
