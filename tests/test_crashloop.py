@@ -13,8 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -22,6 +20,8 @@ import rehydrate as rh
 from rehydrate import ConfigError, Migrations, MigrationError, Store, Warmup, WarmupError
 from rehydrate.history import HISTORY_NAME
 from rehydrate.testing import check_recovery
+
+from helpers import http_probe
 
 GUARD = "rehydrate.warmup"
 
@@ -60,21 +60,6 @@ def _failures(path):
         return json.load(f).get("failures", [])
 
 
-def _get(port, path):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def _metric(text, name):
-    for line in text.splitlines():
-        if line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in the metrics")
-
-
 def test_three_failed_opens_then_a_safe_mode_open_degraded_everywhere(store_dir, caplog):
     ops = _ops(40)
     acked = _write(store_dir, ops)
@@ -101,11 +86,11 @@ def test_three_failed_opens_then_a_safe_mode_open_degraded_everywhere(store_dir,
         assert any(rec.levelno == logging.WARNING and "safe mode (degraded)" in rec.getMessage()
                    for rec in caplog.records if rec.name == GUARD)
         with s.serve_http() as srv:
-            code, body = _get(srv.port, "/readyz")
+            code, body = http_probe.get(srv.port, "/readyz")
             assert code == 200 and json.loads(body)["degraded"] is True
-            code, text = _get(srv.port, "/metrics")
-            assert _metric(text, "rehydrate_degraded") == 1
-            assert _metric(text, "rehydrate_failed_opens") == 3
+            code, text = http_probe.get(srv.port, "/metrics")
+            assert http_probe.metric(text, "rehydrate_degraded") == 1
+            assert http_probe.metric(text, "rehydrate_failed_opens") == 3
         s.put("t", "during-safe-mode", 1)  # a safe-mode store takes writes
         ops.append(("put", "t", "during-safe-mode", 1))
         acked = s.lsn
@@ -126,7 +111,7 @@ def test_a_fixed_hook_then_a_full_open_clears_the_count(store_dir):
         assert "degraded" not in s.readiness() and s.warmup_report["failed_opens"] == 0
         from prometheus_client import generate_latest
         text = generate_latest(s.metrics()).decode()
-        assert _metric(text, "rehydrate_degraded") == 0
+        assert http_probe.metric(text, "rehydrate_degraded") == 0
     assert _failures(store_dir) == []
     # The count starts again from nothing: two more failures are no safe mode.
     _fail_opens(store_dir, 2, warmup=Warmup(populate=[BROKEN]))
@@ -141,7 +126,7 @@ def test_readyz_is_503_in_safe_mode_when_asked(store_dir):
     with Store.open(store_dir, warmup=w, max_failed_opens=2, degraded_readyz=503) as s:
         assert s.degraded and s.readiness()["ready"] is True
         with s.serve_http() as srv:
-            code, body = _get(srv.port, "/readyz")
+            code, body = http_probe.get(srv.port, "/readyz")
         assert code == 503 and json.loads(body)["degraded_readyz"] == 503
 
 
