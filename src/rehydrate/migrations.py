@@ -63,6 +63,11 @@ class Migration:
     to_version: int
     fn: Callable[..., Any]
     code_hash: str = ""
+    # ``fn(key, value) -> value`` (or ``rehydrate.DELETE``) per record,
+    # rather than ``fn(table)`` once (per_record.py).
+    per_record: bool = False
+    # Left pending by the open, run only by ``store.start_migration`` (online.py).
+    online: bool = False
 
 
 @dataclass
@@ -94,17 +99,29 @@ class Migrations:
             return fn
         return register
 
-    def migration(self, id: str, *, table: str, to_version: int) -> Callable[[_Fn], _Fn]:
+    def migration(self, id: str, *, table: str, to_version: int, per_record: bool = False,
+                  online: bool = False) -> Callable[[_Fn], _Fn]:
+        """Register a migration of ``table`` to ``to_version``: ``fn(table)``
+        run once on a copy of the whole table, or with ``per_record``
+        ``fn(key, value) -> value`` (or ``rehydrate.DELETE``) per record.
+        ``online`` (per-record only): the open leaves it pending; it runs
+        while the store serves, started by ``store.start_migration(id)``."""
         if type(id) is not str or not id or len(id) > 200:
             raise ConfigError(f"a migration id is a non-empty string, not {id!r}")
         _check_table(table)
         _check_version("to_version", to_version, 2)
+        if type(per_record) is not bool or type(online) is not bool:
+            raise ConfigError("per_record and online are bools")
+        if online and not per_record:
+            raise ConfigError(f"migration {id!r}: online=True needs per_record=True (an "
+                              "online run maps each record, and each write, through fn)")
 
         def register(fn: _Fn) -> _Fn:
             _check_callable(fn, "a migration")
             if any(m.id == id for m in self.migrations):
                 raise ConfigError(f"two migrations have the id {id!r}")
-            self.migrations.append(Migration(id, table, to_version, fn, code_hash(fn)))
+            self.migrations.append(Migration(id, table, to_version, fn, code_hash(fn),
+                                             per_record, online))
             return fn
         return register
 
