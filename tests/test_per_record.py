@@ -373,3 +373,31 @@ def test_put_pairs_puts_all_or_nothing(core, bad):
     assert len(t) == (41 if bad == "none" else 1)
     if bad == "none":
         assert t.to_dict() == {"kept": 1, **dict(pairs)}
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(items=st.dictionaries(_keys, _values, max_size=30), fn_kind=st.integers(0, 1),
+       salt=st.integers(0, 12), kind=st.sampled_from(sorted(KINDS)))
+def test_an_offline_run_leaves_fn_of_each_record(core, items, fn_kind, salt, kind):
+    """Through the store: the migrated table is {k: fn(k, v)} minus DELETEs,
+    after the open and after a reopen."""
+    import tempfile
+
+    fn = _fn_of(fn_kind, salt)
+    want = {}
+    for k, v in items.items():
+        out = fn(k, v)
+        if out is not DELETE:
+            want[k] = core.unpack_value(core.pack_value(out))
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "s")
+        with Store.open(path, tables=KINDS[kind]) as s:
+            for k, v in items.items():
+                s.put("users", k, v)
+        mig = Migrations()
+        mig.migration("m", table="users", to_version=2, per_record=True)(fn)
+        for _ in range(2):
+            with Store.open(path, tables=KINDS[kind], migrations=mig) as s:
+                assert s.table("users").to_dict() == want
+                assert [e["id"] for e in s.ledger] == ["m"]
