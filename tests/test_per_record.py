@@ -294,7 +294,7 @@ def test_put_many_errors_are_per_pair_and_identical_on_both_cores(pairs):
     assert results["native"] == results["pure"]
 
 
-@pytest.mark.parametrize("max_rows", [1, 2, 3, 4096])
+@pytest.mark.parametrize("max_rows", [1, 2, 3, 4096, 1 << 40])
 def test_batches_decode_every_entry_once_after_deletes(core, max_rows):
     t = core.KVTable()
     for i in range(50):

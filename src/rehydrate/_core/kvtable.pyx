@@ -712,6 +712,8 @@ cdef class ArenaCopy:
         cdef bint more = True
         if start < 0 or max_rows < 1:
             raise ValueError("a batch starts at a cursor >= 0 and holds at least one row")
+        if <uint64_t>max_rows > self.kv.count:
+            max_rows = <Py_ssize_t>self.kv.count if self.kv.count else 1  # no more to hold
         ents = <const rh_entry **>malloc(max_rows * sizeof(rh_entry *))
         bulk = <uint8_t *>malloc(max_rows)
         if ents == NULL or bulk == NULL:
