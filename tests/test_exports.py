@@ -103,6 +103,21 @@ def test_every_exported_exception_is_a_rehydrate_error():
     assert len(set(reasons)) == len(reasons), "reason codes must be distinct"
 
 
+def test_delete_is_the_per_record_marker_and_survives_pickling():
+    assert "DELETE" in rehydrate.__all__
+    from rehydrate.per_record import DELETE
+
+    assert rehydrate.DELETE is DELETE and repr(DELETE) == "rehydrate.DELETE"
+    assert pickle.loads(pickle.dumps(DELETE)) is DELETE
+
+
+def test_a_migration_error_names_the_record_it_failed_on():
+    e = rehydrate.MigrationError("bad", migration="m", key=17, path="/x",
+                                 reason="record_raised")
+    back = pickle.loads(pickle.dumps(e))
+    assert (back.migration, back.key, back.reason, back.path) == ("m", 17, "record_raised", "/x")
+
+
 def test_the_one_exported_warning_is_a_user_warning():
     warns = [getattr(rehydrate, n) for n in rehydrate.__all__
              if isinstance(getattr(rehydrate, n), type)

@@ -45,6 +45,7 @@ from .digest import format_digest, parse_digest
 from .gates import Gate, lag_below, migration_at, phase_done, table_ready
 from .kinds import DictTable, StateType
 from .migrations import MigrationDriftWarning, Migrations
+from .per_record import DELETE
 from .numeric import NumericTable
 from .recovery import MODES as RECOVERY_MODES
 from .recovery import Problem, RecoveryReport
@@ -87,6 +88,7 @@ __all__ = [
     "ConfigError",
     "CorruptionError",
     "CriteriaError",
+    "DELETE",
     "DictTable",
     "ForkedStoreError",
     "Gate",

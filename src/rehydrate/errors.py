@@ -245,15 +245,17 @@ class CriteriaError(WarmupError):
 
 class MigrationError(RehydrateError, RuntimeError):
     """A migration failed or was refused (docs/migrations.md): ``migration``
-    names it, ``invariant`` the invariant that failed (or None). The state
-    and the directory are as they were before it."""
+    names it, ``invariant`` the invariant that failed (or None), ``key`` the
+    record a per-record migration failed on (or None). The state and the
+    directory are as they were before it."""
 
     default_reason = "migration"
 
     def __init__(self, detail: str = "", *, migration: Optional[str] = None,
-                 invariant: Optional[str] = None, **where: Any) -> None:
+                 invariant: Optional[str] = None, key: Any = None, **where: Any) -> None:
         self.migration = migration
         self.invariant = invariant
+        self.key = key
         super().__init__(detail, **where)
 
 

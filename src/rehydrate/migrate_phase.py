@@ -24,6 +24,14 @@ For one migration of table T from version V to M:
 
 No deep copy is made: the decoded dict is the only copy, the one the
 function needs anyway, and it is dropped before the checkpoints.
+
+A per-record migration (``per_record=True``) replaces step 1: its
+``fn(key, value)`` runs over a view of T a batch at a time into the new
+table (per_record.py), so T is never decoded whole; the invariants read T
+itself before and the new table after (both read-only Mappings). The first
+record whose function raises or whose result does not encode is a
+MigrationError naming it (``key``), and nothing has changed. Steps 2-4 are
+the same.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from ._hashing import format_digest
 from .crashloop import Step
 from .errors import MigrationError
 from .migrations import Migration, Migrations
+from .per_record import apply_fn, consistent_view, put_many
 from .tables import TableRegistry
 
 
@@ -78,12 +87,21 @@ def run_pending(store: MigrationHost, migrations: Migrations, run: Any) -> list[
     failed too many opens: each is left pending, and so is every later
     migration of its table (each builds on the version before). ``run.step``
     is the migration running (what a failure is blamed on); ``run.skipped``
-    gets those left pending."""
+    gets those left pending.
+
+    An ``online`` migration is left pending too (it runs while the store
+    serves), and so are the later migrations of its table."""
     done = {e.get("id") for e in store.manifest().get("ledger") or []}
     applied: list[str] = []
     held: set[str] = set()  # tables whose next migration is skipped
     for m in migrations.migrations:
         if m.id in done:
+            continue
+        if m.online:
+            # Run while the store serves (store.start_migration), never by
+            # the open; the table's later migrations build on its version,
+            # so they wait for it too.
+            held.add(m.table)
             continue
         step = Step("migration", "migrate", m.id, m.code_hash)
         if step in run.skip or m.table in held:
@@ -145,22 +163,11 @@ def _fill(new_table: Any, kind: int, work: dict[Any, Any], core: Any) -> None:
         put(encode_key(k), pack(v))
 
 
-def apply_one(store: MigrationHost, migrations: Migrations, m: Migration) -> dict[str, Any]:
-    reg, path = store.registry, store.path
-    info = reg.by_name.get(m.table)
-    kind = reg.kind_for(m.table)
-    if kind not in (F.KIND_KV, F.KIND_DICT):
-        raise MigrationError(f"migration {m.id!r}: table {m.table!r} is not a kv or dict "
-                             "table; migrations reshape those", migration=m.id, path=path)
-    current = reg.version(m.table)
-    if m.to_version <= current:
-        raise MigrationError(f"migration {m.id!r}: to_version {m.to_version} is not above "
-                             f"table {m.table!r}'s version {current}", migration=m.id,
-                             path=path, reason="migration_version")
-    core = store.core
-    digest_before = format_digest(store.state_digest())
-    work = _decoded_copy(info.table if info is not None else None, kind, core)
-    invariants = migrations.invariants.get(m.table, [])
+def _build_whole(reg: TableRegistry, m: Migration, table: Any, kind: int, core: Any,
+                 invariants: list[Callable[..., Any]], path: str) -> tuple[Any, list[str]]:
+    """``fn(table)`` on the migration's decoded copy: the new table and the
+    invariants checked."""
+    work = _decoded_copy(table, kind, core)
     # Invariants get read-only views, never copies: the old state is not
     # theirs to change, and the copy is the migration's.
     _check_invariants(invariants, MappingProxyType(work), m, "before the migration", path)
@@ -187,7 +194,62 @@ def apply_one(store: MigrationHost, migrations: Migrations, m: Migration) -> dic
                              path=path) from e
     names = _check_invariants(invariants, MappingProxyType(work), m, "after the migration",
                               path)
-    del work  # before the checkpoints, which copy tables
+    return new_table, names  # the copy goes here, before the checkpoints (which copy tables)
+
+
+def _build_per_record(reg: TableRegistry, m: Migration, table: Any, kind: int, core: Any,
+                      invariants: list[Callable[..., Any]], path: str
+                      ) -> tuple[Any, list[str]]:
+    """``fn(key, value)`` over a view of the table, a batch at a time, into
+    a new table (per_record.py): never the whole table decoded. The first
+    record whose function raises, or whose result the table cannot hold,
+    fails the migration (all or nothing, as any offline migration)."""
+    old: Mapping[Any, Any] = table if table is not None else MappingProxyType({})
+    # The tables are read-only Mappings already: the invariants read the
+    # old state, then the new one, as they are (no dict is built).
+    _check_invariants(invariants, old, m, "before the migration", path)
+    new_table = reg.new_table(m.table, kind)
+    if table is not None:
+        view = consistent_view(table, kind, core)  # nothing else writes in this phase
+        new_table._reserve(view.count)
+        for keys, values in view.batches():
+            puts, _deletes, errors = apply_fn(m.fn, keys, values)
+            if errors:
+                key, e = errors[0]
+                raise MigrationError(f"migration {m.id!r} raised {type(e).__name__} for key "
+                                     f"{key!r}: {e}", migration=m.id, path=path,
+                                     key=key, reason="record_raised") from e
+            errors = put_many(new_table, kind, core, puts)
+            if errors:
+                key, e = errors[0]
+                raise MigrationError(f"migration {m.id!r} returned for key {key!r} a value the "
+                                     f"table cannot hold: {type(e).__name__}: {e}",
+                                     migration=m.id, path=path, key=key,
+                                     reason="record_unencodable") from e
+        del view
+    new_table._loaded()
+    names = _check_invariants(invariants, new_table, m, "after the migration", path)
+    return new_table, names
+
+
+def apply_one(store: MigrationHost, migrations: Migrations, m: Migration) -> dict[str, Any]:
+    reg, path = store.registry, store.path
+    info = reg.by_name.get(m.table)
+    kind = reg.kind_for(m.table)
+    if kind not in (F.KIND_KV, F.KIND_DICT):
+        raise MigrationError(f"migration {m.id!r}: table {m.table!r} is not a kv or dict "
+                             "table; migrations reshape those", migration=m.id, path=path)
+    current = reg.version(m.table)
+    if m.to_version <= current:
+        raise MigrationError(f"migration {m.id!r}: to_version {m.to_version} is not above "
+                             f"table {m.table!r}'s version {current}", migration=m.id,
+                             path=path, reason="migration_version")
+    core = store.core
+    digest_before = format_digest(store.state_digest())
+    table = info.table if info is not None else None
+    invariants = migrations.invariants.get(m.table, [])
+    build = _build_per_record if m.per_record else _build_whole
+    new_table, names = build(reg, m, table, kind, core, invariants, path)
     with store.checkpoint_lock:
         base = store.lsn()
         if base not in (store.manifest().get("snapshots") or []):

@@ -60,18 +60,21 @@ class View:
 
     def batches(self, max_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[tuple[list[Any], list[Any]]]:
         """(keys, values) decoded, at most ``max_rows`` a batch, each
-        entry once."""
-        decode_key, unpack = self._core.decode_key, self._core.unpack_value
+        entry once. Only the batch at hand is decoded: a KVTable's copy
+        decodes from its arena at a cursor (``_batch``), values in bulk."""
+        if max_rows < 1:
+            raise ValueError("a batch holds at least one row")
         payload = self._payload
-        if isinstance(payload, list):
-            pairs = payload
-        else:
-            pairs = []
-            for n, koff, kdata, voff, vdata in payload._columns():
-                ko, vo = memoryview(koff).cast("i"), memoryview(voff).cast("i")
-                pairs.extend((kdata[ko[i]:ko[i + 1]], vdata[vo[i]:vo[i + 1]]) for i in range(n))
-        for start in range(0, len(pairs), max_rows):
-            chunk = pairs[start:start + max_rows]
+        if not isinstance(payload, list):
+            cursor = 0
+            while cursor >= 0:
+                keys, values, cursor = payload._batch(cursor, max_rows)
+                if keys:
+                    yield keys, values
+            return
+        decode_key, unpack = self._core.decode_key, self._core.unpack_value
+        for start in range(0, len(payload), max_rows):
+            chunk = payload[start:start + max_rows]
             yield [decode_key(kb) for kb, _ in chunk], [unpack(vb) for _, vb in chunk]
 
 
@@ -91,6 +94,7 @@ def apply_fn(fn: Callable[[Any, Any], Any], keys: list[Any], values: list[Any]
     puts: list[tuple[Any, Any]] = []
     deletes: list[Any] = []
     errors: list[tuple[Any, BaseException]] = []
+    put, delete = puts.append, deletes.append  # bound once: this is the hot loop
     for k, v in zip(keys, values):
         try:
             out = fn(k, v)
@@ -98,23 +102,31 @@ def apply_fn(fn: Callable[[Any, Any], Any], keys: list[Any], values: list[Any]
             errors.append((k, e))
             continue
         if out is DELETE:
-            deletes.append(k)
+            delete(k)
         else:
-            puts.append((k, out))
+            put((k, out))
     return puts, deletes, errors
 
 
 def put_many(table: Any, kind: int, core: Any, pairs: list[tuple[Any, Any]]
              ) -> list[tuple[Any, BaseException]]:
     """Encode and put ``pairs`` into ``table``; (key, exception) for each
-    pair it cannot hold (those are not put; all others are)."""
+    pair it cannot hold (those are not put; all others are).
+
+    A KVTable takes the whole batch in one call (values packed in bulk)
+    when every pair encodes; otherwise, and for other tables, the pairs go
+    one by one, so each error is the core's own for that pair."""
+    if kind == F.KIND_KV and hasattr(table, "_put_pairs"):
+        if table._put_pairs(pairs if type(pairs) is list else list(pairs)):
+            return []
     encode_key, pack, put = core.encode_key, core.pack_value, table._put_raw
     errors: list[tuple[Any, BaseException]] = []
     for k, v in pairs:
         try:
             kb, vb = encode_key(k), pack(v)
+            put(kb, vb)
+        except MemoryError:
+            raise
         except Exception as e:  # noqa: BLE001 - an unencodable result
             errors.append((k, e))
-            continue
-        put(kb, vb)
     return errors

@@ -397,6 +397,64 @@ cdef class KVTable:
         finally:
             rh_buf_free(&vb)
 
+    def _put_pairs(self, list pairs):
+        """Put every ``(key, value)`` of ``pairs`` (decoded pairs) when all
+        of them can be held: True. False, with nothing put, when one key is
+        not a key or one value does not encode in one bulk pack (the caller
+        then puts them one by one, so errors are per pair and the twins'
+        own). The values are packed as one msgpack array by a Packer with
+        ``pack_value``'s options and cut at each element's end (as
+        ``_put_items``); the keys are checked before anything is put."""
+        cdef Py_ssize_t j, n = len(pairs)
+        cdef rh_key *ks
+        cdef unsigned char *ibufs
+        cdef size_t pos, end, used
+        cdef const unsigned char *p
+        cdef bytes packed
+        cdef list values
+        cdef tuple pair
+        if n == 0:
+            return True
+        for j in range(n):
+            if type(pairs[j]) is not tuple or len(<tuple>pairs[j]) != 2:
+                return False
+        values = [(<tuple>pairs[j])[1] for j in range(n)]
+        try:
+            packed = _Packer(use_bin_type=True, autoreset=True).pack(values)
+        except Exception:  # noqa - the caller's one-by-one path names the pair
+            return False
+        values = None
+        ks = <rh_key *>malloc(n * sizeof(rh_key))
+        ibufs = <unsigned char *>malloc(n * 8)
+        if ks == NULL or ibufs == NULL:
+            free(ks)
+            free(ibufs)
+            raise MemoryError()
+        try:
+            for j in range(n):
+                # A view into the key (or ibufs for an int), which pairs keeps alive.
+                if key_view((<tuple>pairs[j])[0], &ks[j], ibufs + 8 * j, True):
+                    return False
+            p = <const unsigned char *>PyBytes_AS_STRING(packed)
+            end = <size_t>PyBytes_GET_SIZE(packed)
+            pos = 1 if n < 16 else (3 if n < 0x10000 else 5)  # the array's header
+            for j in range(n):
+                if rh_mp_skip(p + pos, end - pos, &used) != 0:
+                    raise SystemError("msgpack's Packer wrote an array that does not parse")
+                if used > RH_VALUE_MAX:
+                    return False
+                pos += used
+            pos = 1 if n < 16 else (3 if n < 0x10000 else 5)
+            for j in range(n):
+                rh_mp_skip(p + pos, end - pos, &used)
+                if rh_put(&self.kv, &ks[j], p + pos, used, 0) < 0:
+                    raise MemoryError()
+                pos += used
+        finally:
+            free(ks)
+            free(ibufs)
+        return True
+
     def _copy_prepare(self):
         """Memory for a checkpoint's copy, allocated and faulted in now,
         before the store's lock is taken (with room for some growth)."""
@@ -628,6 +686,94 @@ cdef class ArenaCopy:
         if rc < 0:
             raise MemoryError()
         return out
+
+    def _batch(self, long long start, Py_ssize_t max_rows):
+        """Up to ``max_rows`` entries decoded, from the cursor ``start`` (0
+        for the first): (keys, values, next cursor), the cursor -1 once no
+        entry is left. Each entry comes once, in arena order; only this
+        batch is decoded (a per-record migration's view, per_record.py).
+
+        Container values are decoded as ``KVTable.to_dict`` does: the
+        batch's, each checked to be exactly one msgpack object, laid end to
+        end after an array header and given to one ``msgpack.unpackb``; one
+        by one by ``unpack_value``'s own path should that raise. Scalars
+        are decoded natively."""
+        cdef uint64_t off = <uint64_t>start if start > 0 else 0
+        cdef uint64_t peek
+        cdef const rh_entry **ents
+        cdef uint8_t *bulk
+        cdef Py_ssize_t n = 0, nbulk = 0, j, b
+        cdef uint64_t total = 0
+        cdef size_t used
+        cdef rh_entry *e
+        cdef unsigned char *p
+        cdef bytes buf
+        cdef list decoded = None, keys, values
+        cdef bint more = True
+        if start < 0 or max_rows < 1:
+            raise ValueError("a batch starts at a cursor >= 0 and holds at least one row")
+        if <uint64_t>max_rows > self.kv.count:
+            max_rows = <Py_ssize_t>self.kv.count if self.kv.count else 1  # no more to hold
+        ents = <const rh_entry **>malloc(max_rows * sizeof(rh_entry *))
+        bulk = <uint8_t *>malloc(max_rows)
+        if ents == NULL or bulk == NULL:
+            free(ents)
+            free(bulk)
+            raise MemoryError()
+        try:
+            while n < max_rows:
+                e = <rh_entry *>rh_arena_next(&self.kv, &off)
+                if e == NULL:
+                    more = False
+                    break
+                ents[n] = e
+                bulk[n] = (e.vlen > 0 and _is_container(rh_entry_value(e)[0])
+                           and rh_mp_skip(rh_entry_value(e), e.vlen, &used) == 0
+                           and used == e.vlen)
+                if bulk[n]:
+                    nbulk += 1
+                    total += e.vlen
+                n += 1
+            if more:
+                peek = off
+                more = rh_arena_next(&self.kv, &peek) != NULL
+            if nbulk > 1:
+                buf = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>(5 + total))
+                p = <unsigned char *>PyBytes_AS_STRING(buf)
+                p[0] = 0xDD  # array 32
+                p[1] = <unsigned char>(nbulk >> 24)
+                p[2] = <unsigned char>(nbulk >> 16)
+                p[3] = <unsigned char>(nbulk >> 8)
+                p[4] = <unsigned char>nbulk
+                p += 5
+                for j in range(n):
+                    if bulk[j]:
+                        e = <rh_entry *>ents[j]
+                        memcpy(p, rh_entry_value(e), e.vlen)
+                        p += e.vlen
+                try:
+                    decoded = _unpackb(buf)
+                except Exception:  # noqa - one by one below: unpack_value's answer
+                    decoded = None
+                buf = None
+                if decoded is not None and (type(decoded) is not list
+                                            or len(decoded) != nbulk):
+                    decoded = None
+            keys = [None] * n
+            values = [None] * n
+            b = 0
+            for j in range(n):
+                e = <rh_entry *>ents[j]
+                keys[j] = decode_key_ptr(rh_entry_key(e), e.klen)
+                if decoded is not None and bulk[j]:
+                    values[j] = decoded[b]
+                    b += 1
+                else:
+                    values[j] = unpack_ptr(rh_entry_value(e), e.vlen)
+        finally:
+            free(ents)
+            free(bulk)
+        return keys, values, (<long long>off if more else -1)
 
     def _columns(self, max_rows=1 << 20, max_bytes=(1 << 31) - 1):
         """The entries as Arrow-style binary columns, in batches of at most

@@ -216,6 +216,21 @@ class KVTable:
         for key, value in items:
             self._put_raw(encode_key(key), pack_value(value))
 
+    def _put_pairs(self, pairs: list) -> bool:
+        """Put every ``(key, value)`` of ``pairs`` when all of them can be
+        held: True. False, with nothing put, when a key or a value does not
+        encode (the caller then puts them one by one, so errors are per
+        pair); the native twin packs the values in bulk."""
+        try:
+            raw = [(encode_key(k), pack_value(v)) for k, v in pairs]
+        except Exception:  # noqa: BLE001 - the caller's one-by-one path names the pair
+            return False
+        if any(len(vb) > 0x7FFFFF00 for _, vb in raw):
+            return False  # RH_VALUE_MAX: what the native table cannot hold
+        for kb, vb in raw:
+            self._put_raw(kb, vb)
+        return True
+
     def _copy_prepare(self):
         """Nothing to prepare for a dict copy (the native core faults its
         memory in here, before the store's lock)."""
@@ -271,10 +286,24 @@ class KVTable:
 class PairsCopy:
     """A checkpoint's copy of one table: its pairs, frozen."""
 
-    __slots__ = ("_d",)
+    __slots__ = ("_d", "_items")
 
     def __init__(self, d: dict):
         self._d = d
+        self._items: Optional[list] = None  # the pairs in order, for _batch
+
+    def _batch(self, start: int, max_rows: int) -> tuple:
+        """The native ArenaCopy._batch: up to ``max_rows`` entries decoded
+        from the cursor ``start`` (0 first): (keys, values, next cursor),
+        the cursor -1 once no entry is left. Here the cursor is an index."""
+        if start < 0 or max_rows < 1:
+            raise ValueError("a batch starts at a cursor >= 0 and holds at least one row")
+        if self._items is None:
+            self._items = list(self._d.items())
+        chunk = self._items[start:start + max_rows]
+        nxt = start + len(chunk)
+        return ([decode_key(kb) for kb, _ in chunk], [unpack_value(vb) for _, vb in chunk],
+                nxt if nxt < len(self._items) else -1)
 
     def __len__(self) -> int:
         return len(self._d)
