@@ -33,7 +33,7 @@ import time
 from types import MappingProxyType
 from dataclasses import dataclass
 from collections.abc import Iterable, Mapping
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from . import _format as F
 from ._hashing import format_digest
@@ -81,13 +81,20 @@ def run_pending(store: MigrationHost, migrations: Migrations, run: Any) -> list[
     gets those left pending."""
     done = {e.get("id") for e in store.manifest().get("ledger") or []}
     applied: list[str] = []
-    held: set[str] = set()  # tables whose next migration is skipped
+    held: set[str] = set()  # tables whose next migration is skipped or online
+    skipped_tables: set[str] = set()  # those held by safe mode
     for m in migrations.migrations:
         if m.id in done:
             continue
         step = Step("migration", "migrate", m.id, m.code_hash)
+        if m.online or (m.table in held and m.table not in skipped_tables):
+            # An online migration waits for store.start_migration (online.py),
+            # and each later one of its table waits for it (not skipped: pending).
+            held.add(m.table)
+            continue
         if step in run.skip or m.table in held:
             held.add(m.table)
+            skipped_tables.add(m.table)
             run.skipped.append(step)
             continue
         run.tick()
@@ -99,7 +106,7 @@ def run_pending(store: MigrationHost, migrations: Migrations, run: Any) -> list[
     return applied
 
 
-def _check_invariants(fns: Iterable[Callable[..., Any]], state: Mapping[Any, Any], m: Migration,
+def check_invariants(fns: Iterable[Callable[..., Any]], state: Mapping[Any, Any], m: Migration,
                       when: str, path: str) -> list[str]:
     names = []
     for fn in fns:
@@ -163,7 +170,7 @@ def apply_one(store: MigrationHost, migrations: Migrations, m: Migration) -> dic
     invariants = migrations.invariants.get(m.table, [])
     # Invariants get read-only views, never copies: the old state is not
     # theirs to change, and the copy is the migration's.
-    _check_invariants(invariants, MappingProxyType(work), m, "before the migration", path)
+    check_invariants(invariants, MappingProxyType(work), m, "before the migration", path)
     try:
         returned = m.fn(work)
     except Exception as e:
@@ -185,9 +192,21 @@ def apply_one(store: MigrationHost, migrations: Migrations, m: Migration) -> dic
         raise MigrationError(f"migration {m.id!r} left a key or value the table cannot "
                              f"hold: {type(e).__name__}: {e}", migration=m.id,
                              path=path) from e
-    names = _check_invariants(invariants, MappingProxyType(work), m, "after the migration",
+    names = check_invariants(invariants, MappingProxyType(work), m, "after the migration",
                               path)
     del work  # before the checkpoints, which copy tables
+    return commit_migration(store, m, new_table, current, digest_before, names)
+
+
+def commit_migration(store: MigrationHost, m: Migration, new_table: Any, current: int,
+                     digest_before: str, names: list[str],
+                     also: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
+    """Commit ``new_table`` as table ``m.table`` at ``m.to_version`` (steps
+    2-4 above); the ledger entry. Nothing else may write meanwhile (the
+    migrate phase runs before writes are taken; an online run holds
+    writers off). ``also(manifest)``: more changes for the committing
+    MANIFEST write (an online run's record)."""
+    path = store.path
     with store.checkpoint_lock:
         base = store.lsn()
         if base not in (store.manifest().get("snapshots") or []):
@@ -196,7 +215,7 @@ def apply_one(store: MigrationHost, migrations: Migrations, m: Migration) -> dic
             base = store.checkpoint_locked()["lsn"]
         store.replace_state(m.table, new_table, m.to_version)
         got = store.log_in_new_segment(base + 1)
-        if got != base + 1:  # nothing else writes during the migrate phase
+        if got != base + 1:  # nothing else writes meanwhile
             raise MigrationError(f"the migration's record got LSN {got}, not {base + 1}",
                                  path=path, lsn=got)
         digest_after = format_digest(store.state_digest())
@@ -209,6 +228,8 @@ def apply_one(store: MigrationHost, migrations: Migrations, m: Migration) -> dic
         def commit(man: dict[str, Any]) -> None:
             man["ledger"] = list(man.get("ledger") or []) + [entry]
             man["versions"] = dict(man.get("versions") or {}, **{m.table: m.to_version})
+            if also is not None:
+                also(man)
 
         store.checkpoint_locked(commit=commit)
     return entry
