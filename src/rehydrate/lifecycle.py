@@ -44,7 +44,7 @@ from . import gates as _gates
 from . import hints as _hints
 from . import intake as _intake
 from . import manifest as _manifest
-from . import online as _online
+from . import online as _online_mod
 from . import opening as _opening
 from . import plan as _plan
 from . import shutdown_risk as _shutdown_risk
@@ -140,7 +140,7 @@ class Lifecycle(Writes):
     # "failed_opens"} (None: a full open), and the failed opens recorded.
     _degraded: Optional[dict[str, Any]]
     _failed_opens: int
-    _online: _online.Runs  # online migrations' runs (online.py)
+    _online: _online_mod.Runs  # online migrations' runs (online.py)
 
     # (What the surface provides that the workings call.)
     def close(self) -> None:
@@ -235,7 +235,7 @@ class Lifecycle(Writes):
         self._warmup.after_phase = self._reevaluate_gates
         self._degraded = None
         self._failed_opens = 0
-        self._online = _online.Runs()
+        self._online = _online_mod.Runs()
         _forking.track(self, self._hold_for_fork, self._release_after_fork,
                        self._inherited_across_fork)
         return self
@@ -285,7 +285,7 @@ class Lifecycle(Writes):
         self._ready.set()
         if self._options.migrations is not None and not self._closed:
             # Online runs a crash or kill cut: abandoned or rebuilt (online.py).
-            _online.resume(self._online_host(), self._online)
+            _online_mod.resume(self._online_host(), self._online)
 
     def _open_here(self) -> None:
         """State in, writer open, warm up."""
@@ -433,13 +433,13 @@ class Lifecycle(Writes):
                              self._checkpoint_locked, self._replace_state,
                              self._log_in_new_segment)
 
-    def _online_host(self) -> _online.OnlineHost:
+    def _online_host(self) -> _online_mod.OnlineHost:
         """What an online migration's run may do with this store (online.py)."""
         migrations = self._options.migrations
         if migrations is None:
             raise ConfigError("this store has no migrations (Store.open(..., migrations=...))",
                               path=self.path, reason="unknown_migration")
-        return _online.OnlineHost(
+        return _online_mod.OnlineHost(
             self.path, self._core, self._open_registry, self._lock, migrations,
             lambda: self._manifest, self._update_manifest, self._set_write_target,
             self._check_serving, self._hold_writes, self._migration_host,

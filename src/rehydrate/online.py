@@ -24,6 +24,7 @@ nothing of its fields.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, ContextManager, Optional
 
 from . import _format as F
+from ._hashing import format_digest
 from . import per_record as _per_record
 from .errors import ConfigError, MigrationError
 from .migrate_phase import MigrationHost, check_invariants, commit_migration
@@ -425,7 +427,7 @@ class OnlineRun:
             invariants = host.migrations.invariants.get(m.table, [])
             with host.hold_writes():
                 self._check_completable()  # (a revert may have come meanwhile)
-                digest_before = mhost.state_digest()
+                digest_before = format_digest(mhost.state_digest())
                 # Invariants read the tables as they are: no write lands now.
                 check_invariants(invariants, self.old, m, "before the migration", host.path)
                 names = check_invariants(invariants, self.shadow, m, "after the migration",
@@ -662,7 +664,7 @@ def resume(host: OnlineHost, runs: Runs) -> None:
         ended = dict(record, outcome="rebuilt" if rebuild else "abandoned",
                      state="reverted", ended_at=time.time(),
                      reason=record.get("reason") or "interrupted (the store did not close)")
-        host.update_manifest(lambda man, ended=ended: _put_record(man, ended))
+        host.update_manifest(functools.partial(_put_record, record=ended))
         log.warning("%s: online migration %r was live when the store stopped: %s",
                     host.path, mid, "rebuilding it" if rebuild else "abandoned (still pending)")
         if not rebuild:
