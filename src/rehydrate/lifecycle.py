@@ -26,12 +26,14 @@ read-only view as of the fork that never touches the parent's files
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import logging
 import os
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Callable, Optional, Self
 
 from . import _format as F
@@ -42,6 +44,7 @@ from . import gates as _gates
 from . import hints as _hints
 from . import intake as _intake
 from . import manifest as _manifest
+from . import online as _online_mod
 from . import opening as _opening
 from . import plan as _plan
 from . import shutdown_risk as _shutdown_risk
@@ -50,7 +53,7 @@ from . import tracing as _tracing
 from ._backend import core as _core
 from ._types import StrPath
 from .errors import (
-    ForkedStoreError, MovedError, RehydrateError, StorageIOError, StoreClosedError,
+    ConfigError, ForkedStoreError, MovedError, RehydrateError, StorageIOError, StoreClosedError,
     StoreFailedError,
 )
 from .journal import Journal
@@ -70,6 +73,11 @@ from .writes import Writes
 # the child gets a fresh lock.
 _FORK_LOCK_WAIT_S = 10.0
 _guard_log = logging.getLogger("rehydrate.warmup")
+
+
+# How long an online migration's cutover may hold writers (they wait; past
+# it, BackpressureError): it writes two snapshots.
+_CUTOVER_HOLD_S = 600.0
 
 
 class Lifecycle(Writes):
@@ -132,6 +140,7 @@ class Lifecycle(Writes):
     # "failed_opens"} (None: a full open), and the failed opens recorded.
     _degraded: Optional[dict[str, Any]]
     _failed_opens: int
+    _online: _online_mod.Runs  # online migrations' runs (online.py)
 
     # (What the surface provides that the workings call.)
     def close(self) -> None:
@@ -226,6 +235,7 @@ class Lifecycle(Writes):
         self._warmup.after_phase = self._reevaluate_gates
         self._degraded = None
         self._failed_opens = 0
+        self._online = _online_mod.Runs()
         _forking.track(self, self._hold_for_fork, self._release_after_fork,
                        self._inherited_across_fork)
         return self
@@ -273,6 +283,9 @@ class Lifecycle(Writes):
         # the open's span over.)
         trace.finished(lsn=self.lsn, predicted_s=self._warmup.predicted.get("open"))
         self._ready.set()
+        if self._options.migrations is not None and not self._closed:
+            # Online runs a crash or kill cut: abandoned or rebuilt (online.py).
+            _online_mod.resume(self._online_host(), self._online)
 
     def _open_here(self) -> None:
         """State in, writer open, warm up."""
@@ -360,14 +373,10 @@ class Lifecycle(Writes):
         run.start("migrate")
         applied: list[str] = []
         if self._options.migrations is not None:
-            from .migrate_phase import MigrationHost, run_pending
+            from .migrate_phase import run_pending
 
-            host = MigrationHost(self.path, self._core, self._open_registry, self._checkpoint_lock,
-                                 lambda: self.lsn, lambda: self._manifest, self._state_digest,
-                                 self._checkpoint_locked, self._replace_state,
-                                 self._log_in_new_segment)
             with run.trace.in_phase():
-                applied = run_pending(host, self._options.migrations, run)
+                applied = run_pending(self._migration_host(), self._options.migrations, run)
         self._all_ready()
         run.end(self, migrations=applied,
                 skipped=[s.name for s in run.skipped if s.kind == "migration"])
@@ -414,6 +423,76 @@ class Lifecycle(Writes):
                 self.path, step.label(), reason, n,
                 "; the next open leaves it out (safe mode)" if n >= guard
                 else f"; safe mode after {guard}")
+
+    def _migration_host(self) -> Any:
+        """What a migration's commit may do with this store (migrate_phase.py)."""
+        from .migrate_phase import MigrationHost
+
+        return MigrationHost(self.path, self._core, self._open_registry, self._checkpoint_lock,
+                             lambda: self.lsn, lambda: self._manifest, self._state_digest,
+                             self._checkpoint_locked, self._replace_state,
+                             self._log_in_new_segment)
+
+    def _online_host(self) -> _online_mod.OnlineHost:
+        """What an online migration's run may do with this store (online.py)."""
+        migrations = self._options.migrations
+        if migrations is None:
+            raise ConfigError("this store has no migrations (Store.open(..., migrations=...))",
+                              path=self.path, reason="unknown_migration")
+        return _online_mod.OnlineHost(
+            self.path, self._core, self._open_registry, self._lock, migrations,
+            lambda: self._manifest, self._update_manifest, self._set_write_target,
+            self._check_serving, self._hold_writes, self._migration_host,
+            lambda event, status: self._warmup.notify(event, self, status), self)
+
+    def _update_manifest(self, change: Callable[[dict[str, Any]], None]) -> None:
+        """``change`` the MANIFEST, durably (a copy written, then kept)."""
+        with self._checkpoint_lock:
+            man = dict(self._manifest)
+            change(man)
+            try:
+                _manifest.write(self.path, man)
+            except OSError as e:
+                raise StorageIOError.wrap(e, self.path) from e
+            self._manifest.clear()
+            self._manifest.update(man)
+
+    def _set_write_target(self, name: str, target: Optional[Any]) -> None:
+        """(``_lock`` held) Writes of ``name`` go to ``target``, or (None)
+        to the table again."""
+        if target is None:
+            self._write_to.pop(name, None)
+        else:
+            self._write_to[name] = target
+        self._targets.pop(name, None)  # (the next write takes the new target)
+
+    def _check_serving(self) -> None:
+        """(``_lock`` held) Raise unless this store is open, warm and a
+        writable primary: an online migration runs only on one."""
+        self._writable()
+        if self._warming or not self._ready.is_set():
+            raise ConfigError("the store is still opening (wait_ready() first)",
+                              path=self.path, reason="not_ready")
+
+    @contextlib.contextmanager
+    def _hold_writes(self) -> Iterator[None]:
+        """No write lands inside (writers wait, as in a handoff's hold; this
+        thread's own checkpoint and records go on): an online migration's
+        cutover."""
+        me = threading.current_thread()
+        with self._lock:
+            self._writable()
+            now = time.monotonic()
+            self._hold = {"request": "migration", "since": now,
+                          "deadline": now + _CUTOVER_HOLD_S, "owner": me}
+            self._targets.clear()
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._hold is not None and self._hold.get("owner") is me:
+                    self._hold = None
+                    self._hold_cv.notify_all()
 
     def _replace_state(self, name: str, table: Any, version: int) -> None:
         with self._lock:
@@ -543,6 +622,10 @@ class Lifecycle(Writes):
             # hook wait too); the writes it took are flushed below.
             self._cancel[0] = 1
             opener.join()
+        if not self._closed and self._ready.is_set():
+            # A live online run stops first (reverted, "store closed"): its
+            # record goes in the MANIFEST while the store still writes it.
+            self._online.close()
         if not self._stop_taking_writes():
             self._wait_for_other_close()
             return
@@ -629,7 +712,8 @@ class Lifecycle(Writes):
             # batch's early check leaves it to the commit.)
             if not hold:
                 return
-            self._wait_out_hold()
+            if self._hold.get("owner") is not threading.current_thread():
+                self._wait_out_hold()
         if self._role != "primary":
             raise self._not_primary()
         if self._open_error is not None:

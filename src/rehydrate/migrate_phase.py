@@ -41,7 +41,7 @@ import time
 from types import MappingProxyType
 from dataclasses import dataclass
 from collections.abc import Iterable, Mapping
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from . import _format as F
 from ._hashing import format_digest
@@ -93,19 +93,20 @@ def run_pending(store: MigrationHost, migrations: Migrations, run: Any) -> list[
     serves), and so are the later migrations of its table."""
     done = {e.get("id") for e in store.manifest().get("ledger") or []}
     applied: list[str] = []
-    held: set[str] = set()  # tables whose next migration is skipped
+    held: set[str] = set()  # tables whose next migration is skipped or online
+    skipped_tables: set[str] = set()  # those held by safe mode
     for m in migrations.migrations:
         if m.id in done:
             continue
-        if m.online:
-            # Run while the store serves (store.start_migration), never by
-            # the open; the table's later migrations build on its version,
-            # so they wait for it too.
+        step = Step("migration", "migrate", m.id, m.code_hash)
+        if m.online or (m.table in held and m.table not in skipped_tables):
+            # An online migration waits for store.start_migration (online.py),
+            # and each later one of its table waits for it (not skipped: pending).
             held.add(m.table)
             continue
-        step = Step("migration", "migrate", m.id, m.code_hash)
         if step in run.skip or m.table in held:
             held.add(m.table)
+            skipped_tables.add(m.table)
             run.skipped.append(step)
             continue
         run.tick()
@@ -117,7 +118,7 @@ def run_pending(store: MigrationHost, migrations: Migrations, run: Any) -> list[
     return applied
 
 
-def _check_invariants(fns: Iterable[Callable[..., Any]], state: Mapping[Any, Any], m: Migration,
+def check_invariants(fns: Iterable[Callable[..., Any]], state: Mapping[Any, Any], m: Migration,
                       when: str, path: str) -> list[str]:
     names = []
     for fn in fns:
@@ -170,7 +171,7 @@ def _build_whole(reg: TableRegistry, m: Migration, table: Any, kind: int, core: 
     work = _decoded_copy(table, kind, core)
     # Invariants get read-only views, never copies: the old state is not
     # theirs to change, and the copy is the migration's.
-    _check_invariants(invariants, MappingProxyType(work), m, "before the migration", path)
+    check_invariants(invariants, MappingProxyType(work), m, "before the migration", path)
     try:
         returned = m.fn(work)
     except Exception as e:
@@ -192,7 +193,7 @@ def _build_whole(reg: TableRegistry, m: Migration, table: Any, kind: int, core: 
         raise MigrationError(f"migration {m.id!r} left a key or value the table cannot "
                              f"hold: {type(e).__name__}: {e}", migration=m.id,
                              path=path) from e
-    names = _check_invariants(invariants, MappingProxyType(work), m, "after the migration",
+    names = check_invariants(invariants, MappingProxyType(work), m, "after the migration",
                               path)
     return new_table, names  # the copy goes here, before the checkpoints (which copy tables)
 
@@ -207,7 +208,7 @@ def _build_per_record(reg: TableRegistry, m: Migration, table: Any, kind: int, c
     old: Mapping[Any, Any] = table if table is not None else MappingProxyType({})
     # The tables are read-only Mappings already: the invariants read the
     # old state, then the new one, as they are (no dict is built).
-    _check_invariants(invariants, old, m, "before the migration", path)
+    check_invariants(invariants, old, m, "before the migration", path)
     new_table = reg.new_table(m.table, kind)
     if table is not None:
         view = consistent_view(table, kind, core)  # nothing else writes in this phase
@@ -228,7 +229,7 @@ def _build_per_record(reg: TableRegistry, m: Migration, table: Any, kind: int, c
                                      reason="record_unencodable") from e
         del view
     new_table._loaded()
-    names = _check_invariants(invariants, new_table, m, "after the migration", path)
+    names = check_invariants(invariants, new_table, m, "after the migration", path)
     return new_table, names
 
 
@@ -250,6 +251,18 @@ def apply_one(store: MigrationHost, migrations: Migrations, m: Migration) -> dic
     invariants = migrations.invariants.get(m.table, [])
     build = _build_per_record if m.per_record else _build_whole
     new_table, names = build(reg, m, table, kind, core, invariants, path)
+    return commit_migration(store, m, new_table, current, digest_before, names)
+
+
+def commit_migration(store: MigrationHost, m: Migration, new_table: Any, current: int,
+                     digest_before: str, names: list[str],
+                     also: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
+    """Commit ``new_table`` as table ``m.table`` at ``m.to_version`` (steps
+    2-4 above); the ledger entry. Nothing else may write meanwhile (the
+    migrate phase runs before writes are taken; an online run holds
+    writers off). ``also(manifest)``: more changes for the committing
+    MANIFEST write (an online run's record)."""
+    path = store.path
     with store.checkpoint_lock:
         base = store.lsn()
         if base not in (store.manifest().get("snapshots") or []):
@@ -258,7 +271,7 @@ def apply_one(store: MigrationHost, migrations: Migrations, m: Migration) -> dic
             base = store.checkpoint_locked()["lsn"]
         store.replace_state(m.table, new_table, m.to_version)
         got = store.log_in_new_segment(base + 1)
-        if got != base + 1:  # nothing else writes during the migrate phase
+        if got != base + 1:  # nothing else writes meanwhile
             raise MigrationError(f"the migration's record got LSN {got}, not {base + 1}",
                                  path=path, lsn=got)
         digest_after = format_digest(store.state_digest())
@@ -271,6 +284,8 @@ def apply_one(store: MigrationHost, migrations: Migrations, m: Migration) -> dic
         def commit(man: dict[str, Any]) -> None:
             man["ledger"] = list(man.get("ledger") or []) + [entry]
             man["versions"] = dict(man.get("versions") or {}, **{m.table: m.to_version})
+            if also is not None:
+                also(man)
 
         store.checkpoint_locked(commit=commit)
     return entry

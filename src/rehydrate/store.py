@@ -448,6 +448,10 @@ class Store(Roles):
         info = self._open_registry.by_name.get(name)
         if info is None:
             raise KeyError(f"no table {name!r} in {self.path}")
+        run = self._online.live(name)
+        if run is not None:
+            # An online migration's routed reads (docs/migrations.md).
+            return run.routing.view()
         table = info.table
         if info.kind in _EXPORTED_KINDS and table._export_lock is None:
             # ``to_arrow()`` copies under the write lock: one consistent
@@ -487,6 +491,74 @@ class Store(Roles):
         with self._lock:
             registry = self._open_registry
             return state_digest({n: registry.by_name[n].table for n in registry.names()})
+
+    # --------------------------------------------------- online migrations
+    def start_migration(self, id: str, *, compare: Optional[Callable[[Any, Any], bool]] = None,
+                        sample: float = 0.01, auto_revert: Optional[dict[str, Any]] = None,
+                        on_restart: str = "rebuild", slice_ms: float = 1.0,
+                        max_duty: float = 0.5) -> dict[str, Any]:
+        """Start an online migration (docs/migrations.md, "Online
+        migrations"): a shadow of its table at the new version is built in
+        the background while writes to the table are mirrored into it;
+        returns the run's status. ``compare(old, new) -> bool`` is called on
+        a ``sample`` (0..1) of the routed reads; ``auto_revert``
+        ({"max_divergence_rate", "max_errors", "max_latency_ratio",
+        "min_reads"}) reverts the run when crossed; ``on_restart``
+        ("rebuild" or "abandon") is what the next open does with a run a
+        crash cut; the build works ``slice_ms`` at a time and at most
+        ``max_duty`` of the wall time.
+        ConfigError (reason ``unknown_migration``) for an id that is not a
+        registered, online, pending migration, and for bad arguments;
+        MigrationError ``already_running``."""
+        from . import online
+
+        host = self._online_host()
+        online.find_online(host, id)
+        settings = online.check_settings(compare, sample, auto_revert, on_restart, slice_ms,
+                                         max_duty)
+        return self._online.start(host, id, compare, settings).status()
+
+    def migration_status(self, id: str) -> dict[str, Any]:
+        """The status of ``id``'s run (live or ended since the open):
+        {"state", "progress", "fraction", "paths", ...; docs/migrations.md}.
+        MigrationError ``no_run`` for an id this store ran no run of."""
+        return self._online.get(self._online_host(), id).status()
+
+    def migrations_status(self) -> list[dict[str, Any]]:
+        """Every online run this store knows: its runs since the open (their
+        status) and the MANIFEST's records of earlier ones."""
+        live = self._online.statuses()
+        seen = {(s["id"], s["run"]) for s in live}
+        recorded = [dict(r) for r in self._manifest.get("migration_runs") or []
+                    if (r.get("id"), r.get("run")) not in seen]
+        return recorded + live
+
+    def route(self, id: str, fraction: float) -> dict[str, Any]:
+        """Serve ``fraction`` (0..1) of the migration's table's reads from the
+        shadow (a stable hash of the key decides; a key never moves back as
+        the fraction grows); the status. MigrationError ``not_caught_up``
+        (above 0 before the shadow caught up), ``reverted``, ``no_run``."""
+        run = self._online.get(self._online_host(), id)
+        run.route(fraction)
+        return run.status()
+
+    def abort_migration(self, id: str, reason: str = "aborted") -> dict[str, Any]:
+        """Revert the run: reads go back to the old table at once, the
+        shadow is dropped, the migration stays pending; the status."""
+        if not isinstance(reason, str) or not reason:
+            raise ConfigError(f"reason must be a non-empty str, not {reason!r}")
+        run = self._online.get(self._online_host(), id)
+        run.finish_revert(reason)
+        run.join(5.0)
+        return run.status()
+
+    def complete_migration(self, id: str) -> dict[str, Any]:
+        """Commit the shadow as the table at the new version, exactly as an
+        offline migration commits (writers wait meanwhile); the ledger
+        entry. MigrationError ``not_caught_up``, ``not_full`` (fraction
+        below 1.0), ``reverted``, ``no_run``, or an invariant's."""
+        self._check_owner()
+        return self._online.get(self._online_host(), id).complete()
 
     # ------------------------------------------------------ feature gates
     def gate(self, name: str,

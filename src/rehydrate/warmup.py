@@ -54,7 +54,8 @@ PHASES = ("plan", "snapshot", "replay", "migrate", "populate", "prime")
 _HOOK_PHASES = ("populate", "prime")
 _POLICIES = ("fail", "warn")
 _LISTENER_EVENTS = ("on_phase_start", "on_progress", "on_phase_end", "on_corruption",
-                    "on_gate_open", "on_gate_close")
+                    "on_gate_open", "on_gate_close", "on_migration_state",
+                    "on_migration_progress")
 _PROGRESS_EVERY_S = 0.1
 # Where each phase starts on readiness's 0..1 progress scale (the replay,
 # measured by bytes, spans most of it).
@@ -92,7 +93,9 @@ class Warmup:
     [fn(store) -> True]}; ``listeners``: objects with any of
     on_phase_start(phase, info), on_progress(phase, done, total),
     on_phase_end(phase, stats), on_corruption(problem), on_gate_open(name),
-    on_gate_close(name, why) (default: one that logs phase ends and gates'
+    on_gate_close(name, why), on_migration_state(store, status),
+    on_migration_progress(store, status) (online migrations:
+    docs/migrations.md) (default: one that logs phase ends and gates'
     changes); ``policy``: {phase: "fail" | "warn"} (default fail).
     Retries (docs/warmup.md, "Retries"): a hook that raises
     ``RetryableError``, or an instance of one of the exception types in

@@ -46,6 +46,9 @@ class Writes:
     _buf: Any  # the core's LogBuffer
     _buffered: bool
     _targets: dict[str, tuple[Any, int]]  # table name -> (table, id)
+    # table name -> where its writes go instead of the table itself (an
+    # online migration's Mirror, online.py), ``_lock`` held to change.
+    _write_to: dict[str, Any]
     _registry: Optional[TableRegistry]  # (None until the open's plan phase makes it)
     _offsets: Offsets
     _pending_offsets: Offsets
@@ -60,6 +63,7 @@ class Writes:
         self._buf = self._core.LogBuffer(1)
         self._buffered = not sync_always  # (put returns before any flush)
         self._targets = {}
+        self._write_to = {}
         self._offsets = {}
         self._pending_offsets = {}
         self._registry = None
@@ -95,13 +99,14 @@ class Writes:
         new = info is None
         if info is None:
             info = registry.create(table)
+        target = self._write_to.get(table, info.table)
         try:
-            lsn = method(info.table, info.tid, *args)
+            lsn = method(target, info.tid, *args)
         except BaseException:
             if new:
                 registry.drop_if_new(info)
             raise
-        self._targets[table] = (info.table, info.tid)
+        self._targets[table] = (target, info.tid)
         return lsn
 
     def _write_warming(self, method: Callable[..., int], table: str,
@@ -305,14 +310,16 @@ class Writes:
                     info = registry.create(name)
                     created.append(info)
                 infos.append(info)
+            write_to = self._write_to
+            tables = [write_to.get(i.name, i.table) for i in infos]
             try:
-                lsn = self._buf.commit(staging, [i.table for i in infos], [i.tid for i in infos])
+                lsn = self._buf.commit(staging, tables, [i.tid for i in infos])
             except BaseException:
                 for info in reversed(created):
                     registry.drop_if_new(info)
                 raise
-            for info in infos:
-                self._targets[info.name] = (info.table, info.tid)
+            for info, table in zip(infos, tables):
+                self._targets[info.name] = (table, info.tid)
         if offsets and lsn is not None:
             self._pending_offsets.update(offsets)
             self._offsets.update(offsets)

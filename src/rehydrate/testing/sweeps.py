@@ -133,7 +133,7 @@ def corruption_sweep(directory: str, check: Callable, *, flips: int = 200, seed:
 
     files = sorted(os.path.relpath(os.path.join(root, f), directory)
                    for root, _dirs, names in os.walk(directory) for f in names
-                   if f not in ("LOCK", "HINTS", "HISTORY"))
+                   if f not in ("LOCK", "HINTS", "HISTORY", "migration-runs.json"))
     rng = random.Random(seed)
     scratch = tempfile.mkdtemp(prefix="rehydrate-sweep-")
     detected = opened = 0
