@@ -449,3 +449,32 @@ def test_the_routing_module_knows_no_store():
         text = f.read()
     assert "store" not in [w.strip(".,()") for w in text.split() if w.startswith("import")]
     assert "from .store" not in text and "from . import store" not in text
+
+
+# -- gates: migration_at(id, f < 1) and a live run's fraction ------------------------
+
+def test_migration_at_below_one_opens_at_the_routed_fraction_and_closes_on_revert():
+    from rehydrate import gates as G
+
+    fraction: dict = {}
+    told: list = []
+    host = G.GateHost(None, "/x", lambda t: "ready", lambda p: True,
+                      lambda m: "pending", lambda: 0.0, lambda: None, lambda: None,
+                      lambda event, *a: told.append((event, *a)),
+                      migration_fraction=lambda m: fraction.get(m))
+    gates = G.Gates(host)
+    half = gates.add("half", [G.migration_at("m1", 0.5)])
+    whole = gates.add("whole", [G.migration_at("m1", 1.0)])
+    assert not half and half.why() == ["migration 'm1' not at 0.5 (not applied)"]
+    fraction["m1"] = 0.25
+    gates.migration_routed("m1")
+    assert not half and half.why() == ["migration 'm1' not at 0.5 (routed 0.25)"]
+    fraction["m1"] = 0.5
+    gates.migration_routed("m1")
+    assert half and told == [("on_gate_open", "half")]
+    fraction["m1"] = 1.0
+    gates.migration_routed("m1")
+    assert not whole  # all of it: only once completed (in the ledger)
+    fraction["m1"] = 0.0  # reverted
+    gates.migration_routed("m1")
+    assert not half and told[-1][:2] == ("on_gate_close", "half")
