@@ -214,7 +214,7 @@ def test_asgi_app_mounted_in_starlette_under_uvicorn(uvicorn_app):
     assert text.endswith("# EOF\n")
     assert _sample(text, "rehydrate_checkpoints_total", ready_dir) == 1
     code, _, body = _request(base + "/ready/nope")
-    assert code == 404 and json.loads(body)["paths"] == ["/readyz", "/livez", "/metrics"]
+    assert code == 404 and json.loads(body)["paths"] == ["/readyz", "/livez", "/metrics", "/migrations"]
     code, headers, _ = _request(base + "/ready/readyz", "POST")
     assert code == 405 and headers["allow"] == "GET, HEAD"
 

@@ -375,9 +375,15 @@ def _print_ledger(ledger) -> None:
 
 
 def _cmd_migrate_status(args) -> int:
+    from . import manifest as _manifest
     from .migration_rollback import status
+    from .migration_runs import describe_live, describe_recorded, read_live, recorded
 
     st = status(args.dir)
+    # Online runs: the MANIFEST's records, and the live file a serving store writes.
+    live, problem = read_live(args.dir)
+    st["runs"] = {"recorded": recorded(_manifest.read(args.dir)), "live": live,
+                  "live_problem": problem}
     if args.json:
         print(json.dumps(st))
         return EXIT_OK
@@ -391,6 +397,17 @@ def _cmd_migrate_status(args) -> int:
                  "upcasters)" if old else ""))
     print(f"ledger: {len(st['ledger'])} migration(s)")
     _print_ledger(st["ledger"])
+    runs = st["runs"]
+    print(f"online runs recorded: {len(runs['recorded'])}")
+    for r in runs["recorded"]:
+        print(f"  {describe_recorded(r)}")
+    if live is None:
+        print(f"live runs: none ({problem})")
+    else:
+        print(f"live runs: {len(live)}")
+        for r in live:
+            for line in describe_live(r):
+                print(f"  {line}")
     return EXIT_OK
 
 

@@ -100,11 +100,10 @@ def phase_done(phase: str) -> Requirement:
 
 def migration_at(migration: str, fraction: float = 1.0) -> Requirement:
     """Met once migration ``migration`` has reached ``fraction`` (0 < f <= 1)
-    of its run. Migrations run whole in the migrate phase, so today this is
-    met once the migration is recorded as applied in the store's ledger,
-    for any fraction; an online migration, which routes a growing fraction
-    of its table to the new shape, will report its fraction here.
-    ConfigError for a bad id or fraction."""
+    of its run: once it is recorded as applied in the store's ledger (any
+    fraction), or, for f < 1, while a live online run of it routes at least
+    ``f`` of its table's reads to the shadow (it closes again if the run is
+    reverted). ConfigError for a bad id or fraction."""
     _check_name("a migration id", migration)
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
             or not 0 < fraction <= 1:
@@ -156,7 +155,10 @@ class GateHost:
     None when unknown (a follower that failed or stopped, a moved store);
     ``failure()``: why every gate is closed (the open failed, the store is
     closed), None otherwise; ``open_error()``: the open's error, for
-    ``wait`` to raise; ``tell(event, *args)``: the listeners.
+    ``wait`` to raise; ``tell(event, *args)``: the listeners;
+    ``migration_fraction(id)``: the fraction a live online run of ``id``
+    routes to its shadow, None when none is live (docs/migrations.md,
+    "Routing and automatic revert").
     """
 
     store: Any
@@ -168,6 +170,7 @@ class GateHost:
     failure: Callable[[], Optional[str]]
     open_error: Callable[[], Optional[BaseException]]
     tell: Callable[..., None]
+    migration_fraction: Callable[[str], Optional[float]] = lambda _id: None
 
 
 RequirementLike = Union[Requirement, Callable[[Any], object]]
@@ -273,6 +276,13 @@ class Gates:
         self.evaluate()
         return gate
 
+    def migration_routed(self, migration: str) -> None:
+        """Re-evaluate the gates after an online run of ``migration``
+        changed its fraction (route, a revert): what the engine calls,
+        without the store's lock held, so a ``migration_at(id, f)`` gate
+        opens (or closes) at once."""
+        self.evaluate()
+
     def _invalid(self, r: Requirement) -> Optional[ConfigError]:
         """The ConfigError for a requirement naming what the store does not
         have; None when it has it or cannot tell yet."""
@@ -357,7 +367,13 @@ class Gates:
                 if state == "absent":
                     self._broken(gate, r)
                     return [f"migration {r.target!r} does not exist"]
-                unmet.append(f"migration {r.target!r} not at {r.bound:g} (not applied)")
+                # An online run routing at least the bound (below 1: all of
+                # it is met only once completed, in the ledger).
+                routed = host.migration_fraction(r.target) if r.bound < 1.0 else None
+                if routed is not None and routed >= r.bound:
+                    continue
+                unmet.append(f"migration {r.target!r} not at {r.bound:g} "
+                             + (f"(routed {routed:g})" if routed is not None else "(not applied)"))
             elif kind == "lag":
                 lag = host.lag_s()
                 if lag is None:

@@ -231,7 +231,7 @@ class Lifecycle(Writes):
         self._gates = _gates.Gates(_gates.GateHost(
             self, self.path, self._gate_table_state, self._gate_phase_done,
             self._gate_migration_state, self._gate_lag_s, self._gate_failure,
-            lambda: self._open_error, self._warmup.notify))
+            lambda: self._open_error, self._warmup.notify, self._gate_migration_fraction))
         self._warmup.after_phase = self._reevaluate_gates
         self._degraded = None
         self._failed_opens = 0
@@ -239,6 +239,18 @@ class Lifecycle(Writes):
         _forking.track(self, self._hold_for_fork, self._release_after_fork,
                        self._inherited_across_fork)
         return self
+
+    def _gate_migration_fraction(self, migration: str) -> Optional[float]:
+        # The fraction a live online run of ``migration`` routes (gates'
+        # migration_at below 1); None without one, or without online runs.
+        runs = getattr(self, "migrations_status", None)
+        if not callable(runs):
+            return None
+        for st in runs():
+            if st.get("id") == migration and st.get("state") in ("building", "caught_up"):
+                f = st.get("fraction")
+                return float(f) if isinstance(f, (int, float)) else None
+        return None
 
     def _start_in_background(self, max_pending_records: int, max_pending_bytes: int,
                              admission_timeout_s: float) -> None:

@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
 from typing import Any, Optional
 
 from .errors import ConfigError
@@ -92,11 +93,37 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "rehydrate_archive_bytes_uploaded": ("counter", "bytes sent to the object store", ()),
     "rehydrate_archive_failed_passes": (
         "counter", "upload passes that failed (each retried after a backoff)", ()),
+    # Online migrations (docs/migrations.md, "Routing and automatic revert"):
+    # one set per migration id (the latest run of each), so few series.
+    "rehydrate_migration_reads": (
+        "counter", "reads of a migrating table, by path (old table or shadow)",
+        ("migration", "path")),
+    "rehydrate_migration_errors": (
+        "counter", "reads whose path failed (new: the record's migration raised)",
+        ("migration", "path")),
+    "rehydrate_migration_divergences": (
+        "counter", "compared reads whose old and new values disagreed", ("migration",)),
+    "rehydrate_migration_compare_errors": (
+        "counter", "compared reads whose compare function raised", ("migration",)),
+    "rehydrate_migration_read_latency_seconds": (
+        "gauge", "read latency of a path over its recent reads, by quantile",
+        ("migration", "path", "quantile")),
+    "rehydrate_migration_fraction": (
+        "gauge", "share of the table's keys read from the shadow, 0..1", ("migration",)),
+    "rehydrate_migration_progress": (
+        "gauge", "how far the shadow's build is, 0..1", ("migration",)),
+    "rehydrate_migration_state": (
+        "gauge", "1 for the online migration's state", ("migration", "state")),
+    "rehydrate_migration_reverts": (
+        "counter", "1 once the online migration was reverted", ("migration",)),
 }
 
 _ROLES = ("primary", "standby", "reader", "moved")
 _FOLLOW_STATES = ("catching_up", "following", "stalled", "failed", "stopped")
 _ARCHIVE_STATES = ("starting", "ok", "retrying", "failed", "stopped")
+MIGRATION_STATES = ("building", "caught_up", "reverted", "completed")
+_MIGRATION_PATHS = ("old", "new")
+_QUANTILES = (("0.5", "latency_p50_s"), ("0.99", "latency_p99_s"))
 
 Sample = tuple[str, tuple[str, ...], float]  # family, its extra label values, value
 
@@ -165,6 +192,66 @@ def samples(store: Any) -> list[Sample]:
             add("rehydrate_archive_request_failures", arch["failures"][kind], kind)
         add("rehydrate_archive_bytes_uploaded", arch["bytes_up"])
         add("rehydrate_archive_failed_passes", arch["pass_failures"])
+    out.extend(migration_samples(migration_statuses(s)))
+    return out
+
+
+def migration_statuses(store: Any) -> list[dict[str, Any]]:
+    """``store.migrations_status()``, or [] for a store without online
+    migrations."""
+    runs = getattr(store, "migrations_status", None)
+    return list(runs()) if callable(runs) else []
+
+
+def latest_runs(statuses: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """One status per migration id, the latest run's (highest "run"; a live
+    one over a recorded one of the same number), in id order: the runs the
+    metrics show, one series set per id however often it was run."""
+    best: dict[str, Mapping[str, Any]] = {}
+    for st in statuses:
+        mid = st.get("id")
+        if not isinstance(mid, str):
+            continue
+        prev = best.get(mid)
+        if prev is None or _run_no(st) >= _run_no(prev):
+            best[mid] = st
+    return [best[k] for k in sorted(best)]
+
+
+def _run_no(st: Mapping[str, Any]) -> int:
+    run = st.get("run")
+    return run if isinstance(run, int) else 0
+
+
+def _num(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0.0
+
+
+def migration_samples(statuses: Iterable[Mapping[str, Any]]) -> list[Sample]:
+    """The online-migration samples of the status dicts of one store's runs
+    (the engine's documented shape; a field missing counts 0)."""
+    out: list[Sample] = []
+    for st in latest_runs(statuses):
+        mid = st["id"]
+        paths = st.get("paths") or {}
+        for path in _MIGRATION_PATHS:
+            p = paths.get(path) or {}
+            out.append(("rehydrate_migration_reads", (mid, path), _num(p.get("reads"))))
+            out.append(("rehydrate_migration_errors", (mid, path), _num(p.get("errors"))))
+            for q, field in _QUANTILES:
+                v = p.get(field)
+                if v is not None:
+                    out.append(("rehydrate_migration_read_latency_seconds", (mid, path, q),
+                                _num(v)))
+        out.append(("rehydrate_migration_divergences", (mid,), _num(st.get("divergences"))))
+        out.append(("rehydrate_migration_compare_errors", (mid,),
+                    _num(st.get("compare_errors"))))
+        out.append(("rehydrate_migration_fraction", (mid,), _num(st.get("fraction"))))
+        out.append(("rehydrate_migration_progress", (mid,), _num(st.get("progress"))))
+        state = st.get("state")
+        for name in MIGRATION_STATES:
+            out.append(("rehydrate_migration_state", (mid, name), 1.0 if state == name else 0.0))
+        out.append(("rehydrate_migration_reverts", (mid,), 1.0 if state == "reverted" else 0.0))
     return out
 
 
@@ -276,7 +363,8 @@ def collector_of(registry: Any) -> Optional[StoresCollector]:
 
 # -- the probes, free of any HTTP framework ------------------------------------
 
-PATHS = ("/readyz", "/livez", "/metrics")
+PATHS = ("/readyz", "/livez", "/metrics", "/migrations")
+_MIGRATIONS = "/migrations/"  # + an id: one run
 _ALLOW = "GET, HEAD"
 _JSON = "application/json"
 
@@ -300,6 +388,10 @@ def respond(stores: tuple[Any, ...], registry: Any, method: str, path: str,
     """The answer to ``method path`` (``path`` relative to where the probes
     are mounted, no query string).
 
+    ``/migrations``: the online-migration runs the store knows, a JSON list
+    of status dicts (several stores: each with ``"store"``);
+    ``/migrations/<id>``: the latest run of that id, 404 when none.
+
     ``/readyz``: 200 when ready, else 503, ``store.readiness()`` as JSON;
     for several stores ``{"ready": every one is, "stores": {path:
     readiness}}``. ``/livez``: 200 while sound, 503 once failed (several:
@@ -313,7 +405,11 @@ def respond(stores: tuple[Any, ...], registry: Any, method: str, path: str,
     call from an event loop.
     """
     extra: tuple[tuple[str, str], ...] = ()
-    if path not in PATHS:
+    one = path[len(_MIGRATIONS):] if path.startswith(_MIGRATIONS) else None
+    if one is not None and method in ("GET", "HEAD"):
+        status, data = _migration(stores, unquote(one))
+        ctype, body = _JSON, _dumps(data)
+    elif path not in PATHS and one is None:
         status, ctype, body = 404, _JSON, _dumps(
             {"error": f"no such path {path!r}", "paths": list(PATHS)})
     elif method not in ("GET", "HEAD"):
@@ -325,6 +421,8 @@ def respond(stores: tuple[Any, ...], registry: Any, method: str, path: str,
 
         encode, ctype = choose_encoder(accept or "")
         status, body = 200, encode(registry)
+    elif path == "/migrations":
+        status, ctype, body = 200, _JSON, json.dumps(_migrations(stores)).encode()
     elif path == "/readyz":
         status, data = _readyz(stores)
         ctype, body = _JSON, _dumps(data)
@@ -333,6 +431,22 @@ def respond(stores: tuple[Any, ...], registry: Any, method: str, path: str,
         ctype, body = _JSON, _dumps(data)
     headers = (("Content-Type", ctype), ("Content-Length", str(len(body))), *extra)
     return Response(status, headers, b"" if method == "HEAD" else body)
+
+
+def _migrations(stores: tuple[Any, ...]) -> list[dict[str, Any]]:
+    # Every run each store knows; with several stores each says whose it is.
+    if len(stores) == 1:
+        return migration_statuses(stores[0])
+    return [dict(st, store=s.path) for s in stores for st in migration_statuses(s)]
+
+
+def _migration(stores: tuple[Any, ...], mid: str) -> tuple[int, dict[str, Any]]:
+    # The latest run of ``mid`` (the first store's that has one).
+    for s in stores:
+        for st in latest_runs(migration_statuses(s)):
+            if st["id"] == mid:
+                return 200, (dict(st) if len(stores) == 1 else dict(st, store=s.path))
+    return 404, {"error": f"no online migration run {mid!r}"}
 
 
 def _dumps(data: Mapping[str, Any]) -> bytes:

@@ -49,4 +49,40 @@ def exported_metric_names(tmp_path) -> set[str]:
             for store in (s, standby):
                 for family in store.metrics().collect():
                     names |= {sample.name for sample in family.samples}
+    if hasattr(Store, "start_migration"):
+        names |= _online_migration_names(str(tmp_path / "online"))
+    return names
+
+
+def _online_migration_names(path) -> set[str]:
+    """The names a store with an online migration exports: one run,
+    started, caught up, routed and aborted (a revert)."""
+    import threading
+
+    from rehydrate import Migrations, Store, Warmup
+
+    with Store.open(path) as s:
+        for i in range(20):
+            s.put("t", i, i)
+    mig = Migrations()
+
+    @mig.migration("t-v2", table="t", to_version=2, per_record=True, online=True)
+    def double(key, value):
+        return value * 2
+
+    caught_up = threading.Event()
+
+    class Listener:
+        def on_migration_state(self, store, status):
+            if status["state"] == "caught_up":
+                caught_up.set()
+
+    names: set[str] = set()
+    with Store.open(path, migrations=mig, warmup=Warmup(listeners=[Listener()])) as s:
+        s.start_migration("t-v2")
+        assert caught_up.wait(60), s.migration_status("t-v2")
+        s.route("t-v2", 0.5)
+        s.abort_migration("t-v2", reason="alert-rule check")
+        for family in s.metrics().collect():
+            names |= {sample.name for sample in family.samples}
     return names
