@@ -289,10 +289,10 @@ def report_text(res: dict[str, Any]) -> str:
              f"  split-name v1 -> v2: {g['state']}; reads by path "
              f"old {g['paths']['old']['reads']} / new {g['paths']['new']['reads']}; "
              f"compared {g['compared']}, divergences {g['divergences']}"]
-    for path in ("old", "new"):
-        p = g["paths"][path]
+    for route in ("old", "new"):
+        p = g["paths"][route]
         if p.get("latency_p99_s") is not None:
-            lines.append(f"    {path} path read p50 {p['latency_p50_s'] * 1e6:.1f} us, "
+            lines.append(f"    {route} path read p50 {p['latency_p50_s'] * 1e6:.1f} us, "
                          f"p99 {p['latency_p99_s'] * 1e6:.1f} us")
     lines.append(f"  visits-object v2 -> v3 (broken): {b['state']}"
                  + (f" by itself: {b['reason']} (all reads back on v2 in "
@@ -313,11 +313,11 @@ def plot(res: dict[str, Any], path: str) -> None:
     fig, (lat, frac, div) = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
     for m, style in (("split-name", "-"), ("visits-object", "--")):
         mp = [p for p in pts if p["migration"] == m]
-        for path, color in (("old", "tab:blue"), ("new", "tab:green")):
-            xs = [p["t"] for p in mp if p[f"{path}_p99_ms"] is not None]
-            ys = [p[f"{path}_p99_ms"] for p in mp if p[f"{path}_p99_ms"] is not None]
+        for route, color in (("old", "tab:blue"), ("new", "tab:green")):
+            xs = [p["t"] for p in mp if p[f"{route}_p99_ms"] is not None]
+            ys = [p[f"{route}_p99_ms"] for p in mp if p[f"{route}_p99_ms"] is not None]
             if xs:
-                lat.plot(xs, ys, style, color=color, label=f"{m}: {path} path p99")
+                lat.plot(xs, ys, style, color=color, label=f"{m}: {route} path p99")
         frac.plot([p["t"] for p in mp], [p["fraction"] for p in mp], style, color="tab:purple",
                   label=f"{m}: fraction on the new path")
         div.plot([p["t"] for p in mp], [p["divergences"] for p in mp], style, color="tab:red",

@@ -18,9 +18,7 @@ from rehydrate.errors import ConfigError, MigrationError
 from rehydrate.per_record import DELETE
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "helpers"))
-import routing_fallback  # noqa: E402
 
-routing_fallback.install()
 
 
 def _fn(k, v):

@@ -455,7 +455,8 @@ class Lifecycle(Writes):
             self.path, self._core, self._open_registry, self._lock, migrations,
             lambda: self._manifest, self._update_manifest, self._set_write_target,
             self._check_serving, self._hold_writes, self._migration_host,
-            lambda event, status: self._warmup.notify(event, self, status), self)
+            lambda event, status: self._warmup.notify(event, self, status), self,
+            self._gates.migration_routed)
 
     def _update_manifest(self, change: Callable[[dict[str, Any]], None]) -> None:
         """``change`` the MANIFEST, durably (a copy written, then kept)."""

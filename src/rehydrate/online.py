@@ -88,6 +88,9 @@ class OnlineHost:
     migration_host: Callable[[], MigrationHost]
     tell: Callable[..., None]  # (event, status): the warmup's listeners
     store: Any  # what listeners get as their first argument
+    # (migration id): the routed fraction changed (route, revert, the end),
+    # so ``migration_at`` gates are evaluated again; called without ``lock``.
+    routed: Callable[[str], None] = lambda _id: None
 
 
 class Mirror:
@@ -386,6 +389,7 @@ class OnlineRun:
             raise MigrationError(f"migration {self.m.id!r}: completed", migration=self.m.id,
                                  path=self.host.path, reason="no_run")
         self.routing.set_fraction(f)
+        self.host.routed(self.m.id)
 
     def _on_revert(self, reason: str) -> None:
         """Routing's callback (reads already go to the old table): the
@@ -532,6 +536,7 @@ class OnlineRun:
 
     def _changed(self) -> None:
         self._write_status_file()
+        self.host.routed(self.m.id)
         self.host.tell("on_migration_state", self.status())
 
     def _write_status_file(self) -> None:
@@ -549,6 +554,9 @@ def _put_record(man: dict[str, Any], record: dict[str, Any]) -> None:
     man["migration_runs"] = runs[-KEEP_RUNS:]
 
 
+_STATUS_FILE_LOCK = threading.Lock()
+
+
 def write_status_file(path: str, statuses: list[dict[str, Any]]) -> None:
     """``migration-runs.json``: written whole by rename, no fsync (it only
     informs; the MANIFEST's records are what an open trusts). A failure is
@@ -556,11 +564,14 @@ def write_status_file(path: str, statuses: list[dict[str, Any]]) -> None:
     target = os.path.join(path, RUNS_FILE)
     tmp = f"{target}.tmp"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"written_at": time.time(), "runs": statuses}, f)
-        os.replace(tmp, target)
-    except (OSError, TypeError, ValueError):
-        log.warning("%s: could not write %s", path, RUNS_FILE, exc_info=True)
+        # One writer at a time (a run's thread and the caller of route or
+        # abort both write it): they share the temporary name.
+        with _STATUS_FILE_LOCK:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"written_at": time.time(), "runs": statuses}, f)
+            os.replace(tmp, target)
+    except (OSError, TypeError, ValueError) as e:
+        log.warning("%s: could not write %s: %s", path, RUNS_FILE, e)
 
 
 def read_status_file(path: str) -> list[dict[str, Any]]:

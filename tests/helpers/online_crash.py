@@ -6,9 +6,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-import routing_fallback  # noqa: E402
 
-routing_fallback.install()
 
 import rehydrate as rh  # noqa: E402
 from rehydrate import Store  # noqa: E402
