@@ -199,7 +199,9 @@ class OnlineRun:
         self.ended_at: Optional[float] = None
         self.built = self.total = self.mirrored = self.build_errors = 0
         self.build_s = 0.0  # seconds of build work (for build_rate)
-        self.covered: set[bytes] = set()  # keys written since the start
+        # Keys written since the start, decoded (the build compares its own
+        # decoded keys with them: no encoding per record built).
+        self.covered: set[Any] = set()
         self.all_covered = False  # T was cleared: no key of the view is still T's
         self.failed: set[bytes] = set()  # keys whose fn raised or did not encode
         self.adoptable = False  # restarted by the open: start_migration adopts it
@@ -274,7 +276,7 @@ class OnlineRun:
         a fn that does not take the record marks the key failed."""
         core = self.host.core
         if not self.all_covered:
-            self.covered.add(kb)
+            self.covered.add(core.decode_key(kb))
         self.mirrored += 1
         vb = self.old._get_raw(kb)
         if vb is None:
@@ -324,13 +326,13 @@ class OnlineRun:
                         return False
                     if not self.all_covered:
                         covered = self.covered
-                        fresh = [(k, v) for k, v in puts if encode(k) not in covered]
+                        fresh = [(k, v) for k, v in puts if k not in covered] if covered \
+                            else puts
                         for k, _e in _per_record.put_many(self.shadow, self.kind, core, fresh):
                             self._fail(encode(k))
                         for k, _e in errors:
-                            kb = encode(k)
-                            if kb not in covered:
-                                self._fail(kb)
+                            if k not in covered:
+                                self._fail(encode(k))
                     self.built += len(keys)
                 if time.perf_counter() >= deadline:
                     return True
