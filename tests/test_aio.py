@@ -335,3 +335,150 @@ def test_full_buffers_are_written_by_the_durability_thread(store_dir, mode):
         # at the "kill" is lost, as with the sync API.
         assert 150 <= s.lsn < 200
         assert s.table("t").to_dict() == {i: value for i in range(s.lsn)}
+
+
+# ------------------------------------------------------- online migrations
+def _online_migrations(invariant=None):
+    mig = rh.Migrations()
+
+    @mig.migration("reshape", table="base", to_version=2, per_record=True, online=True)
+    def reshape(key, value):
+        return {"v": value}
+
+    if invariant is not None:
+        mig.invariant("base")(invariant)
+    return mig
+
+
+class StateEvents:
+    """An ``on_migration_state`` listener the loop can await: each state
+    the run enters sets its event (set from the run's threads)."""
+
+    def __init__(self):
+        self.seen = {}
+        self._lock = threading.Lock()
+
+    def _event(self, state):
+        with self._lock:
+            return self.seen.setdefault(state, threading.Event())
+
+    def on_migration_state(self, store, status):
+        self._event(status["state"]).set()
+
+    async def wait(self, state, timeout=30.0):
+        event = self._event(state)
+        assert await asyncio.to_thread(event.wait, timeout), f"no {state!r} state"
+
+
+def test_an_online_migration_driven_from_asyncio_while_writes_go_on(store_dir):
+    fill(store_dir, 2000)
+    events = StateEvents()
+
+    async def main():
+        astore = await rha.open(store_dir, migrations=_online_migrations(),
+                                warmup=rh.Warmup(listeners=[events]))
+        async with astore:
+            stop = asyncio.Event()
+            written = {}
+
+            async def writer():
+                i = 0
+                while not stop.is_set():
+                    key = 5000 + i % 300
+                    await astore.put("base", key, i)
+                    written[key] = i
+                    i += 1
+                    if i % 50 == 0:
+                        await asyncio.sleep(0)  # (others get the loop)
+                return i
+
+            task = asyncio.create_task(writer())
+            status = await astore.start_migration("reshape", slice_ms=2, max_duty=0.9)
+            assert status["state"] in ("building", "caught_up") and status["run"] == 1
+            await events.wait("caught_up")
+            assert astore.migration_status("reshape")["state"] == "caught_up"
+            assert (await astore.route("reshape", 0.5))["fraction"] == 0.5
+            assert (await astore.route("reshape", 1.0))["fraction"] == 1.0
+            entry = await astore.complete_migration("reshape")
+            stop.set()
+            n = await task
+            assert n > 0
+            assert entry["id"] == "reshape" and entry["to_version"] == 2
+            assert astore.migration_status("reshape")["state"] == "completed"
+            assert [s["state"] for s in astore.migrations_status()] == ["completed"]
+            # Every write, before, during and after the run, is in the new shape
+            # (or, landed after the cutover, as written).
+            table = astore.table("base")
+            for i in range(2000):
+                assert table[i] == {"v": i}
+            for key, value in written.items():
+                assert table[key] in ({"v": value}, value)
+            return await astore.digest()
+
+    digest = asyncio.run(main())
+    with rh.Store.open(store_dir, migrations=_online_migrations()) as s:
+        assert s.digest() == digest and s.ledger[0]["id"] == "reshape"
+
+
+@pytest.mark.parametrize("commits", [True, False], ids=["commits", "refused"])
+def test_a_cancelled_complete_migration_ends_whole_before_cancelled_error(store_dir, commits):
+    """The cutover is held inside an invariant (its check of the new state)
+    while the awaiting task is cancelled: CancelledError comes only once
+    the cutover ended, committed (the invariant passes) or not (it fails),
+    and the table is then wholly at the new version or wholly at the old."""
+    fill(store_dir, 500)
+    inside, release = threading.Event(), threading.Event()
+    calls = []
+
+    def invariant(state):
+        calls.append(len(calls))
+        if len(calls) == 2:  # the new state's check: the cutover is under way
+            inside.set()
+            assert release.wait(30)
+            return commits
+        return True
+
+    events = StateEvents()
+
+    async def main():
+        astore = await rha.open(store_dir, migrations=_online_migrations(invariant),
+                                warmup=rh.Warmup(listeners=[events]))
+        async with astore:
+            await astore.start_migration("reshape", slice_ms=5, max_duty=0.9)
+            await events.wait("caught_up")
+            await astore.route("reshape", 1.0)
+            task = asyncio.create_task(astore.complete_migration("reshape"))
+            assert await asyncio.to_thread(inside.wait, 30)
+            task.cancel()
+            # The task stays awaiting the cutover, which holds on.
+            await asyncio.sleep(0)
+            assert not task.done()
+            # A write sent meanwhile waits for the cutover off the loop.
+            write = asyncio.create_task(astore.put("base", "late", 1))
+            await asyncio.sleep(0)
+            assert not write.done()
+            release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await write
+            status = astore.migration_status("reshape")
+            table = astore.table("base")
+            if commits:
+                assert status["state"] == "completed"
+                assert [e["id"] for e in astore.ledger] == ["reshape"]
+                assert all(table[i] == {"v": i} for i in range(500))
+            else:
+                assert status["state"] == "caught_up" and astore.ledger == []
+                # The run goes on: the routed view serves the shadow's values.
+                assert all(astore.store.table("base")[i] == {"v": i} for i in range(500))
+                aborted = await astore.abort_migration("reshape")
+                assert aborted["state"] == "reverted"
+                table = astore.table("base")
+                assert all(table[i] == i for i in range(500))
+            assert table["late"] in (1, {"v": 1})
+            return [e["id"] for e in astore.ledger]
+
+    ledger = asyncio.run(main())
+    with rh.Store.open(store_dir) as s:
+        assert [e["id"] for e in s.ledger] == ledger
+        assert s.table("base")[3] == ({"v": 3} if commits else 3)

@@ -102,3 +102,24 @@ def test_the_dashboard_is_importable_and_covers_what_it_should():
                  "rehydrate_last_lsn", "rehydrate_durable_lsn", "rehydrate_checkpoints_total"):
         assert name in used, name
     assert any(re.search(r"rate\(rehydrate_last_lsn\b", e) for _, e in _exprs(dash))
+
+
+def test_the_online_migrations_row_covers_paths_latency_divergences_fraction_progress():
+    dash = _dashboard()
+    rows = [p for p in dash["panels"] if p["type"] == "row"]
+    assert "Online migrations" in [r["title"] for r in rows]
+    # The row's panels: those below it, up to the next row.
+    start = dash["panels"].index(next(r for r in rows if r["title"] == "Online migrations"))
+    below = []
+    for p in dash["panels"][start + 1:]:
+        if p["type"] == "row":
+            break
+        below.append(p)
+    used = {n for p in below for t in p["targets"] for n in metric_names(t["expr"])}
+    for name in ("rehydrate_migration_reads_total", "rehydrate_migration_read_latency_seconds",
+                 "rehydrate_migration_divergences_total", "rehydrate_migration_fraction",
+                 "rehydrate_migration_progress"):
+        assert name in used, name
+    # Reads per path: the expression keeps the path label apart.
+    assert any("rehydrate_migration_reads_total" in t["expr"] and "path" in t["expr"]
+               for p in below for t in p["targets"])

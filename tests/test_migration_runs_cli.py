@@ -109,3 +109,16 @@ def test_odd_field_types_in_a_live_run_show_as_unknown(made, core_env):
     assert run.returncode == 0, run.stderr
     assert "m run ?: table ? v? -> v?, ?, progress ? (? of ? built), fraction ?" in run.stdout
     assert "new path: 0 reads, 0 errors, p99 -" in run.stdout
+
+
+def test_the_migrate_help_texts_mention_online_runs(core_env):
+    def text(*args):
+        run = _cli(*args, "--help", env=core_env)
+        assert run.returncode == 0, run.stderr
+        return " ".join(run.stdout.split())  # (argparse wraps lines)
+
+    top = text("migrate")
+    assert "online migration runs" in top and "store.start_migration" in top
+    status = text("migrate", "status")
+    assert "online migration runs" in status and "live runs" in status
+    assert "online runs" in text()

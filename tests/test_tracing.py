@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 from helpers import corrupt
@@ -305,6 +306,131 @@ def test_a_restore_from_nothing_is_an_error_span(tmp_path, spans):
     assert restore.status.status_code == StatusCode.ERROR
 
 
+# -- online migrations ---------------------------------------------------------
+def _online(reshape=lambda k, v: {"v": v}):
+    mig = rehydrate.Migrations()
+    mig.migration("reshape", table="t", to_version=2, per_record=True, online=True)(reshape)
+    return mig
+
+
+class _States:
+    """``on_migration_state`` listener: an event per state entered."""
+
+    def __init__(self):
+        self.events = {s: threading.Event() for s in ("building", "caught_up", "reverted",
+                                                        "completed")}
+
+    def on_migration_state(self, store, status):
+        self.events[status["state"]].set()
+
+    def wait(self, state):
+        assert self.events[state].wait(30), state
+
+
+def test_an_online_migrations_run_is_spans_under_the_callers(store_dir, spans, tracer):
+    with Store.open(store_dir) as s:
+        for i in range(300):
+            s.put("t", i, i)
+    states = _States()
+    with Store.open(store_dir, migrations=_online(),
+                    warmup=Warmup(listeners=[states])) as s:
+        spans()
+        with tracer.start_as_current_span("deploy") as caller:
+            s.start_migration("reshape", slice_ms=2, max_duty=0.9)
+            states.wait("caught_up")
+            s.route("reshape", 0.25)
+            s.route("reshape", 1.0)
+            entry = s.complete_migration("reshape")
+        status = s.migration_status("reshape")
+        found = spans()
+    me = caller.get_span_context()
+    start = _named(found, "rehydrate.migration.start")
+    build = _named(found, "rehydrate.migration.build")
+    complete = _named(found, "rehydrate.migration.complete")
+    routes = sorted((x for x in found if x.name == "rehydrate.migration.route"),
+                    key=lambda x: x.start_time)
+    assert [_attrs(r)["fraction"] for r in routes] == [0.25, 1.0]
+    for span in (start, build, complete, *routes):
+        assert span.parent is not None and span.parent.span_id == me.span_id, span.name
+        assert span.context.trace_id == me.trace_id
+        a = _attrs(span)
+        assert a["migration"] == "reshape" and a["table"] == "t", span.name
+        assert span.status.status_code == StatusCode.UNSET, span.name
+    assert _attrs(start)["run"] == 1 and _attrs(start)["records"] == 300
+    assert _attrs(start)["from_version"] == 1 and _attrs(start)["to_version"] == 2
+    # The build: from the start to caught_up, before the first route.
+    b = _attrs(build)
+    assert b["records"] == status["built"] == 300 and b["build_errors"] == 0
+    assert b["outcome"] == "caught_up" and b["rate"] > 0 and status["build_rate"] > 0
+    assert start.start_time <= build.start_time and build.end_time <= routes[0].start_time
+    c = _attrs(complete)
+    assert c["ledger_lsn"] == entry["lsn"]
+    assert c["digest_before"] == entry["digest_before"]
+    assert c["digest_after"] == entry["digest_after"] != entry["digest_before"]
+    assert not [x for x in found if x.name == "rehydrate.migration.revert"]
+
+
+def test_an_automatic_revert_is_an_error_span_under_the_starters(store_dir, spans, tracer):
+    def reshape(k, v):
+        if v % 10 == 3:
+            raise ValueError("no")
+        return {"v": v}
+
+    with Store.open(store_dir) as s:
+        for i in range(100):
+            s.put("t", i, i)
+    states = _States()
+    with Store.open(store_dir, migrations=_online(reshape),
+                    warmup=Warmup(listeners=[states])) as s:
+        spans()
+        with tracer.start_as_current_span("deploy") as caller:
+            s.start_migration("reshape", auto_revert={"max_errors": 2})
+            states.wait("caught_up")
+            s.route("reshape", 1.0)
+        view = s.table("t")
+        for i in range(3, 100, 10):  # failed keys: errors on the new path
+            assert view[i] == i
+            if states.events["reverted"].is_set():
+                break
+        states.wait("reverted")
+        status = s.migration_status("reshape")
+        found = spans()
+    revert = _named(found, "rehydrate.migration.revert")
+    # Made on the run's thread, it nests under the span that started the run.
+    assert revert.parent.span_id == caller.get_span_context().span_id
+    assert revert.status.status_code == StatusCode.ERROR
+    a = _attrs(revert)
+    assert a["migration"] == "reshape" and a["table"] == "t"
+    assert a["reason"] == status["reason"] and a["reason"].startswith("max_errors")
+    assert a["revert_ms"] == status["revert_ms"] >= 0
+    b = _attrs(_named(found, "rehydrate.migration.build"))
+    assert b["outcome"] == "caught_up" and b["build_errors"] == status["build_errors"] == 10
+
+
+def test_an_abort_is_a_revert_span_under_the_aborters(store_dir, spans, tracer):
+    with Store.open(store_dir) as s:
+        for i in range(50):
+            s.put("t", i, i)
+    states = _States()
+    with Store.open(store_dir, migrations=_online(),
+                    warmup=Warmup(listeners=[states])) as s:
+        s.start_migration("reshape")
+        states.wait("caught_up")
+        spans()
+        with tracer.start_as_current_span("rollback") as caller:
+            s.abort_migration("reshape", reason="operator")
+        with tracer.start_as_current_span("late"):
+            with pytest.raises(rehydrate.MigrationError):
+                s.route("reshape", 0.5)
+        found = spans()
+    revert = _named(found, "rehydrate.migration.revert")
+    assert revert.parent.span_id == caller.get_span_context().span_id
+    assert revert.status.status_code == StatusCode.ERROR
+    assert _attrs(revert)["reason"] == "operator"
+    # A refused route is an error span too.
+    assert _named(found, "rehydrate.migration.route").status.status_code == StatusCode.ERROR
+
+
 def test_tracing_is_enabled_here():
     assert tracing.enabled()
 
@@ -337,6 +463,26 @@ s.checkpoint()
 s.close()
 s = Store.open_background(path)
 assert s.wait_ready(60)
+s.close()
+# An online migration's whole run: started, caught up, routed, completed.
+import threading
+mig = rehydrate.Migrations()
+mig.migration("m", table="t", to_version=2, per_record=True, online=True)(lambda k, v: v + 1)
+caught_up = threading.Event()
+
+
+class Listener:
+    def on_migration_state(self, store, status):
+        if status["state"] == "caught_up":
+            caught_up.set()
+
+
+s = Store.open(path, migrations=mig, warmup=Warmup(listeners=[Listener()]))
+s.start_migration("m")
+assert caught_up.wait(60)
+s.route("m", 1.0)
+s.complete_migration("m")
+assert s.table("t")[1] == 2
 s.close()
 print(json.dumps({"enabled": tracing.enabled(), "asked": Hide.asked,
                   "loaded": sorted(m for m in sys.modules if m.startswith("opentelemetry"))}))

@@ -279,6 +279,61 @@ class AsyncStore:
         """``Store.digest()``, on a thread (it reads the whole state)."""
         return await self._call_on_thread(self._store.digest)
 
+    # --------------------------------------------------- online migrations
+    async def _call_to_end(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A call that changes a run (start, route, abort, cutover), on a
+        thread of its own. Cancelled, its caller still waits for its end
+        before CancelledError: the call is never left half done (a cutover
+        commits whole or not at all), and what it did is then what
+        ``migration_status`` says."""
+        future = _on_thread(f"rehydrate-aio-migration:{self._store.path}", fn, *args, **kwargs)
+        waited = asyncio.wrap_future(future)
+        try:
+            return await asyncio.shield(waited)
+        except asyncio.CancelledError:
+            await _until_done(waited)
+            raise
+
+    async def start_migration(self, id: str, *,
+                              compare: Optional[Callable[[Any, Any], bool]] = None,
+                              sample: float = 0.01, auto_revert: Optional[dict[str, Any]] = None,
+                              on_restart: str = "rebuild", slice_ms: float = 1.0,
+                              max_duty: float = 0.5) -> dict[str, Any]:
+        """``Store.start_migration`` (docs/migrations.md, "Online
+        migrations") on a thread: the run's status. Its build goes on in
+        the background; ``on_migration_state`` listeners, or
+        ``migration_status``, say when it caught up."""
+        return await self._call_to_end(
+            self._store.start_migration, id, compare=compare, sample=sample,
+            auto_revert=auto_revert, on_restart=on_restart, slice_ms=slice_ms,
+            max_duty=max_duty)
+
+    async def route(self, id: str, fraction: float) -> dict[str, Any]:
+        """``Store.route``: serve ``fraction`` of the table's reads from
+        the shadow; the status."""
+        return await self._call_to_end(self._store.route, id, fraction)
+
+    async def abort_migration(self, id: str, reason: str = "aborted") -> dict[str, Any]:
+        """``Store.abort_migration``: reads go back to the old table, the
+        shadow is dropped; the status."""
+        return await self._call_to_end(self._store.abort_migration, id, reason)
+
+    async def complete_migration(self, id: str) -> dict[str, Any]:
+        """``Store.complete_migration``: the cutover, on a thread (writes
+        sent meanwhile wait for it off the loop); the ledger entry.
+        Cancelled, the cutover still ends, committed or not, before
+        CancelledError: the table is then at its old version or its new
+        one, never between (``migration_status`` says which)."""
+        return await self._call_to_end(self._store.complete_migration, id)
+
+    def migration_status(self, id: str) -> dict[str, Any]:
+        """``Store.migration_status``: a memory read."""
+        return self._store.migration_status(id)
+
+    def migrations_status(self) -> list[dict[str, Any]]:
+        """``Store.migrations_status``: a memory read."""
+        return self._store.migrations_status()
+
     # --------------------------------------------------------------- life
     async def wait_ready(self, timeout: Optional[float] = None) -> bool:
         """``Store.wait_ready``: True once the store is open and warm, False

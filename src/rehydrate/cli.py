@@ -545,18 +545,31 @@ def build_parser() -> argparse.ArgumentParser:
                 recovery=False)
     r.add_argument("--dry-run", action="store_true", help="report what would be cut; change nothing")
 
-    m = sub.add_parser("migrate", help="table versions, migrations, rollback (docs/migrations.md)")
+    m = sub.add_parser(
+        "migrate", help="table versions, migrations, online runs, rollback (docs/migrations.md)",
+        description="Table versions and migrations (docs/migrations.md). 'status' also shows "
+                    "online migration runs: those the MANIFEST records, and the live runs of a "
+                    "store serving the directory (their state, build progress, routed fraction "
+                    "and read, error and divergence counters), read from the "
+                    "migration-runs.json it keeps current. Online runs are started, routed and "
+                    "completed through the Store API (store.start_migration, store.route, "
+                    "store.complete_migration), not from here.")
     msub = m.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     msub.required = True
 
-    def mig_cmd(name, func, help_text):
-        c = msub.add_parser(name, help=help_text)
+    def mig_cmd(name, func, help_text, description=None):
+        c = msub.add_parser(name, help=help_text, description=description or help_text)
         c.add_argument("dir", metavar="DIR")
         c.add_argument("--json", action="store_true", help="machine-readable output")
         c.set_defaults(func=func)
         return c
 
-    mig_cmd("status", _cmd_migrate_status, "versions per table, the ledger")
+    mig_cmd("status", _cmd_migrate_status,
+            "versions per table, the ledger, online migration runs (recorded and live)",
+            "Each table's version and the versions its snapshot and log records hold; the "
+            "migration ledger; online migration runs: those the MANIFEST records (outcome, "
+            "reason) and, while a store serves DIR, its live runs from migration-runs.json "
+            "(state, progress, fraction, per-path reads and errors, divergences). Read-only.")
     ma = mig_cmd("apply", _cmd_migrate_apply, "run the pending migrations of a module")
     ma.add_argument("--module", required=True, metavar="PKG.MOD",
                     help="a module with a rehydrate.Migrations named 'migrations'")

@@ -38,6 +38,7 @@ from typing import Any, ContextManager, Optional
 from . import _format as F
 from ._hashing import format_digest
 from . import per_record as _per_record
+from . import tracing as _tracing
 from .errors import ConfigError, MigrationError
 from .migrate_phase import MigrationHost, check_invariants, commit_migration
 from .migrations import Migration, Migrations
@@ -217,6 +218,8 @@ class OnlineRun:
         self.kind = F.KIND_KV
         self.runs: Optional[Runs] = None
         self.from_version = 1
+        # The run's spans (tracing.py; a no-op without OpenTelemetry).
+        self.trace: _tracing.MigrationTrace = _tracing.NO_MIGRATION_TRACE
 
     # ------------------------------------------------------------ start
     def begin(self) -> None:
@@ -316,6 +319,10 @@ class OnlineRun:
                 batch = next(batches, None)
                 if batch is None:
                     self._batches = None
+                    # (Counted before caught_up: its event and span carry the rate.)
+                    now = time.perf_counter()
+                    self.build_s += now - t0
+                    t0 = now
                     self._caught_up_locked_free()
                     return False
                 keys, values = batch
@@ -345,7 +352,13 @@ class OnlineRun:
                 return
             self.state = "caught_up"
             self.built = self.total
+        self._build_ended("caught_up")
         self._changed()
+
+    def _build_ended(self, outcome: str) -> None:
+        self.trace.build_ended(records=self.built, build_errors=self.build_errors,
+                               rate=self.built / self.build_s if self.build_s > 0 else None,
+                               outcome=outcome)
 
     def _main(self) -> None:
         """The run's thread: the build (sliced, at most max_duty of wall
@@ -379,6 +392,10 @@ class OnlineRun:
     # ------------------------------------------------------------ routing
     def route(self, fraction: object) -> None:
         f = _number("fraction", fraction, 0.0, 1.0)
+        with self.trace.step("route", fraction=f, run=self.run):
+            self._route(f)
+
+    def _route(self, f: float) -> None:
         if self.state == "reverted":
             raise MigrationError(f"migration {self.m.id!r}: the run was reverted "
                                  f"({self.reason})", migration=self.m.id, path=self.host.path,
@@ -419,6 +436,9 @@ class OnlineRun:
             self.covered, self.failed = set(), set()
         log.warning("%s: online migration %r reverted: %s (run %d; the migration stays "
                     "pending)", self.host.path, self.m.id, reason, self.run)
+        self._build_ended("reverted")
+        revert_ms = routing.status().get("revert_ms") if routing is not None else None
+        self.trace.reverted(reason, revert_ms=revert_ms, run=self.run)
         self._record("reverted")
         self._changed()
         return True
@@ -426,6 +446,13 @@ class OnlineRun:
     def complete(self) -> dict[str, Any]:
         """The cutover: commit the shadow as T at to_version, exactly as an
         offline migration commits; the ledger entry."""
+        with self.trace.step("complete", run=self.run) as span:
+            entry = self._complete()
+            span.set(ledger_lsn=entry.get("lsn"), digest_before=entry.get("digest_before"),
+                     digest_after=entry.get("digest_after"), to_version=entry.get("to_version"))
+        return entry
+
+    def _complete(self) -> dict[str, Any]:
         host, m = self.host, self.m
         with self._end_lock:
             self._check_completable()
@@ -486,6 +513,7 @@ class OnlineRun:
             self.state, self.reason = "reverted", "replaced"
         if self.routing is not None and self.routing.reverted is None:
             self.routing.revert("replaced")
+        self._build_ended("replaced")
         self.join(5.0)
         self.shadow = None
 
@@ -636,12 +664,21 @@ class Runs:
                     "migration_runs") or [] if r.get("id") == m.id), default=0)
             run = OnlineRun(host, m, settings, compare, number, restarts)
             run.runs = self
-            run.begin()
-            try:
-                run.record_start()
-            except BaseException:
-                run.quiet_stop()
-                raise
+            run.trace = _tracing.start_migration(m.id, m.table)
+            with run.trace.step("start", run=number, restarts=restarts) as span:
+                run.trace.build_started()
+                try:
+                    run.begin()
+                except BaseException:
+                    run._build_ended("failed")
+                    raise
+                try:
+                    run.record_start()
+                except BaseException:
+                    run.quiet_stop()
+                    raise
+                span.set(from_version=run.from_version, to_version=m.to_version,
+                         records=run.total)
             self.by_id[m.id] = run
         if thread:
             run.start_thread()

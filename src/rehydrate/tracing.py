@@ -1,5 +1,5 @@
-"""OpenTelemetry spans for opens, checkpoints, handoffs and restores
-(docs/observability.md, "Traces").
+"""OpenTelemetry spans for opens, checkpoints, handoffs, restores and
+online migrations (docs/observability.md, "Traces").
 
 When ``opentelemetry-api`` is installed, an open is a ``rehydrate.open``
 span under the caller's current span, with a child span per warmup phase
@@ -277,3 +277,98 @@ def start_open(path: str, **values: Any) -> OpenTrace:
     if api is None:
         return NO_TRACE
     return OpenTrace(api, path, **values)
+
+
+class MigrationTrace:
+    """The spans of one online migration run (docs/observability.md,
+    "Traces"): ``rehydrate.migration.build`` from the start to caught_up
+    (or the run's end), and a span per step: ``.start``, ``.route``,
+    ``.revert`` (status ERROR) and ``.complete``. Every span carries
+    ``rehydrate.migration`` and ``rehydrate.table``.
+
+    Made on the thread that starts the run, whose current span (if any) is
+    kept: the build span and a revert the run's own thread makes (an
+    automatic one) nest under it; a step called on a thread with a span
+    current (a route, an abort, the cutover) nests under that one. The
+    no-op one (``NO_MIGRATION_TRACE``) is what a run gets without
+    OpenTelemetry.
+    """
+
+    def __init__(self, api: Any = None, migration: str = "", table: str = "") -> None:
+        self._api = api
+        self._ids = {"migration": migration, "table": table}
+        self._parent: Any = None
+        self._build: Any = None
+        self._lock = threading.Lock()
+        if api is not None:
+            self._parent = api[1].get_current()
+
+    def _context(self) -> Any:
+        """This thread's context when a span is current in it, else the
+        starting caller's."""
+        api = self._api
+        if api[0].get_current_span().get_span_context().is_valid:
+            return api[1].get_current()
+        return self._parent
+
+    @contextlib.contextmanager
+    def step(self, name: str, **values: Any) -> Iterator[SpanHandle]:
+        """The span ``rehydrate.migration.<name>`` around the block (current
+        inside it); an exception leaving the block makes it ERROR."""
+        api = self._api
+        if api is None:
+            yield _NO_SPAN
+            return
+        with _tracer(api).start_as_current_span(
+                f"rehydrate.migration.{name}", context=self._context(),
+                attributes=_attributes({**self._ids, **values}), record_exception=False,
+                set_status_on_exception=False) as s:
+            try:
+                yield SpanHandle(s)
+            except BaseException as e:
+                _fail(api, s, e)
+                raise
+
+    def build_started(self) -> None:
+        api = self._api
+        if api is None:
+            return
+        with self._lock:
+            if self._build is None:
+                self._build = _tracer(api).start_span(
+                    "rehydrate.migration.build", context=self._parent,
+                    attributes=_attributes(self._ids))
+
+    def build_ended(self, **values: Any) -> None:
+        """The build is over (caught up, or the run ended first):
+        ``values`` (records, build_errors, rate, outcome) set on its span.
+        Once; later calls do nothing."""
+        with self._lock:
+            s, self._build = self._build, None
+        if s is not None:
+            s.set_attributes(_attributes(values))
+            s.end()
+
+    def reverted(self, reason: str, **values: Any) -> None:
+        """The run was reverted: a ``rehydrate.migration.revert`` span with
+        status ERROR and the reason (and ``values``: revert_ms, ...)."""
+        api = self._api
+        if api is None:
+            return
+        s = _tracer(api).start_span("rehydrate.migration.revert", context=self._context(),
+                                    attributes=_attributes({**self._ids, "reason": reason,
+                                                            **values}))
+        s.set_status(api[2](api[3].ERROR, f"reverted: {reason}"))
+        s.end()
+
+
+NO_MIGRATION_TRACE = MigrationTrace()
+
+
+def start_migration(migration: str, table: str) -> MigrationTrace:
+    """The spans of an online migration run starting now, on the caller's
+    thread; ``NO_MIGRATION_TRACE`` without OpenTelemetry."""
+    api = _otel()
+    if api is None:
+        return NO_MIGRATION_TRACE
+    return MigrationTrace(api, migration, table)

@@ -56,7 +56,7 @@ def exported_metric_names(tmp_path) -> set[str]:
 
 def _online_migration_names(path) -> set[str]:
     """The names a store with an online migration exports: one run,
-    started, caught up, routed and aborted (a revert)."""
+    started, caught up, routed, read and aborted (a revert)."""
     import threading
 
     from rehydrate import Migrations, Store, Warmup
@@ -82,6 +82,9 @@ def _online_migration_names(path) -> set[str]:
         s.start_migration("t-v2")
         assert caught_up.wait(60), s.migration_status("t-v2")
         s.route("t-v2", 0.5)
+        view = s.table("t")
+        for i in range(20):  # reads on both paths: their latency is exported
+            view[i]
         s.abort_migration("t-v2", reason="alert-rule check")
         for family in s.metrics().collect():
             names |= {sample.name for sample in family.samples}
