@@ -210,8 +210,8 @@ class _Model(RuleBasedStateMachine):
         core = run.host.core
         t = self.s.table("t")
         shadow = dict(run.shadow.items())
-        for kb in list(run.covered)[:20]:
-            k = core.decode_key(kb)
+        for k in list(run.covered)[:20]:  # (decoded keys)
+            kb = core.encode_key(k)
             want, failed = _expected([(k, t[k])] if k in t else [])
             assert shadow.get(k) == want.get(k) and (k in failed) == (kb in run.failed)
 
