@@ -182,7 +182,7 @@ def test_an_io_error_at_each_file_operation_of_a_cutover_leaves_old_or_new(tmp_p
 # Where a kill lands: after a number of lines (acks) at random, or a few
 # lines after one of the run's steps (the last one while it still runs).
 _MOMENTS = (None, "started", "routed", "routed_all", "completed", "reverted")
-RUNS = scale(6, 60)  # per core
+RUNS = scale(16, 200)  # per core
 
 
 def _kill_at(path, seed, scenario, on_restart, moment, offset, env):
@@ -253,7 +253,7 @@ def _judge_kill(path, seed, acked, events, on_restart):
         marker = next((i for i, e in enumerate(ends) if e >= acked), len(ops)) + 1
         candidates.append(ops[:marker] + [("migrate", "t", lambda rows: None)])
     failures = []
-    for candidate in candidates:
+    for marker, candidate in enumerate(candidates):
         try:
             check_recovery(lambda: Store.open(path, migrations=OK.migrations()), candidate,
                            acked)
@@ -262,6 +262,7 @@ def _judge_kill(path, seed, acked, events, on_restart):
             failures.append(str(e))
     else:
         raise AssertionError(f"seed {seed} events {events}: {failures}")
+    old = "old, the marker logged" if marker else "old"
     records = [r for r in rh.manifest.read(path).get("migration_runs") or []
                if r["id"] == OK.MID]
     if "started" in events:
@@ -280,7 +281,7 @@ def _judge_kill(path, seed, acked, events, on_restart):
         else:
             assert last["outcome"] in ("rebuilt", "reverted"), (seed, last)
             # (the rebuilt run is reverted "store closed" by the oracle's close)
-    return "old"
+    return old
 
 
 @pytest.mark.reliability
@@ -303,7 +304,7 @@ def test_kill_9_at_random_moments_of_a_run_loses_no_acknowledged_write(tmp_path,
         shutil.rmtree(path)
     assert kills >= RUNS // 2
     print(f"\nonline runs: {RUNS} runs, {kills} killed (last step seen: {dict(moments)}); "
-          f"{outcomes['old']} old, {outcomes['new']} new; no acknowledged write lost")
+          f"outcomes {dict(outcomes)}; no acknowledged write lost")
 
 
 def test_kill_9_right_after_each_step_of_a_run(tmp_path, core_env):
@@ -319,4 +320,4 @@ def test_kill_9_right_after_each_step_of_a_run(tmp_path, core_env):
                                          core_env)
         assert killed and moment in events, (moment, events)
         outcomes[_judge_kill(path, 900 + i, acked, events, on_restart)] += 1
-    assert outcomes["new"] >= 1 and outcomes["old"] >= 3
+    assert outcomes["new"] >= 1 and outcomes["old"] + outcomes["old, the marker logged"] >= 3
