@@ -189,8 +189,6 @@ def _kill_at(path, seed, scenario, on_restart, moment, offset, env):
     """Run the writer, SIGKILL it ``offset`` lines after ``moment`` (or
     after ``offset`` lines); returns (highest acknowledged LSN, events
     seen, whether it was killed)."""
-    from helpers import online_kill as OK
-
     p = subprocess.Popen([sys.executable, RANDOM_KILL, path, str(seed), scenario, on_restart],
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     acked, events, countdown, killed = 0, [], None if moment else offset, False
@@ -225,7 +223,6 @@ def _kill_at(path, seed, scenario, on_restart, moment, offset, env):
             p.wait()
         p.stdout.close()
         p.stderr.close()
-    assert OK.MID  # (the helper's module is the one the child ran)
     return acked, events, killed
 
 
