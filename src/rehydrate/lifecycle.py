@@ -456,7 +456,7 @@ class Lifecycle(Writes):
             lambda: self._manifest, self._update_manifest, self._set_write_target,
             self._check_serving, self._hold_writes, self._migration_host,
             lambda event, status: self._warmup.notify(event, self, status), self,
-            self._gates.migration_routed)
+            self._gates.migration_routed, self._fail_stop)
 
     def _update_manifest(self, change: Callable[[dict[str, Any]], None]) -> None:
         """``change`` the MANIFEST, durably (a copy written, then kept)."""
@@ -754,6 +754,13 @@ class Lifecycle(Writes):
             return
         assert durable is not None
         durable()
+
+    def _fail_stop(self, e: BaseException) -> None:
+        """Stop taking writes for good, as after a failed log write (an
+        online cutover that failed once the state had changed in memory)."""
+        if self._journal.failed is None:
+            self._journal.failed = e
+        self._refuse_writes()
 
     def _refuse_writes(self) -> None:
         """The journal failed a write: every later write goes the slow way

@@ -39,7 +39,8 @@ from . import _format as F
 from ._hashing import format_digest
 from . import per_record as _per_record
 from . import tracing as _tracing
-from .errors import ConfigError, MigrationError
+from .errors import (ConfigError, MigrationError, RehydrateError, StorageIOError,
+                     StoreFailedError)
 from .migrate_phase import MigrationHost, check_invariants, commit_migration
 from .migrations import Migration, Migrations
 
@@ -92,6 +93,9 @@ class OnlineHost:
     # (migration id): the routed fraction changed (route, revert, the end),
     # so ``migration_at`` gates are evaluated again; called without ``lock``.
     routed: Callable[[str], None] = lambda _id: None
+    # (error): stop taking writes for good, as after a failed log write: a
+    # cutover that failed once the state had changed.
+    fail_stop: Callable[[BaseException], None] = lambda _e: None
 
 
 class Mirror:
@@ -476,11 +480,8 @@ class OnlineRun:
                 try:
                     entry = commit_migration(mhost, m, self.shadow, self.from_version,
                                              digest_before, names, also=also)
-                except BaseException:
-                    with host.lock:  # not committed: T as it was, still mirrored
-                        host.set_write_target(m.table, Mirror(self))
-                    self.ended_at = None
-                    raise
+                except BaseException as e:
+                    raise self._cutover_failed(e) from e
                 with host.lock:
                     self.state = "completed"
                 self._stop.set()
@@ -489,6 +490,47 @@ class OnlineRun:
                 self.covered, self.failed = set(), set()
         self._changed()
         return entry
+
+    def _cutover_failed(self, e: BaseException) -> BaseException:
+        """(Writers held off.) The commit raised ``e``; what to raise.
+
+        Before the new table became T's state (the checkpoint that is the
+        rollback point failed): nothing changed, T is as it was and still
+        mirrored, the run stays caught up and the store goes on. After it
+        (the marker record or the committing MANIFEST write failed): the
+        MANIFEST on disk may hold either version (a rename may have landed
+        and its fsync failed), so the store fails stop; the old table serves
+        reads meanwhile and the next open finds old or new, never a mix
+        (docs/migrations.md, "Crashes and I/O errors")."""
+        host, m = self.host, self.m
+        err: BaseException = e
+        if isinstance(e, OSError) and not isinstance(e, RehydrateError):
+            err = StorageIOError.wrap(e, host.path)
+        replaced = getattr(host.registry.by_name.get(m.table), "table", None) is self.shadow
+        self.ended_at = None
+        if not replaced:
+            with host.lock:  # not committed: T as it was, still mirrored
+                host.set_write_target(m.table, Mirror(self))
+            return err
+        host.migration_host().replace_state(m.table, self.old, self.from_version)
+        host.fail_stop(err)
+        reason = f"cutover failed: {type(err).__name__}: {err}"
+        if self.routing is not None and self.routing.reverted is None:
+            self.routing.revert(reason)
+        with host.lock:
+            self.state, self.reason = "reverted", reason
+            self.ended_at = time.time()
+        self._stop.set()
+        self._wake.set()
+        self.shadow = None
+        self.covered, self.failed = set(), set()
+        log.error("%s: online migration %r: the cutover failed after the state changed "
+                  "(%s); the store stopped (fail-stop): the next open has the old version "
+                  "or the new one", host.path, m.id, err)
+        if isinstance(err, RehydrateError):
+            return err
+        return StoreFailedError(f"online migration {m.id!r}: the cutover failed: {err!r}",
+                                path=host.path)
 
     def _check_completable(self) -> None:
         m, path = self.m, self.host.path
