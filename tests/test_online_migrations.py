@@ -286,9 +286,16 @@ def test_bad_inputs(store_dir, manual):
         assert s.table("t")[7] == 2  # nothing else changed
         s.put("t", 7, 8)  # mirroring is gone: a plain write
         assert s.start_migration("reshape")["run"] == 2  # pending still: again
+    # Closed with run 2 live: a restart, so its record stays live for the
+    # next open's on_restart (the default rebuilds it).
     runs = rh.manifest.read(store_dir)["migration_runs"]
-    assert [(r["run"], r["outcome"]) for r in runs] == [(1, "reverted"), (2, "reverted")]
-    assert runs[1]["reason"] == "store closed"
+    assert [(r["run"], r["outcome"]) for r in runs] == [(1, "reverted"), (2, None)]
+    with Store.open(store_dir, migrations=mig) as s:
+        st = s.migration_status("reshape")
+        assert st["run"] == 3 and st["restarts"] == 1 and st["state"] in ("building",
+                                                                          "caught_up")
+    runs = rh.manifest.read(store_dir)["migration_runs"]
+    assert [(r["run"], r["outcome"]) for r in runs][:2] == [(1, "reverted"), (2, "rebuilt")]
 
 
 def test_auto_revert_routes_back_and_drops_the_shadow(store_dir):

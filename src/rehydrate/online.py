@@ -421,9 +421,11 @@ class OnlineRun:
         self._wake.set()
 
     # ------------------------------------------------------------ the end
-    def finish_revert(self, reason: str) -> bool:
+    def finish_revert(self, reason: str, record: bool = True) -> bool:
         """Route back, stop the build, stop mirroring, drop the shadow,
-        record. False when the run had ended already."""
+        record (unless ``record`` is False: the store closes, and the
+        MANIFEST keeps the run live for the next open's on_restart). False
+        when the run had ended already."""
         with self._end_lock:
             if self.state in ("reverted", "completed"):
                 return False
@@ -438,12 +440,14 @@ class OnlineRun:
                 self._batches = None
             self.shadow = None
             self.covered, self.failed = set(), set()
-        log.warning("%s: online migration %r reverted: %s (run %d; the migration stays "
-                    "pending)", self.host.path, self.m.id, reason, self.run)
+        if record:
+            log.warning("%s: online migration %r reverted: %s (run %d; the migration stays "
+                        "pending)", self.host.path, self.m.id, reason, self.run)
         self._build_ended("reverted")
         revert_ms = routing.status().get("revert_ms") if routing is not None else None
         self.trace.reverted(reason, revert_ms=revert_ms, run=self.run)
-        self._record("reverted")
+        if record:
+            self._record("reverted")
         self._changed()
         return True
 
@@ -731,9 +735,12 @@ class Runs:
         return [r.status() for r in list(self.by_id.values())]
 
     def close(self) -> None:
-        """The store closes: each live run stops (reverted, "store closed")."""
+        """The store closes: each live run stops (its status says reverted,
+        "store closed"), and its MANIFEST record stays live: a restart is
+        one, and the next open rebuilds or abandons the run per its
+        on_restart, as after a crash."""
         for run in list(self.by_id.values()):
-            run.finish_revert("store closed")
+            run.finish_revert("store closed", record=False)
             run.join(5.0)
 
 
@@ -755,7 +762,7 @@ def resume(host: OnlineHost, runs: Runs) -> None:
             rebuild = False  # applied since, or no longer registered
         ended = dict(record, outcome="rebuilt" if rebuild else "abandoned",
                      state="reverted", ended_at=time.time(),
-                     reason=record.get("reason") or "interrupted (the store did not close)")
+                     reason=record.get("reason") or "interrupted (the store stopped)")
         host.update_manifest(functools.partial(_put_record, record=ended))
         log.warning("%s: online migration %r was live when the store stopped: %s",
                     host.path, mid, "rebuilding it" if rebuild else "abandoned (still pending)")
