@@ -231,6 +231,11 @@ class OnlineRun:
         The build thread is ``start_thread``'s (tests step it instead)."""
         host, m = self.host, self.m
         reg, core = host.registry, host.core
+        # The view's memory is allocated and faulted in before the lock (a
+        # KVTable's arena size): under it, the copy is one memcpy, which is
+        # all the writers wait for.
+        found = reg.by_name.get(m.table)
+        prepared = _per_record.prepare_view(found.table, found.kind) if found else None
         with host.lock:
             host.check_serving()
             info = reg.by_name.get(m.table)
@@ -247,7 +252,10 @@ class OnlineRun:
                                      f"above table {m.table!r}'s version {self.from_version}",
                                      migration=m.id, path=host.path, reason="migration_version")
             self.kind, self.old = info.kind, info.table
-            view = _per_record.consistent_view(self.old, self.kind, core)
+            view = _per_record.consistent_view(
+                self.old, self.kind, core,
+                prepared if found is not None and found.table is info.table else None)
+            prepared = None
             self.total = view.count
             self.shadow = reg.new_table(m.table, self.kind)
             self._batches = view.batches(_BUILD_ROWS)
