@@ -49,7 +49,7 @@ TABLE = "users"
 # A request that starts this late after it was due was held up by the store
 # (the thread's own wake-up takes less).
 LATE_S = 0.002
-SETTINGS = {"slice_ms": 1.0, "max_duty": 0.5}  # start_migration's (--slice-ms, --max-duty)
+SETTINGS = {"slice_ms": 0.25, "max_duty": 0.25}  # start_migration's (--slice-ms, --max-duty)
 VALUES = {
     "dict": lambda i: {"name": f"user {i}", "age": 20 + i % 60, "visits": i % 1000},
     "int": lambda i: i,
@@ -197,8 +197,8 @@ def main() -> int:
     ap.add_argument("--values", choices=sorted(VALUES), default="dict",
                     help="dict: three-field users (benchmarks/migrate.py's); int: small ints")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--slice-ms", type=float, default=1.0, help="start_migration's slice_ms")
-    ap.add_argument("--max-duty", type=float, default=0.5, help="start_migration's max_duty")
+    ap.add_argument("--slice-ms", type=float, default=0.25, help="start_migration's slice_ms")
+    ap.add_argument("--max-duty", type=float, default=0.25, help="start_migration's max_duty")
     ap.add_argument("--switch-interval-ms", type=float, default=None,
                     help="sys.setswitchinterval for this process (default: Python's 5 ms)")
     args = ap.parse_args()

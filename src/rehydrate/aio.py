@@ -38,6 +38,7 @@ from ._types import Key, Number, Offsets, StrPath, Value
 from .batch import Batch
 from .errors import ConfigError, StoreClosedError
 from .gates import Gate, Requirement
+from .options import DEFAULT_MIGRATION_MAX_DUTY, DEFAULT_MIGRATION_SLICE_MS
 from .recovery import RecoveryReport
 from .store import Store
 
@@ -297,8 +298,9 @@ class AsyncStore:
     async def start_migration(self, id: str, *,
                               compare: Optional[Callable[[Any, Any], bool]] = None,
                               sample: float = 0.01, auto_revert: Optional[dict[str, Any]] = None,
-                              on_restart: str = "rebuild", slice_ms: float = 1.0,
-                              max_duty: float = 0.5) -> dict[str, Any]:
+                              on_restart: str = "rebuild",
+                              slice_ms: float = DEFAULT_MIGRATION_SLICE_MS,
+                              max_duty: float = DEFAULT_MIGRATION_MAX_DUTY) -> dict[str, Any]:
         """``Store.start_migration`` (docs/migrations.md, "Online
         migrations") on a thread: the run's status. Its build goes on in
         the background; ``on_migration_state`` listeners, or

@@ -43,6 +43,7 @@ from .errors import (ConfigError, MigrationError, RehydrateError, StorageIOError
                      StoreFailedError)
 from .migrate_phase import MigrationHost, check_invariants, commit_migration
 from .migrations import Migration, Migrations
+from .options import DEFAULT_MIGRATION_MAX_DUTY, DEFAULT_MIGRATION_SLICE_MS
 
 __all__ = ["OnlineHost", "OnlineRun", "Runs", "RUNS_FILE", "KEEP_RUNS", "ON_RESTART",
            "STATES"]
@@ -779,7 +780,8 @@ def resume(host: OnlineHost, runs: Runs) -> None:
         try:
             settings = check_settings(None, record.get("sample", 0.01),
                                       record.get("auto_revert"), record.get("on_restart"),
-                                      record.get("slice_ms", 1.0), record.get("max_duty", 0.5))
+                                      record.get("slice_ms", DEFAULT_MIGRATION_SLICE_MS),
+                                      record.get("max_duty", DEFAULT_MIGRATION_MAX_DUTY))
             run = runs.start(host, mid, None, settings, restarts=int(record.get("restarts", 0))
                              + 1)
             run.adoptable = True

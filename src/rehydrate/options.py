@@ -24,6 +24,11 @@ MIN_SEGMENT_BYTES = 4096
 DEFAULT_KEEP_SNAPSHOTS = 2
 DEFAULT_ARCHIVE_EVERY_S = 1.0
 DEFAULT_ARCHIVE_RETENTION_S = 24 * 3600.0
+# An online migration's build (store.start_migration): at most this long a
+# slice, at most this share of the wall time. Chosen for the foreground's
+# p99, not the build's speed (docs/benchmarks.md, "Online migrations").
+DEFAULT_MIGRATION_SLICE_MS = 0.25
+DEFAULT_MIGRATION_MAX_DUTY = 0.25
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ from .roles import Roles
 from .migrations import Migrations
 from .objstore import ArchiveTarget
 from .options import (
-    DEFAULT_ARCHIVE_EVERY_S, DEFAULT_ARCHIVE_RETENTION_S,
+    DEFAULT_ARCHIVE_EVERY_S, DEFAULT_ARCHIVE_RETENTION_S, DEFAULT_MIGRATION_MAX_DUTY,
+    DEFAULT_MIGRATION_SLICE_MS,
     DEFAULT_KEEP_SNAPSHOTS, DEFAULT_SEGMENT_BYTES, DEFAULT_SYNC_INTERVAL_MS, MIN_SEGMENT_BYTES,
     OPTION_NAMES, SYNC_MODES,
 )
@@ -495,8 +496,9 @@ class Store(Roles):
     # --------------------------------------------------- online migrations
     def start_migration(self, id: str, *, compare: Optional[Callable[[Any, Any], bool]] = None,
                         sample: float = 0.01, auto_revert: Optional[dict[str, Any]] = None,
-                        on_restart: str = "rebuild", slice_ms: float = 1.0,
-                        max_duty: float = 0.5) -> dict[str, Any]:
+                        on_restart: str = "rebuild",
+                        slice_ms: float = DEFAULT_MIGRATION_SLICE_MS,
+                        max_duty: float = DEFAULT_MIGRATION_MAX_DUTY) -> dict[str, Any]:
         """Start an online migration (docs/migrations.md, "Online
         migrations"): a shadow of its table at the new version is built in
         the background while writes to the table are mirrored into it;
