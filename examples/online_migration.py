@@ -315,7 +315,7 @@ def plot(res: dict[str, Any], path: str) -> None:
         mp = [p for p in pts if p["migration"] == m]
         for route, color in (("old", "tab:blue"), ("new", "tab:green")):
             xs = [p["t"] for p in mp if p[f"{route}_p99_ms"] is not None]
-            ys = [p[f"{route}_p99_ms"] for p in mp if p[f"{route}_p99_ms"] is not None]
+            ys = [p[f"{route}_p99_ms"] * 1e3 for p in mp if p[f"{route}_p99_ms"] is not None]
             if xs:
                 lat.plot(xs, ys, style, color=color, label=f"{m}: {route} path p99")
         frac.plot([p["t"] for p in mp], [p["fraction"] for p in mp], style, color="tab:purple",
@@ -323,7 +323,7 @@ def plot(res: dict[str, Any], path: str) -> None:
         div.plot([p["t"] for p in mp], [p["divergences"] for p in mp], style, color="tab:red",
                  label=f"{m}: divergences")
     lat.set_yscale("log")
-    lat.set_ylabel("read latency p99 (ms)")
+    lat.set_ylabel("read latency p99 (us)")
     frac.set_ylabel("routed fraction")
     div.set_ylabel("divergent reads")
     div.set_xlabel("seconds")
