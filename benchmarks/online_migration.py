@@ -149,7 +149,7 @@ def wait_state(store: Any, mid: str, states: set[str], timeout_s: float) -> dict
     while st["state"] not in states:
         if time.perf_counter() > end:
             raise SystemExit(f"{mid}: still {st['state']} after {timeout_s} s")
-        time.sleep(0.002)  # polling a status, not a synchronization
+        time.sleep(0.05)  # polling a status (rarely: it sorts latency windows), not a sync
         st = store.migration_status(mid)
     return st
 

@@ -237,6 +237,13 @@ class OnlineRun:
         # all the writers wait for.
         found = reg.by_name.get(m.table)
         prepared = _per_record.prepare_view(found.table, found.kind) if found else None
+        # The shadow is sized for the table up front, before it is shared:
+        # grown as the build fills it, each doubling of its slots would
+        # rehash it under the store's lock (tens of ms at a million keys).
+        shadow = None
+        if found is not None and found.kind in (F.KIND_KV, F.KIND_DICT):
+            shadow = reg.new_table(m.table, found.kind)
+            shadow._reserve(len(found.table))
         with host.lock:
             host.check_serving()
             info = reg.by_name.get(m.table)
@@ -258,7 +265,9 @@ class OnlineRun:
                 prepared if found is not None and found.table is info.table else None)
             prepared = None
             self.total = view.count
-            self.shadow = reg.new_table(m.table, self.kind)
+            self.shadow = shadow if shadow is not None and found is not None \
+                and found.table is info.table else reg.new_table(m.table, self.kind)
+            shadow = None
             self._batches = view.batches(_BUILD_ROWS)
             self.routing = _routing().Routing(
                 m.id, m.table, self.old, self.shadow, encode_key=core.encode_key,
