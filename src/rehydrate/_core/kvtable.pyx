@@ -76,6 +76,17 @@ cdef inline bint _is_container(unsigned char b) noexcept:
     return (0x80 <= b <= 0x9F) or (0xC7 <= b <= 0xC9) or (0xD4 <= b <= 0xD8) or (0xDC <= b <= 0xDF)
 
 
+cdef inline unsigned char *_array32_header(unsigned char *p, Py_ssize_t n) noexcept:
+    # A msgpack array 32 of n elements (the bulk decodes' one unpackb call);
+    # returns where the elements go.
+    p[0] = 0xDD
+    p[1] = <unsigned char>(n >> 24)
+    p[2] = <unsigned char>(n >> 16)
+    p[3] = <unsigned char>(n >> 8)
+    p[4] = <unsigned char>n
+    return p + 5
+
+
 cdef inline bytes _key_bytes(rh_kv *kv, int64_t slot):
     cdef rh_entry *e = rh_entry_at(kv, kv.slots[slot].off)
     return PyBytes_FromStringAndSize(<const char *>rh_entry_key(e), e.klen)
@@ -226,13 +237,7 @@ cdef class KVTable:
                     # Allocation can run finalizers, which could write the table.
                     if self.kv.version != version:
                         raise RuntimeError("table changed during iteration")
-                    p = <unsigned char *>PyBytes_AS_STRING(buf)
-                    p[0] = 0xDD  # array 32
-                    p[1] = <unsigned char>(nbulk >> 24)
-                    p[2] = <unsigned char>(nbulk >> 16)
-                    p[3] = <unsigned char>(nbulk >> 8)
-                    p[4] = <unsigned char>nbulk
-                    p += 5
+                    p = _array32_header(<unsigned char *>PyBytes_AS_STRING(buf), nbulk)
                     for j in range(n):
                         if bulk[j]:
                             e = rh_entry_at(&self.kv, self.kv.slots[slots[j]].off)
@@ -739,13 +744,7 @@ cdef class ArenaCopy:
                 more = rh_arena_next(&self.kv, &peek) != NULL
             if nbulk > 1:
                 buf = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>(5 + total))
-                p = <unsigned char *>PyBytes_AS_STRING(buf)
-                p[0] = 0xDD  # array 32
-                p[1] = <unsigned char>(nbulk >> 24)
-                p[2] = <unsigned char>(nbulk >> 16)
-                p[3] = <unsigned char>(nbulk >> 8)
-                p[4] = <unsigned char>nbulk
-                p += 5
+                p = _array32_header(<unsigned char *>PyBytes_AS_STRING(buf), nbulk)
                 for j in range(n):
                     if bulk[j]:
                         e = <rh_entry *>ents[j]
