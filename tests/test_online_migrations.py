@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -50,20 +51,16 @@ def _expected(items, fn=_fn):
 
 
 def _wait_state(s, mid, states, timeout=30.0):
-    done = threading.Event()
-    got = {}
-
-    class L:
-        def on_migration_state(self, store, status):
-            if status["state"] in states:
-                got.update(status)
-                done.set()
-
-    # Polls through migration_status under a condition: the run's own
-    # events drive the wait when listeners are on the store.
-    cond = threading.Condition()
-    with cond:
-        return cond.wait_for(lambda: s.migration_status(mid)["state"] in states, timeout)
+    """Whether the run of ``mid`` reaches one of ``states`` within
+    ``timeout``: the condition polled every 5 ms up to the deadline (the
+    store's listeners are fixed at its open, so a wait cannot add one)."""
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()
+    while s.migration_status(mid)["state"] not in states:
+        if time.monotonic() > deadline:
+            return False
+        tick.wait(0.005)
+    return True
 
 
 def _fill(path, n=500, tables=None):
