@@ -150,27 +150,23 @@ def check_auto_revert(spec: object) -> dict[str, Any]:
         raise ConfigError(f"auto_revert: unknown threshold(s) {unknown}; "
                           f"expected some of {list(AUTO_REVERT_KEYS)}")
     out: dict[str, Any] = {"min_reads": 100}
-    if "max_divergence_rate" in spec:
-        v = spec["max_divergence_rate"]
-        if not _is_number(v) or not 0.0 <= v <= 1.0:
-            raise ConfigError(f"auto_revert: max_divergence_rate must be a number in 0..1, not {v!r}")
-        out["max_divergence_rate"] = float(v)
-    if "max_errors" in spec:
-        v = spec["max_errors"]
-        if not _is_int(v) or v < 0:
-            raise ConfigError(f"auto_revert: max_errors must be an int >= 0, not {v!r}")
-        out["max_errors"] = v
-    if "max_latency_ratio" in spec:
-        v = spec["max_latency_ratio"]
-        if not _is_number(v) or not v > 1.0:
-            raise ConfigError(f"auto_revert: max_latency_ratio must be a number > 1.0, not {v!r}")
-        out["max_latency_ratio"] = float(v)
-    if "min_reads" in spec:
-        v = spec["min_reads"]
-        if not _is_int(v) or v < 1:
-            raise ConfigError(f"auto_revert: min_reads must be an int >= 1, not {v!r}")
-        out["min_reads"] = v
+    for name, (ok, kind, convert) in _THRESHOLDS.items():
+        if name in spec:
+            v = spec[name]
+            if not ok(v):
+                raise ConfigError(f"auto_revert: {name} must be {kind}, not {v!r}")
+            out[name] = convert(v)
     return out
+
+
+# name -> (valid, what it must be, stored as)
+_THRESHOLDS: dict[str, tuple[Callable[[Any], bool], str, Callable[[Any], Any]]] = {
+    "max_divergence_rate": (lambda v: _is_number(v) and 0.0 <= v <= 1.0,
+                            "a number in 0..1", float),
+    "max_errors": (lambda v: _is_int(v) and v >= 0, "an int >= 0", int),
+    "max_latency_ratio": (lambda v: _is_number(v) and v > 1.0, "a number > 1.0", float),
+    "min_reads": (lambda v: _is_int(v) and v >= 1, "an int >= 1", int),
+}
 
 
 def _check_fraction(f: object, what: str = "fraction") -> float:

@@ -126,7 +126,17 @@ def span(name: str, **values: Any) -> Iterator[SpanHandle]:
     if api is None:
         yield _NO_SPAN
         return
-    with _tracer(api).start_as_current_span(name, attributes=_attributes(values),
+    with _current_span(api, name, values) as handle:
+        yield handle
+
+
+@contextlib.contextmanager
+def _current_span(api: Any, name: str, values: Mapping[str, Any],
+                  context: Any = None) -> Iterator[SpanHandle]:
+    """The span, current in the block, under ``context`` (None: the current
+    span); an exception leaving the block makes it ERROR."""
+    with _tracer(api).start_as_current_span(name, context=context,
+                                            attributes=_attributes(values),
                                             record_exception=False,
                                             set_status_on_exception=False) as s:
         try:
@@ -319,15 +329,9 @@ class MigrationTrace:
         if api is None:
             yield _NO_SPAN
             return
-        with _tracer(api).start_as_current_span(
-                f"rehydrate.migration.{name}", context=self._context(),
-                attributes=_attributes({**self._ids, **values}), record_exception=False,
-                set_status_on_exception=False) as s:
-            try:
-                yield SpanHandle(s)
-            except BaseException as e:
-                _fail(api, s, e)
-                raise
+        with _current_span(api, f"rehydrate.migration.{name}", {**self._ids, **values},
+                           self._context()) as handle:
+            yield handle
 
     def build_started(self) -> None:
         api = self._api

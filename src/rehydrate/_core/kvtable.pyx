@@ -76,6 +76,14 @@ cdef inline bint _is_container(unsigned char b) noexcept:
     return (0x80 <= b <= 0x9F) or (0xC7 <= b <= 0xC9) or (0xD4 <= b <= 0xD8) or (0xDC <= b <= 0xDF)
 
 
+cdef inline bint _bulk_decodable(rh_entry *e) noexcept:
+    # A container value that is exactly one msgpack object: it may go to
+    # the batch's one unpackb call (scalars are decoded natively).
+    cdef size_t used
+    return (e.vlen > 0 and _is_container(rh_entry_value(e)[0])
+            and rh_mp_skip(rh_entry_value(e), e.vlen, &used) == 0 and used == e.vlen)
+
+
 cdef inline unsigned char *_array32_header(unsigned char *p, Py_ssize_t n) noexcept:
     # A msgpack array 32 of n elements (the bulk decodes' one unpackb call);
     # returns where the elements go.
@@ -205,7 +213,6 @@ cdef class KVTable:
         cdef int64_t i = rh_next_slot(&self.kv, 0)
         cdef Py_ssize_t n, j, b, nbulk
         cdef uint64_t total
-        cdef size_t used
         cdef rh_entry *e
         cdef unsigned char *p
         cdef bytes buf
@@ -223,9 +230,7 @@ cdef class KVTable:
                 while i >= 0 and n < BULK_VALUES:
                     slots[n] = i
                     e = rh_entry_at(&self.kv, self.kv.slots[i].off)
-                    bulk[n] = (e.vlen > 0 and _is_container(rh_entry_value(e)[0])
-                               and rh_mp_skip(rh_entry_value(e), e.vlen, &used) == 0
-                               and used == e.vlen)
+                    bulk[n] = _bulk_decodable(e)
                     if bulk[n]:
                         nbulk += 1
                         total += e.vlen
@@ -709,7 +714,6 @@ cdef class ArenaCopy:
         cdef uint8_t *bulk
         cdef Py_ssize_t n = 0, nbulk = 0, j, b
         cdef uint64_t total = 0
-        cdef size_t used
         cdef rh_entry *e
         cdef unsigned char *p
         cdef bytes buf
@@ -732,9 +736,7 @@ cdef class ArenaCopy:
                     more = False
                     break
                 ents[n] = e
-                bulk[n] = (e.vlen > 0 and _is_container(rh_entry_value(e)[0])
-                           and rh_mp_skip(rh_entry_value(e), e.vlen, &used) == 0
-                           and used == e.vlen)
+                bulk[n] = _bulk_decodable(e)
                 if bulk[n]:
                     nbulk += 1
                     total += e.vlen
