@@ -440,17 +440,70 @@ def test_closing_the_server_ends_its_streams_with_shutdown(primary):
     assert rest[-1].kind == END and decode_control(rest[-1])["reason"] == "shutdown"
 
 
+def test_a_stream_behind_a_trim_ends_trimmed(primary):
+    """A stream still on an old segment when a checkpoint unlinks the
+    segments after it cannot go on without a gap: it sends what its open
+    segment holds, then END "trimmed" (never a jump over the gap)."""
+    import io
+
+    from rehydrate.replication import BYTES, END, LogStream, decode_control, read_message
+
+    fill(primary.store, 150)
+    before = wal_files(primary.path)
+    assert len(before) >= 3
+    first = min(before)
+    sent, closing = [], threading.Event()
+    first_sent, go_on = threading.Event(), threading.Event()
+
+    def write(data: bytes) -> None:
+        sent.append(data)
+        first_sent.set()
+        go_on.wait(30)  # hold the stream on the first segment until the trim
+
+    fd = os.open(os.path.join(primary.path, "wal", first), os.O_RDONLY)
+    try:
+        stream = LogStream(primary.source, fd, int(first.split(".")[0]), 0, write, closing)
+        runner = threading.Thread(target=stream.run)
+        runner.start()
+        assert first_sent.wait(30)
+        primary.store.checkpoint()  # unlinks every sealed segment
+        assert not set(sorted(before)[:-1]) & set(wal_files(primary.path))
+        go_on.set()
+        runner.join(30)
+        assert not runner.is_alive()
+    finally:
+        closing.set()
+        os.close(fd)
+    buf = io.BytesIO(b"".join(sent))
+    msgs = []
+    while buf.tell() < len(buf.getvalue()):
+        msgs.append(read_message(buf.read))
+    data = [m for m in msgs if m.kind == BYTES]
+    assert {m.segment for m in data} == {int(first.split(".")[0])}
+    assert b"".join(m.body for m in data) == before[first]
+    assert msgs[-1].kind == END and decode_control(msgs[-1])["reason"] == "trimmed"
+
+
 def test_a_stream_in_flight_survives_a_checkpoint_that_trims_the_log(primary, tmp_path):
     fill(primary.store, 150)
     before = wal_files(primary.path)
     first = int(min(before).split(".")[0])
     mirror = Mirror(str(tmp_path / "standby"))
+    assert len(before) >= 3
+    last = sorted(before)[-2]  # the newest sealed segment
     with serving(primary) as server:
         stream = client(server).stream_log(STORE_ID, first, 0)
-        msg = next(m for m in stream if m.kind == 1)
-        mirror.write(msg.segment, msg.offset, msg.body)
-        primary.store.checkpoint()  # unlinks segments the stream is on or past
-        assert min(wal_files(primary.path)) != min(before)
+        # Take in every sealed segment: the stream is then on the last of them
+        # (which the checkpoint unlinks under it) or already on the live one.
+        # (A stream further behind rightly ends "trimmed" once the segment
+        # after it is unlinked: test_a_stream_behind_a_trim_ends_trimmed.)
+        for msg in stream:
+            if msg.kind == 1:
+                mirror.write(msg.segment, msg.offset, msg.body)
+            if mirror.position() == (int(last.split(".")[0]), len(before[last])):
+                break
+        primary.store.checkpoint()  # unlinks every sealed segment
+        assert not set(sorted(before)[:-1]) & set(wal_files(primary.path))
         fill(primary.store, 100, start=150)
         after = wal_files(primary.path)
         newest = max(after)
